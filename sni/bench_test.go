@@ -1,0 +1,141 @@
+package sni
+
+import (
+	"testing"
+)
+
+var benchVectors = []struct{ name, file string }{
+	{"go-pq", "go1.26-pq-2segments.bin"},                // Go 1.26, X25519MLKEM768, 1524 bytes
+	{"chrome", "chrome-cloudflare-tcp.clienthello.bin"}, // Chrome with GREASE, 517 bytes
+	{"openssl-2records", "openssl-3.0.19-maxfrag512-2records.bin"},
+}
+
+// BenchmarkParseJA3JA4 measures what the proxy does per connection: parse
+// the hello into a reused Hello, then compute JA3 and JA4.
+func BenchmarkParseJA3JA4(b *testing.B) {
+	for _, bv := range benchVectors {
+		in := readVector(b, vector{File: bv.file})
+		b.Run(bv.name, func(b *testing.B) {
+			var h Hello
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				if _, err := ParseRecords(in, &h); err != nil {
+					b.Fatal(err)
+				}
+				_, _ = h.JA3()
+				_ = h.JA4(false)
+			}
+		})
+	}
+}
+
+func BenchmarkParseRecords(b *testing.B) {
+	for _, bv := range benchVectors {
+		in := readVector(b, vector{File: bv.file})
+		b.Run(bv.name, func(b *testing.B) {
+			var h Hello
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				if _, err := ParseRecords(in, &h); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkFingerprints(b *testing.B) {
+	in := readVector(b, vector{File: "chrome-cloudflare-tcp.clienthello.bin"})
+	var h Hello
+	if _, err := ParseRecords(in, &h); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("JA3", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_, _ = h.JA3()
+		}
+	})
+	b.Run("JA4", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = h.JA4(false)
+		}
+	})
+	b.Run("JA4Raw", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = h.JA4Raw(false)
+		}
+	})
+}
+
+// BenchmarkNeedMore is the cost of the proxy's read loop before the hello is
+// complete: a call that only looks at record headers.
+func BenchmarkNeedMore(b *testing.B) {
+	in := readVector(b, vector{File: "go1.26-pq-2segments.bin"})[:1460]
+	var h Hello
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseRecords(in, &h); err != ErrNeedMore {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestAllocs pins the allocation bound: ParseRecords into a reused Hello
+// allocates only for the strings it returns: one for ServerName, plus one per
+// ALPN name other than the common ones (h2, http/1.1, h3, http/1.0,
+// acme-tls/1), which are interned. The reassembly buffer for multi-record
+// hellos lives in the Hello and is reused. JA4 allocates its result string,
+// JA3 its two strings, for hellos whose lists fit the stack buffers (all real
+// ones do).
+func TestAllocs(t *testing.T) {
+	if testing.CoverMode() != "" || raceEnabled {
+		t.Skip("allocation counts differ under -cover/-race")
+	}
+	for _, tc := range []struct {
+		file        string
+		parseAllocs float64
+	}{
+		{"chrome-cloudflare-tcp.clienthello.bin", 1},       // SNI; ALPN h2, http/1.1 interned
+		{"go1.26-pq-2segments.bin", 1},                     // SNI; ALPN interned
+		{"curl-7.88.1-split-2records.bin", 1},              // two records: reassembly buffer reused
+		{"https-connect.clienthello.bin", 0},               // no SNI, no ALPN
+		{"openssl-3.0.19-maxfrag512-2records.bin", 1 + 33}, // SNI + 33 of its 37 ALPN names (h2, http/1.1, h3, acme-tls/1 are interned)
+		{"tls-non-ascii-alpn.clienthello.bin", 1 + 1},      // SNI + ALPN "\xba\xad"
+		{"openssl-3.0.19-nosni.bin", 0},                    // ALPN only
+		{"https3-301-get.clienthello.bin", 1},              // no extensions but SNI
+	} {
+		in := readVector(t, vector{File: tc.file})
+		var h Hello
+		if _, err := ParseRecords(in, &h); err != nil {
+			t.Fatal(err)
+		}
+		got := testing.AllocsPerRun(100, func() {
+			if _, err := ParseRecords(in, &h); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if got != tc.parseAllocs {
+			t.Errorf("%s: ParseRecords allocs = %v, want %v", tc.file, got, tc.parseAllocs)
+		}
+		if got := testing.AllocsPerRun(100, func() { _ = h.JA4(false) }); got != 1 {
+			t.Errorf("%s: JA4 allocs = %v, want 1", tc.file, got)
+		}
+		if got := testing.AllocsPerRun(100, func() { _, _ = h.JA3() }); got != 2 {
+			t.Errorf("%s: JA3 allocs = %v, want 2", tc.file, got)
+		}
+		if got := testing.AllocsPerRun(100, func() { _ = h.JA3String() }); got != 1 {
+			t.Errorf("%s: JA3String allocs = %v, want 1", tc.file, got)
+		}
+	}
+	// ErrNeedMore does not allocate.
+	in := readVector(t, vector{File: "go1.26-pq-2segments.bin"})[:1000]
+	var h Hello
+	if got := testing.AllocsPerRun(100, func() { _, _ = ParseRecords(in, &h) }); got != 0 {
+		t.Errorf("ErrNeedMore allocs = %v, want 0", got)
+	}
+}

@@ -1,0 +1,216 @@
+package sni
+
+import (
+	"crypto/tls"
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// fuzzSeeds returns the vectors, some re-framed variants, crypto/tls
+// hellos and a few negative inputs.
+func fuzzSeeds(f *testing.F) [][]byte {
+	var seeds [][]byte
+	for _, v := range loadVectors(f) {
+		b := readVector(f, v)
+		seeds = append(seeds, b)
+		msg := handshakeFromRecords(f, b)
+		seeds = append(seeds, frame(msg, 7), frameEvery(msg, 300))
+	}
+	for _, cfg := range []*tls.Config{
+		{ServerName: "example.com", NextProtos: []string{"h2", "http/1.1"}},
+		{ServerName: "example.com", MaxVersion: tls.VersionTLS12},
+		{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS10},
+	} {
+		seeds = append(seeds, goClientHello(f, cfg))
+	}
+	th := baseHello()
+	th.noExts = true
+	seeds = append(seeds,
+		baseHello().records(),
+		th.records(),
+		[]byte("GET / HTTP/1.1\r\n\r\n"),
+		[]byte("SSH-2.0-x\r\n"),
+		[]byte{0x80, 0x2e, 0x01, 0x03, 0x01},
+		[]byte{22, 3, 1, 0x40, 0, 1, 0xff, 0xff, 0xff},
+		[]byte{22, 3, 1, 0, 0},
+	)
+	return seeds
+}
+
+// FuzzParseRecords checks, for any input: no panic; exactly one sentinel
+// error; on success n is within b, every strict prefix of b[:n] is
+// ErrNeedMore and the fingerprints can be computed; ErrNeedMore only below
+// MaxHelloBytes; other errors are final (every prefix is ErrNeedMore or the
+// same error, and more bytes do not change it).
+func FuzzParseRecords(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var h Hello
+		n, err := ParseRecords(b, &h)
+		kind := sentinel(t, err)
+		switch kind {
+		case nil:
+			if n <= 0 || n > len(b) {
+				t.Fatalf("n = %d, len(b) = %d", n, len(b))
+			}
+			if n > MaxHelloBytes {
+				t.Fatalf("n = %d > MaxHelloBytes", n)
+			}
+			want := summarize(&h)
+			if len(want.JA4) != 36 || !strings.HasPrefix(h.JA4(true), "q") {
+				t.Fatalf("JA4 %q", want.JA4)
+			}
+			if full, hash := h.JA3(); full != h.JA3String() || len(hash) != 32 {
+				t.Fatalf("JA3 %q %q", full, hash)
+			}
+			if strings.Contains(want.JA3, "--") {
+				t.Fatalf("JA3 %q has an empty value", want.JA3)
+			}
+			var h2 Hello
+			for i := range n {
+				if _, err := ParseRecords(b[:i], &h2); err != ErrNeedMore {
+					t.Fatalf("prefix %d of accepted %d bytes: %v", i, n, err)
+				}
+			}
+			if n2, err := ParseRecords(b[:n], &h2); err != nil || n2 != n {
+				t.Fatalf("b[:n]: %d, %v", n2, err)
+			}
+			if got := summarize(&h2); !reflect.DeepEqual(got, want) {
+				t.Fatalf("b[:n] parses differently:\n%+v\n%+v", got, want)
+			}
+			// The bare handshake message parses the same.
+			msg := handshakeFromRecords(t, b[:n])
+			if err := ParseHandshake(msg, &h2); err != nil {
+				t.Fatalf("ParseHandshake: %v", err)
+			}
+			if got := summarize(&h2); !reflect.DeepEqual(got, want) {
+				t.Fatalf("ParseHandshake differs:\n%+v\n%+v", got, want)
+			}
+		case ErrNeedMore:
+			if len(b) >= MaxHelloBytes {
+				t.Fatalf("ErrNeedMore for %d bytes", len(b))
+			}
+			if _, err := ParseRecords(b[:len(b)/2], &h); err != ErrNeedMore {
+				t.Fatalf("half of a ErrNeedMore input: %v", err)
+			}
+		default:
+			if n != 0 {
+				t.Fatalf("n = %d with %v", n, err)
+			}
+			for i := range len(b) {
+				_, perr := ParseRecords(b[:i], &h)
+				if perr != ErrNeedMore && perr.Error() != err.Error() {
+					t.Fatalf("prefix %d: %v; whole input: %v", i, perr, err)
+				}
+			}
+			more := append(slices.Clip(b), 22, 3, 1, 0, 1, 1)
+			if _, err2 := ParseRecords(more, &h); err2 == nil || err2.Error() != err.Error() {
+				t.Fatalf("more bytes: %v; before: %v", err2, err)
+			}
+		}
+	})
+}
+
+// FuzzParseHandshake checks ParseHandshake the same way and against
+// ParseRecords on the message wrapped in one record.
+func FuzzParseHandshake(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		if len(s) > 5 && s[0] == 22 {
+			f.Add(handshakeFromRecordsLenient(s))
+		}
+	}
+	f.Add(handshake(nil))
+	f.Add([]byte{1, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		var h Hello
+		err := ParseHandshake(msg, &h)
+		kind := sentinel(t, err)
+		if kind == ErrNotTLS {
+			t.Fatal("ParseHandshake returned ErrNotTLS")
+		}
+		if kind == nil {
+			want := summarize(&h)
+			for i := range len(msg) {
+				if err := ParseHandshake(msg[:i], &h); err != ErrNeedMore {
+					t.Fatalf("prefix %d: %v", i, err)
+				}
+			}
+			if len(msg) > MaxHandshakeBytes {
+				t.Fatalf("accepted %d bytes", len(msg))
+			}
+			var h2 Hello
+			if _, err := ParseRecords(frame(msg), &h2); err != nil {
+				t.Fatalf("ParseRecords of the framed message: %v", err)
+			}
+			if got := summarize(&h2); !reflect.DeepEqual(got, want) {
+				t.Fatalf("ParseRecords differs:\n%+v\n%+v", got, want)
+			}
+			return
+		}
+		if len(msg) <= maxRecordPayload {
+			var h2 Hello
+			_, err2 := ParseRecords(frame(msg), &h2)
+			if k2 := sentinel(t, err2); k2 != kind {
+				t.Fatalf("ParseHandshake: %v; ParseRecords of the framed message: %v", err, err2)
+			}
+		}
+	})
+}
+
+// handshakeFromRecordsLenient concatenates record payloads, stopping at the
+// first incomplete record.
+func handshakeFromRecordsLenient(b []byte) []byte {
+	var msg []byte
+	for len(b) >= 5 {
+		n := int(b[3])<<8 | int(b[4])
+		if len(b) < 5+n {
+			break
+		}
+		msg = append(msg, b[5:5+n]...)
+		b = b[5+n:]
+	}
+	return msg
+}
+
+// FuzzGoTLSDifferential treats the input as a ClientHello body, frames it and
+// gives it to both ParseRecords and a crypto/tls server. Whenever crypto/tls
+// accepts the hello (its GetConfigForClient runs), ParseRecords must accept it
+// too, except for the documented stricter checks, and both must see the
+// same values. (The converse does not hold: this package skips the contents
+// of extensions it does not use, crypto/tls validates them.)
+func FuzzGoTLSDifferential(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		if len(s) > 9 && s[0] == 22 {
+			if m := handshakeFromRecordsLenient(s); len(m) > 4 && m[0] == 1 {
+				f.Add(m[4:])
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		msg := handshake(body)
+		if len(msg) > MaxHandshakeBytes {
+			return
+		}
+		b := frame(msg)
+		var h Hello
+		_, err := ParseRecords(b, &h)
+		chi := goServerSees(b)
+		if chi == nil {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, ErrMalformed) && stricterThanGo(err) {
+				return
+			}
+			t.Fatalf("crypto/tls accepted, ParseRecords: %v", err)
+		}
+		if d := diffGo(&h, chi); d != "" {
+			t.Fatalf("differs from crypto/tls: %s", d)
+		}
+	})
+}
