@@ -1,0 +1,313 @@
+package policy
+
+import (
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+)
+
+// File is one configuration file: its name (used in diagnostics) and its
+// contents.
+type File struct {
+	Name string
+	Src  []byte
+}
+
+// Config is a parsed, validated configuration.
+type Config struct {
+	Server   Server
+	Resolver Resolver
+	Log      Log
+	Policy   *Policy // compiled rules; nil when the configuration has errors
+	// Files holds the parsed files by name, for rendering diagnostics with
+	// source snippets (hcl.NewDiagnosticTextWriter).
+	Files map[string]*hcl.File
+}
+
+// Server is the server block.
+type Server struct {
+	HTTPListen               string // host:port
+	AllowPrivateDestinations bool
+	HelloTimeout             time.Duration
+	IdleTimeout              time.Duration
+	DialTimeout              time.Duration
+}
+
+// Resolver is the resolver block.
+type Resolver struct {
+	// Servers are DNS servers as "ip:port" ("[ip]:port" for IPv6). Empty
+	// means the system's resolv.conf.
+	Servers []string
+}
+
+// Log is the log block.
+type Log struct {
+	Format string // "json" or "console"
+	Output string // "stdout", "stderr", or a file path
+}
+
+// Parse parses and validates configuration files, merged in the order
+// given (Load and LoadFS sort by name). It is pure: it reads nothing but
+// its arguments.
+//
+// The returned diagnostics hold every problem found, errors and warnings,
+// sorted by file and position. When diags.HasErrors(), Config.Policy is nil
+// and only Config.Files should be used (to print diagnostics); the Config
+// itself is never nil.
+func Parse(files []File) (*Config, hcl.Diagnostics) {
+	cfg := &Config{Files: make(map[string]*hcl.File, len(files))}
+	var diags hcl.Diagnostics
+	if len(files) == 0 {
+		diags = append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "No configuration files",
+			Detail:   "Nothing to parse. Give a .hcl file, or a directory that holds at least one *.hcl file.",
+		})
+	}
+	raw := &rawConfig{}
+	order := make(map[string]int, len(files))
+	for i, f := range files {
+		if _, dup := order[f.Name]; dup {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Duplicate file name",
+				Detail:   fmt.Sprintf("Two configuration files are both named %s; give each file a distinct name.", quote(f.Name)),
+			})
+			continue
+		}
+		order[f.Name] = i
+		if len(f.Src) > maxConfigFileBytes {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Configuration file too large",
+				Detail:   fmt.Sprintf("%s is %d bytes; the limit is %d. Split the rules over several files in one directory.", quote(f.Name), len(f.Src), maxConfigFileBytes),
+			})
+			continue
+		}
+		hf, d := hclsyntax.ParseConfig(f.Src, f.Name, hcl.InitialPos)
+		diags = append(diags, d...)
+		if hf == nil {
+			continue
+		}
+		cfg.Files[f.Name] = hf
+		if d.HasErrors() {
+			// A file with syntax errors has an incomplete body; decoding it
+			// would report problems that are only echoes of the syntax
+			// error. Other files are still decoded.
+			continue
+		}
+		diags = append(diags, decodeFile(hf, raw)...)
+	}
+
+	server, d := compileServer(raw.server)
+	diags = append(diags, d...)
+	resolver, d := compileResolver(raw.resolver)
+	diags = append(diags, d...)
+	logc, d := compileLog(raw.log)
+	diags = append(diags, d...)
+	pol, d := compilePolicies(raw.policies, server.AllowPrivateDestinations)
+	diags = append(diags, d...)
+
+	cfg.Server, cfg.Resolver, cfg.Log = server, resolver, logc
+	if !diags.HasErrors() {
+		cfg.Policy = pol
+	}
+	sortDiagnostics(diags, order)
+	return cfg, diags
+}
+
+// sortDiagnostics orders diagnostics by file (in the order given to Parse)
+// and position; diagnostics without a subject come first. hcl reports
+// unknown attributes in map order; sorting makes output stable.
+func sortDiagnostics(diags hcl.Diagnostics, order map[string]int) {
+	sort.SliceStable(diags, func(i, j int) bool {
+		a, b := diags[i].Subject, diags[j].Subject
+		switch {
+		case a == nil || b == nil:
+			return a == nil && b != nil
+		case a.Filename != b.Filename:
+			return order[a.Filename] < order[b.Filename]
+		}
+		return a.Start.Byte < b.Start.Byte
+	})
+}
+
+// Load reads the configuration at path: one file, or every *.hcl file
+// directly in a directory, in name order (subdirectories and names starting
+// with '.' are skipped; symbolic links to files are followed, as in a
+// Kubernetes ConfigMap volume). It only reads files; see Parse.
+func Load(p string) (*Config, hcl.Diagnostics) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return emptyConfig(readDiag(p, err))
+	}
+	if !fi.IsDir() {
+		src, err := readLimited(func() (fs.File, error) { return os.Open(p) })
+		if err != nil {
+			return emptyConfig(readDiag(p, err))
+		}
+		return Parse([]File{{Name: p, Src: src}})
+	}
+	entries, err := os.ReadDir(p)
+	if err != nil {
+		return emptyConfig(readDiag(p, err))
+	}
+	var files []File
+	var diags hcl.Diagnostics
+	for _, e := range entries {
+		if !isConfigName(e.Name()) {
+			continue
+		}
+		name := filepath.Join(p, e.Name())
+		if fi, err := os.Stat(name); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		src, err := readLimited(func() (fs.File, error) { return os.Open(name) })
+		if err != nil {
+			diags = append(diags, readDiag(name, err))
+			continue
+		}
+		files = append(files, File{Name: name, Src: src})
+	}
+	return finishLoad(p, files, diags)
+}
+
+// LoadFS is Load for an fs.FS (for example an embed.FS): dir names a
+// directory, whose *.hcl files are read in name order, or a single file.
+func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
+	if fsys == nil {
+		return emptyConfig(readDiag(dir, fs.ErrInvalid))
+	}
+	fi, err := fs.Stat(fsys, dir)
+	if err != nil {
+		return emptyConfig(readDiag(dir, err))
+	}
+	if !fi.IsDir() {
+		src, err := readLimited(func() (fs.File, error) { return fsys.Open(dir) })
+		if err != nil {
+			return emptyConfig(readDiag(dir, err))
+		}
+		return Parse([]File{{Name: dir, Src: src}})
+	}
+	entries, err := fs.ReadDir(fsys, dir)
+	if err != nil {
+		return emptyConfig(readDiag(dir, err))
+	}
+	var files []File
+	var diags hcl.Diagnostics
+	for _, e := range entries {
+		if !isConfigName(e.Name()) {
+			continue
+		}
+		name := path.Join(dir, e.Name())
+		if fi, err := fs.Stat(fsys, name); err != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		src, err := readLimited(func() (fs.File, error) { return fsys.Open(name) })
+		if err != nil {
+			diags = append(diags, readDiag(name, err))
+			continue
+		}
+		files = append(files, File{Name: name, Src: src})
+	}
+	return finishLoad(dir, files, diags)
+}
+
+func isConfigName(name string) bool {
+	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".")
+}
+
+func finishLoad(dir string, files []File, diags hcl.Diagnostics) (*Config, hcl.Diagnostics) {
+	if diags.HasErrors() {
+		return &Config{Files: map[string]*hcl.File{}}, diags
+	}
+	if len(files) == 0 {
+		return emptyConfig(&hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "No configuration files",
+			Detail:   fmt.Sprintf("Directory %s holds no *.hcl files. Put the configuration in a file whose name ends in .hcl, or give the path of the file itself.", quote(dir)),
+		})
+	}
+	cfg, d := Parse(files)
+	return cfg, append(diags, d...)
+}
+
+// nil0 returns an empty Config (never nil) with one diagnostic.
+func emptyConfig(d *hcl.Diagnostic) (*Config, hcl.Diagnostics) {
+	return &Config{Files: map[string]*hcl.File{}}, hcl.Diagnostics{d}
+}
+
+func readDiag(p string, err error) *hcl.Diagnostic {
+	return &hcl.Diagnostic{
+		Severity: hcl.DiagError,
+		Summary:  "Cannot read configuration",
+		Detail:   fmt.Sprintf("Reading %s: %v. Give the path of a readable .hcl file, or of a directory that holds *.hcl files.", quote(p), err),
+	}
+}
+
+// readLimited reads a whole file, refusing one larger than
+// maxConfigFileBytes.
+func readLimited(open func() (fs.File, error)) ([]byte, error) {
+	f, err := open()
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() > maxConfigFileBytes {
+		return nil, fmt.Errorf("file is %d bytes, larger than %d; split the rules over several files in one directory", fi.Size(), maxConfigFileBytes)
+	}
+	src, err := io.ReadAll(io.LimitReader(f, maxConfigFileBytes+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(src) > maxConfigFileBytes {
+		return nil, fmt.Errorf("file is larger than %d bytes; split the rules over several files in one directory", maxConfigFileBytes)
+	}
+	return src, nil
+}
+
+// FormatDiagnostics renders diagnostics one per line as
+//
+//	file:line:col: error: summary: detail
+//
+// ("warning:" for warnings; the location is left out when a diagnostic has
+// none). Newlines inside a detail become spaces.
+func FormatDiagnostics(diags hcl.Diagnostics) string {
+	var b strings.Builder
+	for _, d := range diags {
+		if d == nil {
+			continue
+		}
+		if d.Subject != nil {
+			fmt.Fprintf(&b, "%s:%d:%d: ", d.Subject.Filename, d.Subject.Start.Line, d.Subject.Start.Column)
+		}
+		if d.Severity == hcl.DiagWarning {
+			b.WriteString("warning: ")
+		} else {
+			b.WriteString("error: ")
+		}
+		b.WriteString(oneLine(d.Summary))
+		if d.Detail != "" {
+			b.WriteString(": ")
+			b.WriteString(oneLine(d.Detail))
+		}
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+func oneLine(s string) string {
+	if !strings.ContainsAny(s, "\r\n") {
+		return s
+	}
+	return strings.Join(strings.Fields(s), " ")
+}

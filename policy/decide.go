@@ -1,0 +1,352 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+)
+
+// Hello says how much of a connection's first bytes the proxy has seen when
+// it asks for a Decision.
+type Hello uint8
+
+const (
+	// HelloPending: the first bytes were not read yet (the CONNECT
+	// pre-check). The question is "could any rule allow this destination?".
+	HelloPending Hello = iota
+	// HelloTLS: a ClientHello was parsed; SNI, JA3 and JA4 are set (SNI may
+	// be "" when the client sent none).
+	HelloTLS
+	// HelloNotTLS: the first bytes of a tunnel were not a TLS ClientHello.
+	HelloNotTLS
+	// HelloHTTP: a plain-HTTP proxy request (absolute-form), not a tunnel.
+	HelloHTTP
+)
+
+func (h Hello) String() string {
+	switch h {
+	case HelloPending:
+		return "pending"
+	case HelloTLS:
+		return "tls"
+	case HelloNotTLS:
+		return "not_tls"
+	case HelloHTTP:
+		return "http"
+	}
+	return "invalid"
+}
+
+// Request is what the proxy knows about a connection when it asks for a
+// Decision.
+type Request struct {
+	// Host is the destination name as the client gave it (CONNECT authority
+	// or Host header), already normalized with NormalizeHost; "" when the
+	// destination is an IP address.
+	Host string
+	// Addr is the destination IP when known: an IP-literal CONNECT, or a
+	// transparent proxy's original destination. Invalid otherwise.
+	Addr netip.Addr
+	Port uint16
+	// Hello says which of the fields below are meaningful.
+	Hello Hello
+	// SNI is the server name as the client sent it; Decide normalizes it.
+	// An SNI that is not a valid host name never matches.
+	SNI string
+	// JA3 is the lower-case hex MD5 JA3 fingerprint of the ClientHello.
+	JA3 string
+	// JA4 is the FoxIO JA4 fingerprint of the ClientHello.
+	JA4 string
+}
+
+// Reason is the machine-readable word that explains a decision. It is
+// meant for logs and metrics; every word the proxy logs is defined here.
+type Reason string
+
+// Reasons produced by Decide.
+const (
+	ReasonAllowed            Reason = "allowed"
+	ReasonNoRule             Reason = "no_rule"
+	ReasonDeniedByRule       Reason = "denied_by_rule"
+	ReasonSNIMismatch        Reason = "sni_mismatch"
+	ReasonSNIMissing         Reason = "sni_missing"
+	ReasonNotTLS             Reason = "not_tls"
+	ReasonJA3Mismatch        Reason = "ja3_mismatch"
+	ReasonJA4Mismatch        Reason = "ja4_mismatch"
+	ReasonPrivateDestination Reason = "private_destination"
+)
+
+// Reasons the proxy produces itself; defined here so that every reason word
+// lives in one place.
+const (
+	ReasonDNSError       Reason = "dns_error"
+	ReasonDialError      Reason = "dial_error"
+	ReasonHelloTimeout   Reason = "hello_timeout"
+	ReasonHelloTooLarge  Reason = "hello_too_large"
+	ReasonHelloMalformed Reason = "hello_malformed"
+	ReasonBadRequest     Reason = "bad_request"
+)
+
+// Reasons lists every Reason, for pre-registering metric label values.
+func Reasons() []Reason {
+	return []Reason{
+		ReasonAllowed, ReasonNoRule, ReasonDeniedByRule, ReasonSNIMismatch,
+		ReasonSNIMissing, ReasonNotTLS, ReasonJA3Mismatch, ReasonJA4Mismatch,
+		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
+		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
+		ReasonBadRequest,
+	}
+}
+
+func (r Reason) String() string { return string(r) }
+
+// Decision is the outcome of Policy.Decide.
+type Decision struct {
+	Allow  bool
+	Reason Reason
+	Policy string // name of the policy of the deciding rule; "" when none
+	Rule   string // name of the deciding rule; "" when none
+
+	rule *rule // the deciding rule, for AddrAllowed
+}
+
+// Decide applies the policy to r. See the package documentation for the
+// exact semantics. Decide does not allocate when r.Host and r.SNI are
+// already normalized. It is safe for concurrent use.
+func (p *Policy) Decide(r *Request) Decision {
+	if r == nil {
+		return Decision{Reason: ReasonBadRequest}
+	}
+	if p == nil {
+		return Decision{Reason: ReasonNoRule}
+	}
+	sni, sniOK := "", false
+	if r.SNI != "" {
+		var e hostErr
+		sni, e = normalizeHost(r.SNI)
+		sniOK = e == hostOK
+	}
+	addr := r.Addr.Unmap().WithZone("")
+
+	// Deny rules first: any match wins over every allow.
+	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1}
+	for it := p.denyIdx.names(r.Host); ; {
+		ids := it.next()
+		if ids == nil {
+			break
+		}
+		ds.visit(ids)
+	}
+	if sniOK && sni != r.Host {
+		for it := p.denyIdx.names(sni); ; {
+			ids := it.next()
+			if ids == nil {
+				break
+			}
+			ds.visit(ids)
+		}
+	}
+	for it := p.denyIdx.addrs(addr); ; {
+		ids := it.next()
+		if ids == nil {
+			break
+		}
+		ds.visit(ids)
+	}
+	if ds.best >= 0 {
+		ru := &p.deny[ds.best]
+		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
+	}
+
+	as := allowScan{p: p, r: r, sni: sni, sniOK: sniOK, addr: addr, pass: -1, fail: -1}
+	as.privAddr = addr.IsValid() && !p.allowPrivate && IsPrivate(addr)
+	for it := p.allowIdx.names(r.Host); ; {
+		ids := it.next()
+		if ids == nil {
+			break
+		}
+		as.visit(ids)
+	}
+	for it := p.allowIdx.addrs(addr); ; {
+		ids := it.next()
+		if ids == nil {
+			break
+		}
+		as.visit(ids)
+	}
+	switch {
+	case as.pass >= 0:
+		ru := &p.allow[as.pass]
+		return Decision{Allow: true, Reason: ReasonAllowed, Policy: ru.policy, Rule: ru.name, rule: ru}
+	case as.fail >= 0:
+		ru := &p.allow[as.fail]
+		return Decision{Reason: as.failReason, Policy: ru.policy, Rule: ru.name, rule: ru}
+	}
+	return Decision{Reason: ReasonNoRule}
+}
+
+// AddrAllowed reports whether the proxy may dial a under decision d: d
+// allows, and a is not private (IsPrivate), or d's rule lists a CIDR that
+// contains a and lies wholly in private space, or the server block sets
+// allow_private_destinations. An IPv4-mapped a is unmapped first.
+func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
+	if p == nil || !d.Allow || !a.IsValid() {
+		return false
+	}
+	a = a.Unmap().WithZone("")
+	if p.allowPrivate || !IsPrivate(a) {
+		return true
+	}
+	return d.rule != nil && d.rule.grantsPrivate(a)
+}
+
+// denyScan finds the lowest-index deny rule that matches.
+type denyScan struct {
+	p     *Policy
+	r     *Request
+	sni   string
+	sniOK bool
+	best  int32
+}
+
+func (s *denyScan) visit(ids []int32) {
+	for _, id := range ids {
+		if s.best >= 0 && id >= s.best {
+			return // ids ascend
+		}
+		ru := &s.p.deny[id]
+		if ru.portMatch(s.r.Port) && s.conditions(ru) {
+			s.best = id
+			return
+		}
+	}
+}
+
+// conditions reports whether a deny rule's sni/ja3/ja4 conditions hold.
+// They hold only for a parsed ClientHello; with HelloPending the rule is
+// not applied yet.
+func (s *denyScan) conditions(ru *rule) bool {
+	if !ru.tlsConds {
+		return true
+	}
+	if s.r.Hello != HelloTLS {
+		return false
+	}
+	if len(ru.sni) > 0 && !(s.sniOK && matchAny(ru.sni, s.sni)) {
+		return false
+	}
+	if len(ru.ja3) > 0 && !containsFold(ru.ja3, s.r.JA3) {
+		return false
+	}
+	if len(ru.ja4) > 0 && !containsFold(ru.ja4, s.r.JA4) {
+		return false
+	}
+	return true
+}
+
+// allowScan tracks the lowest-index candidate that passes and the
+// lowest-index candidate that fails, with its reason.
+type allowScan struct {
+	p          *Policy
+	r          *Request
+	sni        string
+	sniOK      bool
+	addr       netip.Addr
+	privAddr   bool // addr is valid, private, and private destinations are not allowed globally
+	pass       int32
+	fail       int32
+	failReason Reason
+}
+
+func (s *allowScan) visit(ids []int32) {
+	for _, id := range ids {
+		if s.pass >= 0 && id >= s.pass {
+			return // ids ascend; nothing later can decide
+		}
+		if id == s.fail {
+			continue
+		}
+		ru := &s.p.allow[id]
+		if !ru.portMatch(s.r.Port) {
+			continue
+		}
+		if reason := s.check(ru); reason == "" {
+			s.pass = id
+		} else if s.fail < 0 || id < s.fail {
+			s.fail, s.failReason = id, reason
+		}
+	}
+}
+
+// check applies a candidate allow rule's conditions; "" means it passes.
+func (s *allowScan) check(ru *rule) Reason {
+	r := s.r
+	if s.privAddr && !ru.grantsPrivate(s.addr) {
+		return ReasonPrivateDestination
+	}
+	switch r.Hello {
+	case HelloPending:
+		return ""
+	case HelloHTTP:
+		if ru.tlsConds {
+			return ReasonNotTLS
+		}
+		return ""
+	case HelloNotTLS:
+		if ru.requireTLS {
+			return ReasonNotTLS
+		}
+		return ""
+	case HelloTLS:
+		if reason := s.checkSNI(ru); reason != "" {
+			return reason
+		}
+		if len(ru.ja3) > 0 && !containsFold(ru.ja3, r.JA3) {
+			return ReasonJA3Mismatch
+		}
+		if len(ru.ja4) > 0 && !containsFold(ru.ja4, r.JA4) {
+			return ReasonJA4Mismatch
+		}
+		return ""
+	}
+	return ReasonNotTLS // an unknown Hello value fails closed
+}
+
+func (s *allowScan) checkSNI(ru *rule) Reason {
+	r := s.r
+	switch {
+	case len(ru.sni) > 0:
+		if r.SNI == "" {
+			return ReasonSNIMissing
+		}
+		if s.sniOK && (matchAny(ru.sni, s.sni) || r.Host != "" && s.sni == r.Host) {
+			return ""
+		}
+		return ReasonSNIMismatch
+	case r.Host != "":
+		if r.SNI == "" {
+			return ReasonSNIMissing
+		}
+		if s.sniOK && s.sni == r.Host {
+			return ""
+		}
+		return ReasonSNIMismatch
+	case len(ru.hosts) > 0:
+		if r.SNI == "" {
+			return ReasonSNIMissing
+		}
+		if s.sniOK && matchAny(ru.hosts, s.sni) {
+			return ""
+		}
+		return ReasonSNIMismatch
+	}
+	return "" // a cidrs-only rule accepts any SNI
+}
+
+func containsFold(list []string, s string) bool {
+	for _, v := range list {
+		if len(v) == len(s) && strings.EqualFold(v, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,62 @@
+package policy
+
+import "time"
+
+// Limits and defaults. Each one says why it has the value it has.
+const (
+	// maxNameLen is the longest host name accepted, in bytes, without the
+	// trailing dot: RFC 1035 §2.3.4 allows 255 octets on the wire, which is
+	// 253 characters in dotted presentation form.
+	maxNameLen = 253
+
+	// maxLabelLen is the longest label of a host name (RFC 1035 §2.3.4).
+	maxLabelLen = 63
+
+	// maxHostInputLen bounds the input NormalizeHost will look at before
+	// IDNA processing. A valid name is at most 253 ASCII bytes after
+	// conversion; a U-label input is at most 4 bytes per rune, so 1024 bytes
+	// is generous for every valid name while keeping the IDNA mapping work
+	// on hostile input (a client-controlled SNI or Host) bounded.
+	maxHostInputLen = 1024
+
+	// maxIdentLen is the longest policy or rule name. Names are written into
+	// every decision log line and may become metric label values, so they
+	// are kept short.
+	maxIdentLen = 128
+
+	// maxConfigFileBytes is the largest configuration file Parse, Load and
+	// LoadFS accept. 100,000 rules at ~200 bytes each is 20 MB; 64 MiB
+	// leaves room while still refusing a path that points at a device or a
+	// runaway generated file before it exhausts memory.
+	maxConfigFileBytes = 64 << 20
+
+	// maxDiagValueLen is how much of an offending value a diagnostic or an
+	// error quotes. Values come from configuration or from clients; quoting
+	// them whole would let one bad value flood a log line.
+	maxDiagValueLen = 80
+
+	// ja3Len is the length of a JA3 fingerprint: an MD5 digest in hex.
+	ja3Len = 32
+
+	// ja4Len is the length of a FoxIO JA4 fingerprint:
+	// 10-character prefix, '_', 12 hex, '_', 12 hex.
+	ja4Len = 36
+
+	// httpsPort is the port an allow rule without ports is limited to.
+	// Policy is deny by default; an allow rule that names hosts but no ports
+	// opens only HTTPS, the common case, rather than every port.
+	httpsPort = 443
+
+	// defaultDNSPort is the port of a resolver server given without one.
+	defaultDNSPort = 53
+)
+
+// Defaults of the server block.
+const (
+	DefaultHTTPListen   = "127.0.0.1:3128"
+	DefaultHelloTimeout = 10 * time.Second
+	DefaultIdleTimeout  = 5 * time.Minute
+	DefaultDialTimeout  = 10 * time.Second
+	DefaultLogFormat    = "json"
+	DefaultLogOutput    = "stdout"
+)
