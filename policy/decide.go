@@ -84,6 +84,7 @@ const (
 	ReasonHelloTooLarge  Reason = "hello_too_large"
 	ReasonHelloMalformed Reason = "hello_malformed"
 	ReasonBadRequest     Reason = "bad_request"
+	ReasonClientClosed   Reason = "client_closed" // the client went away before its first bytes were complete
 )
 
 // Reasons lists every Reason, for pre-registering metric label values.
@@ -93,7 +94,7 @@ func Reasons() []Reason {
 		ReasonSNIMissing, ReasonNotTLS, ReasonJA3Mismatch, ReasonJA4Mismatch,
 		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
 		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
-		ReasonBadRequest,
+		ReasonBadRequest, ReasonClientClosed,
 	}
 }
 

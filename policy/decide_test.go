@@ -383,8 +383,8 @@ func TestReasonsUnique(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	if len(seen) != 15 {
-		t.Errorf("Reasons() has %d entries, want 15", len(seen))
+	if len(seen) != 16 {
+		t.Errorf("Reasons() has %d entries, want 16", len(seen))
 	}
 	for _, h := range []Hello{HelloPending, HelloTLS, HelloNotTLS, HelloHTTP, 42} {
 		if h.String() == "" {
