@@ -1,0 +1,101 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/elazarl/goproxy"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// handleConnect runs one CONNECT tunnel: pre-check the destination, answer
+// 200, read the ClientHello, decide with SNI and fingerprints, and only
+// then dial the checked address and relay.
+func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+	defer client.Close()
+	c := s.newConn(ModeConnect, client.RemoteAddr().String())
+	t, err := ParseTarget(req.URL.Host, 0)
+	if err != nil {
+		c.host = req.URL.Host
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		c.detail = err.Error()
+		s.logDecision(c)
+		writeStatus(client, req, http.StatusBadRequest, c)
+		return
+	}
+	c.host, c.port = t.Name(), t.Port
+	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloPending}
+	if d := s.pol.Decide(&r); !d.Allow {
+		c.decision = d
+		s.logDecision(c)
+		writeStatus(client, req, http.StatusForbidden, c)
+		return
+	}
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		return
+	}
+	s.track(client)
+	defer s.untrack(client)
+	s.tunnel(c, client, t, &r)
+}
+
+// tunnel is the part of a tunnel after the 200 (or, for a transparent
+// connection, after accept): hello, decision, dial, relay.
+func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
+	var f firstBytes
+	defer f.release()
+	if reason, err := readHello(client, s.cfg.HelloTimeout, &f); reason != "" {
+		if f.tls {
+			c.fingerprint(&f.hello)
+		}
+		c.decision = policy.Decision{Reason: reason}
+		c.detail = err.Error()
+		s.logDecision(c)
+		return
+	}
+	r.Hello = policy.HelloNotTLS
+	if f.tls {
+		c.fingerprint(&f.hello)
+		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
+	}
+	c.decision = s.pol.Decide(r)
+	if !c.decision.Allow {
+		s.logDecision(c)
+		return
+	}
+	up := s.dial(context.Background(), c, t)
+	s.logDecision(c)
+	if up == nil {
+		return
+	}
+	defer up.Close()
+	if _, err := up.Write(f.bytes()); err != nil {
+		s.logClose(c, 0, 0)
+		return
+	}
+	sent := int64(f.n)
+	f.release()
+	upBytes, down := relay(client, up, s.cfg.IdleTimeout)
+	s.logClose(c, sent+upBytes, down)
+}
+
+// writeStatus answers a refused CONNECT with a one-line plain-text reason.
+func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
+	body := fmt.Sprintf("egressd: %s %s: %s\n", verdictWord(code), c.host, c.decision.Reason)
+	resp := fmt.Sprintf("HTTP/%d.%d %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s",
+		max(req.ProtoMajor, 1), req.ProtoMinor, code, http.StatusText(code), strconv.Itoa(len(body)), body)
+	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = w.Write([]byte(resp))
+}
+
+func verdictWord(code int) string {
+	if code == http.StatusForbidden {
+		return "denied"
+	}
+	return "bad request"
+}

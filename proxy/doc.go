@@ -1,0 +1,30 @@
+// Package proxy wires egressd's listeners, DNS, dialing, relaying and
+// decision logging around the pure policy and sni packages.
+//
+// An HTTP CONNECT tunnel goes through these steps, each able to end it with
+// a logged reason:
+//
+//  1. parse the authority (canonical IP literals only) and ask the policy
+//     whether any rule could allow host:port; if not, answer 403;
+//  2. answer 200 and read the tunnel's first bytes, bounded by
+//     hello_timeout and sni.MaxHelloBytes, until they hold a ClientHello;
+//  3. decide with SNI, JA3 and JA4;
+//  4. resolve the name, drop private addresses the rule does not open, dial
+//     exactly a checked address, write the bytes already read, and relay
+//     with io.Copy between the two *net.TCPConn (splice on Linux).
+//
+// Absolute-form http:// requests are decided on host and port and
+// forwarded over a connection dialed the same way. Every connection writes
+// one "decision" line, and every allowed one a "close" line, to the
+// zerolog logger given to New.
+//
+// The package is not a library for other proxies: it has no MITM, no
+// caching and no upstream proxy chaining.
+//
+//	cfg, diags := policy.Load("egressd.hcl")
+//	if diags.HasErrors() { ... }
+//	srv, err := proxy.New(cfg, zerolog.New(os.Stdout))
+//	ln, _ := net.Listen("tcp", cfg.Server.HTTPListen)
+//	go srv.Serve(ln)
+//	defer srv.Shutdown(ctx)
+package proxy

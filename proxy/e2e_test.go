@@ -1,0 +1,463 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newDiscardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+// baseConfig opens the test names on the upstream ports. The test
+// upstreams listen on loopback, which is private, so it is opened here;
+// TestPrivateDestination checks the default.
+const baseConfig = `
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "test" {
+  allow "allowed" {
+    hosts = ["allowed.egress.test", "other.egress.test"]
+    ports = [TLS_PORT]
+  }
+  allow "wild" {
+    hosts = ["*.wild.egress.test"]
+    ports = ["TLS_PORT-TLS_PORT"]
+  }
+  allow "nxdomain" {
+    hosts = ["missing.egress.test"]
+    ports = [TLS_PORT]
+  }
+  allow "plain-http" {
+    hosts = ["plain.egress.test"]
+    ports = [HTTP_PORT]
+  }
+  allow "echo" {
+    cidrs       = ["127.0.0.1/32"]
+    ports       = [ECHO_PORT]
+    require_tls = false
+  }
+  deny "blocked" { hosts = ["blocked.wild.egress.test"] }
+}
+`
+
+func TestConnectNetHTTP(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	tlsPort := strconv.Itoa(e.tlsPort)
+	tests := []struct {
+		name     string
+		url      string
+		wantBody string // "" when the request must fail
+		decision map[string]any
+	}{
+		{"allowed host", "https://allowed.egress.test:" + tlsPort + "/", "hello allowed.egress.test",
+			map[string]any{"host": "allowed.egress.test", "decision": "allow", "policy": "test", "rule": "allowed", "reason": "allowed", "dst": "127.0.0.1:" + tlsPort, "sni": "allowed.egress.test", "tls_version": "1.3"}},
+		{"wildcard at depth 2", "https://a.b.wild.egress.test:" + tlsPort + "/", "hello a.b.wild.egress.test",
+			map[string]any{"host": "a.b.wild.egress.test", "decision": "allow", "rule": "wild"}},
+		{"wildcard apex denied", "https://wild.egress.test:" + tlsPort + "/", "",
+			map[string]any{"host": "wild.egress.test", "decision": "deny", "reason": "no_rule"}},
+		{"deny rule wins", "https://blocked.wild.egress.test:" + tlsPort + "/", "",
+			map[string]any{"host": "blocked.wild.egress.test", "decision": "deny", "reason": "denied_by_rule", "rule": "blocked"}},
+		{"denied host", "https://nope.egress.test:" + tlsPort + "/", "",
+			map[string]any{"host": "nope.egress.test", "decision": "deny", "reason": "no_rule"}},
+		{"denied port", "https://allowed.egress.test:" + strconv.Itoa(e.httpPort) + "/", "",
+			map[string]any{"host": "allowed.egress.test", "port": e.httpPort, "decision": "deny", "reason": "no_rule"}},
+		{"nxdomain", "https://missing.egress.test:" + tlsPort + "/", "",
+			map[string]any{"host": "missing.egress.test", "decision": "deny", "reason": "dns_error", "rule": "nxdomain"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := e.client().Get(tc.url)
+			if tc.wantBody == "" {
+				if err == nil {
+					resp.Body.Close()
+					t.Fatalf("GET %s: got %s, want failure", tc.url, resp.Status)
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("GET %s: %v", tc.url, err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(body) != tc.wantBody {
+					t.Fatalf("body %q, want %q", body, tc.wantBody)
+				}
+			}
+			d := e.waitLog(t, "decision", tc.decision)
+			if d["mode"] != "connect" || d["client"] == nil || d["conn"] == nil || d["time"] == nil {
+				t.Errorf("decision line lacks mode/client/conn/time: %v", d)
+			}
+			if tc.wantBody != "" {
+				if ja3, _ := d["ja3"].(string); len(ja3) != 32 {
+					t.Errorf("ja3 %q is not an MD5", d["ja3"])
+				}
+				if ja4, _ := d["ja4"].(string); !strings.HasPrefix(ja4, "t13d") {
+					t.Errorf("ja4 %q, want t13d…", d["ja4"])
+				}
+				if full, _ := d["ja3_full"].(string); strings.Count(full, ",") != 4 {
+					t.Errorf("ja3_full %q", full)
+				}
+				cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"]})
+				if cl["bytes_up"].(float64) <= 0 || cl["bytes_down"].(float64) <= 0 || cl["duration_ms"] == nil {
+					t.Errorf("close line %v", cl)
+				}
+			}
+		})
+	}
+}
+
+func TestConnectRefusalsAnswer403(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	tests := []struct {
+		authority string
+		status    int
+		reason    string
+	}{
+		{"nope.egress.test:" + strconv.Itoa(e.tlsPort), 403, "no_rule"},
+		{"allowed.egress.test:1", 403, "no_rule"},
+		{"127.1:443", 400, "bad_request"},
+		{"0x7f.0.0.1:443", 400, "bad_request"},
+		{"allowed.egress.test:0", 400, "bad_request"},
+		{"allowed.egress.test:70000", 400, "bad_request"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.authority, func(t *testing.T) {
+			c, br, resp := e.connect(t, tc.authority)
+			if resp.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d", resp.StatusCode, tc.status)
+			}
+			body, _ := io.ReadAll(br)
+			if !strings.Contains(string(body), tc.reason) || strings.Count(string(body), "\n") != 1 {
+				t.Errorf("body %q: want one line naming %s", body, tc.reason)
+			}
+			c.Close()
+			e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": tc.reason})
+		})
+	}
+}
+
+// TestTunnelHelloChecks drives the tunnel with hand-made first bytes.
+func TestTunnelHelloChecks(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	host := "allowed.egress.test:" + strconv.Itoa(e.tlsPort)
+	tests := []struct {
+		name   string
+		send   func(c io.ReadWriter) error
+		reason string
+	}{
+		{"sni differs from CONNECT host", tlsHello("other.egress.test"), "sni_mismatch"},
+		{"no sni", tlsHello(""), "sni_missing"},
+		{"not tls", func(c io.ReadWriter) error {
+			_, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: allowed.egress.test\r\n\r\n")
+			return err
+		}, "not_tls"},
+		{"hello timeout", func(io.ReadWriter) error { return nil }, "hello_timeout"},
+		{"malformed hello", func(c io.ReadWriter) error {
+			_, err := c.Write([]byte{0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0, 0, 1, 0})
+			return err
+		}, "hello_malformed"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, br, resp := e.connect(t, host)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d, want 200 before the hello", resp.StatusCode)
+			}
+			tc.send(c)
+			// The proxy closes the tunnel without dialing: the client sees EOF.
+			if _, err := io.ReadAll(br); err != nil {
+				t.Fatalf("reading after refusal: %v (want EOF)", err)
+			}
+			d := e.waitLog(t, "decision", map[string]any{"reason": tc.reason})
+			if d["decision"] != "deny" || d["dst"] != nil {
+				t.Errorf("decision %v: want deny with no dst (nothing dialed)", d)
+			}
+			if tc.reason == "sni_mismatch" && d["sni"] != "other.egress.test" {
+				t.Errorf("sni %v", d["sni"])
+			}
+			if strings.HasPrefix(tc.reason, "sni_") && len(d["ja3"].(string)) != 32 {
+				t.Errorf("denied hello must still carry its JA3: %v", d)
+			}
+		})
+	}
+}
+
+// tlsHello sends the ClientHello crypto/tls makes for serverName (no SNI
+// when empty).
+func tlsHello(serverName string) func(io.ReadWriter) error {
+	return func(w io.ReadWriter) error {
+		_, err := w.Write(clientHelloBytes(serverName))
+		return err
+	}
+}
+
+// clientHelloBytes captures the first flight of a crypto/tls client.
+func clientHelloBytes(serverName string) []byte {
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	go func() {
+		tc := tls.Client(cli, &tls.Config{ServerName: serverName, InsecureSkipVerify: serverName == ""})
+		tc.Handshake()
+		cli.Close()
+	}()
+	buf := make([]byte, 16<<10)
+	n, _ := io.ReadAtLeast(srv, buf, 5)
+	for n < 5+int(buf[3])<<8+int(buf[4]) {
+		m, err := srv.Read(buf[n:])
+		if err != nil {
+			break
+		}
+		n += m
+	}
+	return buf[:n]
+}
+
+func TestPrivateDestination(t *testing.T) {
+	e := newEnv(t)
+	url := "https://private.egress.test:" + strconv.Itoa(e.tlsPort) + "/"
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "private" {
+    hosts = ["private.egress.test"]
+    ports = [TLS_PORT]
+  }
+}`)
+	if resp, err := e.client().Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatal("a name resolving to loopback was reached with allow_private_destinations = false")
+	}
+	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "private_destination", "rule": "private"})
+
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "private" {
+    hosts = ["private.egress.test"]
+    cidrs = ["127.0.0.0/8"]
+    ports = [TLS_PORT]
+  }
+}`)
+	resp, err := e.client().Get(url)
+	if err != nil {
+		t.Fatalf("a rule listing 127.0.0.0/8 must open it: %v", err)
+	}
+	resp.Body.Close()
+	e.waitLog(t, "decision", map[string]any{"decision": "allow", "dst": "127.0.0.1:" + strconv.Itoa(e.tlsPort)})
+}
+
+func TestJA3RestrictedRule(t *testing.T) {
+	e := newEnv(t)
+	url := "https://ja3.egress.test:" + strconv.Itoa(e.tlsPort) + "/"
+	const cfg = `
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "fingerprinted" {
+    hosts = ["ja3.egress.test"]
+    ports = [TLS_PORT]
+    ja3   = ["JA3"]
+  }
+}`
+	e.start(t, strings.Replace(cfg, "JA3", strings.Repeat("0", 32), 1))
+	if resp, err := e.client().Get(url); err == nil {
+		resp.Body.Close()
+		t.Fatal("a client whose JA3 is not listed got through")
+	}
+	d := e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "ja3_mismatch"})
+	goJA3 := d["ja3"].(string)
+
+	e.start(t, strings.Replace(cfg, "JA3", goJA3, 1))
+	resp, err := e.client().Get(url)
+	if err != nil {
+		t.Fatalf("the client's own JA3 %s is listed: %v", goJA3, err)
+	}
+	resp.Body.Close()
+	e.waitLog(t, "decision", map[string]any{"decision": "allow", "ja3": goJA3, "rule": "fingerprinted"})
+}
+
+func TestPlainHTTP(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	hp := strconv.Itoa(e.httpPort)
+	resp, err := e.client().Get("http://plain.egress.test:" + hp + "/x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "plain plain.egress.test:"+hp {
+		t.Fatalf("allowed http request: %s %q", resp.Status, body)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "allow", "rule": "plain-http", "dst": "127.0.0.1:" + hp})
+	cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"]})
+	if cl["bytes_down"].(float64) != float64(len(body)) {
+		t.Errorf("close bytes_down %v, want %d", cl["bytes_down"], len(body))
+	}
+
+	resp, err = e.client().Get("http://nope.egress.test:" + hp + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("denied http request: %s, want 403", resp.Status)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "host": "nope.egress.test", "reason": "no_rule"})
+}
+
+// TestRelayByteExact sends 4 MiB through a plain-TCP tunnel to an echo
+// server and half-closes: every byte must come back, in order, and the
+// close line must count them.
+func TestRelayByteExact(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	c, br, resp := e.connect(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	payload := make([]byte, 4<<20)
+	rand.Read(payload)
+	go func() {
+		c.Write(payload)
+		connOf(c).CloseWrite()
+	}()
+	got, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echoed %d bytes, want %d identical", len(got), len(payload))
+	}
+	d := e.waitLog(t, "decision", map[string]any{"decision": "allow", "rule": "echo", "host": "127.0.0.1"})
+	if d["sni"] != nil {
+		t.Errorf("plain tunnel has sni %v", d["sni"])
+	}
+	cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"]})
+	if cl["bytes_up"].(float64) != float64(len(payload)) || cl["bytes_down"].(float64) != float64(len(payload)) {
+		t.Errorf("close line %v, want %d bytes each way", cl, len(payload))
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "2s"
+  idle_timeout = "300ms"`, 1))
+	c, br, _ := e.connect(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	c.Write([]byte("x"))
+	start := time.Now()
+	got, _ := io.ReadAll(br) // the echo answers "x", then the tunnel idles out
+	if string(got) != "x" {
+		t.Fatalf("got %q", got)
+	}
+	if el := time.Since(start); el < 250*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("idle tunnel closed after %v, want about 300ms", el)
+	}
+	e.waitLog(t, "close", map[string]any{"bytes_up": 1, "bytes_down": 1})
+}
+
+func TestCurlThroughProxy(t *testing.T) {
+	curl := needTool(t, "curl")
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	tp := strconv.Itoa(e.tlsPort)
+	run := func(url string) (string, error) {
+		cmd := exec.Command(curl, "-sS", "--max-time", "10", "--cacert", e.ca.pemPath, url)
+		cmd.Env = append(os.Environ(), "HTTPS_PROXY=http://"+e.proxyAddr, "http_proxy=http://"+e.proxyAddr, "NO_PROXY=", "no_proxy=")
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("https://allowed.egress.test:" + tp + "/")
+	if err != nil || out != "hello allowed.egress.test" {
+		t.Fatalf("curl allowed: %v %q", err, out)
+	}
+	e.waitLog(t, "decision", map[string]any{"decision": "allow", "sni": "allowed.egress.test", "alpn": "[h2 http/1.1]"})
+	out, err = run("https://nope.egress.test:" + tp + "/")
+	if err == nil || !strings.Contains(out, "403") {
+		t.Fatalf("curl denied host: err=%v out=%q, want a 403 failure", err, out)
+	}
+	out, err = run("http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/")
+	if err != nil || !strings.HasPrefix(out, "plain ") {
+		t.Fatalf("curl plain http: %v %q", err, out)
+	}
+}
+
+// TestDialError: an allowed destination whose port refuses connections
+// closes the tunnel after the 200, and answers 502 to a plain request; both
+// are logged as dial_error with the rule that allowed them.
+func TestDialError(t *testing.T) {
+	e := newEnv(t)
+	ln := listen(t)
+	dead := strconv.Itoa(port(ln))
+	ln.Close()
+	e.start(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "dead" {
+    hosts = ["allowed.egress.test", "plain.egress.test"]
+    ports = [DEAD]
+  }
+}`, "DEAD", dead))
+	c, br, resp := e.connect(t, "allowed.egress.test:"+dead)
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	c.Write(clientHelloBytes("allowed.egress.test"))
+	if b, _ := io.ReadAll(br); len(b) != 0 {
+		t.Fatalf("got %q from a tunnel whose dial failed", b)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "deny", "reason": "dial_error", "rule": "dead"})
+
+	r, err := e.client().Get("http://plain.egress.test:" + dead + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != http.StatusBadGateway {
+		t.Fatalf("plain request to a dead port: %s, want 502", r.Status)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "dial_error"})
+}
+
+// TestHelloSplitAcrossWrites: a ClientHello delivered one byte per write is
+// reassembled and decided like a whole one.
+func TestHelloSplitAcrossWrites(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	c, _, resp := e.connect(t, "allowed.egress.test:"+strconv.Itoa(e.tlsPort))
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	connOf(c).SetNoDelay(true)
+	for _, b := range clientHelloBytes("allowed.egress.test") {
+		if _, err := c.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitLog(t, "decision", map[string]any{"decision": "allow", "sni": "allowed.egress.test", "rule": "allowed"})
+}

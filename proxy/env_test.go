@@ -1,0 +1,335 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// testNames are the names the test DNS server answers, all with 127.0.0.1
+// (where the test upstreams listen). Names outside the map get NXDOMAIN.
+var testNames = []string{
+	"allowed.egress.test", "other.egress.test", "private.egress.test",
+	"a.b.wild.egress.test", "wild.egress.test", "ja3.egress.test",
+	"plain.egress.test", "nope.egress.test", "echo.egress.test",
+}
+
+// testCA is a certificate authority made for one test run, and a leaf
+// certificate for every test name.
+type testCA struct {
+	pool    *x509.CertPool
+	leaf    tls.Certificate
+	pemPath string // the CA certificate as a PEM file, for curl --cacert
+}
+
+func newTestCA(t *testing.T) *testCA {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "egressd test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	leafKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "egressd test upstream"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		DNSNames:     append([]string{"*.wild.egress.test", "*.b.wild.egress.test"}, testNames...),
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{pool: x509.NewCertPool()}
+	ca.pool.AddCert(caCert)
+	ca.leaf = tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey}
+	ca.pemPath = filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca.pemPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+// listen opens a loopback listener on a port the kernel picks.
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// startTLSUpstream serves HTTPS answering "hello <sni>" on every path.
+func startTLSUpstream(t *testing.T, ca *testCA) int {
+	ln := listen(t)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello %s", r.TLS.ServerName)
+		}),
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.leaf}},
+		ErrorLog:  nil,
+	}
+	srv.ErrorLog = newDiscardLogger()
+	go srv.ServeTLS(ln, "", "")
+	t.Cleanup(func() { srv.Close() })
+	return port(ln)
+}
+
+// startHTTPUpstream serves plain HTTP answering "plain <host>".
+func startHTTPUpstream(t *testing.T) int {
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "plain %s", r.Host)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return port(ln)
+}
+
+// startEcho echoes every byte back and half-closes when the client does.
+func startEcho(t *testing.T) int {
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return port(ln)
+}
+
+// startDNS answers A queries for testNames with 127.0.0.1, AAAA with
+// nothing, and everything else with NXDOMAIN.
+func startDNS(t *testing.T) string {
+	t.Helper()
+	known := map[string]bool{}
+	for _, n := range testNames {
+		known[dns.Fqdn(n)] = true
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		name := strings.ToLower(q.Question[0].Name)
+		switch {
+		case !known[name]:
+			m.Rcode = dns.RcodeNameError
+		case q.Question[0].Qtype == dns.TypeA:
+			rr, _ := dns.NewRR(name + " 60 IN A 127.0.0.1")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}
+
+// syncBuffer is the decision log: written by the proxy, read by the test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) lines(t *testing.T) []map[string]any {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(b.buf.Bytes()))
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("decision log line is not JSON: %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// env is one egressd proxy with its own upstreams, DNS and decision log.
+type env struct {
+	ca        *testCA
+	tlsPort   int
+	httpPort  int
+	echoPort  int
+	dnsAddr   string
+	proxyAddr string
+	log       *syncBuffer
+	srv       *Server
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	e := &env{ca: newTestCA(t), dnsAddr: startDNS(t), log: &syncBuffer{}}
+	e.tlsPort = startTLSUpstream(t, e.ca)
+	e.httpPort = startHTTPUpstream(t)
+	e.echoPort = startEcho(t)
+	return e
+}
+
+// start runs egressd with the given HCL, after replacing TLS_PORT,
+// HTTP_PORT, ECHO_PORT and DNS_ADDR in it.
+func (e *env) start(t *testing.T, hclSrc string) {
+	t.Helper()
+	src := strings.NewReplacer(
+		"TLS_PORT", fmt.Sprint(e.tlsPort),
+		"HTTP_PORT", fmt.Sprint(e.httpPort),
+		"ECHO_PORT", fmt.Sprint(e.echoPort),
+		"DNS_ADDR", e.dnsAddr,
+	).Replace(hclSrc)
+	cfg, diags := policy.Parse([]policy.File{{Name: "test.hcl", Src: []byte(src)}})
+	if diags.HasErrors() {
+		t.Fatalf("test config:\n%s\n%s", policy.FormatDiagnostics(diags), src)
+	}
+	e.log = &syncBuffer{}
+	srv, err := New(cfg, zerolog.New(e.log).With().Timestamp().Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := listen(t)
+	go srv.Serve(ln)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(ctx)
+	})
+	e.srv, e.proxyAddr = srv, ln.Addr().String()
+}
+
+// client is Go's net/http client configured with HTTPS_PROXY-style proxying
+// through egressd and the test CA.
+func (e *env) client() *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			Proxy:             http.ProxyURL(mustURL("http://" + e.proxyAddr)),
+			TLSClientConfig:   &tls.Config{RootCAs: e.ca.pool},
+			DisableKeepAlives: true,
+		},
+	}
+}
+
+// connect opens a raw CONNECT tunnel and returns the connection and the
+// proxy's status line.
+func (e *env) connect(t *testing.T, authority string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	c, err := net.Dial("tcp", e.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", authority, err)
+	}
+	return c, br, resp
+}
+
+// waitLog waits for a decision-log line with the given message and conn
+// field set, matching want, and returns it.
+func (e *env) waitLog(t *testing.T, msg string, want map[string]any) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		for _, l := range e.log.lines(t) {
+			if l["message"] == msg && matches(l, want) {
+				return l
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q log line with %v in:\n%s", msg, want, e.log.buf.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func matches(l, want map[string]any) bool {
+	for k, v := range want {
+		if fmt.Sprint(l[k]) != fmt.Sprint(v) {
+			return false
+		}
+	}
+	return true
+}
+
+// needTool skips when a tool is missing, but fails under CI=true where
+// .ci/run must have installed it.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s is not installed; .ci/run must install it", name)
+		}
+		t.Skipf("%s is not installed; skipping", name)
+	}
+	return p
+}
+
+// connOf returns the *net.TCPConn under a test connection.
+func connOf(rw any) *net.TCPConn { return rw.(*net.TCPConn) }

@@ -1,0 +1,125 @@
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// handleHTTP decides an absolute-form http:// request on its host and port,
+// and forwards it through a transport that can dial only the address this
+// request was checked for. It returns the response goproxy writes back.
+func (s *Server) handleHTTP(req *http.Request) *http.Response {
+	c := s.newConn(ModeHTTP, req.RemoteAddr)
+	if req.URL.Scheme != "http" {
+		c.host = req.URL.Host
+		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, "only http:// URLs can be proxied; use CONNECT for https")
+	}
+	t, err := ParseTarget(req.URL.Host, 80)
+	if err != nil {
+		c.host = req.URL.Host
+		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, err.Error())
+	}
+	c.host, c.port = t.Name(), t.Port
+	c.decision = s.pol.Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP})
+	if !c.decision.Allow {
+		s.logDecision(c)
+		return textResponse(req, http.StatusForbidden, "egressd: denied "+c.host+": "+string(c.decision.Reason)+"\n")
+	}
+	up := s.dial(req.Context(), c, t)
+	s.logDecision(c)
+	if up == nil {
+		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
+	}
+	return s.forward(req, c, up)
+}
+
+// forward sends req over the already dialed connection up and returns the
+// response with a body that logs the close event when goproxy finishes
+// copying it.
+func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response {
+	// The transport may use only the connection dialed for this request's
+	// checked address, and only once.
+	var handed atomic.Bool
+	tr := &http.Transport{
+		Proxy: nil,
+		DialContext: func(context.Context, string, string) (net.Conn, error) {
+			if handed.Swap(true) {
+				return nil, errUncheckedDial
+			}
+			return up, nil
+		},
+		DisableKeepAlives:      true,
+		ResponseHeaderTimeout:  upstreamHeaderTimeout,
+		MaxResponseHeaderBytes: maxHeaderBytes,
+	}
+	out := req.Clone(req.Context())
+	out.RequestURI = ""
+	out.Host = ""
+	var upBytes atomic.Int64
+	if out.Body != nil {
+		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes}
+	}
+	resp, err := tr.RoundTrip(out)
+	if err != nil {
+		up.Close()
+		s.logClose(c, upBytes.Load(), 0)
+		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": upstream error\n")
+	}
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), onClose: func(down int64) {
+		tr.CloseIdleConnections()
+		s.logClose(c, upBytes.Load(), down)
+	}}
+	return resp
+}
+
+func (s *Server) refuseHTTP(req *http.Request, c *conn, code int, r policy.Reason, detail string) *http.Response {
+	c.decision = policy.Decision{Reason: r}
+	c.detail = detail
+	s.logDecision(c)
+	return textResponse(req, code, "egressd: "+detail+"\n")
+}
+
+func textResponse(req *http.Request, code int, body string) *http.Response {
+	resp := &http.Response{
+		StatusCode:    code,
+		Status:        http.StatusText(code),
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        http.Header{"Content-Type": {"text/plain; charset=utf-8"}},
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+		Request:       req,
+	}
+	return resp
+}
+
+// countingBody counts the bytes read through it and reports the total once
+// when closed.
+type countingBody struct {
+	io.ReadCloser
+	n       *atomic.Int64
+	once    sync.Once
+	onClose func(int64)
+}
+
+func (b *countingBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	b.n.Add(int64(n))
+	return n, err
+}
+
+func (b *countingBody) Close() error {
+	err := b.ReadCloser.Close()
+	if b.onClose != nil {
+		b.once.Do(func() { b.onClose(b.n.Load()) })
+	}
+	return err
+}

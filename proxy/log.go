@@ -1,0 +1,154 @@
+package proxy
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sni"
+)
+
+// Decision-log field names. They are the interface security teams build their
+// queries on (README documents each), so they are constants and never change
+// casually.
+const (
+	fieldConn       = "conn"
+	fieldMode       = "mode"
+	fieldClient     = "client"
+	fieldHost       = "host"
+	fieldPort       = "port"
+	fieldDst        = "dst"
+	fieldSNI        = "sni"
+	fieldALPN       = "alpn"
+	fieldTLSVersion = "tls_version"
+	fieldJA3        = "ja3"
+	fieldJA3Full    = "ja3_full"
+	fieldJA4        = "ja4"
+	fieldECH        = "ech"
+	fieldDecision   = "decision"
+	fieldPolicy     = "policy"
+	fieldRule       = "rule"
+	fieldReason     = "reason"
+	fieldDetail     = "detail"
+	fieldBytesUp    = "bytes_up"
+	fieldBytesDown  = "bytes_down"
+	fieldDurationMS = "duration_ms"
+
+	msgDecision = "decision"
+	msgClose    = "close"
+)
+
+// Modes name the way a connection reached egressd.
+const (
+	ModeConnect = "connect" // HTTP CONNECT tunnel
+	ModeHTTP    = "http"    // absolute-form http:// request
+)
+
+// conn is the per-connection record that the decision and close log lines
+// are written from. One value is filled as the connection progresses; the
+// decision in it is the one the matcher returned, never recomputed.
+type conn struct {
+	id     uint64
+	mode   string
+	start  time.Time
+	client netip.AddrPort
+	host   string // destination name as the client gave it, or the IP literal
+	port   uint16
+	dst    netip.AddrPort // the address dialed; zero until dialed
+
+	hello    *sni.Hello // nil when no ClientHello was parsed
+	ja3Full  string
+	ja3      string
+	ja4      string
+	decision policy.Decision
+	detail   string // short error text for refusals that need one (never credentials)
+}
+
+// fingerprint parses nothing: it fills the JA3/JA4 fields from an already
+// parsed hello, once per connection.
+func (c *conn) fingerprint(h *sni.Hello) {
+	c.hello = h
+	c.ja3Full, c.ja3 = h.JA3()
+	c.ja4 = h.JA4(false)
+}
+
+func (s *Server) logDecision(c *conn) {
+	d := c.decision
+	e := s.log.Info().
+		Uint64(fieldConn, c.id).
+		Str(fieldMode, c.mode)
+	if c.client.IsValid() {
+		e = e.Str(fieldClient, c.client.String())
+	}
+	if c.host != "" {
+		e = e.Str(fieldHost, c.host)
+	}
+	if c.port != 0 {
+		e = e.Uint16(fieldPort, c.port)
+	}
+	if c.dst.IsValid() {
+		e = e.Str(fieldDst, c.dst.String())
+	}
+	if h := c.hello; h != nil {
+		e = e.Str(fieldSNI, h.ServerName).
+			Strs(fieldALPN, h.ALPN).
+			Str(fieldTLSVersion, tlsVersionName(h)).
+			Str(fieldJA3, c.ja3).
+			Str(fieldJA3Full, c.ja3Full).
+			Str(fieldJA4, c.ja4)
+		if h.ECH {
+			e = e.Bool(fieldECH, true)
+		}
+	}
+	verdict := "deny"
+	if d.Allow {
+		verdict = "allow"
+	}
+	e = e.Str(fieldDecision, verdict)
+	if d.Policy != "" {
+		e = e.Str(fieldPolicy, d.Policy).Str(fieldRule, d.Rule)
+	}
+	e = e.Str(fieldReason, string(d.Reason))
+	if c.detail != "" {
+		e = e.Str(fieldDetail, c.detail)
+	}
+	e.Msg(msgDecision)
+}
+
+func (s *Server) logClose(c *conn, up, down int64) {
+	s.log.Info().
+		Uint64(fieldConn, c.id).
+		Str(fieldMode, c.mode).
+		Int64(fieldBytesUp, up).
+		Int64(fieldBytesDown, down).
+		Int64(fieldDurationMS, time.Since(c.start).Milliseconds()).
+		Msg(msgClose)
+}
+
+// tlsVersionName names the highest version the client offered: the
+// supported_versions extension when present (TLS 1.3 clients), else the
+// legacy version field.
+func tlsVersionName(h *sni.Hello) string {
+	v := h.LegacyVersion
+	for _, sv := range h.SupportedVersions {
+		if sv&0x0f0f == 0x0a0a { // GREASE (RFC 8701)
+			continue
+		}
+		if sv > v && sv <= 0x0304 {
+			v = sv
+		}
+	}
+	switch v {
+	case 0x0304:
+		return "1.3"
+	case 0x0303:
+		return "1.2"
+	case 0x0302:
+		return "1.1"
+	case 0x0301:
+		return "1.0"
+	case 0x0300:
+		return "ssl3"
+	}
+	return "unknown"
+}

@@ -1,0 +1,233 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+const (
+	// maxCacheEntries bounds the resolver cache. Each entry is a name and a
+	// handful of addresses (well under 1 KiB), so the cache stays below a
+	// few MiB however many distinct names clients ask for.
+	maxCacheEntries = 4096
+	// maxCacheTTL caps how long an answer is reused, so a record published
+	// with an absurd TTL cannot pin a stale address for days.
+	maxCacheTTL = time.Hour
+	// maxAddrsPerName bounds how many addresses of one name are kept and
+	// tried; CDNs answer with up to a few dozen.
+	maxAddrsPerName = 32
+	// dnsQueryTimeout bounds one exchange with one server.
+	dnsQueryTimeout = 3 * time.Second
+)
+
+// ErrNoAddress is returned when a name exists but has no A or AAAA records.
+var ErrNoAddress = errors.New("no A or AAAA records")
+
+// Resolver looks names up with the configured DNS servers and caches the
+// answers for their TTL. It is safe for concurrent use.
+type Resolver struct {
+	servers []string
+	client  *dns.Client
+	now     func() time.Time
+
+	mu    sync.Mutex
+	cache map[string]cacheEntry
+}
+
+type cacheEntry struct {
+	addrs   []netip.Addr
+	expires time.Time
+}
+
+// NewResolver returns a resolver that asks servers (host:port) in order.
+// With no servers it uses the nameservers of /etc/resolv.conf.
+func NewResolver(servers []string) (*Resolver, error) {
+	if len(servers) == 0 {
+		cc, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil {
+			return nil, fmt.Errorf("resolver: no servers configured and /etc/resolv.conf unreadable (%v); set resolver { servers = [\"host:53\"] }", err)
+		}
+		for _, s := range cc.Servers {
+			servers = append(servers, net.JoinHostPort(s, cc.Port))
+		}
+		if len(servers) == 0 {
+			return nil, errors.New("resolver: /etc/resolv.conf lists no nameserver; set resolver { servers = [\"host:53\"] }")
+		}
+	}
+	return &Resolver{
+		servers: servers,
+		client:  &dns.Client{Timeout: dnsQueryTimeout},
+		now:     time.Now,
+		cache:   make(map[string]cacheEntry),
+	}, nil
+}
+
+// Lookup returns the IPv6 and IPv4 addresses of name (IPv6 first), from the
+// cache when a previous answer is still within its TTL.
+func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+	if addrs, ok := r.cached(name); ok {
+		return addrs, nil
+	}
+	var (
+		wg         sync.WaitGroup
+		v6, v4     []netip.Addr
+		ttl6, ttl4 uint32
+		err6, err4 error
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA)
+	}()
+	v4, ttl4, err4 = r.query(ctx, name, dns.TypeA)
+	wg.Wait()
+	addrs := append(v6, v4...)
+	if len(addrs) == 0 {
+		if err4 != nil {
+			return nil, err4
+		}
+		if err6 != nil {
+			return nil, err6
+		}
+		return nil, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
+	}
+	if len(addrs) > maxAddrsPerName {
+		addrs = addrs[:maxAddrsPerName]
+	}
+	ttl := min(ttl4, ttl6)
+	if len(v4) == 0 {
+		ttl = ttl6
+	} else if len(v6) == 0 {
+		ttl = ttl4
+	}
+	r.store(name, addrs, time.Duration(ttl)*time.Second)
+	return addrs, nil
+}
+
+func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.cache[name]
+	if !ok {
+		return nil, false
+	}
+	if !r.now().Before(e.expires) {
+		delete(r.cache, name)
+		return nil, false
+	}
+	return e.addrs, true
+}
+
+func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) {
+	if ttl <= 0 {
+		return // TTL 0: the publisher asked us not to reuse the answer
+	}
+	ttl = min(ttl, maxCacheTTL)
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.cache) >= maxCacheEntries {
+		r.evictLocked(now)
+	}
+	r.cache[name] = cacheEntry{addrs: addrs, expires: now.Add(ttl)}
+}
+
+// evictLocked drops expired entries, and if none were expired, an arbitrary
+// tenth of the cache, so a flood of names costs a bounded amount of work.
+func (r *Resolver) evictLocked(now time.Time) {
+	for k, e := range r.cache {
+		if !now.Before(e.expires) {
+			delete(r.cache, k)
+		}
+	}
+	n := len(r.cache) / 10
+	for k := range r.cache {
+		if len(r.cache) < maxCacheEntries || n <= 0 {
+			break
+		}
+		delete(r.cache, k)
+		n--
+	}
+}
+
+// query asks each server in turn until one answers authoritatively for the
+// question, and returns the addresses of the wanted type with their
+// smallest TTL. CNAME chains inside the answer are followed.
+func (r *Resolver) query(ctx context.Context, name string, qtype uint16) ([]netip.Addr, uint32, error) {
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	m.RecursionDesired = true
+	var lastErr error
+	for _, server := range r.servers {
+		in, _, err := r.client.ExchangeContext(ctx, m, server)
+		if err == nil && in.Truncated {
+			tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
+			in, _, err = tcp.ExchangeContext(ctx, m, server)
+		}
+		if err != nil {
+			lastErr = fmt.Errorf("resolve %s: server %s: %w", name, server, err)
+			continue
+		}
+		switch in.Rcode {
+		case dns.RcodeSuccess:
+			addrs, ttl := answerAddrs(in, dns.Fqdn(name), qtype)
+			return addrs, ttl, nil
+		case dns.RcodeNameError:
+			return nil, 0, fmt.Errorf("resolve %s: no such host (NXDOMAIN)", name)
+		default:
+			lastErr = fmt.Errorf("resolve %s: server %s answered %s", name, server, dns.RcodeToString[in.Rcode])
+		}
+	}
+	return nil, 0, lastErr
+}
+
+func answerAddrs(in *dns.Msg, owner string, qtype uint16) ([]netip.Addr, uint32) {
+	var (
+		addrs []netip.Addr
+		ttl   uint32 = ^uint32(0)
+	)
+	// Follow the CNAME chain; bounded by the answer's size.
+	for range len(in.Answer) + 1 {
+		next := ""
+		for _, rr := range in.Answer {
+			h := rr.Header()
+			if !strings.EqualFold(h.Name, owner) {
+				continue
+			}
+			var a netip.Addr
+			switch v := rr.(type) {
+			case *dns.A:
+				if qtype == dns.TypeA {
+					a, _ = netip.AddrFromSlice(v.A.To4())
+				}
+			case *dns.AAAA:
+				if qtype == dns.TypeAAAA {
+					a, _ = netip.AddrFromSlice(v.AAAA.To16())
+				}
+			case *dns.CNAME:
+				next = v.Target
+				ttl = min(ttl, h.Ttl)
+			}
+			if a.IsValid() && len(addrs) < maxAddrsPerName {
+				addrs = append(addrs, a.Unmap())
+				ttl = min(ttl, h.Ttl)
+			}
+		}
+		if len(addrs) > 0 || next == "" {
+			break
+		}
+		owner = next
+	}
+	if len(addrs) == 0 {
+		ttl = 0
+	}
+	return addrs, ttl
+}

@@ -1,0 +1,200 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/elazarl/goproxy"
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/policy"
+)
+
+const (
+	// maxHeaderBytes bounds a proxy request's header block. CONNECT and
+	// forwarded requests carry a few hundred bytes; 32 KiB leaves room for
+	// large cookies without letting a client park megabytes in memory.
+	maxHeaderBytes = 32 << 10
+	// readHeaderTimeout bounds how long a client may take to send its
+	// request line and headers (slowloris).
+	readHeaderTimeout = 10 * time.Second
+	// upstreamHeaderTimeout bounds how long a plain-HTTP upstream may take
+	// to start answering.
+	upstreamHeaderTimeout = 60 * time.Second
+)
+
+// Server is egressd's HTTP proxy: CONNECT tunnels and absolute-form
+// http:// requests, each checked against the policy before anything is
+// dialed. Create it with New.
+type Server struct {
+	cfg      policy.Server
+	pol      *policy.Policy
+	log      zerolog.Logger
+	resolver *Resolver
+
+	// DialContext dials an already checked address; tests and embedders
+	// may replace it before Serve.
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	gp      *goproxy.ProxyHttpServer
+	httpSrv *http.Server
+	ids     atomic.Uint64
+
+	mu      sync.Mutex
+	tunnels map[net.Conn]struct{}
+	wg      sync.WaitGroup
+}
+
+// New builds a proxy for cfg that writes its decision log to logger.
+func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
+	res, err := NewResolver(cfg.Resolver.Servers)
+	if err != nil {
+		return nil, err
+	}
+	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAlive: 30 * time.Second}
+	s := &Server{
+		cfg:         cfg.Server,
+		pol:         cfg.Policy,
+		log:         logger,
+		resolver:    res,
+		DialContext: d.DialContext,
+		tunnels:     make(map[net.Conn]struct{}),
+	}
+	s.gp = s.newGoproxy()
+	s.httpSrv = &http.Server{
+		Handler:           s.gp,
+		ReadHeaderTimeout: readHeaderTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		IdleTimeout:       cfg.Server.IdleTimeout,
+		ErrorLog:          log.New(io.Discard, "", 0),
+	}
+	return s, nil
+}
+
+// newGoproxy configures goproxy for an egress proxy. Its defaults are wrong
+// here: the default transport skips upstream TLS verification and follows
+// HTTP(S)_PROXY from egressd's own environment, and its CONNECT dialer
+// connects before any policy check. Every CONNECT is hijacked so the 200,
+// the hello and the relay are ours; plain requests are answered by
+// handleHTTP, which dials only the checked address.
+func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
+	gp := goproxy.NewProxyHttpServer()
+	gp.Logger = log.New(io.Discard, "", 0)
+	gp.Tr = &http.Transport{Proxy: nil, DialContext: refuseDial}
+	gp.ConnectDial = func(string, string) (net.Conn, error) { return nil, errUncheckedDial }
+	gp.ConnectDialWithReq = nil
+	gp.OnRequest().HandleConnectFunc(func(string, *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
+		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.handleConnect}, ""
+	})
+	gp.OnRequest().DoFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		goproxy.RemoveProxyHeaders(ctx, req)
+		return req, s.handleHTTP(req)
+	})
+	return gp
+}
+
+var errUncheckedDial = errors.New("egressd: refusing a dial that did not pass the policy check")
+
+func refuseDial(context.Context, string, string) (net.Conn, error) { return nil, errUncheckedDial }
+
+// Serve accepts proxy clients on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.httpSrv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, waits for open tunnels until ctx ends, then
+// closes the ones still open.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.httpSrv.Shutdown(ctx)
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.tunnels {
+			_ = c.Close()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	return err
+}
+
+func (s *Server) track(c net.Conn) {
+	s.wg.Add(1)
+	s.mu.Lock()
+	s.tunnels[c] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.tunnels, c)
+	s.mu.Unlock()
+	s.wg.Done()
+}
+
+func (s *Server) newConn(mode string, remote string) *conn {
+	c := &conn{id: s.ids.Add(1), mode: mode, start: time.Now()}
+	c.client, _ = netip.ParseAddrPort(remote)
+	return c
+}
+
+// dial resolves t when it is a name, keeps the addresses the decision
+// allows, and dials them in order until one answers. On failure it turns
+// c's decision into a deny with the reason and returns nil.
+func (s *Server) dial(ctx context.Context, c *conn, t Target) net.Conn {
+	addrs := []netip.Addr{t.Addr}
+	if t.Host != "" {
+		var err error
+		if addrs, err = s.resolver.Lookup(ctx, t.Host); err != nil {
+			c.refuse(policy.ReasonDNSError, err.Error())
+			return nil
+		}
+	}
+	var lastErr error
+	tried := 0
+	for _, a := range addrs {
+		if !s.pol.AddrAllowed(c.decision, a) {
+			continue
+		}
+		tried++
+		dst := netip.AddrPortFrom(a, t.Port)
+		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+		up, err := s.DialContext(dctx, "tcp", dst.String())
+		cancel()
+		if err == nil {
+			c.dst = dst
+			return up
+		}
+		lastErr = err
+	}
+	if tried == 0 {
+		c.refuse(policy.ReasonPrivateDestination, fmt.Sprintf("every address of %s is private: %v", t.Name(), addrs))
+		return nil
+	}
+	c.refuse(policy.ReasonDialError, lastErr.Error())
+	return nil
+}
+
+// refuse turns an allow into a deny for a reason found after the policy
+// decision (DNS, private address, dial); the deciding rule stays recorded.
+func (c *conn) refuse(r policy.Reason, detail string) {
+	c.decision.Allow = false
+	c.decision.Reason = r
+	c.detail = detail
+}
