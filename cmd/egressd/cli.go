@@ -1,0 +1,274 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/configs"
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/proxy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitFail  = 1 // invalid configuration, deny verdict, runtime failure
+	exitUsage = 2 // bad flags or arguments
+)
+
+// shutdownGrace is how long SIGINT/SIGTERM waits for open tunnels.
+const shutdownGrace = 10 * time.Second
+
+const usage = `egressd: an egress proxy that lets through only what its policy allows.
+
+Usage:
+  egressd serve    [--config PATH] [--http-listen ADDR]   run the proxy
+  egressd validate --config PATH                          check a configuration
+  egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT
+                                                          evaluate the policy offline
+  egressd version                                         print the version
+
+With no --config, egressd uses its embedded default: every preset in configs/.
+Run "egressd COMMAND --help" for a command's flags.
+`
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return runServe(rest, stdout, stderr)
+	case "validate":
+		return runValidate(rest, stdout, stderr)
+	case "check":
+		return runCheck(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintln(stdout, "egressd", version)
+		return exitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: egressd %s\n\nFlags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags returns the exit code to use when parsing ended the command
+// (help or a usage error), or -1 to go on.
+func parseFlags(fs *flag.FlagSet, args []string) int {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	return -1
+}
+
+// loadConfig reads path, or the embedded presets when path is empty, and
+// prints every diagnostic (warnings too) to stderr.
+func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
+	var (
+		cfg   *policy.Config
+		diags hcl.Diagnostics
+	)
+	if path == "" {
+		cfg, diags = policy.LoadFS(configs.FS, ".")
+	} else {
+		cfg, diags = policy.Load(path)
+	}
+	if len(diags) > 0 {
+		fmt.Fprint(stderr, policy.FormatDiagnostics(diags))
+	}
+	return cfg, !diags.HasErrors()
+}
+
+func runServe(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR]", stderr)
+	path := fs.String("config", "", "HCL file or directory of *.hcl files (default: the embedded presets)")
+	listen := fs.String("http-listen", "", "HTTP proxy listen address, overriding server.http_listen")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
+		return exitFail
+	}
+	if *listen != "" {
+		cfg.Server.HTTPListen = *listen
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := serve(ctx, cfg, stderr); err != nil {
+		fmt.Fprintln(stderr, "egressd:", err)
+		return exitFail
+	}
+	return exitOK
+}
+
+// serve runs the proxy until ctx is done, then drains tunnels for up to
+// shutdownGrace.
+func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
+	zerolog.TimeFieldFormat = time.RFC3339Nano
+	logger, closer, err := proxy.NewLogger(cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer closer.Close()
+	srv, err := proxy.New(cfg, logger)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Server.HTTPListen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w; change server.http_listen or --http-listen", cfg.Server.HTTPListen, err)
+	}
+	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	return <-errc
+}
+
+func runValidate(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("validate", "validate --config PATH", stderr)
+	path := fs.String("config", "", "HCL file or directory of *.hcl files (required)")
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if *path == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	if _, ok := loadConfig(*path, stdout); !ok {
+		return exitFail
+	}
+	fmt.Fprintf(stdout, "%s: valid\n", *path)
+	return exitOK
+}
+
+func runCheck(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("check", "check [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT", stderr)
+	path := fs.String("config", "", "HCL file or directory (default: the embedded presets)")
+	sniName := fs.String("sni", "", "ClientHello server name (default: HOST when it is a name)")
+	ja3 := fs.String("ja3", "", "JA3 hash of the client's hello")
+	ja4 := fs.String("ja4", "", "JA4 fingerprint of the client's hello")
+	plain := fs.Bool("plain", false, "the tunnel's first bytes are not TLS")
+	httpReq := fs.Bool("http", false, "a plain http:// proxy request rather than a tunnel")
+	if code := parseFlags(fs, reorder(args)); code >= 0 {
+		return code
+	}
+	if fs.NArg() != 1 || (*plain && *httpReq) {
+		fs.Usage()
+		return exitUsage
+	}
+	t, err := proxy.ParseTarget(fs.Arg(0), 0)
+	if err != nil {
+		fmt.Fprintln(stderr, "egressd check:", err)
+		return exitUsage
+	}
+	cfg, ok := loadConfig(*path, stderr)
+	if !ok {
+		return exitUsage
+	}
+	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloTLS, SNI: t.Host, JA3: strings.ToLower(*ja3), JA4: *ja4}
+	switch {
+	case *plain:
+		r.Hello = policy.HelloNotTLS
+	case *httpReq:
+		r.Hello = policy.HelloHTTP
+	case *sniName != "":
+		r.SNI = *sniName
+	}
+	d := cfg.Policy.Decide(&r)
+	if d.Allow && t.Addr.IsValid() && !cfg.Policy.AddrAllowed(d, t.Addr) {
+		d.Allow, d.Reason = false, policy.ReasonPrivateDestination
+	}
+	printDecision(stdout, t, d)
+	if d.Allow {
+		return exitOK
+	}
+	return exitFail
+}
+
+func printDecision(w io.Writer, t proxy.Target, d policy.Decision) {
+	verdict := "deny"
+	if d.Allow {
+		verdict = "allow"
+	}
+	fmt.Fprintf(w, "%s %s", verdict, t)
+	if d.Policy != "" {
+		fmt.Fprintf(w, " policy=%s rule=%s", d.Policy, d.Rule)
+	}
+	fmt.Fprintf(w, " reason=%s\n", d.Reason)
+}
+
+// reorder moves flags before positional arguments, so "check HOST:PORT
+// --sni x" works as well as "check --sni x HOST:PORT".
+func reorder(args []string) []string {
+	var flags, pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		switch {
+		case a == "--":
+			pos = append(pos, args[i+1:]...)
+			i = len(args)
+		case strings.HasPrefix(a, "-"):
+			flags = append(flags, a)
+			if !strings.Contains(a, "=") && takesValue(a) && i+1 < len(args) {
+				flags = append(flags, args[i+1])
+				i++
+			}
+		default:
+			pos = append(pos, a)
+		}
+	}
+	return append(flags, pos...)
+}
+
+func takesValue(flagArg string) bool {
+	switch strings.TrimLeft(flagArg, "-") {
+	case "plain", "http", "h", "help":
+		return false
+	}
+	return true
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary run as egressd itself (EGRESSD_MAIN=1), so
+// serve is tested as a real process with real signals.
+func TestMain(m *testing.M) {
+	if os.Getenv("EGRESSD_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+func writeFile(t *testing.T, dir, name, src string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const validConfig = `
+policy "p" {
+  allow "api" {
+    hosts = ["api.example.com", "*.cdn.example.com"]
+    ports = [443, "8443-8444"]
+  }
+  allow "fingerprinted" {
+    hosts = ["fp.example.com"]
+    ja3   = ["3fed133de60c35724739b913924b6c24"]
+  }
+  allow "tunnel" {
+    cidrs = ["198.41.192.0/24"]
+    sni   = ["h2.cftunnel.com"]
+    ports = [7844]
+  }
+  allow "internal" {
+    hosts = ["db.internal.example.com"]
+    cidrs = ["10.1.0.0/16"]
+    ports = [5432]
+    require_tls = false
+  }
+  deny "legacy" { hosts = ["legacy.cdn.example.com"] }
+}
+`
+
+// and joins regexps that must all match, in any order.
+const and = "\x00"
+
+func TestCLI(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good.hcl", validConfig)
+	bad := writeFile(t, dir, "bad.hcl", `policy "p" {
+  allow "r" {
+    hosts = ["ok.example.com", "a.*.example.com"]
+    ports = [443, "9-3"]
+    colour = "blue"
+  }
+}
+`)
+	tests := []struct {
+		name     string
+		args     []string
+		code     int
+		stdout   string // regexp the output must match
+		noStdout bool
+	}{
+		{"no args", nil, exitUsage, "", true},
+		{"unknown command", []string{"frobnicate"}, exitUsage, "", true},
+		{"help", []string{"--help"}, exitOK, `egressd serve`, false},
+		{"version", []string{"version"}, exitOK, `^egressd \S+\n$`, false},
+		{"validate good", []string{"validate", "--config", good}, exitOK, `good.hcl: valid`, false},
+		{"validate bad shows every error with file:line:col", []string{"validate", "--config", bad}, exitFail,
+			`(?m)^.*bad\.hcl:3:32: error: ` + and + `(?m)^.*bad\.hcl:4:19: error: ` + and + `(?m)^.*bad\.hcl:5:5: error: `, false},
+		{"validate needs --config", []string{"validate"}, exitUsage, "", true},
+		{"validate --help", []string{"validate", "--help"}, exitOK, "", true},
+		{"check allow", []string{"check", "--config", good, "api.example.com:443"}, exitOK, `^allow api.example.com:443 policy=p rule=api reason=allowed\n$`, false},
+		{"check range", []string{"check", "--config", good, "x.cdn.example.com:8444"}, exitOK, `rule=api`, false},
+		{"check deny rule", []string{"check", "--config", good, "legacy.cdn.example.com:443"}, exitFail, `^deny .* rule=legacy reason=denied_by_rule`, false},
+		{"check no rule", []string{"check", "--config", good, "example.org:443"}, exitFail, `^deny example.org:443 reason=no_rule\n$`, false},
+		{"check sni mismatch", []string{"check", "--config", good, "--sni", "other.example.com", "api.example.com:443"}, exitFail, `reason=sni_mismatch`, false},
+		{"check flags after target", []string{"check", "--config", good, "fp.example.com:443", "--ja3", "3FED133DE60C35724739B913924B6C24"}, exitOK, `rule=fingerprinted`, false},
+		{"check ja3 mismatch", []string{"check", "--config", good, "--ja3", "00000000000000000000000000000000", "fp.example.com:443"}, exitFail, `reason=ja3_mismatch`, false},
+		{"check tunnel ip with sni", []string{"check", "--config", good, "--sni", "h2.cftunnel.com", "198.41.192.7:7844"}, exitOK, `rule=tunnel`, false},
+		{"check private ip opened by cidr", []string{"check", "--config", good, "--plain", "10.1.2.3:5432"}, exitOK, `rule=internal`, false},
+		{"check metadata refused", []string{"check", "--config", good, "--plain", "169.254.169.254:80"}, exitFail, `reason=no_rule`, false},
+		{"check non-canonical ip", []string{"check", "--config", good, "127.1:443"}, exitUsage, "", true},
+		{"check missing port", []string{"check", "--config", good, "api.example.com"}, exitUsage, "", true},
+		{"check bad config", []string{"check", "--config", bad, "api.example.com:443"}, exitUsage, "", true},
+		{"check embedded default", []string{"check", "cgr.dev:443"}, exitOK, `policy=chainguard-images`, false},
+		{"check embedded default deny", []string{"check", "example.com:443"}, exitFail, `reason=no_rule`, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tc.args, strings.NewReader(""), &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout.String(), stderr.String())
+			}
+			if tc.noStdout && tc.stdout == "" && code != exitOK && stdout.Len() > 0 {
+				t.Errorf("stdout %q, want the error on stderr", stdout.String())
+			}
+			for _, re := range strings.Split(tc.stdout, and) {
+				if re != "" && !regexp.MustCompile(re).MatchString(stdout.String()) {
+					t.Errorf("stdout %q does not match %s\nstderr: %s", stdout.String(), re, stderr.String())
+				}
+			}
+		})
+	}
+}
+
+// TestServeEmbeddedDefault runs "egressd serve" as a process on the
+// embedded presets: a CONNECT no preset allows gets 403 with its reason, and
+// SIGTERM stops the process with exit 0.
+func TestServeEmbeddedDefault(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if i := strings.LastIndex(sc.Text(), "listening on "); i >= 0 {
+				addr <- strings.TrimSpace(sc.Text()[i+len("listening on "):])
+			}
+		}
+	}()
+	var proxyAddr string
+	select {
+	case proxyAddr = <-addr:
+	case <-time.After(20 * time.Second):
+		t.Fatal("egressd serve did not report its listen address")
+	}
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "no_rule") {
+		t.Fatalf("CONNECT example.com:443: %s %q, want 403 naming no_rule", resp.Status, body)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("egressd did not exit after SIGTERM")
+	}
+	if !strings.Contains(stdout.String(), `"reason":"no_rule"`) || !strings.Contains(stdout.String(), `"host":"example.com"`) {
+		t.Errorf("decision log on stdout lacks the denial: %q", stdout.String())
+	}
+}
