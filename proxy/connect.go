@@ -36,11 +36,13 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		writeStatus(client, req, http.StatusForbidden, c)
 		return
 	}
+	if !s.track(client) {
+		return // shutting down: close without a 200
+	}
+	defer s.untrack(client)
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
 		return
 	}
-	s.track(client)
-	defer s.untrack(client)
 	s.tunnel(c, client, t, &r)
 }
 

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/tls"
 	"io"
@@ -460,4 +461,26 @@ func TestHelloSplitAcrossWrites(t *testing.T) {
 		}
 	}
 	e.waitLog(t, "decision", map[string]any{"decision": "allow", "sni": "allowed.egress.test", "rule": "allowed"})
+}
+
+// TestShutdownClosesTunnelsAfterDeadline: Shutdown waits for open tunnels
+// until its context ends, then closes them and returns.
+func TestShutdownClosesTunnelsAfterDeadline(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	c, br, _ := e.connect(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	c.Write([]byte("x"))
+	if b, err := br.ReadByte(); err != nil || b != 'x' {
+		t.Fatalf("echo: %q %v", b, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	e.srv.Shutdown(ctx)
+	if el := time.Since(start); el < 250*time.Millisecond || el > 3*time.Second {
+		t.Fatalf("Shutdown returned after %v, want about the 300ms deadline", el)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("tunnel still open after Shutdown's deadline")
+	}
 }

@@ -50,6 +50,7 @@ type Server struct {
 	ids     atomic.Uint64
 
 	mu      sync.Mutex
+	closing bool // set by Shutdown; no tunnel starts after it
 	tunnels map[net.Conn]struct{}
 	wg      sync.WaitGroup
 }
@@ -118,6 +119,9 @@ func (s *Server) Serve(ln net.Listener) error {
 // Shutdown stops accepting, waits for open tunnels until ctx ends, then
 // closes the ones still open.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 	err := s.httpSrv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -134,11 +138,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) track(c net.Conn) {
-	s.wg.Add(1)
+// track registers an open tunnel; it reports false once Shutdown began.
+func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		return false
+	}
+	s.wg.Add(1)
 	s.tunnels[c] = struct{}{}
-	s.mu.Unlock()
+	return true
 }
 
 func (s *Server) untrack(c net.Conn) {
