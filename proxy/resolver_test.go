@@ -1,0 +1,102 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// countingDNS answers A queries for ttl0.test (TTL 0), ttl60.test (TTL 60)
+// and v6.test (AAAA only), NXDOMAIN for nx.test and SERVFAIL for
+// fail.test, counting the queries it sees.
+func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
+	t.Helper()
+	queries = new(atomic.Int64)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		queries.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		name, qt := strings.ToLower(q.Question[0].Name), q.Question[0].Qtype
+		add := func(rr string) {
+			r, _ := dns.NewRR(rr)
+			m.Answer = append(m.Answer, r)
+		}
+		switch {
+		case name == "nx.test.":
+			m.Rcode = dns.RcodeNameError
+		case name == "fail.test.":
+			m.Rcode = dns.RcodeServerFailure
+		case name == "ttl0.test." && qt == dns.TypeA:
+			add("ttl0.test. 0 IN A 192.0.2.1")
+		case name == "ttl60.test." && qt == dns.TypeA:
+			add("ttl60.test. 60 IN A 192.0.2.2")
+		case name == "v6.test." && qt == dns.TypeAAAA:
+			add("v6.test. 60 IN AAAA 2001:db8::6")
+		case name == "cname.test." && qt == dns.TypeA:
+			add("cname.test. 60 IN CNAME ttl60.test.")
+			add("ttl60.test. 60 IN A 192.0.2.2")
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String(), queries
+}
+
+func TestResolverTTLCache(t *testing.T) {
+	addr, queries := countingDNS(t)
+	r, err := NewResolver([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	ctx := context.Background()
+	lookup := func(name string) []netip.Addr {
+		t.Helper()
+		a, err := r.Lookup(ctx, name)
+		if err != nil {
+			t.Fatalf("Lookup %s: %v", name, err)
+		}
+		return a
+	}
+	// Each uncached lookup asks A and AAAA: two queries.
+	if got := lookup("ttl60.test"); len(got) != 1 || got[0] != netip.MustParseAddr("192.0.2.2") {
+		t.Fatalf("ttl60.test = %v", got)
+	}
+	lookup("ttl60.test")
+	if n := queries.Load(); n != 2 {
+		t.Fatalf("second lookup within the TTL asked the server: %d queries, want 2", n)
+	}
+	now = now.Add(61 * time.Second)
+	lookup("ttl60.test")
+	if n := queries.Load(); n != 4 {
+		t.Fatalf("lookup after the TTL: %d queries, want 4", n)
+	}
+	lookup("ttl0.test")
+	lookup("ttl0.test")
+	if n := queries.Load(); n != 8 {
+		t.Fatalf("TTL 0 answers must not be cached: %d queries, want 8", n)
+	}
+	if got := lookup("v6.test"); len(got) != 1 || !got[0].Is6() {
+		t.Fatalf("v6.test = %v, want its AAAA", got)
+	}
+	if got := lookup("cname.test"); len(got) != 1 || got[0] != netip.MustParseAddr("192.0.2.2") {
+		t.Fatalf("cname.test = %v, want the CNAME target's address", got)
+	}
+	for _, name := range []string{"nx.test", "fail.test", "empty.test"} {
+		if a, err := r.Lookup(ctx, name); err == nil {
+			t.Errorf("Lookup %s = %v, want an error", name, a)
+		}
+	}
+}
