@@ -31,6 +31,9 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		HelloTimeout: DefaultHelloTimeout,
 		IdleTimeout:  DefaultIdleTimeout,
 		DialTimeout:  DefaultDialTimeout,
+
+		TransparentMode:   TransparentRedirect,
+		VerifyDestination: VerifyRefuse,
 	}
 	if raw == nil {
 		return s, nil
@@ -45,12 +48,38 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 		listeners = append(listeners, listener{name: "http_listen", network: netTCP, addr: raw.httpListen.v, rng: raw.httpListen.rng})
 	}
-	// Later listeners (transparent_listen, quic_listen, dns_listen,
-	// admin_listen) are appended here, one line each.
+	if raw.transparentListen != nil {
+		if _, _, err := splitListen(raw.transparentListen.v); err != nil {
+			diags = append(diags, listenDiag("transparent_listen", raw.transparentListen, err))
+		} else {
+			s.TransparentListen = raw.transparentListen.v
+		}
+		listeners = append(listeners, listener{name: "transparent_listen", network: netTCP, addr: raw.transparentListen.v, rng: raw.transparentListen.rng})
+	}
+	// Later listeners (quic_listen, dns_listen, admin_listen) are appended
+	// here, one line each.
 	diags = append(diags, checkListeners(listeners)...)
 
 	if raw.allowPrivateDestinations != nil {
 		s.AllowPrivateDestinations = raw.allowPrivateDestinations.v
+	}
+	if v := raw.transparentMode; v != nil {
+		if v.v == TransparentRedirect || v.v == TransparentTProxy {
+			s.TransparentMode = v.v
+		} else {
+			diags = append(diags, errDiag(v.rng, "Invalid transparent_mode",
+				fmt.Sprintf("transparent_mode = %s is not a mode. Use %q (iptables/nft REDIRECT) or %q (TPROXY), for example transparent_mode = %q.", quote(v.v), TransparentRedirect, TransparentTProxy, TransparentRedirect)))
+		}
+	}
+	if v := raw.verifyDestination; v != nil {
+		if d := checkVerify(v); d != nil {
+			diags = append(diags, d)
+		} else {
+			s.VerifyDestination = v.v
+		}
+	}
+	if raw.upstreamMark != nil {
+		s.UpstreamMark = uint32(raw.upstreamMark.v)
 	}
 	for _, d := range []struct {
 		name string
@@ -77,6 +106,15 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 	}
 	return s, diags
+}
+
+// checkVerify validates a verify_destination value.
+func checkVerify(v *str) *hcl.Diagnostic {
+	if v.v == VerifyRefuse || v.v == VerifyRedirect {
+		return nil
+	}
+	return errDiag(v.rng, "Invalid verify_destination",
+		fmt.Sprintf("verify_destination = %s is not a setting. Use %q (deny a transparent connection whose original destination is not an address of the allowed name: dst_mismatch) or %q (dial the address egressd resolved for the SNI name instead), for example verify_destination = %q.", quote(v.v), VerifyRefuse, VerifyRedirect, VerifyRefuse))
 }
 
 // Listener networks, as a bit set: a DNS listener uses both.
@@ -297,6 +335,13 @@ func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnos
 				id := int32(len(p.allow))
 				p.allow = append(p.allow, *ru)
 				p.allowIdx.add(ru, id)
+				if len(ru.hosts) > 0 {
+					// Transparent connections carry no name but the SNI:
+					// a rule with hosts is also found by its sni list.
+					for _, sp := range ru.sni {
+						p.allowSNIIdx.addPattern(sp, id)
+					}
+				}
 			}
 		}
 	}
@@ -322,6 +367,16 @@ func compileRule(policy string, rr *rawRule) (*rule, hcl.Diagnostics) {
 	allowPS := rr.allowPublicSuffix != nil && rr.allowPublicSuffix.v
 	if rr.requireTLS != nil {
 		ru.requireTLS = rr.requireTLS.v
+	}
+	if v := rr.verifyDestination; v != nil {
+		if rr.deny {
+			diags = append(diags, warnDiag(v.rng, "verify_destination has no effect in a deny rule",
+				"Destination verification checks the address of an allowed transparent connection. Remove verify_destination from this deny rule."))
+		} else if d := checkVerify(v); d != nil {
+			diags = append(diags, d)
+		} else {
+			ru.verify = v.v
+		}
 	}
 	if rr.deny {
 		// Deny rules fail closed: an over-broad deny only blocks more, so

@@ -40,6 +40,19 @@ type Server struct {
 	HelloTimeout             time.Duration
 	IdleTimeout              time.Duration
 	DialTimeout              time.Duration
+	// TransparentListen is the transparent gateway's listen address
+	// (host:port); "" when the gateway is off.
+	TransparentListen string
+	// TransparentMode is how connections reach the transparent listener:
+	// "redirect" (iptables/nft REDIRECT; original destination from
+	// SO_ORIGINAL_DST) or "tproxy" (TPROXY; the listener is opened with
+	// IP_TRANSPARENT and the local address is the original destination).
+	TransparentMode string
+	// VerifyDestination is the default for allow rules without their own
+	// verify_destination: "refuse" or "redirect".
+	VerifyDestination string
+	// UpstreamMark is the SO_MARK put on every upstream socket (0: none).
+	UpstreamMark uint32
 }
 
 // Resolver is the resolver block.
@@ -116,6 +129,7 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 	diags = append(diags, d...)
 	pol, d := compilePolicies(raw.policies, server.AllowPrivateDestinations)
 	diags = append(diags, d...)
+	pol.verify = server.VerifyDestination
 
 	cfg.Server, cfg.Resolver, cfg.Log = server, resolver, logc
 	if !diags.HasErrors() {

@@ -102,6 +102,15 @@ func TestDiagnostics(t *testing.T) {
 		{"listen without port", one("server {\n  http_listen = \"127.0.0.1\"\n}\n"), "t.hcl:2:17", "error", "Invalid listen address"},
 		{"listen port too large", one("server {\n  http_listen = \"127.0.0.1:99999\"\n}\n"), "t.hcl:2:17", "error", "Invalid listen address"},
 		{"listen bad host", one("server {\n  http_listen = \"bad host:80\"\n}\n"), "t.hcl:2:17", "error", "Invalid listen address"},
+		{"transparent_listen without port", one("server {\n  transparent_listen = \"0.0.0.0\"\n}\n"), "t.hcl:2:24", "error", "Invalid listen address"},
+		{"transparent_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:3128\"\n  transparent_listen = \":3128\"\n}\n"), "t.hcl:3:24", "error", "Overlapping listeners"},
+		{"bad transparent_mode", one("server {\n  transparent_mode = \"nat\"\n}\n"), "t.hcl:2:22", "error", "Invalid transparent_mode"},
+		{"bad server verify_destination", one("server {\n  verify_destination = \"allow\"\n}\n"), "t.hcl:2:24", "error", "Invalid verify_destination"},
+		{"upstream_mark negative", one("server {\n  upstream_mark = -1\n}\n"), "t.hcl:2:19", "error", "Invalid upstream_mark"},
+		{"upstream_mark too large", one("server {\n  upstream_mark = 4294967296\n}\n"), "t.hcl:2:19", "error", "Invalid upstream_mark"},
+		{"upstream_mark wrong type", one("server {\n  upstream_mark = \"1\"\n}\n"), "t.hcl:2:19", "error", "Wrong type"},
+		{"bad rule verify_destination", one(ruleSrc(`hosts = ["a.test"]`, `verify_destination = "skip"`)), "t.hcl:4:26", "error", "Invalid verify_destination"},
+		{"verify_destination in deny rule", one("policy \"p\" {\n  deny \"r\" {\n    hosts = [\"a.test\"]\n    verify_destination = \"refuse\"\n  }\n}\n"), "t.hcl:4:26", "warning", "no effect in a deny rule"},
 		{"allow_private_destinations wrong type", one("server {\n  allow_private_destinations = \"yes\"\n}\n"), "t.hcl:2:32", "error", "true or false"},
 
 		// Resolver and log.
@@ -331,7 +340,8 @@ func TestOverlappingListeners(t *testing.T) {
 
 func TestDefaultsAndSettings(t *testing.T) {
 	cfg := mustParse(t, ruleSrc(`hosts = ["a.test"]`))
-	wantServer := Server{HTTPListen: "127.0.0.1:3128", HelloTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, DialTimeout: 10 * time.Second}
+	wantServer := Server{HTTPListen: "127.0.0.1:3128", HelloTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, DialTimeout: 10 * time.Second,
+		TransparentMode: "redirect", VerifyDestination: "refuse"}
 	if cfg.Server != wantServer {
 		t.Errorf("default Server = %+v, want %+v", cfg.Server, wantServer)
 	}
@@ -349,6 +359,10 @@ server {
   hello_timeout              = "2s"
   idle_timeout               = "1h30m"
   dial_timeout               = "500ms"
+  transparent_listen         = "0.0.0.0:15001"
+  transparent_mode           = "tproxy"
+  verify_destination         = "redirect"
+  upstream_mark              = 4242
 }
 resolver {
   servers = ["127.0.0.1:5353", "1.1.1.1", "[2606:4700:4700::1111]", "::1", "[::1]:5300", "::ffff:8.8.8.8"]
@@ -358,7 +372,8 @@ log {
   output = "/var/log/egressd.log"
 }
 `)
-	wantServer = Server{HTTPListen: "[::1]:8080", AllowPrivateDestinations: true, HelloTimeout: 2 * time.Second, IdleTimeout: 90 * time.Minute, DialTimeout: 500 * time.Millisecond}
+	wantServer = Server{HTTPListen: "[::1]:8080", AllowPrivateDestinations: true, HelloTimeout: 2 * time.Second, IdleTimeout: 90 * time.Minute, DialTimeout: 500 * time.Millisecond,
+		TransparentListen: "0.0.0.0:15001", TransparentMode: "tproxy", VerifyDestination: "redirect", UpstreamMark: 4242}
 	if cfg.Server != wantServer {
 		t.Errorf("Server = %+v, want %+v", cfg.Server, wantServer)
 	}

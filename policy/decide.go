@@ -56,6 +56,13 @@ type Request struct {
 	JA3 string
 	// JA4 is the FoxIO JA4 fingerprint of the ClientHello.
 	JA4 string
+	// Transparent marks a transparent-gateway connection: Host is "" and
+	// Addr is the original destination. Allow rules whose hosts match the
+	// normalized SNI, or that have hosts and whose sni list matches it, are
+	// then candidates as well (the SNI is the only name there is). The SNI is only the client's claim: the proxy must verify
+	// the address against the deciding rule (RuleHasCIDR, RuleHosts,
+	// VerifyDestination) before it dials.
+	Transparent bool
 }
 
 // Reason is the machine-readable word that explains a decision. It is
@@ -85,6 +92,11 @@ const (
 	ReasonHelloMalformed Reason = "hello_malformed"
 	ReasonBadRequest     Reason = "bad_request"
 	ReasonClientClosed   Reason = "client_closed" // the client went away before its first bytes were complete
+	// ReasonDstMismatch: a transparent connection's original destination is
+	// neither in the deciding rule's cidrs nor an address egressd resolved
+	// for the SNI name or the rule's exact hosts (verify_destination =
+	// "refuse").
+	ReasonDstMismatch Reason = "dst_mismatch"
 )
 
 // Reasons lists every Reason, for pre-registering metric label values.
@@ -94,7 +106,7 @@ func Reasons() []Reason {
 		ReasonSNIMissing, ReasonNotTLS, ReasonJA3Mismatch, ReasonJA4Mismatch,
 		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
 		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
-		ReasonBadRequest, ReasonClientClosed,
+		ReasonBadRequest, ReasonClientClosed, ReasonDstMismatch,
 	}
 }
 
@@ -167,6 +179,22 @@ func (p *Policy) Decide(r *Request) Decision {
 		}
 		as.visit(ids)
 	}
+	if r.Transparent && r.Host == "" && r.Hello == HelloTLS && sniOK {
+		for it := p.allowIdx.names(sni); ; {
+			ids := it.next()
+			if ids == nil {
+				break
+			}
+			as.visit(ids)
+		}
+		for it := p.allowSNIIdx.names(sni); ; {
+			ids := it.next()
+			if ids == nil {
+				break
+			}
+			as.visit(ids)
+		}
+	}
 	for it := p.allowIdx.addrs(addr); ; {
 		ids := it.next()
 		if ids == nil {
@@ -198,6 +226,51 @@ func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 		return true
 	}
 	return d.rule != nil && d.rule.grantsPrivate(a)
+}
+
+// RuleHasCIDR reports whether the rule that decided d lists a cidr that
+// contains a (unmapped first). It is the first test of destination
+// verification in transparent mode.
+func (p *Policy) RuleHasCIDR(d Decision, a netip.Addr) bool {
+	if p == nil || d.rule == nil || !a.IsValid() {
+		return false
+	}
+	a = a.Unmap().WithZone("")
+	for _, c := range d.rule.cidrs {
+		if c.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// RuleHosts returns the exact (non-wildcard) host names of the rule that
+// decided d, normalized. Wildcards are left out: they name no address to
+// resolve.
+func (p *Policy) RuleHosts(d Decision) []string {
+	if p == nil || d.rule == nil {
+		return nil
+	}
+	var out []string
+	for _, h := range d.rule.hosts {
+		if h.kind == patExact {
+			out = append(out, h.name)
+		}
+	}
+	return out
+}
+
+// VerifyDestination returns the verify_destination setting that applies to
+// decision d: the deciding rule's own, else the server block's (default
+// VerifyRefuse).
+func (p *Policy) VerifyDestination(d Decision) string {
+	if d.rule != nil && d.rule.verify != "" {
+		return d.rule.verify
+	}
+	if p != nil && p.verify != "" {
+		return p.verify
+	}
+	return VerifyRefuse
 }
 
 // denyScan finds the lowest-index deny rule that matches.

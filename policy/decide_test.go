@@ -2,6 +2,7 @@ package policy
 
 import (
 	"net/netip"
+	"reflect"
 	"testing"
 )
 
@@ -383,12 +384,83 @@ func TestReasonsUnique(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	if len(seen) != 16 {
+	if len(seen) != 17 {
 		t.Errorf("Reasons() has %d entries, want 16", len(seen))
 	}
 	for _, h := range []Hello{HelloPending, HelloTLS, HelloNotTLS, HelloHTTP, 42} {
 		if h.String() == "" {
 			t.Errorf("Hello(%d).String() is empty", h)
 		}
+	}
+}
+
+func TestDestinationVerificationHelpers(t *testing.T) {
+	cfg := mustParse(t, `
+server {
+  verify_destination = "refuse"
+}
+policy "p" {
+  allow "cf" {
+    hosts = ["region1.v2.argotunnel.com", "*.cftunnel.com"]
+    cidrs = ["198.41.192.0/24"]
+    sni   = ["h2.cftunnel.com"]
+    ports = [7844]
+    verify_destination = "redirect"
+  }
+  allow "web" {
+    hosts = ["a.test"]
+  }
+  allow "addr-only" {
+    cidrs = ["192.0.2.0/24"]
+    sni   = ["only.test"]
+  }
+}
+`)
+	p := cfg.Policy
+	cf := p.Decide(&Request{Addr: netip.MustParseAddr("198.41.192.7"), Port: 7844, Hello: HelloTLS, SNI: "h2.cftunnel.com"})
+	if !cf.Allow || cf.Rule != "cf" {
+		t.Fatalf("cf decision = %+v", cf)
+	}
+	if !p.RuleHasCIDR(cf, netip.MustParseAddr("198.41.192.7")) || !p.RuleHasCIDR(cf, netip.MustParseAddr("::ffff:198.41.192.8")) {
+		t.Error("RuleHasCIDR false for an address inside the rule's cidrs")
+	}
+	if p.RuleHasCIDR(cf, netip.MustParseAddr("198.41.193.1")) {
+		t.Error("RuleHasCIDR true for an address outside the rule's cidrs")
+	}
+	if got := p.RuleHosts(cf); !reflect.DeepEqual(got, []string{"region1.v2.argotunnel.com"}) {
+		t.Errorf("RuleHosts = %q, want only the exact host", got)
+	}
+	if got := p.VerifyDestination(cf); got != VerifyRedirect {
+		t.Errorf("rule VerifyDestination = %q, want redirect", got)
+	}
+	web := p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 443, Hello: HelloTLS, SNI: "a.test"})
+	if web.Allow {
+		t.Fatalf("an address-only request matched hosts rule: %+v", web)
+	}
+	tr := p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 443, Hello: HelloTLS, SNI: "A.test", Transparent: true})
+	if !tr.Allow || tr.Rule != "web" {
+		t.Errorf("transparent request with an allowed SNI = %+v, want allow by web", tr)
+	}
+	tr = p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 7844, Hello: HelloTLS, SNI: "h2.cftunnel.com", Transparent: true})
+	if !tr.Allow || tr.Rule != "cf" {
+		t.Errorf("transparent request outside cidrs with a listed sni of a rule with hosts = %+v, want allow by cf (verified later)", tr)
+	}
+	tr = p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 443, Hello: HelloTLS, SNI: "only.test", Transparent: true})
+	if tr.Allow {
+		t.Errorf("a cidrs-only rule's sni list matched outside its cidrs: %+v", tr)
+	}
+	tr = p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 443, Hello: HelloNotTLS, Transparent: true})
+	if tr.Allow {
+		t.Errorf("transparent non-TLS request = %+v, want deny", tr)
+	}
+	web = p.Decide(&Request{Host: "a.test", Port: 443, Hello: HelloTLS, SNI: "a.test"})
+	if got := p.VerifyDestination(web); got != VerifyRefuse {
+		t.Errorf("server default VerifyDestination = %q, want refuse", got)
+	}
+	if p.RuleHasCIDR(web, netip.MustParseAddr("198.41.192.7")) || p.RuleHasCIDR(Decision{}, netip.MustParseAddr("198.41.192.7")) {
+		t.Error("RuleHasCIDR true for a rule without cidrs / no rule")
+	}
+	if (*Policy)(nil).VerifyDestination(Decision{}) != VerifyRefuse {
+		t.Error("nil policy VerifyDestination is not refuse")
 	}
 }

@@ -51,6 +51,16 @@ type rawServer struct {
 	helloTimeout             *str
 	idleTimeout              *str
 	dialTimeout              *str
+	transparentListen        *str
+	transparentMode          *str
+	verifyDestination        *str
+	upstreamMark             *num
+}
+
+// num is a whole number value with its range.
+type num struct {
+	v   int64
+	rng hcl.Range
 }
 
 type rawResolver struct {
@@ -91,6 +101,7 @@ type rawRule struct {
 	}
 	requireTLS        *boolean
 	allowPublicSuffix *boolean
+	verifyDestination *str
 	description       *str
 }
 
@@ -120,6 +131,10 @@ func serverSchema() *hcl.BodySchema {
 		{Name: "hello_timeout"},
 		{Name: "idle_timeout"},
 		{Name: "dial_timeout"},
+		{Name: "transparent_listen"},
+		{Name: "transparent_mode"},
+		{Name: "verify_destination"},
+		{Name: "upstream_mark"},
 	}}
 }
 
@@ -152,6 +167,7 @@ func ruleSchema() *hcl.BodySchema {
 		{Name: "ja4"},
 		{Name: "require_tls"},
 		{Name: "allow_public_suffix"},
+		{Name: "verify_destination"},
 	}}
 }
 
@@ -223,6 +239,14 @@ func decodeServerBlock(b *hcl.Block) (*rawServer, hcl.Diagnostics) {
 			s.idleTimeout = decodeString(attr, `idle_timeout = "5m"`, &diags)
 		case "dial_timeout":
 			s.dialTimeout = decodeString(attr, `dial_timeout = "10s"`, &diags)
+		case "transparent_listen":
+			s.transparentListen = decodeString(attr, `transparent_listen = "0.0.0.0:15001"`, &diags)
+		case "transparent_mode":
+			s.transparentMode = decodeString(attr, `transparent_mode = "redirect"`, &diags)
+		case "verify_destination":
+			s.verifyDestination = decodeString(attr, `verify_destination = "refuse"`, &diags)
+		case "upstream_mark":
+			s.upstreamMark = decodeUint32(attr, `upstream_mark = 1`, &diags)
 		}
 	}
 	return s, diags
@@ -290,6 +314,8 @@ func decodeRuleBlock(b *hcl.Block) (*rawRule, hcl.Diagnostics) {
 			r.requireTLS = decodeBool(attr, `require_tls = false`, &diags)
 		case "allow_public_suffix":
 			r.allowPublicSuffix = decodeBool(attr, `allow_public_suffix = true`, &diags)
+		case "verify_destination":
+			r.verifyDestination = decodeString(attr, `verify_destination = "redirect"`, &diags)
 		}
 	}
 	return r, diags
@@ -337,6 +363,30 @@ func decodeBool(attr *hcl.Attribute, example string, diags *hcl.Diagnostics) *bo
 		return nil
 	}
 	return &boolean{v: v.True(), rng: attr.Expr.Range()}
+}
+
+// decodeUint32 decodes a whole number from 0 to 4294967295.
+func decodeUint32(attr *hcl.Attribute, example string, diags *hcl.Diagnostics) *num {
+	v, ok := value(attr.Expr, attr.Name, diags)
+	if !ok {
+		return nil
+	}
+	if v.Type() != cty.Number {
+		*diags = append(*diags, typeDiag(attr.Expr, attr.Name, "a number", v.Type(), example))
+		return nil
+	}
+	f := v.AsBigFloat()
+	i, acc := f.Int64()
+	if !f.IsInt() || acc != big.Exact || i < 0 || i > 1<<32-1 {
+		*diags = append(*diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Invalid " + attr.Name,
+			Detail:   fmt.Sprintf("%s must be a whole number from 0 to 4294967295. For example: %s.", attr.Name, example),
+			Subject:  attr.Expr.Range().Ptr(),
+		})
+		return nil
+	}
+	return &num{v: i, rng: attr.Expr.Range()}
 }
 
 // listElems returns the element expressions of a static list.

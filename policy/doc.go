@@ -85,7 +85,11 @@
 // A rule's destination matches a Request when (r.Host != "" and a hosts
 // pattern matches r.Host) or (r.Addr is valid and a cidr contains r.Addr,
 // IPv4-mapped addresses being unmapped first), and r.Port is in the rule's
-// ports.
+// ports. For a transparent connection (r.Transparent, r.Host == "", a
+// parsed ClientHello) an allow rule's destination also matches when a
+// hosts pattern matches the normalized SNI, or when the rule has hosts and
+// one of its sni patterns matches the SNI; the proxy then verifies the
+// original destination (see "Transparent gateway" below).
 //
 // Deny rules come first. For a deny rule, hosts are also matched against
 // the normalized SNI, so that a deny cannot be evaded by connecting to an
@@ -129,6 +133,43 @@
 // Policy.AddrAllowed: a public address is fine; a private one only if the
 // deciding rule has a wholly private cidr containing it, or
 // allow_private_destinations is true.
+//
+// # Transparent gateway
+//
+//	server {
+//	  transparent_listen = "0.0.0.0:15001" # default "": off
+//	  transparent_mode   = "redirect"      # default; or "tproxy"
+//	  verify_destination = "refuse"        # default; or "redirect"
+//	  upstream_mark      = 0               # default 0: sockets not marked
+//	}
+//
+// transparent_listen accepts TCP connections redirected to egressd by the
+// kernel. transparent_mode says how: "redirect" for iptables/nftables
+// REDIRECT (or DNAT), where egressd reads the original destination with
+// getsockopt SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6); or
+// "tproxy" for TPROXY, where the listener is opened with IP_TRANSPARENT /
+// IPV6_TRANSPARENT (needs CAP_NET_ADMIN) and the connection's local address
+// is the original destination. "egressd serve --tproxy" sets "tproxy".
+//
+// A transparent connection has no CONNECT line: egressd decides with the
+// original destination address and port, the SNI and the fingerprints.
+// Because the SNI is a claim by the client, an allow is followed by
+// destination verification: the original destination is accepted when one
+// of the deciding rule's cidrs contains it, or when egressd's resolver
+// answered it (within the answer's TTL; every recent answer is kept, so
+// rotating DNS answers do not cause false denials) for the SNI name or for
+// one of the rule's exact hosts. Otherwise verify_destination decides:
+// "refuse" denies with reason "dst_mismatch"; "redirect" dials the address
+// egressd itself resolves for the SNI name instead. An allow rule may set
+// its own verify_destination, which overrides the server's. Bytes that are
+// not a ClientHello are allowed only by a require_tls = false rule whose
+// cidrs and ports match the original destination.
+//
+// upstream_mark (0 to 4294967295) sets SO_MARK on every upstream socket
+// egressd opens (needs CAP_NET_ADMIN). Exempt that mark from the redirect
+// so that egressd's own connections are not sent back to it, for example
+// "nft add rule ip nat output meta mark 0x1 return" before the redirect
+// rule, or "iptables -t nat -A OUTPUT -m mark --mark 1 -j RETURN".
 //
 // Decide does not scan the rules. Compiling builds an index: an exact-name
 // map, a map of wildcard suffixes (looked up once per parent suffix of the

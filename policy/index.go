@@ -8,8 +8,10 @@ type Policy struct {
 	allow        []rule // in configuration order
 	deny         []rule // in configuration order
 	allowIdx     index
+	allowSNIIdx  index // allow rules with hosts, by their sni patterns (transparent mode)
 	denyIdx      index
 	allowPrivate bool
+	verify       string   // server verify_destination; "" = VerifyRefuse
 	names        []string // policy names in configuration order
 }
 
@@ -52,7 +54,8 @@ type rule struct {
 	ja3        []string
 	ja4        []string
 	requireTLS bool
-	tlsConds   bool // sni, ja3 or ja4 is set
+	tlsConds   bool   // sni, ja3 or ja4 is set
+	verify     string // verify_destination; "" = the server's setting
 }
 
 type portRange struct{ lo, hi uint16 }

@@ -60,3 +60,12 @@ const (
 	DefaultLogFormat    = "json"
 	DefaultLogOutput    = "stdout"
 )
+
+// Values of transparent_mode and verify_destination.
+const (
+	TransparentRedirect = "redirect" // iptables/nft REDIRECT: SO_ORIGINAL_DST
+	TransparentTProxy   = "tproxy"   // TPROXY: IP_TRANSPARENT listener
+
+	VerifyRefuse   = "refuse"   // deny with dst_mismatch (the default)
+	VerifyRedirect = "redirect" // dial the address resolved for the SNI name
+)

@@ -47,7 +47,9 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 }
 
 // tunnel is the part of a tunnel after the 200 (or, for a transparent
-// connection, after accept): hello, decision, dial, relay.
+// connection, after accept): hello, decision, dial, relay. For a
+// transparent connection (r.Transparent) an allow is followed by
+// destination verification, which may refuse or re-point the dial.
 func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	var f firstBytes
 	defer f.release()
@@ -69,6 +71,14 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	if !c.decision.Allow {
 		s.logDecision(c)
 		return
+	}
+	if r.Transparent {
+		sni, _ := policy.NormalizeHost(r.SNI)
+		var ok bool
+		if t, ok = s.verifyDst(c, t, sni); !ok {
+			s.logDecision(c)
+			return
+		}
 	}
 	up := s.dial(context.Background(), c, t)
 	s.logDecision(c)

@@ -13,6 +13,16 @@
 //     exactly a checked address, write the bytes already read, and relay
 //     with io.Copy between the two *net.TCPConn (splice on Linux).
 //
+// A transparent connection (ServeTransparent on a ListenTransparent
+// listener) starts at step 2 with the original destination as an IP
+// target: SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST after a REDIRECT, the
+// local address after a TPROXY. After an allow, the original destination
+// is verified against the deciding rule (its cidrs, or the resolver's
+// recent answers for the SNI name and the rule's exact hosts); a mismatch
+// is refused (dst_mismatch) or re-pointed at the SNI name's address, as
+// verify_destination says. Upstream sockets carry server.upstream_mark
+// (SO_MARK) so that redirect rules can exempt them.
+//
 // Absolute-form http:// requests are decided on host and port and
 // forwarded over a connection dialed the same way. Every connection writes
 // one "decision" line, and every allowed one a "close" line, to the

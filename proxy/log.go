@@ -42,6 +42,9 @@ const (
 const (
 	ModeConnect = "connect" // HTTP CONNECT tunnel
 	ModeHTTP    = "http"    // absolute-form http:// request
+	// ModeTransparent: a TCP connection redirected to the transparent
+	// listener; host is the original destination address.
+	ModeTransparent = "transparent"
 )
 
 // conn is the per-connection record that the decision and close log lines

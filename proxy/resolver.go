@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,13 +27,28 @@ const (
 	maxAddrsPerName = 32
 	// dnsQueryTimeout bounds one exchange with one server.
 	dnsQueryTimeout = 3 * time.Second
+	// maxKnownPerName bounds how many addresses of one name are remembered
+	// for destination verification (every answer within its TTL, not only
+	// the latest). When full, the address closest to expiry is dropped.
+	maxKnownPerName = 64
+	// minVerifyRefresh is how often Verify may ask the DNS again for a name
+	// whose cached answers do not hold an address, so that a client sending
+	// many spoofed destinations costs at most one query per name per
+	// interval.
+	minVerifyRefresh = 5 * time.Second
+	// maxVerifyQueries bounds the queries one Verify sends.
+	maxVerifyQueries = 4
 )
 
 // ErrNoAddress is returned when a name exists but has no A or AAAA records.
 var ErrNoAddress = errors.New("no A or AAAA records")
 
 // Resolver looks names up with the configured DNS servers and caches the
-// answers for their TTL. It is safe for concurrent use.
+// answers for their TTL. Besides the latest answer, which Lookup returns,
+// it remembers every address answered for a name until that answer's TTL
+// runs out: DNS servers that rotate their answers (CDNs) give each client
+// a different address, and Verify must accept all of them. It is safe for
+// concurrent use.
 type Resolver struct {
 	servers []string
 	client  *dns.Client
@@ -43,8 +59,26 @@ type Resolver struct {
 }
 
 type cacheEntry struct {
-	addrs   []netip.Addr
+	addrs   []netip.Addr // the latest answer
+	expires time.Time    // when the latest answer runs out
+	fetched time.Time    // when the latest answer arrived
+	known   []knownAddr  // every address answered within its TTL
+}
+
+type knownAddr struct {
+	addr    netip.Addr
 	expires time.Time
+}
+
+// keepUntil is when the last remembered address runs out.
+func (e *cacheEntry) keepUntil() time.Time {
+	t := e.expires
+	for _, k := range e.known {
+		if k.expires.After(t) {
+			t = k.expires
+		}
+	}
+	return t
 }
 
 // NewResolver returns a resolver that asks servers (host:port) in order.
@@ -76,6 +110,62 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 	if addrs, ok := r.cached(name); ok {
 		return addrs, nil
 	}
+	addrs, _, err := r.lookup(ctx, name)
+	return addrs, err
+}
+
+// Verify reports whether a is an address the DNS gave for name within its
+// TTL: remembered from an earlier answer, in the current answer, or, when
+// neither holds it and the last query is at least minVerifyRefresh old, in
+// a fresh answer (which is remembered too).
+func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
+	a = a.Unmap()
+	known, fetched, fresh := r.known(name, a)
+	if known {
+		return true, nil
+	}
+	if fresh && r.now().Sub(fetched) < minVerifyRefresh {
+		return false, nil
+	}
+	// Ask again while the answers keep bringing addresses not seen before:
+	// a server rotating through a pool gives each query another part of it.
+	for range maxVerifyQueries {
+		addrs, added, err := r.lookup(ctx, name)
+		if err != nil {
+			return false, err
+		}
+		if slices.Contains(addrs, a) {
+			return true, nil
+		}
+		if !added {
+			break
+		}
+	}
+	return false, nil
+}
+
+// known reports whether a is remembered for name, and when the latest
+// answer was fetched (fresh: that answer is still within its TTL).
+func (r *Resolver) known(name string, a netip.Addr) (ok bool, fetched time.Time, fresh bool) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, exists := r.cache[name]
+	if !exists {
+		return false, time.Time{}, false
+	}
+	for _, k := range e.known {
+		if k.addr == a && now.Before(k.expires) {
+			ok = true
+			break
+		}
+	}
+	return ok, e.fetched, now.Before(e.expires)
+}
+
+// lookup queries the servers (no cache read) and stores the answer; added
+// reports whether the answer held an address not remembered before.
+func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr, added bool, err error) {
 	var (
 		wg         sync.WaitGroup
 		v6, v4     []netip.Addr
@@ -89,15 +179,15 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 	}()
 	v4, ttl4, err4 = r.query(ctx, name, dns.TypeA)
 	wg.Wait()
-	addrs := append(v6, v4...)
+	addrs = append(v6, v4...)
 	if len(addrs) == 0 {
 		if err4 != nil {
-			return nil, err4
+			return nil, false, err4
 		}
 		if err6 != nil {
-			return nil, err6
+			return nil, false, err6
 		}
-		return nil, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
+		return nil, false, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
 	if len(addrs) > maxAddrsPerName {
 		addrs = addrs[:maxAddrsPerName]
@@ -108,8 +198,8 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 	} else if len(v6) == 0 {
 		ttl = ttl4
 	}
-	r.store(name, addrs, time.Duration(ttl)*time.Second)
-	return addrs, nil
+	added = r.store(name, addrs, time.Duration(ttl)*time.Second)
+	return addrs, added, nil
 }
 
 func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
@@ -119,16 +209,21 @@ func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
 	if !ok {
 		return nil, false
 	}
-	if !r.now().Before(e.expires) {
-		delete(r.cache, name)
+	now := r.now()
+	if !now.Before(e.expires) {
+		if !now.Before(e.keepUntil()) {
+			delete(r.cache, name)
+		}
 		return nil, false
 	}
 	return e.addrs, true
 }
 
-func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) {
+// store caches an answer and remembers its addresses; it reports whether
+// one of them was not remembered before.
+func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) (added bool) {
 	if ttl <= 0 {
-		return // TTL 0: the publisher asked us not to reuse the answer
+		return false // TTL 0: the publisher asked us not to reuse the answer
 	}
 	ttl = min(ttl, maxCacheTTL)
 	now := r.now()
@@ -137,14 +232,39 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) {
 	if len(r.cache) >= maxCacheEntries {
 		r.evictLocked(now)
 	}
-	r.cache[name] = cacheEntry{addrs: addrs, expires: now.Add(ttl)}
+	exp := now.Add(ttl)
+	old := r.cache[name]
+	known := make([]knownAddr, 0, len(old.known)+len(addrs))
+	for _, k := range old.known {
+		if now.Before(k.expires) && !containsAddr(addrs, k.addr) {
+			known = append(known, k)
+		}
+	}
+	for _, a := range addrs {
+		if !added && !slices.ContainsFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }) {
+			added = true
+		}
+		known = append(known, knownAddr{addr: a, expires: exp})
+	}
+	if len(known) > maxKnownPerName {
+		// Drop the addresses closest to expiry; the newest answer, last in
+		// the list and latest to expire, always stays.
+		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
+		known = slices.Clone(known[len(known)-maxKnownPerName:])
+	}
+	r.cache[name] = cacheEntry{addrs: addrs, expires: exp, fetched: now, known: known}
+	return added
+}
+
+func containsAddr(list []netip.Addr, a netip.Addr) bool {
+	return slices.Contains(list, a)
 }
 
 // evictLocked drops expired entries, and if none were expired, an arbitrary
 // tenth of the cache, so a flood of names costs a bounded amount of work.
 func (r *Resolver) evictLocked(now time.Time) {
 	for k, e := range r.cache {
-		if !now.Before(e.expires) {
+		if !now.Before(e.keepUntil()) {
 			delete(r.cache, k)
 		}
 	}

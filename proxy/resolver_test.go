@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -98,5 +99,69 @@ func TestResolverTTLCache(t *testing.T) {
 		if a, err := r.Lookup(ctx, name); err == nil {
 			t.Errorf("Lookup %s = %v, want an error", name, a)
 		}
+	}
+}
+
+// TestResolverKeepsRecentAnswers: every answer is remembered for its own
+// TTL, not only the latest; expired ones are forgotten; the list is
+// bounded.
+func TestResolverKeepsRecentAnswers(t *testing.T) {
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	a1, a2 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	if !r.store("cdn.test", []netip.Addr{a1}, 60*time.Second) {
+		t.Error("first answer: added = false")
+	}
+	now = now.Add(30 * time.Second)
+	if !r.store("cdn.test", []netip.Addr{a2}, 60*time.Second) {
+		t.Error("new address: added = false")
+	}
+	if r.store("cdn.test", []netip.Addr{a2}, 60*time.Second) {
+		t.Error("same address again: added = true")
+	}
+	for _, a := range []netip.Addr{a1, a2} {
+		if ok, _, _ := r.known("cdn.test", a); !ok {
+			t.Errorf("%s forgotten within its TTL", a)
+		}
+	}
+	if got, ok := r.cached("cdn.test"); !ok || len(got) != 1 || got[0] != a2 {
+		t.Errorf("Lookup cache = %v %v, want only the latest answer", got, ok)
+	}
+	now = now.Add(31 * time.Second) // a1's TTL is over, a2's is not
+	if ok, _, _ := r.known("cdn.test", a1); ok {
+		t.Error("expired address still known")
+	}
+	if ok, _, _ := r.known("cdn.test", a2); !ok {
+		t.Error("unexpired address forgotten")
+	}
+	// A Verify within minVerifyRefresh of the last answer does not query
+	// (the server at 127.0.0.1:1 would fail the test with an error); later
+	// it does.
+	r.store("cdn.test", []netip.Addr{a2}, 60*time.Second)
+	now = now.Add(minVerifyRefresh - time.Second)
+	if ok, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); ok || err != nil {
+		t.Errorf("Verify of an unknown address = %v, %v; want false without a query", ok, err)
+	}
+	now = now.Add(2 * time.Second)
+	if _, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); err == nil {
+		t.Error("Verify after minVerifyRefresh did not query")
+	}
+	for i := range maxKnownPerName + 10 {
+		now = now.Add(time.Millisecond)
+		r.store("many.test", []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.0.%d.%d", i/256, i%256))}, time.Minute)
+	}
+	r.mu.Lock()
+	n := len(r.cache["many.test"].known)
+	r.mu.Unlock()
+	if n != maxKnownPerName {
+		t.Errorf("remembered %d addresses, want the bound %d", n, maxKnownPerName)
+	}
+	last := netip.MustParseAddr(fmt.Sprintf("10.0.%d.%d", (maxKnownPerName+9)/256, (maxKnownPerName+9)%256))
+	if ok, _, _ := r.known("many.test", last); !ok {
+		t.Error("the newest address was evicted")
 	}
 }

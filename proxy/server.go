@@ -45,6 +45,11 @@ type Server struct {
 	// may replace it before Serve.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 
+	// origDst returns a transparent connection's original destination;
+	// nil means getsockopt SO_ORIGINAL_DST (or the local address on a
+	// TPROXY listener). Tests replace it.
+	origDst func(net.Conn) (netip.AddrPort, error)
+
 	gp      *goproxy.ProxyHttpServer
 	httpSrv *http.Server
 	ids     atomic.Uint64
@@ -53,6 +58,8 @@ type Server struct {
 	closing bool // set by Shutdown; no tunnel starts after it
 	tunnels map[net.Conn]struct{}
 	wg      sync.WaitGroup
+	// listeners are the transparent listeners, closed by Shutdown.
+	listeners []net.Listener
 }
 
 // New builds a proxy for cfg that writes its decision log to logger.
@@ -61,7 +68,8 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAlive: 30 * time.Second,
+		Control: markControl(cfg.Server.UpstreamMark)}
 	s := &Server{
 		cfg:         cfg.Server,
 		pol:         cfg.Policy,
@@ -121,6 +129,9 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
+	for _, ln := range s.listeners {
+		_ = ln.Close()
+	}
 	s.mu.Unlock()
 	err := s.httpSrv.Shutdown(ctx)
 	done := make(chan struct{})

@@ -38,6 +38,7 @@ const usage = `egressd: an egress proxy that lets through only what its policy a
 
 Usage:
   egressd serve    [--config PATH] [--http-listen ADDR]   run the proxy
+                   [--transparent-listen ADDR] [--tproxy]
   egressd validate --config PATH                          check a configuration
   egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT
                                                           evaluate the policy offline
@@ -112,9 +113,11 @@ func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR]", stderr)
+	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy]", stderr)
 	path := fs.String("config", "", "HCL file or directory of *.hcl files (default: the embedded presets)")
 	listen := fs.String("http-listen", "", "HTTP proxy listen address, overriding server.http_listen")
+	tlisten := fs.String("transparent-listen", "", "transparent gateway listen address for REDIRECT/TPROXY'ed TCP, overriding server.transparent_listen")
+	tproxy := fs.Bool("tproxy", false, "the transparent listener receives TPROXY'ed connections (IP_TRANSPARENT), overriding server.transparent_mode")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -128,6 +131,12 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	if *listen != "" {
 		cfg.Server.HTTPListen = *listen
+	}
+	if *tlisten != "" {
+		cfg.Server.TransparentListen = *tlisten
+	}
+	if *tproxy {
+		cfg.Server.TransparentMode = policy.TransparentTProxy
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -155,18 +164,38 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w; change server.http_listen or --http-listen", cfg.Server.HTTPListen, err)
 	}
+	var tln net.Listener
+	if a := cfg.Server.TransparentListen; a != "" {
+		tln, err = proxy.ListenTransparent(a, cfg.Server.TransparentMode == policy.TransparentTProxy)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("transparent listen on %s: %w; change server.transparent_listen or --transparent-listen", a, err)
+		}
+	}
 	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
+	n := 1
 	go func() { errc <- srv.Serve(ln) }()
+	if tln != nil {
+		fmt.Fprintf(stderr, "egressd %s: transparent gateway (%s) listening on %s\n", version, cfg.Server.TransparentMode, tln.Addr())
+		n++
+		go func() { errc <- srv.ServeTransparent(tln) }()
+	}
+	var first error
 	select {
-	case err := <-errc:
-		return err
+	case first = <-errc:
+		n--
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	_ = srv.Shutdown(sctx)
-	return <-errc
+	for ; n > 0; n-- {
+		if err := <-errc; first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 func runValidate(args []string, stdout, stderr io.Writer) int {

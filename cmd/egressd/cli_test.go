@@ -188,3 +188,62 @@ func TestServeEmbeddedDefault(t *testing.T) {
 		t.Errorf("decision log on stdout lacks the denial: %q", stdout.String())
 	}
 }
+
+// TestServeTransparentListen: --transparent-listen starts the transparent
+// gateway next to the HTTP proxy; a connection that was not redirected is
+// refused (no original destination) and logged with mode transparent.
+func TestServeTransparentListen(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0", "--transparent-listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			const mark = "transparent gateway (redirect) listening on "
+			if i := strings.Index(sc.Text(), mark); i >= 0 {
+				addr <- strings.TrimSpace(sc.Text()[i+len(mark):])
+			}
+		}
+	}()
+	var gw string
+	select {
+	case gw = <-addr:
+	case <-time.After(20 * time.Second):
+		t.Fatal("egressd serve did not report the transparent listener")
+	}
+	c, err := net.Dial("tcp", gw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if b, _ := io.ReadAll(c); len(b) != 0 {
+		t.Fatalf("got %q from an unredirected connection", b)
+	}
+	c.Close()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("egressd did not exit after SIGTERM")
+	}
+	if !strings.Contains(stdout.String(), `"mode":"transparent"`) || !strings.Contains(stdout.String(), `"reason":"bad_request"`) {
+		t.Errorf("decision log lacks the transparent refusal: %q", stdout.String())
+	}
+}

@@ -1,0 +1,301 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// inNS runs f on a thread switched into the named network namespace, so
+// that the sockets f creates live there. It never returns the thread to
+// the pool if switching back fails.
+func inNS(t *testing.T, ns string, f func()) {
+	t.Helper()
+	runtime.LockOSThread()
+	self, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", syscall.Gettid()))
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer self.Close()
+	target, err := os.Open("/var/run/netns/" + ns)
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := setns(target.Fd()); err != nil {
+		runtime.UnlockOSThread()
+		t.Fatalf("setns %s: %v", ns, err)
+	}
+	f()
+	if err := setns(self.Fd()); err != nil {
+		t.Fatalf("setns back: %v", err) // the thread stays locked and dies with the goroutine
+	}
+	runtime.UnlockOSThread()
+}
+
+func setns(fd uintptr) error {
+	if _, _, e := syscall.RawSyscall(sysSetns, fd, syscall.CLONE_NEWNET, 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+const gatewayChildEnv = "EGRESSD_GATEWAY_CHILD" // the decision log file
+
+// TestTransparentGatewayNamespaces builds client, gateway and upstream
+// network namespaces joined by veth pairs, with its own 10.77.x and
+// fd77:x addresses (nothing leaves the machine): the client's default
+// route is the gateway, which REDIRECTs the client's TCP 443 and 7844 to
+// egressd (run inside the gateway namespace); the upstream namespace holds
+// echo servers and a DNS server.
+func TestTransparentGatewayNamespaces(t *testing.T) {
+	needRoot(t, "the gateway namespace test")
+	ip := needTool(t, "ip")
+	needTool(t, "iptables")
+	needTool(t, "ip6tables")
+	var b [3]byte
+	rand.Read(b[:])
+	sfx := hex.EncodeToString(b[:])
+	cli, gw, up := "egd-cli-"+sfx, "egd-gw-"+sfx, "egd-up-"+sfx
+	for _, ns := range []string{cli, gw, up} {
+		run(t, ip, "netns", "add", ns)
+		t.Cleanup(func() { exec.Command(ip, "netns", "del", ns).Run() })
+	}
+	vc, vg1, vg2, vu := "vc"+sfx, "vg1"+sfx, "vg2"+sfx, "vu"+sfx
+	nsRun := func(ns string, args ...string) { run(t, ip, append([]string{"netns", "exec", ns}, args...)...) }
+	run(t, ip, "link", "add", vc, "netns", cli, "type", "veth", "peer", "name", vg1, "netns", gw)
+	run(t, ip, "link", "add", vg2, "netns", gw, "type", "veth", "peer", "name", vu, "netns", up)
+	for _, c := range [][]string{
+		{cli, "ip", "addr", "add", "10.77.1.2/24", "dev", vc},
+		{cli, "ip", "-6", "addr", "add", "fd77:1::2/64", "dev", vc, "nodad"},
+		{cli, "ip", "link", "set", vc, "up"},
+		{cli, "ip", "link", "set", "lo", "up"},
+		{cli, "ip", "route", "add", "default", "via", "10.77.1.1"},
+		{cli, "ip", "-6", "route", "add", "default", "via", "fd77:1::1"},
+		{gw, "ip", "addr", "add", "10.77.1.1/24", "dev", vg1},
+		{gw, "ip", "-6", "addr", "add", "fd77:1::1/64", "dev", vg1, "nodad"},
+		{gw, "ip", "addr", "add", "10.77.2.1/24", "dev", vg2},
+		{gw, "ip", "-6", "addr", "add", "fd77:2::1/64", "dev", vg2, "nodad"},
+		{gw, "ip", "link", "set", vg1, "up"},
+		{gw, "ip", "link", "set", vg2, "up"},
+		{gw, "ip", "link", "set", "lo", "up"},
+		{gw, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		{gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{up, "ip", "addr", "add", "10.77.2.2/24", "dev", vu},
+		{up, "ip", "addr", "add", "10.77.2.3/24", "dev", vu},
+		{up, "ip", "-6", "addr", "add", "fd77:2::2/64", "dev", vu, "nodad"},
+		{up, "ip", "link", "set", vu, "up"},
+		{up, "ip", "link", "set", "lo", "up"},
+		{up, "ip", "route", "add", "default", "via", "10.77.2.1"},
+		{up, "ip", "-6", "route", "add", "default", "via", "fd77:2::1"},
+	} {
+		nsRun(c[0], c[1:]...)
+	}
+	for _, tool := range []string{"iptables", "ip6tables"} {
+		nsRun(gw, tool, "-t", "nat", "-A", "PREROUTING", "-i", vg1, "-p", "tcp", "-m", "multiport", "--dports", "443,7844", "-j", "REDIRECT", "--to-ports", "15001")
+	}
+
+	// Upstreams: echo servers on 443 and 7844, an "attacker" on 10.77.2.3,
+	// and DNS answering allowed.egress.test with 10.77.2.2.
+	var attacker *atomic.Int32
+	inNS(t, up, func() {
+		for _, a := range []string{"10.77.2.2:443", "10.77.2.2:7844", "[fd77:2::2]:7844", "[fd77:2::2]:443"} {
+			serveEcho(listenOn(t, a))
+		}
+		attacker = serveEcho(listenOn(t, "10.77.2.3:443"))
+		pc, err := net.ListenPacket("udp", "10.77.2.2:53")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(q)
+			if strings.EqualFold(q.Question[0].Name, "allowed.egress.test.") && q.Question[0].Qtype == dns.TypeA {
+				rr, _ := dns.NewRR("allowed.egress.test. 60 IN A 10.77.2.2")
+				m.Answer = append(m.Answer, rr)
+			} else if q.Question[0].Qtype != dns.TypeAAAA {
+				m.Rcode = dns.RcodeNameError
+			}
+			w.WriteMsg(m)
+		})}
+		go srv.ActivateAndServe()
+		t.Cleanup(func() { srv.Shutdown() })
+	})
+
+	// egressd in the gateway namespace, as a child process.
+	logPath := t.TempDir() + "/decisions.log"
+	cmd := exec.Command(ip, "netns", "exec", gw, os.Args[0], "-test.run", "^TestTransparentGatewayChild$", "-test.v", "-test.count=1", "-test.timeout=5m")
+	cmd.Env = append(os.Environ(), gatewayChildEnv+"="+logPath)
+	var childOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &childOut, &childOut
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	})
+	e := &env{log: &syncBuffer{}}
+	readLog := func() {
+		b, _ := os.ReadFile(logPath)
+		e.log.mu.Lock()
+		e.log.buf.Reset()
+		e.log.buf.Write(b)
+		e.log.mu.Unlock()
+	}
+	dial := func(dst string) *net.TCPConn {
+		t.Helper()
+		var c net.Conn
+		var err error
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			inNS(t, cli, func() { c, err = net.DialTimeout("tcp", dst, 2*time.Second) })
+			if err == nil || time.Now().After(deadline) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond) // egressd still starting
+		}
+		if err != nil {
+			t.Fatalf("dial %s from the client namespace: %v\n%s", dst, err, childOut.String())
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c.(*net.TCPConn)
+	}
+	waitLog := func(want map[string]any) map[string]any {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			readLog()
+			for _, l := range e.log.lines(t) {
+				if l["message"] == "decision" && matches(l, want) {
+					return l
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no decision with %v in:\n%s\nchild:\n%s", want, e.log.buf.String(), childOut.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	allowed := []struct{ dst, sni, rule string }{
+		{"10.77.2.2:443", "allowed.egress.test", "web"},
+		{"10.77.2.2:7844", "h2.cftunnel.com", "tunnel-http2"},
+		{"[fd77:2::2]:7844", "h2.cftunnel.com", "tunnel-http2"},
+	}
+	for _, tc := range allowed {
+		payload := make([]byte, 256<<10)
+		rand.Read(payload)
+		first := append(clientHelloBytes(tc.sni), payload...)
+		if got := exchange(t, dial(tc.dst), first); !bytes.Equal(got, first) {
+			t.Fatalf("%s sni %s: got %d bytes back, want %d identical", tc.dst, tc.sni, len(got), len(first))
+		}
+		host, port, _ := net.SplitHostPort(tc.dst)
+		waitLog(map[string]any{"mode": "transparent", "decision": "allow", "rule": tc.rule, "host": host, "port": port, "dst": tc.dst, "sni": tc.sni})
+	}
+	refused := []struct {
+		name, dst string
+		first     []byte
+		want      map[string]any
+	}{
+		{"denied sni", "10.77.2.2:443", clientHelloBytes("evil.example"), map[string]any{"reason": "no_rule", "sni": "evil.example"}},
+		{"no sni", "10.77.2.2:443", clientHelloBytes(""), map[string]any{"reason": "no_rule", "host": "10.77.2.2"}},
+		{"sni spoofing", "10.77.2.3:443", clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "dst_mismatch", "host": "10.77.2.3"}},
+		{"not tls on 443", "[fd77:2::2]:443", []byte("GET / HTTP/1.0\r\n\r\n"), map[string]any{"reason": "no_rule", "host": "fd77:2::2"}},
+	}
+	for _, tc := range refused {
+		if got := exchange(t, dial(tc.dst), tc.first); len(got) != 0 {
+			t.Fatalf("%s: got %q", tc.name, got)
+		}
+		want := map[string]any{"mode": "transparent", "decision": "deny"}
+		for k, v := range tc.want {
+			want[k] = v
+		}
+		if d := waitLog(want); d["dst"] != nil {
+			t.Errorf("%s: dialed %v", tc.name, d["dst"])
+		}
+	}
+	if n := attacker.Load(); n != 0 {
+		t.Errorf("the spoofed destination got %d connections", n)
+	}
+}
+
+// TestTransparentGatewayChild is egressd inside the gateway namespace of
+// TestTransparentGatewayNamespaces.
+func TestTransparentGatewayChild(t *testing.T) {
+	logPath := os.Getenv(gatewayChildEnv)
+	if logPath == "" {
+		t.Skip("runs inside TestTransparentGatewayNamespaces's gateway namespace")
+	}
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, diags := policy.Parse([]policy.File{{Name: "gw.hcl", Src: []byte(`
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+  transparent_listen = "[::]:15001"
+}
+resolver { servers = ["10.77.2.2:53"] }
+policy "web" {
+  allow "web" {
+    hosts = ["allowed.egress.test"]
+  }
+}
+policy "cloudflare-tunnel" {
+  allow "tunnel-http2" {
+    hosts = ["region1.v2.argotunnel.com"]
+    cidrs = ["10.77.2.0/24", "fd77:2::/64"]
+    sni   = ["h2.cftunnel.com"]
+    ports = [7844]
+  }
+}`)}})
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	srv, err := New(cfg, zerolog.New(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := ListenTransparent(cfg.Server.TransparentListen, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
+	if err := srv.ServeTransparent(ln); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+}

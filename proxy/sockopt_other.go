@@ -1,0 +1,23 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+)
+
+var errNotLinux = errors.New("the transparent gateway needs Linux (netfilter)")
+
+func originalDst(net.Conn) (netip.AddrPort, error) { return netip.AddrPort{}, errNotLinux }
+
+func transparentControl(string, string, syscall.RawConn) error { return errNotLinux }
+
+func markControl(mark uint32) func(string, string, syscall.RawConn) error {
+	if mark == 0 {
+		return nil
+	}
+	return func(string, string, syscall.RawConn) error { return errNotLinux }
+}

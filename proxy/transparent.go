@@ -1,0 +1,193 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// verifyTimeout bounds the DNS work of one destination verification.
+const verifyTimeout = 5 * time.Second
+
+// tproxyListener marks a listener opened with IP_TRANSPARENT: the local
+// address of each accepted connection is its original destination.
+type tproxyListener struct{ net.Listener }
+
+// ListenTransparent opens the transparent gateway's TCP listener. With
+// tproxy it sets IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6) on the
+// socket, for connections steered by an iptables/nftables TPROXY rule
+// (needs CAP_NET_ADMIN); otherwise it is a plain listener for connections
+// redirected with REDIRECT or DNAT.
+func ListenTransparent(addr string, tproxy bool) (net.Listener, error) {
+	if !tproxy {
+		return net.Listen("tcp", addr)
+	}
+	lc := net.ListenConfig{Control: transparentControl}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return tproxyListener{ln}, nil
+}
+
+// ServeTransparent accepts connections redirected to egressd on ln (from
+// ListenTransparent) until Shutdown: each is decided from its original
+// destination and ClientHello, verified, dialed and relayed.
+func (s *Server) ServeTransparent(ln net.Listener) error {
+	orig := s.origDst
+	if orig == nil {
+		orig = originalDst
+		if _, ok := ln.(tproxyListener); ok {
+			orig = localDst
+		}
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		_ = ln.Close()
+		return nil
+	}
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		client, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if !s.track(client) {
+			_ = client.Close()
+			return nil
+		}
+		go func() {
+			defer s.untrack(client)
+			s.handleTransparent(client, orig)
+		}()
+	}
+}
+
+func isTemporary(err error) bool {
+	t, ok := err.(interface{ Temporary() bool })
+	return ok && t.Temporary()
+}
+
+// localDst is the original destination of a TPROXY connection.
+func localDst(c net.Conn) (netip.AddrPort, error) {
+	ap, err := netip.ParseAddrPort(c.LocalAddr().String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("local address %s: %w", c.LocalAddr(), err)
+	}
+	return ap, nil
+}
+
+// handleTransparent runs one transparent connection: original destination,
+// then the same hello, decision, dial and relay as a CONNECT tunnel.
+func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.AddrPort, error)) {
+	defer client.Close()
+	c := s.newConn(ModeTransparent, client.RemoteAddr().String())
+	dst, err := orig(client)
+	if err == nil && (!dst.Addr().IsValid() || dst.Port() == 0) {
+		err = fmt.Errorf("invalid original destination %s", dst)
+	}
+	if err != nil {
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		c.detail = "original destination: " + err.Error()
+		s.logDecision(c)
+		return
+	}
+	a := dst.Addr().Unmap().WithZone("")
+	if s.isSelf(netip.AddrPortFrom(a, dst.Port())) {
+		// The connection was addressed to egressd itself (no redirect, or a
+		// redirect loop): relaying it would connect egressd to itself.
+		c.host, c.port = a.String(), dst.Port()
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		c.detail = "original destination is egressd's own listener (not redirected, or a redirect loop)"
+		s.logDecision(c)
+		return
+	}
+	t := Target{Addr: a, Port: dst.Port()}
+	c.host, c.port = a.String(), t.Port
+	r := policy.Request{Addr: a, Port: t.Port, Transparent: true}
+	s.tunnel(c, client, t, &r)
+}
+
+// isSelf reports whether ap is the address of a transparent listener.
+func (s *Server) isSelf(ap netip.AddrPort) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ln := range s.listeners {
+		l, err := netip.ParseAddrPort(ln.Addr().String())
+		if err != nil {
+			continue
+		}
+		if l.Port() == ap.Port() && (l.Addr().Unmap() == ap.Addr() || l.Addr().IsUnspecified()) {
+			return true
+		}
+	}
+	return false
+}
+
+// verifyDst checks a transparent connection's original destination after
+// an allow (see policy's "Transparent gateway"): in the deciding rule's
+// cidrs, or answered by the resolver for the SNI name or one of the rule's
+// exact hosts. It returns the target to dial: t itself, or under
+// verify_destination = "redirect" the SNI name. ok is false after c was
+// refused with dst_mismatch (or dns_error).
+func (s *Server) verifyDst(c *conn, t Target, sni string) (Target, bool) {
+	d := c.decision
+	if s.pol.RuleHasCIDR(d, t.Addr) {
+		return t, true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
+	defer cancel()
+	names := make([]string, 0, 4)
+	if sni != "" {
+		names = append(names, sni)
+	}
+	for _, h := range s.pol.RuleHosts(d) {
+		if h != sni {
+			names = append(names, h)
+		}
+	}
+	var lastErr error
+	for _, n := range names {
+		ok, err := s.resolver.Verify(ctx, n, t.Addr)
+		if ok {
+			return t, true
+		}
+		if err != nil {
+			lastErr = err
+		}
+	}
+	if s.pol.VerifyDestination(d) == policy.VerifyRedirect && sni != "" {
+		c.detail = fmt.Sprintf("original destination %s is not an address of %s; redirected", t.Addr, sni)
+		return Target{Host: sni, Port: t.Port}, true
+	}
+	detail := fmt.Sprintf("original destination %s is not in the rule's cidrs nor an address of %v", t.Addr, names)
+	if len(names) == 0 {
+		detail = fmt.Sprintf("original destination %s is not in the rule's cidrs and there is no name to resolve", t.Addr)
+	}
+	if lastErr != nil {
+		detail += " (" + lastErr.Error() + ")"
+	}
+	c.refuse(policy.ReasonDstMismatch, detail)
+	return t, false
+}

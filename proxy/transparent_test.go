@@ -1,0 +1,503 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// gateway is a transparent listener of an env's server whose original
+// destinations are injected by the test instead of read with getsockopt.
+type gateway struct {
+	addr string
+	dsts sync.Map // client address (as the server sees it) → netip.AddrPort
+}
+
+// startTransparent starts egressd with hclSrc (see env.start) and serves a
+// transparent listener on loopback with an injected original destination.
+func (e *env) startTransparent(t *testing.T, hclSrc string) *gateway {
+	t.Helper()
+	e.start(t, hclSrc)
+	g := &gateway{}
+	e.srv.origDst = func(c net.Conn) (netip.AddrPort, error) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if v, ok := g.dsts.Load(c.RemoteAddr().String()); ok {
+				return v.(netip.AddrPort), nil
+			}
+			if time.Now().After(deadline) {
+				return netip.AddrPort{}, errors.New("test: no original destination registered")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	ln := listen(t)
+	go e.srv.ServeTransparent(ln)
+	g.addr = ln.Addr().String()
+	return g
+}
+
+// dial opens a connection to the gateway as if it had been sent to dst and
+// redirected.
+func (g *gateway) dial(t *testing.T, dst string) *net.TCPConn {
+	t.Helper()
+	c, err := net.Dial("tcp", g.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	g.dsts.Store(c.LocalAddr().String(), netip.MustParseAddrPort(dst))
+	return c.(*net.TCPConn)
+}
+
+// listenOn listens on a given loopback address (127.0.0.x:port).
+func listenOn(t *testing.T, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen on %s: %v", addr, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+// serveEcho echoes on ln and counts the connections it accepted.
+func serveEcho(ln net.Listener) *atomic.Int32 {
+	var n atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return &n
+}
+
+// exchange sends first, half-closes, and returns everything read back.
+func exchange(t *testing.T, c *net.TCPConn, first []byte) []byte {
+	t.Helper()
+	go func() {
+		c.Write(first)
+		c.CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading from the gateway: %v", err)
+	}
+	return got
+}
+
+const transparentConfig = `
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "echo-tls" {
+    hosts = ["allowed.egress.test"]
+    ports = [ECHO_PORT]
+  }
+  allow "web" {
+    hosts = ["allowed.egress.test", "*.wild.egress.test"]
+    ports = [TLS_PORT]
+  }
+  deny "blocked" { hosts = ["blocked.wild.egress.test"] }
+}
+`
+
+func TestTransparentAllowedSNIByteExact(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, transparentConfig)
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	payload := append(clientHelloBytes("allowed.egress.test"), make([]byte, 4<<20)...)
+	rand.Read(payload[len(payload)-4<<20:])
+	got := exchange(t, g.dial(t, dst), payload)
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echoed %d bytes, want the %d bytes sent, identical", len(got), len(payload))
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "rule": "echo-tls",
+		"host": "127.0.0.1", "port": e.echoPort, "dst": dst, "sni": "allowed.egress.test", "reason": "allowed"})
+	cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"], "mode": "transparent"})
+	if cl["bytes_up"].(float64) != float64(len(payload)) || cl["bytes_down"].(float64) != float64(len(payload)) {
+		t.Errorf("close line %v, want %d bytes each way", cl, len(payload))
+	}
+}
+
+func TestTransparentRealTLS(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, transparentConfig)
+	c := g.dial(t, "127.0.0.1:"+strconv.Itoa(e.tlsPort))
+	tc := tls.Client(c, &tls.Config{ServerName: "a.b.wild.egress.test", RootCAs: e.ca.pool})
+	fmt.Fprint(tc, "GET / HTTP/1.1\r\nHost: a.b.wild.egress.test\r\nConnection: close\r\n\r\n")
+	body, err := io.ReadAll(tc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(string(body), "hello a.b.wild.egress.test") {
+		t.Fatalf("got %q", body)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "rule": "web",
+		"dst": "127.0.0.1:" + strconv.Itoa(e.tlsPort)})
+}
+
+func TestTransparentDenied(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, transparentConfig)
+	tls := "127.0.0.1:" + strconv.Itoa(e.tlsPort)
+	tests := []struct {
+		name  string
+		dst   string
+		first []byte
+		want  map[string]any
+	}{
+		{"sni no rule allows", tls, clientHelloBytes("nope.egress.test"), map[string]any{"reason": "no_rule", "sni": "nope.egress.test"}},
+		{"sni denied by rule", tls, clientHelloBytes("blocked.wild.egress.test"), map[string]any{"reason": "denied_by_rule", "rule": "blocked"}},
+		{"allowed sni on a port the rule does not open", "127.0.0.1:" + strconv.Itoa(e.httpPort), clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "no_rule"}},
+		{"no sni", tls, clientHelloBytes(""), map[string]any{"reason": "no_rule"}},
+		{"not tls without a require_tls = false cidrs rule", tls, []byte("GET / HTTP/1.1\r\nHost: allowed.egress.test\r\n\r\n"), map[string]any{"reason": "no_rule"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := exchange(t, g.dial(t, tc.dst), tc.first); len(got) != 0 {
+				t.Fatalf("got %q from a refused connection", got)
+			}
+			want := map[string]any{"mode": "transparent", "decision": "deny", "host": "127.0.0.1"}
+			for k, v := range tc.want {
+				want[k] = v
+			}
+			d := e.waitLog(t, "decision", want)
+			if d["dst"] != nil {
+				t.Errorf("refused connection was dialed: %v", d)
+			}
+		})
+	}
+}
+
+// TestTransparentSNISpoofing: an allowed SNI sent to an address that is not
+// one of the name's is refused (default) or re-pointed at the name's
+// address (verify_destination = "redirect"); the spoofed address never
+// sees a connection.
+func TestTransparentSNISpoofing(t *testing.T) {
+	for _, mode := range []string{"default", "refuse", "redirect"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t)
+			attacker := serveEcho(listenOn(t, "127.0.0.9:"+strconv.Itoa(e.tlsPort)))
+			attr := ""
+			if mode != "default" {
+				attr = `verify_destination = "` + mode + `"`
+			}
+			g := e.startTransparent(t, strings.Replace(transparentConfig, `ports = [TLS_PORT]`, "ports = [TLS_PORT]\n    "+attr, 1))
+			spoofed := "127.0.0.9:" + strconv.Itoa(e.tlsPort)
+			c := g.dial(t, spoofed)
+			tc := tls.Client(c, &tls.Config{ServerName: "allowed.egress.test", RootCAs: e.ca.pool})
+			fmt.Fprint(tc, "GET / HTTP/1.1\r\nHost: allowed.egress.test\r\nConnection: close\r\n\r\n")
+			body, err := io.ReadAll(tc)
+			if mode == "redirect" {
+				if err != nil || !strings.HasSuffix(string(body), "hello allowed.egress.test") {
+					t.Fatalf("redirected connection: %q, %v; want the real upstream's answer", body, err)
+				}
+				d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "rule": "web",
+					"host": "127.0.0.9", "dst": "127.0.0.1:" + strconv.Itoa(e.tlsPort)})
+				if !strings.Contains(fmt.Sprint(d["detail"]), "redirected") {
+					t.Errorf("detail %v does not say the connection was redirected", d["detail"])
+				}
+			} else {
+				if len(body) != 0 {
+					t.Fatalf("spoofed connection answered %q (%v); want it closed", body, err)
+				}
+				d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "dst_mismatch",
+					"rule": "web", "host": "127.0.0.9", "sni": "allowed.egress.test"})
+				if d["dst"] != nil {
+					t.Errorf("dst_mismatch was dialed: %v", d)
+				}
+			}
+			if n := attacker.Load(); n != 0 {
+				t.Errorf("the spoofed destination got %d connections", n)
+			}
+		})
+	}
+}
+
+// startRotatingDNS answers A queries for name with the next address of
+// addrs on every query (TTL 60), AAAA with nothing, others NXDOMAIN.
+func startRotatingDNS(t *testing.T, name string, addrs []string) (string, *atomic.Int32) {
+	t.Helper()
+	var n atomic.Int32
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		qn := strings.ToLower(q.Question[0].Name)
+		switch {
+		case qn != dns.Fqdn(name):
+			m.Rcode = dns.RcodeNameError
+		case q.Question[0].Qtype == dns.TypeA:
+			i := n.Add(1) - 1
+			rr, _ := dns.NewRR(qn + " 60 IN A " + addrs[int(i)%len(addrs)])
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String(), &n
+}
+
+// TestTransparentRotatingDNS: the DNS answers each query with another
+// address; a client that resolved the name a moment before connecting is
+// never refused, because egressd keeps every answer for its TTL.
+func TestTransparentRotatingDNS(t *testing.T) {
+	pool := []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+	dnsAddr, queries := startRotatingDNS(t, "cdn.egress.test", pool)
+	ln := listenOn(t, pool[0]+":0")
+	p := strconv.Itoa(port(ln))
+	serveEcho(ln)
+	for _, a := range pool[1:] {
+		serveEcho(listenOn(t, a+":"+p))
+	}
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "cdn" {
+  allow "cdn" {
+    hosts = ["cdn.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	cl := &dns.Client{Timeout: 3 * time.Second}
+	for i := range 8 {
+		m := new(dns.Msg)
+		m.SetQuestion("cdn.egress.test.", dns.TypeA)
+		in, _, err := cl.Exchange(m, dnsAddr)
+		if err != nil || len(in.Answer) != 1 {
+			t.Fatalf("client lookup: %v %v", in, err)
+		}
+		dst := in.Answer[0].(*dns.A).A.String() + ":" + p
+		first := append(clientHelloBytes("cdn.egress.test"), fmt.Sprintf("ping %d", i)...)
+		if got := exchange(t, g.dial(t, dst), first); !bytes.Equal(got, first) {
+			t.Fatalf("connection %d to %s (just resolved): got %d bytes back, want %d; log:\n%s", i, dst, len(got), len(first), e.log.buf.String())
+		}
+		e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "dst": dst, "conn": i + 1})
+	}
+	if q := queries.Load(); q > 8+int32(len(pool))+1 {
+		t.Errorf("egressd sent %d A queries for 8 connections; answers are not reused", q-8)
+	}
+}
+
+// TestTransparentCloudflareTunnel: cloudflared dials a region address on
+// 7844 with SNI h2.cftunnel.com, a name whose addresses are not the
+// destination; the rule's cidrs verify the address.
+func TestTransparentCloudflareTunnel(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, `
+server { hello_timeout = "2s" }
+resolver { servers = ["DNS_ADDR"] }
+policy "cloudflare-tunnel" {
+  allow "tunnel-http2" {
+    hosts = ["region1.v2.argotunnel.com", "region2.v2.argotunnel.com"]
+    cidrs = ["127.0.0.0/24"]
+    sni   = ["h2.cftunnel.com", "cftunnel.com"]
+    ports = [ECHO_PORT]
+  }
+}`)
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	first := append(clientHelloBytes("h2.cftunnel.com"), "tunnel bytes"...)
+	if got := exchange(t, g.dial(t, dst), first); !bytes.Equal(got, first) {
+		t.Fatalf("got %d bytes back, want %d", len(got), len(first))
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "policy": "cloudflare-tunnel",
+		"rule": "tunnel-http2", "sni": "h2.cftunnel.com", "host": "127.0.0.1", "dst": dst})
+
+	for _, tc := range []struct {
+		sni, reason string
+	}{{"evil.example", "sni_mismatch"}, {"", "sni_missing"}} {
+		if got := exchange(t, g.dial(t, dst), clientHelloBytes(tc.sni)); len(got) != 0 {
+			t.Fatalf("sni %q: got %q", tc.sni, got)
+		}
+		e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": tc.reason, "rule": "tunnel-http2"})
+	}
+	// The right SNI to an address outside the cidrs that is no answer for
+	// the rule's hosts (NXDOMAIN here) or the SNI: refused.
+	out := "127.0.1.1:" + strconv.Itoa(e.echoPort)
+	if got := exchange(t, g.dial(t, out), clientHelloBytes("h2.cftunnel.com")); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "host": "127.0.1.1"})
+}
+
+// TestTransparentNotTLS: bytes that are not a ClientHello pass only a
+// require_tls = false rule whose cidrs and ports match.
+func TestTransparentNotTLS(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, `
+server { hello_timeout = "2s" }
+resolver { servers = ["DNS_ADDR"] }
+policy "raw" {
+  allow "echo" {
+    cidrs       = ["127.0.0.1/32"]
+    ports       = [ECHO_PORT]
+    require_tls = false
+  }
+  allow "tls-only" {
+    cidrs = ["127.0.0.1/32"]
+    ports = [HTTP_PORT]
+  }
+}`)
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	first := []byte("SSH-2.0-OpenSSH_9.6\r\n")
+	if got := exchange(t, g.dial(t, dst), first); !bytes.Equal(got, first) {
+		t.Fatalf("got %q, want %q", got, first)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "rule": "echo", "dst": dst})
+	if d["sni"] != nil {
+		t.Errorf("plain connection logged sni %v", d["sni"])
+	}
+	if got := exchange(t, g.dial(t, "127.0.0.1:"+strconv.Itoa(e.httpPort)), first); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "not_tls", "rule": "tls-only"})
+	if got := exchange(t, g.dial(t, "127.0.0.2:"+strconv.Itoa(e.echoPort)), first); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "no_rule", "host": "127.0.0.2"})
+}
+
+// TestTransparentPrivateDestination: the private-destination check
+// applies to the original destination: a private address no cidr grants is
+// refused before verification, whatever the SNI.
+func TestTransparentPrivateDestination(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, `
+server {
+  hello_timeout = "2s"
+  verify_destination = "redirect"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "r" {
+    hosts = ["allowed.egress.test"]
+    cidrs = ["127.0.0.9/32"]
+    ports = [TLS_PORT]
+  }
+}`)
+	if got := exchange(t, g.dial(t, "127.0.0.8:"+strconv.Itoa(e.tlsPort)), clientHelloBytes("allowed.egress.test")); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "private_destination", "host": "127.0.0.8"})
+	if d["dst"] != nil {
+		t.Errorf("dialed %v", d["dst"])
+	}
+}
+
+// TestTransparentOriginalDstError: a connection whose original destination
+// cannot be read (not redirected) is refused and logged.
+func TestTransparentOriginalDstError(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, transparentConfig)
+	ln := listen(t)
+	go e.srv.ServeTransparent(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(c); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	// Without a redirect, SO_ORIGINAL_DST is missing (or, where conntrack
+	// answers, names the listener itself): either way nothing is dialed.
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "bad_request"})
+	if d["dst"] != nil {
+		t.Errorf("dialed %v", d["dst"])
+	}
+}
+
+// TestTransparentShutdown: Shutdown closes the transparent listener and
+// ServeTransparent returns nil.
+func TestTransparentShutdown(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, transparentConfig)
+	ln := listen(t)
+	done := make(chan error, 1)
+	go func() { done <- e.srv.ServeTransparent(ln) }()
+	time.Sleep(20 * time.Millisecond)
+	ctx, cancel := contextWithTimeout(2 * time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ServeTransparent after Shutdown: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("ServeTransparent did not return after Shutdown")
+	}
+	if _, err := net.DialTimeout("tcp", ln.Addr().String(), time.Second); err == nil {
+		t.Error("transparent listener still accepts after Shutdown")
+	}
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// TestTransparentVerifiedByRuleHosts: an SNI that is not the destination's
+// name (here it does not even resolve) is verified through the rule's
+// exact hosts: the original destination is an address of one of them.
+func TestTransparentVerifiedByRuleHosts(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, `
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "fronted" {
+    hosts = ["allowed.egress.test", "*.wild.egress.test"]
+    sni   = ["front.unresolvable.test"]
+    ports = [ECHO_PORT]
+  }
+}`)
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	first := append(clientHelloBytes("front.unresolvable.test"), "x"...)
+	if got := exchange(t, g.dial(t, dst), first); !bytes.Equal(got, first) {
+		t.Fatalf("got %d bytes, want %d; log:\n%s", len(got), len(first), e.log.buf.String())
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "rule": "fronted", "dst": dst})
+	// The same SNI to an address that is no answer for the rule's hosts.
+	if got := exchange(t, g.dial(t, "127.0.0.7:"+strconv.Itoa(e.echoPort)), first); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "dst_mismatch", "host": "127.0.0.7"})
+}
