@@ -34,6 +34,7 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 
 		TransparentMode:   TransparentRedirect,
 		VerifyDestination: VerifyRefuse,
+		DNSRefuse:         DNSRefuseRefused,
 	}
 	if raw == nil {
 		return s, nil
@@ -56,8 +57,16 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 		listeners = append(listeners, listener{name: "transparent_listen", network: netTCP, addr: raw.transparentListen.v, rng: raw.transparentListen.rng})
 	}
-	// Later listeners (quic_listen, dns_listen, admin_listen) are appended
-	// here, one line each.
+	if raw.dnsListen != nil {
+		if _, _, err := splitListen(raw.dnsListen.v); err != nil {
+			diags = append(diags, listenDiag("dns_listen", raw.dnsListen, err))
+		} else {
+			s.DNSListen = raw.dnsListen.v
+		}
+		listeners = append(listeners, listener{name: "dns_listen", network: netTCP | netUDP, addr: raw.dnsListen.v, rng: raw.dnsListen.rng})
+	}
+	// Later listeners (quic_listen, admin_listen) are appended here, one
+	// line each.
 	diags = append(diags, checkListeners(listeners)...)
 
 	if raw.allowPrivateDestinations != nil {
@@ -76,6 +85,14 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 			diags = append(diags, d)
 		} else {
 			s.VerifyDestination = v.v
+		}
+	}
+	if v := raw.dnsRefuse; v != nil {
+		if v.v == DNSRefuseRefused || v.v == DNSRefuseNXDomain {
+			s.DNSRefuse = v.v
+		} else {
+			diags = append(diags, errDiag(v.rng, "Invalid dns_refuse",
+				fmt.Sprintf("dns_refuse = %s is not a setting. Use %q (answer queries for names no policy allows with REFUSED) or %q (answer them with NXDOMAIN), for example dns_refuse = %q.", quote(v.v), DNSRefuseRefused, DNSRefuseNXDomain, DNSRefuseRefused)))
 		}
 	}
 	if raw.upstreamMark != nil {
@@ -340,6 +357,10 @@ func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnos
 					// a rule with hosts is also found by its sni list.
 					for _, sp := range ru.sni {
 						p.allowSNIIdx.addPattern(sp, id)
+					}
+				} else {
+					for _, sp := range ru.sni {
+						p.allowSNIOnlyIdx.addPattern(sp, id)
 					}
 				}
 			}

@@ -53,6 +53,12 @@ type Server struct {
 	VerifyDestination string
 	// UpstreamMark is the SO_MARK put on every upstream socket (0: none).
 	UpstreamMark uint32
+	// DNSListen is the gateway DNS server's listen address (host:port,
+	// UDP and TCP); "" when it is off.
+	DNSListen string
+	// DNSRefuse is the answer to a query for a name no policy allows:
+	// "refused" (REFUSED) or "nxdomain" (NXDOMAIN).
+	DNSRefuse string
 }
 
 // Resolver is the resolver block.

@@ -33,6 +33,12 @@ func TestDiagnostics(t *testing.T) {
 		// Schema: unknown attributes and blocks.
 		{"unknown rule attribute", one(ruleSrc(`hosts = ["a.test"]`, `portz = [443]`)), "t.hcl:4:5", "error", `Did you mean "ports"`},
 		{"unknown server attribute", one("server {\n  listen = \"x\"\n}\n"), "t.hcl:2:3", "error", "Unsupported argument"},
+		// Gateway DNS server.
+		{"bad dns_listen", one("server {\n  dns_listen = \"nope\"\n}\n"), "t.hcl:2:16", "error", "Invalid listen address"},
+		{"bad dns_refuse", one("server {\n  dns_refuse = \"drop\"\n}\n"), "t.hcl:2:16", "error", "Invalid dns_refuse"},
+		{"dns_refuse not a string", one("server {\n  dns_refuse = 3\n}\n"), "t.hcl:2:16", "error", "dns_refuse"},
+		{"dns_listen overlaps transparent_listen", one("server {\n  transparent_listen = \"0.0.0.0:5353\"\n  dns_listen = \"127.0.0.1:5353\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
+		{"dns_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:53\"\n  dns_listen = \":53\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
 		{"unknown top-level block", one("firewall {}\n"), "t.hcl:1:1", "error", "Unsupported block type"},
 		{"unknown block in policy", one("policy \"p\" {\n  permit \"r\" {}\n}\n"), "t.hcl:2:3", "error", "Unsupported block type"},
 		{"policy without name", one("policy {\n}\n"), "t.hcl:1:8", "error", "Missing name for policy"},
@@ -341,7 +347,7 @@ func TestOverlappingListeners(t *testing.T) {
 func TestDefaultsAndSettings(t *testing.T) {
 	cfg := mustParse(t, ruleSrc(`hosts = ["a.test"]`))
 	wantServer := Server{HTTPListen: "127.0.0.1:3128", HelloTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, DialTimeout: 10 * time.Second,
-		TransparentMode: "redirect", VerifyDestination: "refuse"}
+		TransparentMode: "redirect", VerifyDestination: "refuse", DNSRefuse: "refused"}
 	if cfg.Server != wantServer {
 		t.Errorf("default Server = %+v, want %+v", cfg.Server, wantServer)
 	}
@@ -363,6 +369,8 @@ server {
   transparent_mode           = "tproxy"
   verify_destination         = "redirect"
   upstream_mark              = 4242
+  dns_listen                 = "0.0.0.0:53"
+  dns_refuse                 = "nxdomain"
 }
 resolver {
   servers = ["127.0.0.1:5353", "1.1.1.1", "[2606:4700:4700::1111]", "::1", "[::1]:5300", "::ffff:8.8.8.8"]
@@ -373,7 +381,8 @@ log {
 }
 `)
 	wantServer = Server{HTTPListen: "[::1]:8080", AllowPrivateDestinations: true, HelloTimeout: 2 * time.Second, IdleTimeout: 90 * time.Minute, DialTimeout: 500 * time.Millisecond,
-		TransparentListen: "0.0.0.0:15001", TransparentMode: "tproxy", VerifyDestination: "redirect", UpstreamMark: 4242}
+		TransparentListen: "0.0.0.0:15001", TransparentMode: "tproxy", VerifyDestination: "redirect", UpstreamMark: 4242,
+		DNSListen: "0.0.0.0:53", DNSRefuse: "nxdomain"}
 	if cfg.Server != wantServer {
 		t.Errorf("Server = %+v, want %+v", cfg.Server, wantServer)
 	}

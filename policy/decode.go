@@ -55,6 +55,8 @@ type rawServer struct {
 	transparentMode          *str
 	verifyDestination        *str
 	upstreamMark             *num
+	dnsListen                *str
+	dnsRefuse                *str
 }
 
 // num is a whole number value with its range.
@@ -135,6 +137,8 @@ func serverSchema() *hcl.BodySchema {
 		{Name: "transparent_mode"},
 		{Name: "verify_destination"},
 		{Name: "upstream_mark"},
+		{Name: "dns_listen"},
+		{Name: "dns_refuse"},
 	}}
 }
 
@@ -247,6 +251,10 @@ func decodeServerBlock(b *hcl.Block) (*rawServer, hcl.Diagnostics) {
 			s.verifyDestination = decodeString(attr, `verify_destination = "refuse"`, &diags)
 		case "upstream_mark":
 			s.upstreamMark = decodeUint32(attr, `upstream_mark = 1`, &diags)
+		case "dns_listen":
+			s.dnsListen = decodeString(attr, `dns_listen = "0.0.0.0:53"`, &diags)
+		case "dns_refuse":
+			s.dnsRefuse = decodeString(attr, `dns_refuse = "refused"`, &diags)
 		}
 	}
 	return s, diags

@@ -171,6 +171,24 @@
 // "nft add rule ip nat output meta mark 0x1 return" before the redirect
 // rule, or "iptables -t nat -A OUTPUT -m mark --mark 1 -j RETURN".
 //
+// # Gateway DNS server
+//
+//	server {
+//	  dns_listen = "0.0.0.0:53" # default "": off; UDP and TCP
+//	  dns_refuse = "refused"    # default; or "nxdomain"
+//	}
+//
+// dns_listen runs a DNS server for the workloads behind the gateway. It
+// answers only names for which Policy.NameAllowed is true: the name
+// matches an allow rule's hosts or sni patterns, and no deny rule without
+// sni, ja3 or ja4 conditions and without ports matches it. Those queries
+// (any type: A, AAAA, SRV, TXT, ...) are forwarded to the resolver block's
+// servers, and every address in the answer is remembered for destination
+// verification, so a workload resolving through egressd never meets a
+// false dst_mismatch. Other names get REFUSED, or NXDOMAIN with
+// dns_refuse = "nxdomain". dns_listen takes its port on both TCP and UDP
+// in the listener overlap check.
+//
 // Decide does not scan the rules. Compiling builds an index: an exact-name
 // map, a map of wildcard suffixes (looked up once per parent suffix of the
 // name), the list of "*" rules, and for cidrs one map per prefix length;

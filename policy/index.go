@@ -5,14 +5,17 @@ import "net/netip"
 // Policy is a compiled set of rules. It is immutable and safe for
 // concurrent use. The zero value and a nil *Policy deny everything.
 type Policy struct {
-	allow        []rule // in configuration order
-	deny         []rule // in configuration order
-	allowIdx     index
-	allowSNIIdx  index // allow rules with hosts, by their sni patterns (transparent mode)
-	denyIdx      index
-	allowPrivate bool
-	verify       string   // server verify_destination; "" = VerifyRefuse
-	names        []string // policy names in configuration order
+	allow       []rule // in configuration order
+	deny        []rule // in configuration order
+	allowIdx    index
+	allowSNIIdx index // allow rules with hosts, by their sni patterns (transparent mode)
+	// allowSNIOnlyIdx: allow rules without hosts, by their sni patterns
+	// (cidrs plus sni); only NameAllowed uses it.
+	allowSNIOnlyIdx index
+	denyIdx         index
+	allowPrivate    bool
+	verify          string   // server verify_destination; "" = VerifyRefuse
+	names           []string // policy names in configuration order
 }
 
 // Rules returns the number of compiled rules, allow and deny.

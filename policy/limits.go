@@ -69,3 +69,9 @@ const (
 	VerifyRefuse   = "refuse"   // deny with dst_mismatch (the default)
 	VerifyRedirect = "redirect" // dial the address resolved for the SNI name
 )
+
+// Values of dns_refuse.
+const (
+	DNSRefuseRefused  = "refused"  // answer REFUSED (the default)
+	DNSRefuseNXDomain = "nxdomain" // answer NXDOMAIN
+)

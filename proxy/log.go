@@ -33,6 +33,7 @@ const (
 	fieldBytesUp    = "bytes_up"
 	fieldBytesDown  = "bytes_down"
 	fieldDurationMS = "duration_ms"
+	fieldQType      = "qtype"
 
 	msgDecision = "decision"
 	msgClose    = "close"
@@ -45,6 +46,9 @@ const (
 	// ModeTransparent: a TCP connection redirected to the transparent
 	// listener; host is the original destination address.
 	ModeTransparent = "transparent"
+	// ModeDNS: a query to the gateway DNS server (dns_listen); host is the
+	// queried name and qtype its type.
+	ModeDNS = "dns"
 )
 
 // conn is the per-connection record that the decision and close log lines
@@ -63,6 +67,7 @@ type conn struct {
 	ja3Full  string
 	ja3      string
 	ja4      string
+	qtype    string // DNS query type (mode dns), e.g. "A"
 	decision policy.Decision
 	detail   string // short error text for refusals that need one (never credentials)
 }
@@ -88,6 +93,9 @@ func (s *Server) logDecision(c *conn) {
 	}
 	if c.port != 0 {
 		e = e.Uint16(fieldPort, c.port)
+	}
+	if c.qtype != "" {
+		e = e.Str(fieldQType, c.qtype)
 	}
 	if c.dst.IsValid() {
 		e = e.Str(fieldDst, c.dst.String())

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/policy"
 )
 
 const (
@@ -350,4 +352,134 @@ func answerAddrs(in *dns.Msg, owner string, qtype uint16) ([]netip.Addr, uint32)
 		ttl = 0
 	}
 	return addrs, ttl
+}
+
+// minHandedOutTTL is how long an address egressd's DNS server handed to a
+// workload is remembered at least, even when its TTL is shorter (or 0):
+// the workload connects right after the answer and must not meet a false
+// dst_mismatch.
+const minHandedOutTTL = 10 * time.Second
+
+// Exchange forwards the query m to the configured servers in order (over
+// TCP when a UDP answer is truncated) and returns the first answer that is
+// not SERVFAIL or REFUSED. m is not modified; the answer carries m's ID.
+func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
+	q := m.Copy()
+	q.Id = dns.Id()
+	var lastErr error
+	for _, server := range r.servers {
+		in, _, err := r.client.ExchangeContext(ctx, q, server)
+		if err == nil && in.Truncated {
+			tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
+			in, _, err = tcp.ExchangeContext(ctx, q, server)
+		}
+		if err != nil {
+			lastErr = fmt.Errorf("server %s: %w", server, err)
+			continue
+		}
+		if in.Rcode == dns.RcodeServerFailure || in.Rcode == dns.RcodeRefused {
+			lastErr = fmt.Errorf("server %s answered %s", server, dns.RcodeToString[in.Rcode])
+			continue
+		}
+		in.Id = m.Id
+		return in, nil
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no DNS servers")
+	}
+	return nil, lastErr
+}
+
+// Remember records the A and AAAA records of an answer to a query for
+// name (normalized, without the trailing dot) in the verification cache,
+// each with its TTL (the smallest along the CNAME chain that leads to it,
+// at least minHandedOutTTL): under name and under every CNAME target on
+// the way to it. Lookup's cache is not changed. It returns the number of
+// addresses recorded.
+func (r *Resolver) Remember(name string, in *dns.Msg) int {
+	if in == nil || in.Rcode != dns.RcodeSuccess {
+		return 0
+	}
+	type rec struct {
+		names []string // the chain of names the record was reached through
+		addr  netip.Addr
+		ttl   uint32
+	}
+	var recs []rec
+	chain := []string{name}
+	owner := dns.Fqdn(name)
+	chainTTL := ^uint32(0)
+	seen := map[string]bool{}
+	// Follow the CNAME chain; bounded by the answer's size.
+	for range len(in.Answer) + 1 {
+		key := strings.ToLower(owner)
+		if seen[key] {
+			break
+		}
+		seen[key] = true
+		next, nextTTL := "", uint32(0)
+		n := 0
+		for _, rr := range in.Answer {
+			h := rr.Header()
+			if !strings.EqualFold(h.Name, owner) {
+				continue
+			}
+			var a netip.Addr
+			switch v := rr.(type) {
+			case *dns.A:
+				a, _ = netip.AddrFromSlice(v.A.To4())
+			case *dns.AAAA:
+				a, _ = netip.AddrFromSlice(v.AAAA.To16())
+			case *dns.CNAME:
+				next, nextTTL = v.Target, h.Ttl
+			}
+			if a.IsValid() && n < maxAddrsPerName {
+				n++
+				recs = append(recs, rec{names: chain, addr: a.Unmap(), ttl: min(chainTTL, h.Ttl)})
+			}
+		}
+		if next == "" {
+			break
+		}
+		target, err := policy.NormalizeHost(next)
+		if err != nil {
+			break
+		}
+		chain = append(chain[:len(chain):len(chain)], target)
+		chainTTL = min(chainTTL, nextTTL)
+		owner = next
+	}
+	if len(recs) == 0 {
+		return 0
+	}
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	byName := map[string][]knownAddr{}
+	for _, rc := range recs {
+		ttl := max(min(time.Duration(rc.ttl)*time.Second, maxCacheTTL), minHandedOutTTL)
+		for _, n := range rc.names {
+			byName[n] = append(byName[n], knownAddr{addr: rc.addr, expires: now.Add(ttl)})
+		}
+	}
+	for n, add := range byName {
+		if _, ok := r.cache[n]; !ok && len(r.cache) >= maxCacheEntries {
+			r.evictLocked(now)
+		}
+		e := r.cache[n]
+		known := make([]knownAddr, 0, len(e.known)+len(add))
+		for _, k := range e.known {
+			if now.Before(k.expires) && !slices.ContainsFunc(add, func(x knownAddr) bool { return x.addr == k.addr && !x.expires.Before(k.expires) }) {
+				known = append(known, k)
+			}
+		}
+		known = append(known, add...)
+		if len(known) > maxKnownPerName {
+			slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
+			known = slices.Clone(known[len(known)-maxKnownPerName:])
+		}
+		e.known = known
+		r.cache[n] = e
+	}
+	return len(recs)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/elazarl/goproxy"
+	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
@@ -60,6 +61,10 @@ type Server struct {
 	wg      sync.WaitGroup
 	// listeners are the transparent listeners, closed by Shutdown.
 	listeners []net.Listener
+	// dnsServers and dnsConns are the gateway DNS servers and their UDP
+	// sockets (ServeDNS), stopped by Shutdown.
+	dnsServers []*dns.Server
+	dnsConns   []net.PacketConn
 }
 
 // New builds a proxy for cfg that writes its decision log to logger.
@@ -132,7 +137,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, ln := range s.listeners {
 		_ = ln.Close()
 	}
+	for _, pc := range s.dnsConns {
+		_ = pc.Close()
+	}
+	dnsServers := s.dnsServers
 	s.mu.Unlock()
+	for _, d := range dnsServers {
+		_ = d.ShutdownContext(ctx) // "not started" when the socket closed first
+	}
 	err := s.httpSrv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

@@ -39,6 +39,7 @@ const usage = `egressd: an egress proxy that lets through only what its policy a
 Usage:
   egressd serve    [--config PATH] [--http-listen ADDR]   run the proxy
                    [--transparent-listen ADDR] [--tproxy]
+                   [--dns-listen ADDR]
   egressd validate --config PATH                          check a configuration
   egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT
                                                           evaluate the policy offline
@@ -113,11 +114,12 @@ func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy]", stderr)
+	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy] [--dns-listen ADDR]", stderr)
 	path := fs.String("config", "", "HCL file or directory of *.hcl files (default: the embedded presets)")
 	listen := fs.String("http-listen", "", "HTTP proxy listen address, overriding server.http_listen")
 	tlisten := fs.String("transparent-listen", "", "transparent gateway listen address for REDIRECT/TPROXY'ed TCP, overriding server.transparent_listen")
 	tproxy := fs.Bool("tproxy", false, "the transparent listener receives TPROXY'ed connections (IP_TRANSPARENT), overriding server.transparent_mode")
+	dlisten := fs.String("dns-listen", "", "gateway DNS server listen address (UDP and TCP), overriding server.dns_listen")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -137,6 +139,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	if *tproxy {
 		cfg.Server.TransparentMode = policy.TransparentTProxy
+	}
+	if *dlisten != "" {
+		cfg.Server.DNSListen = *dlisten
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -172,14 +177,33 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 			return fmt.Errorf("transparent listen on %s: %w; change server.transparent_listen or --transparent-listen", a, err)
 		}
 	}
+	var (
+		dpc net.PacketConn
+		dln net.Listener
+	)
+	if a := cfg.Server.DNSListen; a != "" {
+		dpc, dln, err = listenDNS(a)
+		if err != nil {
+			ln.Close()
+			if tln != nil {
+				tln.Close()
+			}
+			return fmt.Errorf("DNS listen on %s: %w; change server.dns_listen or --dns-listen", a, err)
+		}
+	}
 	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	n := 1
 	go func() { errc <- srv.Serve(ln) }()
 	if tln != nil {
 		fmt.Fprintf(stderr, "egressd %s: transparent gateway (%s) listening on %s\n", version, cfg.Server.TransparentMode, tln.Addr())
 		n++
 		go func() { errc <- srv.ServeTransparent(tln) }()
+	}
+	if dpc != nil {
+		fmt.Fprintf(stderr, "egressd %s: DNS server (udp, tcp) listening on %s\n", version, dpc.LocalAddr())
+		n++
+		go func() { errc <- srv.ServeDNS(dpc, dln) }()
 	}
 	var first error
 	select {
@@ -196,6 +220,29 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 		}
 	}
 	return first
+}
+
+// listenDNS opens the gateway DNS server's UDP socket and TCP listener on
+// one address. With port 0 the TCP listener takes the port the UDP socket
+// got (retried a few times, in case another program holds it on TCP).
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	var lastErr error
+	for range 5 {
+		pc, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+		lastErr = err
+		if _, p, _ := net.SplitHostPort(addr); p != "0" {
+			break
+		}
+	}
+	return nil, nil, lastErr
 }
 
 func runValidate(args []string, stdout, stderr io.Writer) int {

@@ -12,9 +12,12 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // TestMain lets the test binary run as egressd itself (EGRESSD_MAIN=1), so
@@ -246,4 +249,86 @@ func TestServeTransparentListen(t *testing.T) {
 	if !strings.Contains(stdout.String(), `"mode":"transparent"`) || !strings.Contains(stdout.String(), `"reason":"bad_request"`) {
 		t.Errorf("decision log lacks the transparent refusal: %q", stdout.String())
 	}
+}
+
+// TestServeDNSListen: --dns-listen starts the gateway DNS server on UDP
+// and TCP; a query for a name no policy allows is refused and logged with
+// mode dns.
+func TestServeDNSListen(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0")
+	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout syncBuf
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			const mark = "DNS server (udp, tcp) listening on "
+			if i := strings.Index(sc.Text(), mark); i >= 0 {
+				addr <- strings.TrimSpace(sc.Text()[i+len(mark):])
+			}
+		}
+	}()
+	var da string
+	select {
+	case da = <-addr:
+	case <-time.After(20 * time.Second):
+		t.Fatal("egressd serve did not report the DNS server")
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		m := new(dns.Msg)
+		m.SetQuestion("exfil-"+network+".attacker.test.", dns.TypeA)
+		in, _, err := (&dns.Client{Net: network, Timeout: 5 * time.Second}).Exchange(m, da)
+		if err != nil {
+			t.Fatalf("%s query: %v", network, err)
+		}
+		if in.Rcode != dns.RcodeRefused {
+			t.Errorf("%s: %s for a name no policy allows, want REFUSED", network, dns.RcodeToString[in.Rcode])
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("egressd did not exit after SIGTERM")
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		want := `"host":"exfil-` + network + `.attacker.test"`
+		if out := stdout.String(); !strings.Contains(out, want) || !strings.Contains(out, `"mode":"dns"`) || !strings.Contains(out, `"qtype":"A"`) {
+			t.Errorf("decision log lacks the %s refusal: %q", network, out)
+		}
+	}
+}
+
+// syncBuf is a bytes.Buffer safe for the child's stdout copier and the test.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

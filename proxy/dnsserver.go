@@ -1,0 +1,195 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/policy"
+)
+
+const (
+	// dnsReadTimeout bounds how long a TCP client may take to send a query
+	// (and how long a UDP read waits before the server checks for
+	// shutdown); dnsWriteTimeout bounds writing the answer.
+	dnsReadTimeout  = 5 * time.Second
+	dnsWriteTimeout = 5 * time.Second
+	// dnsMaxTCPQueries bounds the queries one TCP connection may send.
+	dnsMaxTCPQueries = 128
+	// dnsUDPSize is the largest UDP query read; larger ones are cut off
+	// and rejected as malformed.
+	dnsUDPSize = dns.DefaultMsgSize
+	// dnsForwardTimeout bounds forwarding one query to the servers.
+	dnsForwardTimeout = 6 * time.Second
+	// dnsMaxInFlight bounds the queries forwarded at once; more are
+	// answered SERVFAIL at once instead of piling up goroutines.
+	dnsMaxInFlight = 512
+)
+
+// ServeDNS runs the gateway DNS server (server { dns_listen }) on pc (UDP)
+// and ln (TCP); either may be nil. It answers only names some allow rule
+// could allow (policy.NameAllowed), forwards those queries to the resolver
+// block's servers, and remembers every address it hands out in the
+// destination verification cache. It returns when Shutdown is called, or
+// with the first error of either server.
+func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
+	h := &dnsHandler{s: s, sem: make(chan struct{}, dnsMaxInFlight)}
+	var srvs []*dns.Server
+	if pc != nil {
+		srvs = append(srvs, &dns.Server{PacketConn: pc, Handler: h, UDPSize: dnsUDPSize,
+			ReadTimeout: dnsReadTimeout, WriteTimeout: dnsWriteTimeout})
+	}
+	if ln != nil {
+		srvs = append(srvs, &dns.Server{Listener: ln, Handler: h, ReadTimeout: dnsReadTimeout,
+			WriteTimeout: dnsWriteTimeout, MaxTCPQueries: dnsMaxTCPQueries,
+			IdleTimeout: func() time.Duration { return dnsReadTimeout }})
+	}
+	if len(srvs) == 0 {
+		return errors.New("ServeDNS: no listener")
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		if pc != nil {
+			_ = pc.Close()
+		}
+		if ln != nil {
+			_ = ln.Close()
+		}
+		return nil
+	}
+	s.dnsServers = append(s.dnsServers, srvs...)
+	if pc != nil {
+		s.dnsConns = append(s.dnsConns, pc)
+	}
+	if ln != nil {
+		s.listeners = append(s.listeners, ln)
+	}
+	s.mu.Unlock()
+
+	errc := make(chan error, len(srvs))
+	for _, d := range srvs {
+		go func() { errc <- d.ActivateAndServe() }()
+	}
+	var first error
+	for range srvs {
+		err := <-errc
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if err != nil && !closing && first == nil {
+			first = err
+			// One server failed: stop the other too.
+			for _, d := range srvs {
+				_ = d.Shutdown()
+			}
+			if pc != nil {
+				_ = pc.Close()
+			}
+			if ln != nil {
+				_ = ln.Close()
+			}
+		}
+	}
+	return first
+}
+
+type dnsHandler struct {
+	s   *Server
+	sem chan struct{}
+}
+
+// ServeDNS answers one query (dns.Handler).
+func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	s := h.s
+	c := s.newConn(ModeDNS, w.RemoteAddr().String())
+	reply := func(rcode int) {
+		m := new(dns.Msg)
+		m.SetRcode(req, rcode)
+		m.RecursionAvailable = true
+		_ = w.WriteMsg(m)
+	}
+	if req.Opcode != dns.OpcodeQuery {
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		c.detail = "opcode " + dns.OpcodeToString[req.Opcode]
+		s.logDecision(c)
+		reply(dns.RcodeNotImplemented)
+		return
+	}
+	if len(req.Question) != 1 {
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		c.detail = "not exactly one question"
+		s.logDecision(c)
+		reply(dns.RcodeFormatError)
+		return
+	}
+	q := req.Question[0]
+	c.qtype = dns.TypeToString[q.Qtype]
+	if c.qtype == "" {
+		c.qtype = dns.Type(q.Qtype).String()
+	}
+	name, err := policy.NormalizeHost(q.Name)
+	if err != nil {
+		name = q.Name
+	}
+	c.host = name
+	refuse := func(d policy.Decision) {
+		c.decision = d
+		s.logDecision(c)
+		if s.cfg.DNSRefuse == policy.DNSRefuseNXDomain {
+			reply(dns.RcodeNameError)
+		} else {
+			reply(dns.RcodeRefused)
+		}
+	}
+	if err != nil || q.Qclass != dns.ClassINET {
+		if err != nil {
+			c.detail = err.Error()
+		} else {
+			c.detail = "class " + dns.Class(q.Qclass).String()
+		}
+		refuse(policy.Decision{Reason: policy.ReasonNoRule})
+		return
+	}
+	pol, rule, ok := s.pol.NameAllowed(name)
+	if !ok {
+		d := policy.Decision{Reason: policy.ReasonNoRule}
+		if pol != "" {
+			d = policy.Decision{Reason: policy.ReasonDeniedByRule, Policy: pol, Rule: rule}
+		}
+		refuse(d)
+		return
+	}
+	c.decision = policy.Decision{Allow: true, Reason: policy.ReasonAllowed, Policy: pol, Rule: rule}
+	select {
+	case h.sem <- struct{}{}:
+	default:
+		c.refuse(policy.ReasonDNSError, "too many queries in flight")
+		s.logDecision(c)
+		reply(dns.RcodeServerFailure)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dnsForwardTimeout)
+	in, err := s.resolver.Exchange(ctx, req)
+	cancel()
+	<-h.sem
+	if err != nil {
+		c.refuse(policy.ReasonDNSError, err.Error())
+		s.logDecision(c)
+		reply(dns.RcodeServerFailure)
+		return
+	}
+	s.resolver.Remember(name, in)
+	s.logDecision(c)
+	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+		size := dns.MinMsgSize
+		if o := req.IsEdns0(); o != nil {
+			size = max(int(o.UDPSize()), dns.MinMsgSize)
+		}
+		in.Truncate(size)
+	}
+	_ = w.WriteMsg(in)
+}

@@ -1,0 +1,364 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// gatewayUpstream is the DNS server behind egressd's dns_listen in these
+// tests. A queries for cdn.egress.test ROTATE on every query through pool
+// (TTL 60); alias.egress.test is a CNAME to it; the SRV name has an SRV
+// and a TXT record; every other name is NXDOMAIN.
+type gatewayUpstream struct {
+	addr    string
+	queries atomic.Int32 // every query received
+	aCDN    atomic.Int32 // A queries answered for cdn.egress.test (directly or via the CNAME)
+}
+
+const (
+	cdnName   = "cdn.egress.test"
+	aliasName = "alias.egress.test"
+	srvName   = "_tunnel._tcp.egress.test"
+)
+
+var rotatingPool = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"}
+
+func startGatewayUpstream(t *testing.T) *gatewayUpstream {
+	t.Helper()
+	u := &gatewayUpstream{}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		u.queries.Add(1)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		qn := strings.ToLower(q.Question[0].Name)
+		qt := q.Question[0].Qtype
+		rr := func(s string) dns.RR {
+			r, err := dns.NewRR(s)
+			if err != nil {
+				panic(err)
+			}
+			return r
+		}
+		rotate := func() dns.RR {
+			i := u.aCDN.Add(1) - 1
+			return rr(cdnName + ". 60 IN A " + rotatingPool[int(i)%len(rotatingPool)])
+		}
+		switch {
+		case qn == cdnName+"." && qt == dns.TypeA:
+			m.Answer = append(m.Answer, rotate())
+		case qn == aliasName+"." && qt == dns.TypeA:
+			m.Answer = append(m.Answer, rr(aliasName+". 300 IN CNAME "+cdnName+"."), rotate())
+		case qn == srvName+"." && qt == dns.TypeSRV:
+			m.Answer = append(m.Answer, rr(srvName+". 60 IN SRV 1 1 7844 region1.egress.test."))
+		case qn == srvName+"." && qt == dns.TypeTXT:
+			m.Answer = append(m.Answer, rr(srvName+`. 60 IN TXT "v=tunnel"`))
+		case qn == cdnName+"." || qn == aliasName+"." || qn == srvName+".":
+			// the name exists; no records of this type
+		default:
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	u.addr = pc.LocalAddr().String()
+	return u
+}
+
+const dnsGatewayConfig = `
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+  REFUSE
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "cdn" {
+    hosts = ["cdn.egress.test", "alias.egress.test"]
+    ports = [PORT]
+  }
+  allow "tunnel" {
+    hosts = ["region1.egress.test"]
+    sni   = ["_tunnel._tcp.egress.test"]
+    ports = [7844]
+  }
+  deny "blocked" { hosts = ["blocked.cdn.egress.test"] }
+  allow "cdn-sub" { hosts = ["*.cdn.egress.test"] }
+}
+`
+
+// dnsEnv is an env whose egressd serves dns_listen (UDP and TCP) on
+// loopback, forwarding to a gatewayUpstream.
+type dnsEnv struct {
+	*env
+	up      *gatewayUpstream
+	udpAddr string
+	tcpAddr string
+	served  chan error // ServeDNS's result
+	port    string     // the port the rotating pool's echo servers listen on
+	gw      *gateway
+}
+
+func startDNSEnv(t *testing.T, refuse string) *dnsEnv {
+	t.Helper()
+	ln := listenOn(t, rotatingPool[0]+":0")
+	p := strconv.Itoa(port(ln))
+	serveEcho(ln)
+	for _, a := range rotatingPool[1:] {
+		serveEcho(listenOn(t, a+":"+p))
+	}
+	d := &dnsEnv{env: newEnv(t), up: startGatewayUpstream(t), port: p, served: make(chan error, 1)}
+	d.dnsAddr = d.up.addr
+	src := strings.NewReplacer("PORT", p, "REFUSE", refuse).Replace(dnsGatewayConfig)
+	d.gw = d.startTransparent(t, src)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := listen(t)
+	d.udpAddr, d.tcpAddr = pc.LocalAddr().String(), tl.Addr().String()
+	go func() { d.served <- d.srv.ServeDNS(pc, tl) }()
+	return d
+}
+
+// query asks egressd's DNS server over net ("udp" or "tcp").
+func (d *dnsEnv) query(t *testing.T, network, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	addr := d.udpAddr
+	if network == "tcp" {
+		addr = d.tcpAddr
+	}
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), qtype)
+	cl := &dns.Client{Net: network, Timeout: 5 * time.Second}
+	in, _, err := cl.Exchange(m, addr) // fails on an ID mismatch
+	if err != nil {
+		t.Fatalf("%s query %s %s: %v", network, name, dns.TypeToString[qtype], err)
+	}
+	return in
+}
+
+func answerA(t *testing.T, in *dns.Msg) []netip.Addr {
+	t.Helper()
+	var out []netip.Addr
+	for _, rr := range in.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			out = append(out, netip.MustParseAddr(a.A.String()))
+		}
+	}
+	return out
+}
+
+func (d *dnsEnv) remembered(name string, a netip.Addr) bool {
+	ok, _, _ := d.srv.resolver.known(name, a)
+	return ok
+}
+
+func TestDNSAllowedNameAnsweredAndRecorded(t *testing.T) {
+	d := startDNSEnv(t, "")
+	for i := range 3 {
+		in := d.query(t, "udp", cdnName, dns.TypeA)
+		addrs := answerA(t, in)
+		if in.Rcode != dns.RcodeSuccess || len(addrs) != 1 {
+			t.Fatalf("answer %d: %v", i, in)
+		}
+		if want := netip.MustParseAddr(rotatingPool[i]); addrs[0] != want {
+			t.Errorf("answer %d = %v, want the upstream's %v", i, addrs[0], want)
+		}
+		if !d.remembered(cdnName, addrs[0]) {
+			t.Errorf("answer %d (%v) is not in the verification cache", i, addrs[0])
+		}
+		l := d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": cdnName, "decision": "allow", "conn": i + 1})
+		if l["qtype"] != "A" || l["policy"] != "gw" || l["rule"] != "cdn" || l["reason"] != "allowed" {
+			t.Errorf("decision line %v", l)
+		}
+	}
+	// Every answer stays remembered, not only the latest.
+	for _, a := range rotatingPool {
+		if !d.remembered(cdnName, netip.MustParseAddr(a)) {
+			t.Errorf("%s was handed out but is no longer remembered", a)
+		}
+	}
+}
+
+func TestDNSCNAMERecordedUnderBothNames(t *testing.T) {
+	d := startDNSEnv(t, "")
+	in := d.query(t, "udp", aliasName, dns.TypeA)
+	addrs := answerA(t, in)
+	if len(addrs) != 1 || len(in.Answer) != 2 {
+		t.Fatalf("answer: %v", in)
+	}
+	for _, n := range []string{aliasName, cdnName} {
+		if !d.remembered(n, addrs[0]) {
+			t.Errorf("%v (after the CNAME) is not remembered under %s", addrs[0], n)
+		}
+	}
+}
+
+func TestDNSRefusesNamesNoPolicyAllows(t *testing.T) {
+	for _, tc := range []struct {
+		refuse string
+		rcode  int
+	}{
+		{"", dns.RcodeRefused},
+		{`dns_refuse = "refused"`, dns.RcodeRefused},
+		{`dns_refuse = "nxdomain"`, dns.RcodeNameError},
+	} {
+		t.Run(dns.RcodeToString[tc.rcode]+tc.refuse, func(t *testing.T) {
+			d := startDNSEnv(t, tc.refuse)
+			for i, q := range []struct {
+				name, reason, rule string
+				qtype              uint16
+			}{
+				{"secret-data.exfil.test", "no_rule", "", dns.TypeA},
+				{"c2VjcmV0.cdn.egress.test.evil.test", "no_rule", "", dns.TypeTXT},
+				{"blocked.cdn.egress.test", "denied_by_rule", "blocked", dns.TypeAAAA},
+			} {
+				in := d.query(t, "udp", q.name, q.qtype)
+				if in.Rcode != tc.rcode || len(in.Answer) != 0 {
+					t.Errorf("%s: rcode %s with %d answers, want %s", q.name, dns.RcodeToString[in.Rcode], len(in.Answer), dns.RcodeToString[tc.rcode])
+				}
+				l := d.waitLog(t, "decision", map[string]any{"mode": "dns", "conn": i + 1})
+				want := map[string]any{"host": strings.ToLower(q.name), "decision": "deny", "reason": q.reason, "qtype": dns.TypeToString[q.qtype]}
+				if q.rule != "" {
+					want["rule"], want["policy"] = q.rule, "gw"
+				}
+				if !matches(l, want) {
+					t.Errorf("decision line %v, want %v", l, want)
+				}
+			}
+			if n := d.up.queries.Load(); n != 0 {
+				t.Errorf("the upstream received %d queries for names no policy allows", n)
+			}
+		})
+	}
+}
+
+func TestDNSSRVAndTXTForSNIName(t *testing.T) {
+	d := startDNSEnv(t, "")
+	in := d.query(t, "udp", srvName, dns.TypeSRV)
+	if in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+		t.Fatalf("SRV answer: %v", in)
+	}
+	if srv, ok := in.Answer[0].(*dns.SRV); !ok || srv.Port != 7844 || srv.Target != "region1.egress.test." {
+		t.Errorf("SRV answer %v", in.Answer[0])
+	}
+	d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": srvName, "qtype": "SRV", "decision": "allow", "rule": "tunnel"})
+	in = d.query(t, "tcp", srvName, dns.TypeTXT)
+	if in.Rcode != dns.RcodeSuccess || len(in.Answer) != 1 {
+		t.Fatalf("TXT answer: %v", in)
+	}
+	if txt, ok := in.Answer[0].(*dns.TXT); !ok || len(txt.Txt) != 1 || txt.Txt[0] != "v=tunnel" {
+		t.Errorf("TXT answer %v", in.Answer[0])
+	}
+	d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": srvName, "qtype": "TXT", "decision": "allow"})
+}
+
+func TestDNSOverTCP(t *testing.T) {
+	d := startDNSEnv(t, "")
+	in := d.query(t, "tcp", cdnName, dns.TypeA)
+	addrs := answerA(t, in)
+	if len(addrs) != 1 || !d.remembered(cdnName, addrs[0]) {
+		t.Fatalf("TCP answer %v not answered or not remembered", in)
+	}
+	if in = d.query(t, "tcp", "nope.exfil.test", dns.TypeA); in.Rcode != dns.RcodeRefused {
+		t.Errorf("TCP query for a name no policy allows: %s, want REFUSED", dns.RcodeToString[in.Rcode])
+	}
+	d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": "nope.exfil.test", "decision": "deny", "reason": "no_rule"})
+}
+
+// TestDNSThenTransparentNeverDstMismatch is the point of dns_listen: the
+// upstream rotates its answer on every query, the workload resolves
+// through egressd and connects to what it got; egressd verifies the
+// destination from the answers it handed out, without asking again.
+func TestDNSThenTransparentNeverDstMismatch(t *testing.T) {
+	d := startDNSEnv(t, "")
+	seen := map[netip.Addr]bool{}
+	for i := range 10 {
+		network := "udp"
+		if i%2 == 1 {
+			network = "tcp"
+		}
+		addrs := answerA(t, d.query(t, network, cdnName, dns.TypeA))
+		if len(addrs) != 1 {
+			t.Fatalf("iteration %d: no address", i)
+		}
+		seen[addrs[0]] = true
+		dst := addrs[0].String() + ":" + d.port
+		first := append(clientHelloBytes(cdnName), fmt.Sprintf("ping %d", i)...)
+		if got := exchange(t, d.gw.dial(t, dst), first); !bytes.Equal(got, first) {
+			t.Fatalf("iteration %d to %s: got %d bytes back, want %d; log:\n%s", i, dst, len(got), len(first), d.log.buf.String())
+		}
+		l := d.waitLog(t, "decision", map[string]any{"mode": "transparent", "dst": dst})
+		if l["decision"] != "allow" || l["reason"] != "allowed" || l["sni"] != cdnName {
+			t.Fatalf("iteration %d: transparent decision %v", i, l)
+		}
+	}
+	if len(seen) != len(rotatingPool) {
+		t.Errorf("the upstream handed out %d distinct addresses, want %d (not rotating?)", len(seen), len(rotatingPool))
+	}
+	for _, l := range d.log.lines(t) {
+		if l["reason"] == "dst_mismatch" {
+			t.Errorf("false dst_mismatch: %v", l)
+		}
+	}
+	// Verification used the answers handed out: egressd sent no A query
+	// of its own.
+	if n := d.up.aCDN.Load(); n != 10 {
+		t.Errorf("the upstream answered %d A queries for %s, want the workload's 10 (egressd re-resolved)", n, cdnName)
+	}
+}
+
+func TestDNSShutdown(t *testing.T) {
+	d := startDNSEnv(t, "")
+	d.query(t, "udp", cdnName, dns.TypeA)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := d.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-d.served:
+		if err != nil {
+			t.Errorf("ServeDNS after Shutdown: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeDNS did not return after Shutdown")
+	}
+	if c, err := net.DialTimeout("tcp", d.tcpAddr, time.Second); err == nil {
+		c.Close()
+		t.Error("the TCP DNS listener still accepts after Shutdown")
+	}
+}
+
+func TestDNSFormErr(t *testing.T) {
+	d := startDNSEnv(t, "")
+	m := new(dns.Msg)
+	m.Id = dns.Id()
+	m.RecursionDesired = true
+	m.Question = []dns.Question{{Name: cdnName + ".", Qtype: dns.TypeA, Qclass: dns.ClassINET}, {Name: aliasName + ".", Qtype: dns.TypeA, Qclass: dns.ClassINET}}
+	in, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(m, d.tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Rcode != dns.RcodeFormatError {
+		t.Errorf("two questions: %s, want FORMERR", dns.RcodeToString[in.Rcode])
+	}
+	if n := d.up.queries.Load(); n != 0 {
+		t.Errorf("forwarded a malformed query (%d upstream queries)", n)
+	}
+}
