@@ -110,9 +110,10 @@ func TestTransparentGatewayNamespaces(t *testing.T) {
 	} {
 		nsRun(c[0], c[1:]...)
 	}
-	for _, tool := range []string{"iptables", "ip6tables"} {
-		nsRun(gw, tool, "-t", "nat", "-A", "PREROUTING", "-i", vg1, "-p", "tcp", "-m", "multiport", "--dports", "443,7844", "-j", "REDIRECT", "--to-ports", "15001")
-	}
+	// The shipped rules: deploy/gateway's script, nftables backend, with
+	// its loop exception for egressd's upstream_mark (0x1e55).
+	needTool(t, "nft")
+	nsRun(gw, "env", "EGRESSD_PORT=15001", "EGRESSD_MARK=0x1e55", "bash", "../deploy/gateway/egressd-gateway.sh", "install", "--nft")
 
 	// Upstreams: echo servers on 443 and 7844, an "attacker" on 10.77.2.3,
 	// and DNS answering allowed.egress.test with 10.77.2.2.
@@ -257,6 +258,7 @@ server {
   allow_private_destinations = true
   hello_timeout = "2s"
   transparent_listen = "[::]:15001"
+  upstream_mark      = 7765 # 0x1e55, exempted by the gateway script
 }
 resolver { servers = ["10.77.2.2:53"] }
 policy "web" {
