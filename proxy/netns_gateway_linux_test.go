@@ -59,7 +59,10 @@ func setns(fd uintptr) error {
 	return nil
 }
 
-const gatewayChildEnv = "EGRESSD_GATEWAY_CHILD" // the decision log file
+const (
+	gatewayChildEnv = "EGRESSD_GATEWAY_CHILD" // the decision log file
+	gatewayModeEnv  = "EGRESSD_GATEWAY_MODE"  // "redirect" or "tproxy"
+)
 
 // TestTransparentGatewayNamespaces builds client, gateway and upstream
 // network namespaces joined by veth pairs, with its own 10.77.x and
@@ -67,7 +70,18 @@ const gatewayChildEnv = "EGRESSD_GATEWAY_CHILD" // the decision log file
 // route is the gateway, which REDIRECTs the client's TCP 443 and 7844 to
 // egressd (run inside the gateway namespace); the upstream namespace holds
 // echo servers and a DNS server.
+//
+// It runs twice: with the shipped REDIRECT rules (deploy/gateway, the
+// original destination from SO_ORIGINAL_DST) and with TPROXY rules and
+// policy routing (an IP_TRANSPARENT listener, the original destination is
+// the accepted socket's local address).
 func TestTransparentGatewayNamespaces(t *testing.T) {
+	for _, mode := range []string{"redirect", "tproxy"} {
+		t.Run(mode, func(t *testing.T) { gatewayNamespaces(t, mode) })
+	}
+}
+
+func gatewayNamespaces(t *testing.T, mode string) {
 	needRoot(t, "the gateway namespace test")
 	ip := needTool(t, "ip")
 	needTool(t, "iptables")
@@ -110,10 +124,21 @@ func TestTransparentGatewayNamespaces(t *testing.T) {
 	} {
 		nsRun(c[0], c[1:]...)
 	}
-	// The shipped rules: deploy/gateway's script, nftables backend, with
-	// its loop exception for egressd's upstream_mark (0x1e55).
-	needTool(t, "nft")
-	nsRun(gw, "env", "EGRESSD_PORT=15001", "EGRESSD_MARK=0x1e55", "bash", "../deploy/gateway/egressd-gateway.sh", "install", "--nft")
+	if mode == "redirect" {
+		// The shipped rules: deploy/gateway's script, nftables backend,
+		// with its loop exception for egressd's upstream_mark (0x1e55).
+		needTool(t, "nft")
+		nsRun(gw, "env", "EGRESSD_PORT=15001", "EGRESSD_MARK=0x1e55", "bash", "../deploy/gateway/egressd-gateway.sh", "install", "--nft")
+	} else {
+		// TPROXY: mark the client's 443/7844 and deliver them locally to
+		// the IP_TRANSPARENT listener, with policy routing for the mark.
+		for _, f := range []struct{ tool, ipf, any string }{{"iptables", "-4", "0.0.0.0/0"}, {"ip6tables", "-6", "::/0"}} {
+			nsRun(gw, f.tool, "-t", "mangle", "-A", "PREROUTING", "-i", vg1, "-p", "tcp", "-m", "multiport", "--dports", "443,7844",
+				"-j", "TPROXY", "--on-port", "15001", "--tproxy-mark", "0x2/0x2")
+			nsRun(gw, "ip", f.ipf, "rule", "add", "fwmark", "0x2/0x2", "lookup", "100")
+			nsRun(gw, "ip", f.ipf, "route", "add", "local", f.any, "dev", "lo", "table", "100")
+		}
+	}
 
 	// Upstreams: echo servers on 443 and 7844, an "attacker" on 10.77.2.3,
 	// and DNS answering allowed.egress.test with 10.77.2.2.
@@ -145,7 +170,7 @@ func TestTransparentGatewayNamespaces(t *testing.T) {
 	// egressd in the gateway namespace, as a child process.
 	logPath := t.TempDir() + "/decisions.log"
 	cmd := exec.Command(ip, "netns", "exec", gw, os.Args[0], "-test.run", "^TestTransparentGatewayChild$", "-test.v", "-test.count=1", "-test.timeout=5m")
-	cmd.Env = append(os.Environ(), gatewayChildEnv+"="+logPath)
+	cmd.Env = append(os.Environ(), gatewayChildEnv+"="+logPath, gatewayModeEnv+"="+mode)
 	var childOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &childOut, &childOut
 	if err := cmd.Start(); err != nil {
@@ -281,7 +306,7 @@ policy "cloudflare-tunnel" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := ListenTransparent(cfg.Server.TransparentListen, false)
+	ln, err := ListenTransparent(cfg.Server.TransparentListen, os.Getenv(gatewayModeEnv) == "tproxy")
 	if err != nil {
 		t.Fatal(err)
 	}

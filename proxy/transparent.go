@@ -95,7 +95,7 @@ func localDst(c net.Conn) (netip.AddrPort, error) {
 	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("local address %s: %w", c.LocalAddr(), err)
 	}
-	return ap, nil
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
 }
 
 // handleTransparent runs one transparent connection: original destination,
