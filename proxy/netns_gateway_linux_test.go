@@ -116,6 +116,7 @@ func gatewayNamespaces(t *testing.T, mode string) {
 		{gw, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
 		{up, "ip", "addr", "add", "10.77.2.2/24", "dev", vu},
 		{up, "ip", "addr", "add", "10.77.2.3/24", "dev", vu},
+		{up, "ip", "addr", "add", "10.77.2.4/24", "dev", vu},
 		{up, "ip", "-6", "addr", "add", "fd77:2::2/64", "dev", vu, "nodad"},
 		{up, "ip", "link", "set", vu, "up"},
 		{up, "ip", "link", "set", "lo", "up"},
@@ -143,8 +144,9 @@ func gatewayNamespaces(t *testing.T, mode string) {
 	// Upstreams: echo servers on 443 and 7844, an "attacker" on 10.77.2.3,
 	// and DNS answering allowed.egress.test with 10.77.2.2.
 	var attacker *atomic.Int32
+	var queries atomic.Int32
 	inNS(t, up, func() {
-		for _, a := range []string{"10.77.2.2:443", "10.77.2.2:7844", "[fd77:2::2]:7844", "[fd77:2::2]:443"} {
+		for _, a := range []string{"10.77.2.2:443", "10.77.2.4:443", "10.77.2.2:7844", "[fd77:2::2]:7844", "[fd77:2::2]:443"} {
 			serveEcho(listenOn(t, a))
 		}
 		attacker = serveEcho(listenOn(t, "10.77.2.3:443"))
@@ -156,7 +158,8 @@ func gatewayNamespaces(t *testing.T, mode string) {
 			m := new(dns.Msg)
 			m.SetReply(q)
 			if strings.EqualFold(q.Question[0].Name, "allowed.egress.test.") && q.Question[0].Qtype == dns.TypeA {
-				rr, _ := dns.NewRR("allowed.egress.test. 60 IN A 10.77.2.2")
+				// Rotates on every query, as CDNs do.
+				rr, _ := dns.NewRR(fmt.Sprintf("allowed.egress.test. 60 IN A 10.77.2.%d", 2+2*(queries.Add(1)%2)))
 				m.Answer = append(m.Answer, rr)
 			} else if q.Question[0].Qtype != dns.TypeAAAA {
 				m.Rcode = dns.RcodeNameError
@@ -261,6 +264,32 @@ func gatewayNamespaces(t *testing.T, mode string) {
 			t.Errorf("%s: dialed %v", tc.name, d["dst"])
 		}
 	}
+	// Workloads resolve through egressd's dns_listen: every answer it hands
+	// out is one egressd will accept, however the upstream rotates them.
+	seen := map[string]bool{}
+	for i := range 6 {
+		var a string
+		inNS(t, cli, func() { a = resolveA(t, "10.77.1.1:53", "allowed.egress.test") })
+		seen[a] = true
+		payload := []byte(fmt.Sprintf("round %d", i))
+		first := append(clientHelloBytes("allowed.egress.test"), payload...)
+		if got := exchange(t, dial(net.JoinHostPort(a, "443")), first); !bytes.Equal(got, first) {
+			t.Fatalf("round %d to %s (answered by egressd's DNS): got %d bytes back, want %d\n%s", i, a, len(got), len(first), childOut.String())
+		}
+	}
+	if len(seen) != 2 {
+		t.Errorf("the upstream DNS did not rotate: answers %v", seen)
+	}
+	for a := range seen {
+		waitLog(map[string]any{"mode": "transparent", "decision": "allow", "host": a, "dst": net.JoinHostPort(a, "443")})
+	}
+	var rcode int
+	inNS(t, cli, func() { rcode = queryRcode(t, "10.77.1.1:53", "exfil.evil.example") })
+	if rcode != dns.RcodeRefused {
+		t.Errorf("query for a name no policy allows: rcode %s, want REFUSED", dns.RcodeToString[rcode])
+	}
+	waitLog(map[string]any{"mode": "dns", "host": "exfil.evil.example", "decision": "deny"})
+
 	if n := attacker.Load(); n != 0 {
 		t.Errorf("the spoofed destination got %d connections", n)
 	}
@@ -284,6 +313,7 @@ server {
   hello_timeout = "2s"
   transparent_listen = "[::]:15001"
   upstream_mark      = 7765 # 0x1e55, exempted by the gateway script
+  dns_listen         = "10.77.1.1:53"
 }
 resolver { servers = ["10.77.2.2:53"] }
 policy "web" {
@@ -310,6 +340,15 @@ policy "cloudflare-tunnel" {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pc, err := net.ListenPacket("udp", cfg.Server.DNSListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dl, err := net.Listen("tcp", cfg.Server.DNSListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeDNS(pc, dl)
 	ctx, stop := signalContext()
 	defer stop()
 	go func() {
@@ -325,4 +364,34 @@ policy "cloudflare-tunnel" {
 
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+}
+
+// resolveA asks server for name's A record and returns the first address.
+func resolveA(t *testing.T, server, name string) string {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	in, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, server)
+	if err != nil {
+		t.Fatalf("resolve %s via %s: %v", name, server, err)
+	}
+	for _, rr := range in.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			return a.A.String()
+		}
+	}
+	t.Fatalf("resolve %s via %s: no A record in %v", name, server, in)
+	return ""
+}
+
+// queryRcode returns the response code server gives for name's A record.
+func queryRcode(t *testing.T, server, name string) int {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	in, _, err := (&dns.Client{Timeout: 3 * time.Second}).Exchange(m, server)
+	if err != nil {
+		t.Fatalf("query %s via %s: %v", name, server, err)
+	}
+	return in.Rcode
 }
