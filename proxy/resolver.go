@@ -289,11 +289,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) ([]neti
 	m.RecursionDesired = true
 	var lastErr error
 	for _, server := range r.servers {
-		in, _, err := r.client.ExchangeContext(ctx, m, server)
-		if err == nil && in.Truncated {
-			tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
-			in, _, err = tcp.ExchangeContext(ctx, m, server)
-		}
+		in, err := r.exchangeOne(ctx, m, server)
 		if err != nil {
 			lastErr = fmt.Errorf("resolve %s: server %s: %w", name, server, err)
 			continue
@@ -368,11 +364,7 @@ func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	q.Id = dns.Id()
 	var lastErr error
 	for _, server := range r.servers {
-		in, _, err := r.client.ExchangeContext(ctx, q, server)
-		if err == nil && in.Truncated {
-			tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
-			in, _, err = tcp.ExchangeContext(ctx, q, server)
-		}
+		in, err := r.exchangeOne(ctx, q, server)
 		if err != nil {
 			lastErr = fmt.Errorf("server %s: %w", server, err)
 			continue
@@ -482,4 +474,15 @@ func (r *Resolver) Remember(name string, in *dns.Msg) int {
 		r.cache[n] = e
 	}
 	return len(recs)
+}
+
+// exchangeOne asks one server over UDP, and again over TCP when the UDP
+// answer was truncated.
+func (r *Resolver) exchangeOne(ctx context.Context, m *dns.Msg, server string) (*dns.Msg, error) {
+	in, _, err := r.client.ExchangeContext(ctx, m, server)
+	if err == nil && in.Truncated {
+		tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
+		in, _, err = tcp.ExchangeContext(ctx, m, server)
+	}
+	return in, err
 }
