@@ -132,33 +132,8 @@ func TestCLI(t *testing.T) {
 // embedded presets: a CONNECT no preset allows gets 403 with its reason, and
 // SIGTERM stops the process with exit 0.
 func TestServeEmbeddedDefault(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if i := strings.LastIndex(sc.Text(), "listening on "); i >= 0 {
-				addr <- strings.TrimSpace(sc.Text()[i+len("listening on "):])
-			}
-		}
-	}()
-	var proxyAddr string
-	select {
-	case proxyAddr = <-addr:
-	case <-time.After(20 * time.Second):
-		t.Fatal("egressd serve did not report its listen address")
-	}
+	p := startServe(t, "serve", "--http-listen", "127.0.0.1:0")
+	proxyAddr := p.await(t, "listening on ")
 	c, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -174,21 +149,9 @@ func TestServeEmbeddedDefault(t *testing.T) {
 	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "no_rule") {
 		t.Fatalf("CONNECT example.com:443: %s %q, want 403 naming no_rule", resp.Status, body)
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("egressd did not exit after SIGTERM")
-	}
-	if !strings.Contains(stdout.String(), `"reason":"no_rule"`) || !strings.Contains(stdout.String(), `"host":"example.com"`) {
-		t.Errorf("decision log on stdout lacks the denial: %q", stdout.String())
+	p.stop(t)
+	if !strings.Contains(p.stdout.String(), `"reason":"no_rule"`) || !strings.Contains(p.stdout.String(), `"host":"example.com"`) {
+		t.Errorf("decision log on stdout lacks the denial: %q", p.stdout.String())
 	}
 }
 
@@ -196,34 +159,8 @@ func TestServeEmbeddedDefault(t *testing.T) {
 // gateway next to the HTTP proxy; a connection that was not redirected is
 // refused (no original destination) and logged with mode transparent.
 func TestServeTransparentListen(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0", "--transparent-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			const mark = "transparent gateway (redirect) listening on "
-			if i := strings.Index(sc.Text(), mark); i >= 0 {
-				addr <- strings.TrimSpace(sc.Text()[i+len(mark):])
-			}
-		}
-	}()
-	var gw string
-	select {
-	case gw = <-addr:
-	case <-time.After(20 * time.Second):
-		t.Fatal("egressd serve did not report the transparent listener")
-	}
+	p := startServe(t, "serve", "--http-listen", "127.0.0.1:0", "--transparent-listen", "127.0.0.1:0")
+	gw := p.await(t, "transparent gateway (redirect) listening on ")
 	c, err := net.Dial("tcp", gw)
 	if err != nil {
 		t.Fatal(err)
@@ -233,21 +170,9 @@ func TestServeTransparentListen(t *testing.T) {
 		t.Fatalf("got %q from an unredirected connection", b)
 	}
 	c.Close()
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("egressd did not exit after SIGTERM")
-	}
-	if !strings.Contains(stdout.String(), `"mode":"transparent"`) || !strings.Contains(stdout.String(), `"reason":"bad_request"`) {
-		t.Errorf("decision log lacks the transparent refusal: %q", stdout.String())
+	p.stop(t)
+	if !strings.Contains(p.stdout.String(), `"mode":"transparent"`) || !strings.Contains(p.stdout.String(), `"reason":"bad_request"`) {
+		t.Errorf("decision log lacks the transparent refusal: %q", p.stdout.String())
 	}
 }
 
@@ -255,34 +180,8 @@ func TestServeTransparentListen(t *testing.T) {
 // and TCP; a query for a name no policy allows is refused and logged with
 // mode dns.
 func TestServeDNSListen(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "serve", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0")
-	cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stdout syncBuf
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			const mark = "DNS server (udp, tcp) listening on "
-			if i := strings.Index(sc.Text(), mark); i >= 0 {
-				addr <- strings.TrimSpace(sc.Text()[i+len(mark):])
-			}
-		}
-	}()
-	var da string
-	select {
-	case da = <-addr:
-	case <-time.After(20 * time.Second):
-		t.Fatal("egressd serve did not report the DNS server")
-	}
+	p := startServe(t, "serve", "--http-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0")
+	da := p.await(t, "DNS server (udp, tcp) listening on ")
 	for _, network := range []string{"udp", "tcp"} {
 		m := new(dns.Msg)
 		m.SetQuestion("exfil-"+network+".attacker.test.", dns.TypeA)
@@ -294,22 +193,10 @@ func TestServeDNSListen(t *testing.T) {
 			t.Errorf("%s: %s for a name no policy allows, want REFUSED", network, dns.RcodeToString[in.Rcode])
 		}
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("egressd did not exit after SIGTERM")
-	}
+	p.stop(t)
 	for _, network := range []string{"udp", "tcp"} {
 		want := `"host":"exfil-` + network + `.attacker.test"`
-		if out := stdout.String(); !strings.Contains(out, want) || !strings.Contains(out, `"mode":"dns"`) || !strings.Contains(out, `"qtype":"A"`) {
+		if out := p.stdout.String(); !strings.Contains(out, want) || !strings.Contains(out, `"mode":"dns"`) || !strings.Contains(out, `"qtype":"A"`) {
 			t.Errorf("decision log lacks the %s refusal: %q", network, out)
 		}
 	}
@@ -331,4 +218,72 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// serveProc is "egressd serve" running as a child process (the test binary
+// with EGRESSD_MAIN=1).
+type serveProc struct {
+	cmd    *exec.Cmd
+	stdout *syncBuf
+	stderr chan string
+}
+
+func startServe(t *testing.T, args ...string) *serveProc {
+	t.Helper()
+	p := &serveProc{cmd: exec.Command(os.Args[0], args...), stdout: &syncBuf{}, stderr: make(chan string, 64)}
+	p.cmd.Env = append(os.Environ(), "EGRESSD_MAIN=1")
+	p.cmd.Stdout = p.stdout
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			select {
+			case p.stderr <- sc.Text():
+			default: // nobody is waiting for more lines
+			}
+		}
+	}()
+	return p
+}
+
+// await returns what follows mark on the first stderr line containing it
+// (a listen address).
+func (p *serveProc) await(t *testing.T, mark string) string {
+	t.Helper()
+	timeout := time.After(20 * time.Second)
+	for {
+		select {
+		case line := <-p.stderr:
+			if i := strings.Index(line, mark); i >= 0 {
+				return strings.TrimSpace(line[i+len(mark):])
+			}
+		case <-timeout:
+			t.Fatalf("egressd serve printed no line with %q", mark)
+		}
+	}
+}
+
+// stop sends SIGTERM and wants exit status 0 within 15 s.
+func (p *serveProc) stop(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("egressd after SIGTERM: %v, want exit 0", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("egressd did not exit after SIGTERM")
+	}
 }
