@@ -159,11 +159,7 @@ func startDNS(t *testing.T) string {
 	for _, n := range testNames {
 		known[dns.Fqdn(n)] = true
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := strings.ToLower(q.Question[0].Name)
@@ -175,10 +171,8 @@ func startDNS(t *testing.T) string {
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String()
+	})
+	return addr
 }
 
 // syncBuffer is the decision log: written by the proxy, read by the test.
@@ -333,3 +327,17 @@ func needTool(t *testing.T, name string) string {
 
 // connOf returns the *net.TCPConn under a test connection.
 func connOf(rw any) *net.TCPConn { return rw.(*net.TCPConn) }
+
+// serveTestDNS serves h over UDP at addr ("127.0.0.1:0": a free loopback
+// port) until the test ends, and returns the address it listens on.
+func serveTestDNS(t *testing.T, addr string, h dns.HandlerFunc) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: h}
+	go srv.ActivateAndServe()
+	t.Cleanup(func() { srv.Shutdown() })
+	return pc.LocalAddr().String()
+}

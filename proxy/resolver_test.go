@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -19,11 +18,7 @@ import (
 func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
 	t.Helper()
 	queries = new(atomic.Int64)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	addr = serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		queries.Add(1)
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -48,10 +43,8 @@ func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
 			add("ttl60.test. 60 IN A 192.0.2.2")
 		}
 		w.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String(), queries
+	})
+	return addr, queries
 }
 
 func TestResolverTTLCache(t *testing.T) {

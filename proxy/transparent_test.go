@@ -247,11 +247,7 @@ func TestTransparentSNISpoofing(t *testing.T) {
 func startRotatingDNS(t *testing.T, name string, addrs []string) (string, *atomic.Int32) {
 	t.Helper()
 	var n atomic.Int32
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		qn := strings.ToLower(q.Question[0].Name)
@@ -264,10 +260,8 @@ func startRotatingDNS(t *testing.T, name string, addrs []string) (string, *atomi
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)
-	})}
-	go srv.ActivateAndServe()
-	t.Cleanup(func() { srv.Shutdown() })
-	return pc.LocalAddr().String(), &n
+	})
+	return addr, &n
 }
 
 // TestTransparentRotatingDNS: the DNS answers each query with another
