@@ -66,7 +66,7 @@ func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
 		s.dnsConns = append(s.dnsConns, pc)
 	}
 	if ln != nil {
-		s.listeners = append(s.listeners, ln)
+		s.addListenerLocked(ln)
 	}
 	s.mu.Unlock()
 

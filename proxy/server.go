@@ -59,8 +59,10 @@ type Server struct {
 	closing bool // set by Shutdown; no tunnel starts after it
 	tunnels map[net.Conn]struct{}
 	wg      sync.WaitGroup
-	// listeners are the transparent listeners, closed by Shutdown.
+	// listeners are the transparent (and DNS TCP) listeners, closed by
+	// Shutdown; selfAddrs are their addresses, parsed once for isSelf.
 	listeners []net.Listener
+	selfAddrs []netip.AddrPort
 	// dnsServers and dnsConns are the gateway DNS servers and their UDP
 	// sockets (ServeDNS), stopped by Shutdown.
 	dnsServers []*dns.Server
@@ -229,4 +231,13 @@ func (c *conn) refuse(r policy.Reason, detail string) {
 	c.decision.Allow = false
 	c.decision.Reason = r
 	c.detail = detail
+}
+
+// addListenerLocked records a listener for Shutdown and for isSelf. s.mu
+// must be held.
+func (s *Server) addListenerLocked(ln net.Listener) {
+	s.listeners = append(s.listeners, ln)
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+		s.selfAddrs = append(s.selfAddrs, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	}
 }

@@ -52,7 +52,7 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 		_ = ln.Close()
 		return nil
 	}
-	s.listeners = append(s.listeners, ln)
+	s.addListenerLocked(ln)
 	s.mu.Unlock()
 	var delay time.Duration
 	for {
@@ -129,16 +129,12 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	s.tunnel(c, client, t, &r)
 }
 
-// isSelf reports whether ap is the address of a transparent listener.
+// isSelf reports whether ap is the address of one of egressd's own listeners.
 func (s *Server) isSelf(ap netip.AddrPort) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, ln := range s.listeners {
-		l, err := netip.ParseAddrPort(ln.Addr().String())
-		if err != nil {
-			continue
-		}
-		if l.Port() == ap.Port() && (l.Addr().Unmap() == ap.Addr() || l.Addr().IsUnspecified()) {
+	for _, l := range s.selfAddrs {
+		if l.Port() == ap.Port() && (l.Addr() == ap.Addr() || l.Addr().IsUnspecified()) {
 			return true
 		}
 	}

@@ -495,3 +495,28 @@ policy "p" {
 	}
 	e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "dst_mismatch", "host": "127.0.0.7"})
 }
+
+// TestTransparentSelfDestination: a connection whose original destination
+// is egressd's own listener (a redirect loop) is refused without a dial.
+func TestTransparentSelfDestination(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, transparentConfig)
+	ln := listen(t)
+	self := netip.MustParseAddrPort(ln.Addr().String())
+	e.srv.origDst = func(net.Conn) (netip.AddrPort, error) { return self, nil }
+	go e.srv.ServeTransparent(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write(clientHelloBytes("allowed.egress.test"))
+	if got, _ := io.ReadAll(c); len(got) != 0 {
+		t.Fatalf("got %q", got)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "reason": "bad_request", "host": self.Addr().String()})
+	if !strings.Contains(fmt.Sprint(d["detail"]), "own listener") || d["dst"] != nil {
+		t.Errorf("decision %v: want a refusal naming egressd's own listener, nothing dialed", d)
+	}
+}
