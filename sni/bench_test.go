@@ -139,3 +139,41 @@ func TestAllocs(t *testing.T) {
 		t.Errorf("ErrNeedMore allocs = %v, want 0", got)
 	}
 }
+
+// BenchmarkQUICInitial measures what the proxy does per QUIC connection
+// attempt: derive the Initial keys, decrypt the datagrams, reassemble and
+// parse the hello, then compute JA3 and JA4.
+func BenchmarkQUICInitial(b *testing.B) {
+	for _, bc := range []struct {
+		name  string
+		files []string
+	}{
+		{"chrome", []string{"chrome-cloudflare-quic.initial.bin"}},
+		{"quic-go-2datagrams", []string{"quic-go-v1.initial-1.bin", "quic-go-v1.initial-2.bin"}},
+	} {
+		var datagrams [][]byte
+		size := 0
+		for _, f := range bc.files {
+			datagrams = append(datagrams, readTestdata(b, f))
+			size += len(datagrams[len(datagrams)-1])
+		}
+		b.Run(bc.name, func(b *testing.B) {
+			var q QUICInitial
+			var h Hello
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				q.Reset()
+				var err error
+				for _, d := range datagrams {
+					err = q.Add(d, &h)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				_, _ = h.JA3()
+				_ = h.JA4(true)
+			}
+		})
+	}
+}

@@ -214,3 +214,102 @@ func FuzzGoTLSDifferential(f *testing.F) {
 		}
 	})
 }
+
+// quicFuzzSeeds returns the protected QUIC vector datagrams.
+func quicFuzzSeeds(f *testing.F) (single [][]byte, pairs [][2][]byte) {
+	for _, name := range []string{"rfc9001-a2-client-initial.hex", "rfc9369-a2-client-initial.hex"} {
+		single = append(single, readHexFile(f, name))
+	}
+	for _, name := range []string{"chrome-cloudflare-quic.initial.bin", "quic-tls-handshake.initial.bin", "quic-with-several-tls-frames.initial.bin"} {
+		single = append(single, readTestdata(f, name))
+	}
+	for _, v := range []string{"v1", "v2"} {
+		pairs = append(pairs, [2][]byte{
+			readTestdata(f, "quic-go-"+v+".initial-1.bin"),
+			readTestdata(f, "quic-go-"+v+".initial-2.bin"),
+		})
+	}
+	return single, pairs
+}
+
+// checkQUICAdds feeds up to three datagrams (empty ones are left out) and
+// checks: no panic; one sentinel error; ErrNotQUIC only from the first Add;
+// results are sticky after anything but ErrNeedMore; on success the hello's
+// fingerprints can be computed.
+func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
+	var q QUICInitial
+	var h Hello
+	var last error
+	n := 0
+	for _, d := range datagrams {
+		if len(d) == 0 {
+			continue
+		}
+		err := q.Add(d, &h)
+		kind := quicSentinel(t, err)
+		if kind == ErrNotTLS || (kind == ErrNotQUIC && n > 0 && last != ErrNotQUIC) {
+			t.Fatalf("Add %d: %v", n+1, err)
+		}
+		if n > 0 && last != ErrNeedMore && err != last {
+			t.Fatalf("Add %d: %v after %v", n+1, err, last)
+		}
+		if v := q.Version(); (kind == nil || kind == ErrNeedMore) && v != quicV1 && v != quicV2 {
+			t.Fatalf("Version %#x with %v", v, err)
+		}
+		if err == nil {
+			if len(h.JA4(true)) != 36 || !strings.HasPrefix(h.JA4(true), "q") {
+				t.Fatalf("JA4 %q", h.JA4(true))
+			}
+			if full, hash := h.JA3(); full != h.JA3String() || len(hash) != 32 {
+				t.Fatalf("JA3 %q %q", full, hash)
+			}
+			if h.HasServerName != (h.ServerName != "") {
+				t.Fatalf("HasServerName %v, ServerName %q", h.HasServerName, h.ServerName)
+			}
+		}
+		last = err
+		n++
+	}
+}
+
+// FuzzQUICInitial feeds one to three datagrams to a QUICInitial. Seeds are
+// the vector datagrams, in order, reversed and coalesced.
+func FuzzQUICInitial(f *testing.F) {
+	single, pairs := quicFuzzSeeds(f)
+	for _, d := range single {
+		f.Add(d, []byte(nil), []byte(nil))
+		f.Add(d, d, []byte(nil))
+	}
+	for _, p := range pairs {
+		f.Add(p[0], p[1], []byte(nil))
+		f.Add(p[1], p[0], p[1])
+		f.Add(slices.Concat(p[0], p[1]), []byte(nil), []byte(nil))
+	}
+	f.Fuzz(func(t *testing.T, a, b, c []byte) {
+		checkQUICAdds(t, a, b, c)
+	})
+}
+
+// FuzzQUICFrames seals the inputs as the plaintext payloads of two client
+// Initial packets (packet numbers 0 and 1, same DCID), so that the frame
+// parser and CRYPTO reassembly behind the AEAD are fuzzed too. The second is
+// sent in its own datagram, or coalesced with the first if coalesce is set.
+func FuzzQUICFrames(f *testing.F) {
+	hello := rfcHello(f)
+	f.Add(cryptoFrame(0, hello), []byte(nil), false)
+	f.Add(cryptoFrame(100, hello[100:]), cryptoFrame(0, hello[:120]), true)
+	f.Add(slices.Concat([]byte{0x02, 0x05, 0x00, 0x01, 0x01, 0x00, 0x00, 0x01}, cryptoFrame(50, hello[50:])),
+		slices.Concat([]byte{0x1c, 0x0a, 0x06, 0x00}, cryptoFrame(0, hello[:50])), false)
+	f.Fuzz(func(t *testing.T, p1, p2 []byte, coalesce bool) {
+		if len(p1) > 2000 || len(p2) > 2000 {
+			return
+		}
+		d1 := sealInitial(t, testInitial{frames: p1})
+		d2 := sealInitial(t, testInitial{pn: 1, frames: p2})
+		if coalesce {
+			checkQUICAdds(t, slices.Concat(d1, d2))
+		} else {
+			checkQUICAdds(t, d1, d2)
+		}
+	})
+}
