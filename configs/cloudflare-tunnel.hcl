@@ -22,19 +22,16 @@
 #     transparent destination matches by address, a CONNECT by name matches
 #     by hosts.
 #
-# QUIC: the seed lists UDP 7844 with the SNI quic.cftunnel.com for the quic
-# transport (cloudflared's default, which falls back to http2 when UDP is
-# blocked). egressd handles TCP only for now, so run cloudflared with
-# "--protocol http2" (or let it fall back). The QUIC work will add a UDP rule
-# carrying quic.cftunnel.com.
-#
-# Decision: quic.cftunnel.com is NOT in the TCP rule's sni list. It would be
-# harmless (the destination is still limited to the tunnel hosts and
-# ranges, port 7844), but no TCP client ever sends it, so listing it would
-# only suggest QUIC is covered when it is not.
+# QUIC: the seed lists UDP 7844 for the quic transport (cloudflared's
+# default, which falls back to http2 when UDP is blocked), with the SNI
+# quic.cftunnel.com (UDP only) and cftunnel.com (TCP and UDP); h2.cftunnel.com
+# and the SRV name are TCP only. The two transports are therefore two rules
+# with the same destinations, told apart by protocols: tunnel-http2 over TCP
+# and tunnel-quic over QUIC, which egressd sees through its QUIC gateway
+# (server.quic_listen, UDP steered by TPROXY; see deploy/gateway).
 
 policy "cloudflare-tunnel" {
-  description = "Cloudflare Tunnel edge connections (TCP 7844, http2 transport)"
+  description = "Cloudflare Tunnel edge connections on 7844: http2 over TCP, quic over UDP"
 
   # Cloudflare seed, "Ports" / "Required for tunnel operation" table, rows
   # region1.v2.argotunnel.com and region2.v2.argotunnel.com (TCP, http2),
@@ -72,7 +69,27 @@ policy "cloudflare-tunnel" {
       "cftunnel.com",
       "_v2-origintunneld._tcp.argotunnel.com",
     ]
-    ports = [7844]
+    ports     = [7844]
+    protocols = ["tcp"]
+  }
+
+  # Cloudflare seed, "Ports" / "Required for tunnel operation" table, the
+  # same region rows (TCP/UDP, "http2 / quic"), plus the SNI-only rows
+  # quic.cftunnel.com ("UDP ( quic )") and cftunnel.com ("TCP/UDP ( http2 /
+  # quic )"). Same destinations as tunnel-http2; only the transport and the
+  # names cloudflared sends over it differ.
+  allow "tunnel-quic" {
+    description = "cloudflared quic transport (the default) to the Cloudflare edge"
+    hosts       = ["region1.v2.argotunnel.com", "region2.v2.argotunnel.com"]
+    cidrs = [
+      "198.41.192.0/24",
+      "198.41.200.0/24",
+      "2606:4700:a0::/48",
+      "2606:4700:a8::/48",
+    ]
+    sni       = ["quic.cftunnel.com", "cftunnel.com"]
+    ports     = [7844]
+    protocols = ["quic"]
   }
 }
 

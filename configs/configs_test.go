@@ -142,6 +142,13 @@ func toAddr(addr string, port uint16, sni string) policy.Request {
 	return policy.Request{Addr: netip.MustParseAddr(addr), Port: port, Hello: policy.HelloTLS, SNI: sni}
 }
 
+// quicTo is a flow on the QUIC gateway to addr:port whose Initial carried
+// a ClientHello with sni.
+func quicTo(addr string, port uint16, sni string) policy.Request {
+	return policy.Request{Addr: netip.MustParseAddr(addr), Port: port, Hello: policy.HelloTLS, SNI: sni,
+		Protocol: policy.ProtocolQUIC, Transparent: true}
+}
+
 func mustNormalize(t *testing.T, host string) string {
 	t.Helper()
 	n, err := policy.NormalizeHost(host)
@@ -305,8 +312,8 @@ func TestCloudflareTunnel(t *testing.T) {
 		allowed("region2 SNI h2.cftunnel.com", tlsTo("region2.v2.argotunnel.com", 7844, "h2.cftunnel.com"), tunnel, "tunnel-http2"),
 		allowed("region1 SNI cftunnel.com", tlsTo("region1.v2.argotunnel.com", 7844, "cftunnel.com"), tunnel, "tunnel-http2"),
 		allowed("region1 SNI SRV name", tlsTo("region1.v2.argotunnel.com", 7844, "_v2-origintunneld._tcp.argotunnel.com"), tunnel, "tunnel-http2"),
-		// quic.cftunnel.com is UDP only; deliberately not in the TCP rule.
-		denied("region1 SNI quic.cftunnel.com", tlsTo("region1.v2.argotunnel.com", 7844, "quic.cftunnel.com"), policy.ReasonSNIMismatch),
+		// quic.cftunnel.com is UDP only: the QUIC rule, never over TCP.
+		denied("region1 SNI quic.cftunnel.com over TCP", tlsTo("region1.v2.argotunnel.com", 7844, "quic.cftunnel.com"), policy.ReasonSNIMismatch),
 		denied("region1 SNI evil", tlsTo("region1.v2.argotunnel.com", 7844, "evil.example"), policy.ReasonSNIMismatch),
 		denied("region1 no SNI", tlsTo("region1.v2.argotunnel.com", 7844, ""), policy.ReasonSNIMissing),
 		denied("region1 not TLS", policy.Request{Host: "region1.v2.argotunnel.com", Port: 7844, Hello: policy.HelloNotTLS}, policy.ReasonNotTLS),
@@ -350,7 +357,23 @@ func TestCloudflareTunnel(t *testing.T) {
 	}
 	for _, a := range addrs {
 		cases = append(cases, allowed("seed address "+a, toAddr(a, 7844, "h2.cftunnel.com"), tunnel, "tunnel-http2"))
+		cases = append(cases, allowed("seed address "+a+" quic", quicTo(a, 7844, "quic.cftunnel.com"), tunnel, "tunnel-quic"))
 	}
+	// The quic transport ("UDP ( quic )" rows) through the QUIC gateway.
+	cases = append(cases,
+		allowed("quic SNI cftunnel.com", quicTo("198.41.200.53", 7844, "cftunnel.com"), tunnel, "tunnel-quic"),
+		denied("quic SNI h2.cftunnel.com (TCP only)", quicTo("198.41.192.7", 7844, "h2.cftunnel.com"), policy.ReasonSNIMismatch),
+		denied("quic SNI SRV name (TCP only)", quicTo("198.41.192.7", 7844, "_v2-origintunneld._tcp.argotunnel.com"), policy.ReasonSNIMismatch),
+		denied("quic SNI evil", quicTo("198.41.192.7", 7844, "evil.example"), policy.ReasonSNIMismatch),
+		// Outside the ranges the rule is still a candidate through its SNI
+		// (the gateway's flows are transparent); the proxy's destination
+		// verification then refuses the address (dst_mismatch) unless
+		// egressd's resolver returned it for the rule's hosts.
+		allowed("quic outside the ranges (then verified)", quicTo("198.41.193.7", 7844, "quic.cftunnel.com"), tunnel, "tunnel-quic"),
+		denied("quic on 443", quicTo("198.41.192.7", 443, "quic.cftunnel.com"), policy.ReasonNoRule),
+		verdict{name: "raw UDP to the edge", req: policy.Request{Addr: netip.MustParseAddr("198.41.192.7"), Port: 7844, Hello: policy.HelloNotTLS, Protocol: policy.ProtocolQUIC, Transparent: true},
+			reason: policy.ReasonNotTLS, policy: tunnel, rule: "tunnel-quic"},
+	)
 	checkVerdicts(t, p, cases)
 }
 

@@ -65,8 +65,15 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 		listeners = append(listeners, listener{name: "dns_listen", network: netTCP | netUDP, addr: raw.dnsListen.v, rng: raw.dnsListen.rng})
 	}
-	// Later listeners (quic_listen, admin_listen) are appended here, one
-	// line each.
+	if raw.quicListen != nil {
+		if _, _, err := splitListen(raw.quicListen.v); err != nil {
+			diags = append(diags, listenDiag("quic_listen", raw.quicListen, err))
+		} else {
+			s.QUICListen = raw.quicListen.v
+		}
+		listeners = append(listeners, listener{name: "quic_listen", network: netUDP, addr: raw.quicListen.v, rng: raw.quicListen.rng})
+	}
+	// Later listeners (admin_listen) are appended here, one line each.
 	diags = append(diags, checkListeners(listeners)...)
 
 	if raw.allowPrivateDestinations != nil {
@@ -470,6 +477,7 @@ func compileRule(policy string, rr *rawRule) (*rule, hcl.Diagnostics) {
 		{"ja3", rr.ja3.set, rr.ja3.elems, rr.ja3.rng},
 		{"ja4", rr.ja4.set, rr.ja4.elems, rr.ja4.rng},
 		{"ports", rr.ports.set, rr.ports.elems, rr.ports.rng},
+		{"protocols", rr.protocols.set, rr.protocols.elems, rr.protocols.rng},
 	} {
 		if l.set && l.n == 0 {
 			diags = append(diags, errDiag(l.rng, fmt.Sprintf("Empty %s list", l.name),
@@ -508,10 +516,34 @@ func compileRule(policy string, rr *rawRule) (*rule, hcl.Diagnostics) {
 		ru.ports = []portRange{} // invalid entries only; reported above
 	}
 
+	ru.protos = 1<<ProtocolTCP | 1<<ProtocolQUIC
+	if rr.protocols.set {
+		ru.protos = 0
+		for _, it := range rr.protocols.items {
+			p, ok := parseProtocol(it.v)
+			if !ok {
+				diags = append(diags, errDiag(it.rng, "Invalid protocol",
+					fmt.Sprintf("%s: %s is not a protocol. Use \"tcp\" (CONNECT, plain HTTP and transparent TCP) or \"quic\" (UDP on the QUIC listener), for example protocols = [\"tcp\"].", where, quote(it.v))))
+				continue
+			}
+			ru.protos |= 1 << p
+		}
+	}
+
 	if diags.HasErrors() {
 		return nil, diags
 	}
 	return ru, diags
+}
+
+// parseProtocol parses a protocols entry.
+func parseProtocol(s string) (Protocol, bool) {
+	for p := range numProtocols {
+		if s == p.String() {
+			return p, true
+		}
+	}
+	return 0, false
 }
 
 // compilePatterns compiles hosts or sni entries. Allow rules refuse

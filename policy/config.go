@@ -59,6 +59,9 @@ type Server struct {
 	// DNSRefuse is the answer to a query for a name no policy allows:
 	// "refused" (REFUSED) or "nxdomain" (NXDOMAIN).
 	DNSRefuse string
+	// QUICListen is the QUIC gateway's UDP listen address (host:port) for
+	// datagrams steered by a TPROXY rule; "" when it is off.
+	QUICListen string
 }
 
 // Resolver is the resolver block.

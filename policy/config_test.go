@@ -39,6 +39,12 @@ func TestDiagnostics(t *testing.T) {
 		{"dns_refuse not a string", one("server {\n  dns_refuse = 3\n}\n"), "t.hcl:2:16", "error", "dns_refuse"},
 		{"dns_listen overlaps transparent_listen", one("server {\n  transparent_listen = \"0.0.0.0:5353\"\n  dns_listen = \"127.0.0.1:5353\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
 		{"dns_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:53\"\n  dns_listen = \":53\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
+		// QUIC listener and rule protocols.
+		{"bad quic_listen", one("server {\n  quic_listen = \"15002\"\n}\n"), "t.hcl:2:17", "error", "Invalid listen address"},
+		{"quic_listen overlaps dns_listen", one("server {\n  dns_listen = \"0.0.0.0:5353\"\n  quic_listen = \"127.0.0.1:5353\"\n}\n"), "t.hcl:3:17", "error", "Overlapping listeners"},
+		{"unknown protocol", one(ruleSrc(`hosts = ["a.test"]`, `protocols = ["udp"]`)), "t.hcl:4:18", "error", "Invalid protocol"},
+		{"empty protocols", one(ruleSrc(`hosts = ["a.test"]`, `protocols = []`)), "t.hcl:4:17", "error", "Empty protocols list"},
+		{"protocols not strings", one(ruleSrc(`hosts = ["a.test"]`, `protocols = [443]`)), "t.hcl:4:18", "error", "protocols"},
 		{"unknown top-level block", one("firewall {}\n"), "t.hcl:1:1", "error", "Unsupported block type"},
 		{"unknown block in policy", one("policy \"p\" {\n  permit \"r\" {}\n}\n"), "t.hcl:2:3", "error", "Unsupported block type"},
 		{"policy without name", one("policy {\n}\n"), "t.hcl:1:8", "error", "Missing name for policy"},

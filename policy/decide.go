@@ -36,6 +36,31 @@ func (h Hello) String() string {
 	return "invalid"
 }
 
+// Protocol is the transport a connection reached egressd on; a rule's
+// protocols attribute lists the ones it applies to.
+type Protocol uint8
+
+const (
+	// ProtocolTCP: CONNECT tunnels, plain-HTTP requests and transparent TCP
+	// connections.
+	ProtocolTCP Protocol = iota
+	// ProtocolQUIC: UDP flows on the QUIC listener, whether their first
+	// datagram is a QUIC Initial (Hello is HelloTLS once the ClientHello
+	// is recovered) or other UDP (HelloNotTLS).
+	ProtocolQUIC
+	numProtocols
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case ProtocolTCP:
+		return "tcp"
+	case ProtocolQUIC:
+		return "quic"
+	}
+	return "invalid"
+}
+
 // Request is what the proxy knows about a connection when it asks for a
 // Decision.
 type Request struct {
@@ -56,6 +81,9 @@ type Request struct {
 	JA3 string
 	// JA4 is the FoxIO JA4 fingerprint of the ClientHello.
 	JA4 string
+	// Protocol is the transport: ProtocolTCP (the zero value) or
+	// ProtocolQUIC. A rule applies only to the protocols it lists.
+	Protocol Protocol
 	// Transparent marks a transparent-gateway connection: Host is "" and
 	// Addr is the original destination. Allow rules whose hosts match the
 	// normalized SNI, or that have hosts and whose sni list matches it, are
@@ -288,7 +316,7 @@ func (s *denyScan) visit(ids []int32) {
 			return // ids ascend
 		}
 		ru := &s.p.deny[id]
-		if ru.portMatch(s.r.Port) && s.conditions(ru) {
+		if ru.applies(s.r.Port, s.r.Protocol) && s.conditions(ru) {
 			s.best = id
 			return
 		}
@@ -340,7 +368,7 @@ func (s *allowScan) visit(ids []int32) {
 			continue
 		}
 		ru := &s.p.allow[id]
-		if !ru.portMatch(s.r.Port) {
+		if !ru.applies(s.r.Port, s.r.Protocol) {
 			continue
 		}
 		if reason := s.check(ru); reason == "" {

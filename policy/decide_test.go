@@ -464,3 +464,72 @@ policy "p" {
 		t.Error("nil policy VerifyDestination is not refuse")
 	}
 }
+
+// TestDecideProtocols: a rule applies to the transports its protocols list
+// (both by default); the Cloudflare Tunnel shape opens 7844 to the region
+// addresses over QUIC for quic.cftunnel.com and over TCP for h2.cftunnel.com.
+func TestDecideProtocols(t *testing.T) {
+	p := mustParse(t, `
+policy "tunnel" {
+  allow "http2" {
+    cidrs     = ["198.41.192.0/24"]
+    sni       = ["h2.cftunnel.com"]
+    ports     = [7844]
+    protocols = ["tcp"]
+  }
+  allow "quic" {
+    cidrs     = ["198.41.192.0/24"]
+    sni       = ["quic.cftunnel.com"]
+    ports     = [7844]
+    protocols = ["quic"]
+  }
+  allow "both" {
+    hosts = ["both.test"]
+  }
+  allow "raw-udp" {
+    cidrs       = ["203.0.113.0/24"]
+    ports       = [443]
+    require_tls = false
+    protocols   = ["quic"]
+  }
+  deny "no-tcp-to-bad" {
+    hosts     = ["bad.both.test"]
+    protocols = ["tcp"]
+  }
+}
+policy "more" {
+  allow "bad-over-quic" {
+    hosts = ["bad.both.test"]
+  }
+}
+`).Policy
+	region := netip.MustParseAddr("198.41.192.7")
+	tests := []struct {
+		name   string
+		r      Request
+		allow  bool
+		reason Reason
+		rule   string
+	}{
+		{"h2 over tcp", Request{Addr: region, Port: 7844, Hello: HelloTLS, SNI: "h2.cftunnel.com", Transparent: true}, true, ReasonAllowed, "http2"},
+		{"quic sni over quic", Request{Addr: region, Port: 7844, Hello: HelloTLS, SNI: "quic.cftunnel.com", Protocol: ProtocolQUIC, Transparent: true}, true, ReasonAllowed, "quic"},
+		{"quic sni over tcp", Request{Addr: region, Port: 7844, Hello: HelloTLS, SNI: "quic.cftunnel.com", Transparent: true}, false, ReasonSNIMismatch, "http2"},
+		{"h2 sni over quic", Request{Addr: region, Port: 7844, Hello: HelloTLS, SNI: "h2.cftunnel.com", Protocol: ProtocolQUIC, Transparent: true}, false, ReasonSNIMismatch, "quic"},
+		{"default both: tcp", Request{Host: "both.test", Port: 443, Hello: HelloTLS, SNI: "both.test"}, true, ReasonAllowed, "both"},
+		{"default both: quic", Request{Addr: netip.MustParseAddr("192.0.2.1"), Port: 443, Hello: HelloTLS, SNI: "both.test", Protocol: ProtocolQUIC, Transparent: true}, true, ReasonAllowed, "both"},
+		{"raw udp allowed", Request{Addr: netip.MustParseAddr("203.0.113.9"), Port: 443, Hello: HelloNotTLS, Protocol: ProtocolQUIC, Transparent: true}, true, ReasonAllowed, "raw-udp"},
+		{"raw udp other port", Request{Addr: netip.MustParseAddr("203.0.113.9"), Port: 7844, Hello: HelloNotTLS, Protocol: ProtocolQUIC, Transparent: true}, false, ReasonNoRule, ""},
+		{"raw udp to tls rule", Request{Addr: region, Port: 7844, Hello: HelloNotTLS, Protocol: ProtocolQUIC, Transparent: true}, false, ReasonNotTLS, "quic"},
+		{"raw tcp not opened by a quic rule", Request{Addr: netip.MustParseAddr("203.0.113.9"), Port: 443, Hello: HelloNotTLS, Transparent: true}, false, ReasonNoRule, ""},
+		{"deny over tcp only: tcp", Request{Host: "bad.both.test", Port: 443, Hello: HelloTLS, SNI: "bad.both.test"}, false, ReasonDeniedByRule, "no-tcp-to-bad"},
+		{"deny over tcp only: quic", Request{Addr: netip.MustParseAddr("192.0.2.1"), Port: 443, Hello: HelloTLS, SNI: "bad.both.test", Protocol: ProtocolQUIC, Transparent: true}, true, ReasonAllowed, "bad-over-quic"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(&tt.r)
+			if d.Allow != tt.allow || d.Reason != tt.reason || d.Rule != tt.rule {
+				t.Errorf("Decide = %+v, want allow=%v reason=%s rule=%q", d, tt.allow, tt.reason, tt.rule)
+			}
+		})
+	}
+}

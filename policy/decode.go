@@ -56,6 +56,7 @@ type rawServer struct {
 	verifyDestination        *str
 	upstreamMark             *num
 	dnsListen                *str
+	quicListen               *str
 	dnsRefuse                *str
 }
 
@@ -95,7 +96,9 @@ type rawRule struct {
 	sni   list
 	ja3   list
 	ja4   list
-	ports struct {
+	// protocols: "tcp", "quic"
+	protocols list
+	ports     struct {
 		set   bool
 		rng   hcl.Range
 		elems int
@@ -138,6 +141,7 @@ func serverSchema() *hcl.BodySchema {
 		{Name: "verify_destination"},
 		{Name: "upstream_mark"},
 		{Name: "dns_listen"},
+		{Name: "quic_listen"},
 		{Name: "dns_refuse"},
 	}}
 }
@@ -170,6 +174,7 @@ func ruleSchema() *hcl.BodySchema {
 		{Name: "ja3"},
 		{Name: "ja4"},
 		{Name: "require_tls"},
+		{Name: "protocols"},
 		{Name: "allow_public_suffix"},
 		{Name: "verify_destination"},
 	}}
@@ -253,6 +258,8 @@ func decodeServerBlock(b *hcl.Block) (*rawServer, hcl.Diagnostics) {
 			s.upstreamMark = decodeUint32(attr, `upstream_mark = 1`, &diags)
 		case "dns_listen":
 			s.dnsListen = decodeString(attr, `dns_listen = "0.0.0.0:53"`, &diags)
+		case "quic_listen":
+			s.quicListen = decodeString(attr, `quic_listen = "0.0.0.0:15002"`, &diags)
 		case "dns_refuse":
 			s.dnsRefuse = decodeString(attr, `dns_refuse = "refused"`, &diags)
 		}
@@ -318,6 +325,8 @@ func decodeRuleBlock(b *hcl.Block) (*rawRule, hcl.Diagnostics) {
 		case "ports":
 			r.ports.set, r.ports.rng = true, attr.Expr.Range()
 			r.ports.items, r.ports.elems = decodePorts(attr, &diags)
+		case "protocols":
+			r.protocols = decodeStringList(attr, `protocols = ["tcp"]`, &diags)
 		case "require_tls":
 			r.requireTLS = decodeBool(attr, `require_tls = false`, &diags)
 		case "allow_public_suffix":

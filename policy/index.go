@@ -52,6 +52,7 @@ type rule struct {
 	// grant access to private addresses.
 	privCIDRs []netip.Prefix
 	ports     []portRange // nil: every port (deny rules without ports)
+	protos    uint8       // bit set of 1<<Protocol the rule applies to
 
 	sni        []pattern
 	ja3        []string
@@ -62,6 +63,12 @@ type rule struct {
 }
 
 type portRange struct{ lo, hi uint16 }
+
+// applies reports whether the rule covers a connection on this port and
+// transport.
+func (ru *rule) applies(port uint16, p Protocol) bool {
+	return ru.protos&(1<<p) != 0 && ru.portMatch(port)
+}
 
 func (ru *rule) portMatch(port uint16) bool {
 	if ru.ports == nil {
