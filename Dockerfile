@@ -9,8 +9,8 @@
 #
 # Targets:
 #   (default, last stage) egressd   the proxy on a distroless static base
-#   gateway                         Debian slim with nftables/iptables and
-#                                   deploy/gateway/egressd-gateway.sh, for the
+#   gateway                         Debian slim with nftables/iptables/iproute2
+#                                   and deploy/gateway/egressd-gateway.sh, for the
 #                                   rules (init) container of the transparent
 #                                   recipes: docker build --target gateway .
 
@@ -31,7 +31,7 @@ RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}"
 # --- rules container for the transparent gateway ------------------------------
 FROM debian:bookworm-slim AS gateway
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nftables iptables \
+ && apt-get install -y --no-install-recommends nftables iptables iproute2 \
  && rm -rf /var/lib/apt/lists/*
 COPY deploy/gateway/egressd-gateway.sh /usr/local/bin/egressd-gateway.sh
 # Installing rules needs CAP_NET_ADMIN (granted by the pod/compose file) and
@@ -55,8 +55,10 @@ COPY configs/*.hcl /etc/egressd/
 # unprivileged ports and opens outbound TCP connections.
 USER 65532:65532
 # 3128: HTTP proxy (CONNECT) listener. 15001: transparent listener
-# (server.transparent_listen / serve --transparent-listen).
-EXPOSE 3128 15001
+# (server.transparent_listen / serve --transparent-listen). 15002/udp: QUIC
+# gateway (server.quic_listen / serve --quic-listen; needs CAP_NET_ADMIN for
+# IP_TRANSPARENT, so it is for containers run with that capability).
+EXPOSE 3128 15001 15002/udp
 ENTRYPOINT ["/egressd"]
 # The built-in default listen address is 127.0.0.1:3128, which inside a
 # container is reachable only from the container itself: bind every address

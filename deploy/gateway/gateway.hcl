@@ -5,8 +5,15 @@ server {
   # the PREROUTING redirect (traffic of other hosts using this one as their
   # gateway) reaches it as well as the OUTPUT one (which goes to 127.0.0.1).
   transparent_listen = "0.0.0.0:15001"
+  # UDP 443/7844 (QUIC) TPROXY'd by egressd-gateway.sh (EGRESSD_QUIC_PORT)
+  # lands here: a transparent UDP socket (IP_TRANSPARENT, original destination
+  # from IP_RECVORIGDSTADDR). Needs CAP_NET_ADMIN in egressd (IP_TRANSPARENT);
+  # without it, leave this out and run egressd-gateway.sh with
+  # EGRESSD_QUIC_PORT=0.
+  quic_listen        = "0.0.0.0:15002"
   http_listen        = "0.0.0.0:3128"
-  # With network_mode: host and cap_add NET_ADMIN on egressd, mark its
-  # upstream sockets instead of relying on its UID (EGRESSD_MARK=0x1e55):
-  # upstream_mark = 7765
+  # The loop exception: egressd marks its upstream sockets (and its QUIC
+  # reply sockets) with 7765 = 0x1e55, which egressd-gateway.sh exempts
+  # (EGRESSD_MARK=0x1e55). Needs CAP_NET_ADMIN (docker-compose.yml).
+  upstream_mark      = 7765
 }
