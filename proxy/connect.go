@@ -55,7 +55,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	defer f.release()
 	if reason, err := readHello(client, s.cfg.HelloTimeout, &f); reason != "" {
 		if f.tls {
-			c.fingerprint(&f.hello)
+			c.fingerprint(&f.hello, false)
 		}
 		c.decision = policy.Decision{Reason: reason}
 		c.detail = err.Error()
@@ -64,7 +64,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	}
 	r.Hello = policy.HelloNotTLS
 	if f.tls {
-		c.fingerprint(&f.hello)
+		c.fingerprint(&f.hello, false)
 		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
 	}
 	c.decision = s.pol.Decide(r)
@@ -80,7 +80,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 			return
 		}
 	}
-	up := s.dial(context.Background(), c, t)
+	up := s.dial(context.Background(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
 		return

@@ -73,7 +73,7 @@ func newTestCA(t *testing.T) *testCA {
 		Subject:      pkix.Name{CommonName: "egressd test upstream"},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
-		DNSNames:     append([]string{"*.wild.egress.test", "*.b.wild.egress.test"}, testNames...),
+		DNSNames:     append([]string{"*.wild.egress.test", "*.b.wild.egress.test", "quic.cftunnel.com"}, testNames...),
 		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},

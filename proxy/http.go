@@ -32,7 +32,7 @@ func (s *Server) handleHTTP(req *http.Request) *http.Response {
 		s.logDecision(c)
 		return textResponse(req, http.StatusForbidden, "egressd: denied "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
-	up := s.dial(req.Context(), c, t)
+	up := s.dial(req.Context(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")

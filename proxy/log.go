@@ -34,6 +34,8 @@ const (
 	fieldBytesDown  = "bytes_down"
 	fieldDurationMS = "duration_ms"
 	fieldQType      = "qtype"
+	fieldFlows      = "flows"
+	fieldDropped    = "dropped"
 
 	msgDecision = "decision"
 	msgClose    = "close"
@@ -50,6 +52,8 @@ const (
 	// queried name and qtype its type.
 	ModeDNS = "dns"
 )
+
+// ModeQUIC is declared in quic.go.
 
 // conn is the per-connection record that the decision and close log lines
 // are written from. One value is filled as the connection progresses; the
@@ -73,11 +77,11 @@ type conn struct {
 }
 
 // fingerprint parses nothing: it fills the JA3/JA4 fields from an already
-// parsed hello, once per connection.
-func (c *conn) fingerprint(h *sni.Hello) {
+// parsed hello, once per connection. quic selects JA4's QUIC marker.
+func (c *conn) fingerprint(h *sni.Hello, quic bool) {
 	c.hello = h
 	c.ja3Full, c.ja3 = h.JA3()
-	c.ja4 = h.JA4(false)
+	c.ja4 = h.JA4(quic)
 }
 
 func (s *Server) logDecision(c *conn) {

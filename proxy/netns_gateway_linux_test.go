@@ -4,9 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -18,6 +22,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/quic-go/quic-go"
+	"github.com/quic-go/quic-go/http3"
 	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
@@ -142,10 +148,17 @@ func gatewayNamespaces(t *testing.T, mode string) {
 	}
 
 	// Upstreams: echo servers on 443 and 7844, an "attacker" on 10.77.2.3,
-	// and DNS answering allowed.egress.test with 10.77.2.2.
-	var attacker *atomic.Int32
+	// and DNS answering allowed.egress.test with 10.77.2.2. Over UDP: QUIC
+	// echo servers on 7844, HTTP/3 on 443, and a QUIC "attacker".
+	var attacker, quicAttacker *atomic.Int32
 	var queries atomic.Int32
+	ca := newTestCA(t)
 	inNS(t, up, func() {
+		for _, a := range []string{"10.77.2.2:7844", "[fd77:2::2]:7844"} {
+			serveQUICEcho(t, listenUDP(t, a), ca.leaf)
+		}
+		serveHTTP3(t, listenUDP(t, "10.77.2.2:443"), ca.leaf)
+		quicAttacker = serveQUICEcho(t, listenUDP(t, "10.77.2.3:443"), ca.leaf)
 		for _, a := range []string{"10.77.2.2:443", "10.77.2.4:443", "10.77.2.2:7844", "[fd77:2::2]:7844", "[fd77:2::2]:443"} {
 			serveEcho(listenOn(t, a))
 		}
@@ -293,6 +306,100 @@ func gatewayNamespaces(t *testing.T, mode string) {
 	if n := attacker.Load(); n != 0 {
 		t.Errorf("the spoofed destination got %d connections", n)
 	}
+	if mode == "redirect" {
+		// The shipped script also steers UDP 443 and 7844 to quic_listen
+		// with TPROXY.
+		quicThroughGateway(t, cli, ca, waitLog, childOut.String)
+		if n := quicAttacker.Load(); n != 0 {
+			t.Errorf("the spoofed QUIC destination got %d connections", n)
+		}
+	}
+}
+
+// quicThroughGateway runs QUIC and HTTP/3 clients in the client namespace
+// through the gateway's TPROXY rules and QUIC listener.
+func quicThroughGateway(t *testing.T, cli string, ca *testCA, waitLog func(map[string]any) map[string]any, childOut func() string) {
+	t.Helper()
+	dial := func(dst string, tlsConf *tls.Config) (*quic.Conn, error) {
+		var pc net.PacketConn
+		inNS(t, cli, func() { pc = listenUDP(t, ":0") })
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := quic.Dial(ctx, pc, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(dst)), tlsConf, quicTestConfig())
+		if err == nil {
+			t.Cleanup(func() { c.CloseWithError(0, "") })
+		}
+		return c, err
+	}
+	tunnelConf := &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: ca.pool, NextProtos: longALPN()}
+	captured, datagrams := captureQUICHello(t, tunnelConf)
+	if datagrams < 2 {
+		t.Fatalf("the tunnel hello fits in %d datagram; it must span two Initials", datagrams)
+	}
+	_, wantJA3 := captured.JA3()
+	for _, dst := range []string{"10.77.2.2:7844", "[fd77:2::2]:7844"} {
+		c, err := dial(dst, tunnelConf)
+		if err != nil {
+			t.Fatalf("QUIC to %s through the gateway: %v\n%s", dst, err, childOut())
+		}
+		payload := make([]byte, 64<<10)
+		rand.Read(payload)
+		if err := quicEcho(c, payload); err != nil {
+			t.Fatalf("QUIC echo with %s: %v", dst, err)
+		}
+		host, port, _ := net.SplitHostPort(dst)
+		d := waitLog(map[string]any{"mode": "quic", "decision": "allow", "rule": "tunnel-quic", "host": host, "port": port, "dst": dst, "sni": "quic.cftunnel.com"})
+		if d["ja3"] != wantJA3 || d["ja4"] != captured.JA4(true) {
+			t.Errorf("logged ja3 %v ja4 %v, want %s %s from the capture", d["ja3"], d["ja4"], wantJA3, captured.JA4(true))
+		}
+	}
+
+	// Denied: an SNI no rule allows, and an allowed SNI to an address that
+	// is not the name's (SNI spoofing, dst_mismatch).
+	for _, tc := range []struct{ dst, sni, reason string }{
+		{"10.77.2.2:7844", "evil.example", "sni_mismatch"},
+		{"10.77.2.3:443", "allowed.egress.test", "dst_mismatch"},
+	} {
+		if _, err := dial(tc.dst, &tls.Config{ServerName: tc.sni, RootCAs: ca.pool, NextProtos: []string{quicALPN}}); err == nil {
+			t.Errorf("QUIC to %s with SNI %s: handshake completed", tc.dst, tc.sni)
+		}
+		host, _, _ := net.SplitHostPort(tc.dst)
+		if d := waitLog(map[string]any{"mode": "quic", "decision": "deny", "host": host, "sni": tc.sni, "reason": tc.reason}); d["dst"] != nil {
+			t.Errorf("denied flow dialed %v", d["dst"])
+		}
+	}
+
+	// HTTP/3 for an allowed host.
+	tr := &http3.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: ca.pool},
+		Dial: func(ctx context.Context, _ string, tlsCfg *tls.Config, cfg *quic.Config) (*quic.Conn, error) {
+			var pc net.PacketConn
+			inNS(t, cli, func() { pc = listenUDP(t, ":0") })
+			return quic.DialEarly(ctx, pc, net.UDPAddrFromAddrPort(netip.MustParseAddrPort("10.77.2.2:443")), tlsCfg, cfg)
+		},
+	}
+	defer tr.Close()
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("https://allowed.egress.test/h3")
+	if err != nil {
+		t.Fatalf("HTTP/3 through the gateway: %v\n%s", err, childOut())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "h3 allowed.egress.test /h3" {
+		t.Errorf("HTTP/3 body %q", body)
+	}
+	waitLog(map[string]any{"mode": "quic", "decision": "allow", "rule": "web", "sni": "allowed.egress.test", "dst": "10.77.2.2:443"})
+}
+
+// listenUDP opens a UDP socket on addr (in the calling thread's namespace).
+func listenUDP(t *testing.T, addr string) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
 }
 
 // TestTransparentGatewayChild is egressd inside the gateway namespace of
@@ -314,6 +421,7 @@ server {
   transparent_listen = "[::]:15001"
   upstream_mark      = 7765 # 0x1e55, exempted by the gateway script
   dns_listen         = "10.77.1.1:53"
+  quic_listen        = "[::]:15002"
 }
 resolver { servers = ["10.77.2.2:53"] }
 policy "web" {
@@ -327,6 +435,14 @@ policy "cloudflare-tunnel" {
     cidrs = ["10.77.2.0/24", "fd77:2::/64"]
     sni   = ["h2.cftunnel.com"]
     ports = [7844]
+    protocols = ["tcp"]
+  }
+  allow "tunnel-quic" {
+    hosts = ["region1.v2.argotunnel.com"]
+    cidrs = ["10.77.2.0/24", "fd77:2::/64"]
+    sni   = ["quic.cftunnel.com"]
+    ports = [7844]
+    protocols = ["quic"]
   }
 }`)}})
 	if diags.HasErrors() {
@@ -349,6 +465,11 @@ policy "cloudflare-tunnel" {
 		t.Fatal(err)
 	}
 	go srv.ServeDNS(pc, dl)
+	qpc, err := ListenQUIC(cfg.Server.QUICListen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.ServeQUIC(qpc)
 	ctx, stop := signalContext()
 	defer stop()
 	go func() {

@@ -67,6 +67,10 @@ type Server struct {
 	// sockets (ServeDNS), stopped by Shutdown.
 	dnsServers []*dns.Server
 	dnsConns   []net.PacketConn
+	// quic are the QUIC gateways (ServeQUIC), stopped by Shutdown;
+	// quicHooks, when set by a test, adjusts each before it serves.
+	quic      []*quicGateway
+	quicHooks func(*quicGateway)
 }
 
 // New builds a proxy for cfg that writes its decision log to logger.
@@ -143,7 +147,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = pc.Close()
 	}
 	dnsServers := s.dnsServers
+	quic := s.quic
 	s.mu.Unlock()
+	// UDP flows have no end to wait for: they are closed (and their close
+	// lines logged) at once.
+	for _, g := range quic {
+		g.close()
+	}
 	for _, d := range dnsServers {
 		_ = d.ShutdownContext(ctx) // "not started" when the socket closed first
 	}
@@ -189,9 +199,10 @@ func (s *Server) newConn(mode string, remote string) *conn {
 }
 
 // dial resolves t when it is a name, keeps the addresses the decision
-// allows, and dials them in order until one answers. On failure it turns
-// c's decision into a deny with the reason and returns nil.
-func (s *Server) dial(ctx context.Context, c *conn, t Target) net.Conn {
+// allows, and dials them in order (network "tcp" or "udp") until one
+// answers. On failure it turns c's decision into a deny with the reason and
+// returns nil.
+func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) net.Conn {
 	addrs := []netip.Addr{t.Addr}
 	if t.Host != "" {
 		var err error
@@ -209,7 +220,7 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target) net.Conn {
 		tried++
 		dst := netip.AddrPortFrom(a, t.Port)
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-		up, err := s.DialContext(dctx, "tcp", dst.String())
+		up, err := s.DialContext(dctx, network, dst.String())
 		cancel()
 		if err == nil {
 			c.dst = dst
@@ -237,7 +248,13 @@ func (c *conn) refuse(r policy.Reason, detail string) {
 // must be held.
 func (s *Server) addListenerLocked(ln net.Listener) {
 	s.listeners = append(s.listeners, ln)
-	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
-		s.selfAddrs = append(s.selfAddrs, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+	s.addSelfLocked(ln.Addr())
+}
+
+// addSelfLocked records one of egressd's own addresses for isSelf. s.mu
+// must be held.
+func (s *Server) addSelfLocked(a net.Addr) {
+	if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+		s.selfAddrs = append(s.selfAddrs, unmapAddrPort(ap))
 	}
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -122,4 +123,131 @@ func markControl(mark uint32) func(string, string, syscall.RawConn) error {
 		}
 		return nil
 	}
+}
+
+// Socket options for the QUIC listener (linux/in.h, linux/in6.h). The
+// RECV and the control-message type share a number.
+const (
+	ipRecvOrigDstAddr   = 20 // IP_RECVORIGDSTADDR / IP_ORIGDSTADDR, level SOL_IP
+	ipv6RecvOrigDstAddr = 74 // IPV6_RECVORIGDSTADDR / IPV6_ORIGDSTADDR, level SOL_IPV6
+)
+
+// quicOOBSize holds one control message with a sockaddr_in6 (the original
+// destination), with room to spare.
+var quicOOBSize = syscall.CmsgSpace(syscall.SizeofSockaddrInet6) * 2
+
+// quicListenControl prepares the QUIC listener: IP_TRANSPARENT and
+// IP_RECVORIGDSTADDR, and on IPv6 sockets their IPv6 forms as well (a
+// dual-stack socket receives IPv4 datagrams through the IPv4 options).
+func quicListenControl(network, _ string, rc syscall.RawConn) error {
+	type opt struct {
+		level, name int
+		what        string
+	}
+	opts := []opt{
+		{syscall.SOL_IP, syscall.IP_TRANSPARENT, "IP_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
+		{syscall.SOL_IP, ipRecvOrigDstAddr, "IP_RECVORIGDSTADDR"},
+	}
+	if network == "udp6" {
+		opts = append(opts,
+			opt{syscall.SOL_IPV6, ipv6Transparent, "IPV6_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
+			opt{syscall.SOL_IPV6, ipv6RecvOrigDstAddr, "IPV6_RECVORIGDSTADDR"})
+	}
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		for _, o := range opts {
+			if err := syscall.SetsockoptInt(int(fd), o.level, o.name, 1); err != nil {
+				serr = fmt.Errorf("setting %s: %w", o.what, err)
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// parseOrigDstCmsg finds the original destination in a datagram's control
+// messages (IP_ORIGDSTADDR or IPV6_ORIGDSTADDR). It checks every length
+// and does not allocate.
+func parseOrigDstCmsg(oob []byte) (netip.AddrPort, bool) {
+	hdr := syscall.CmsgLen(0)
+	for len(oob) >= hdr {
+		h := (*syscall.Cmsghdr)(unsafe.Pointer(&oob[0]))
+		l := int(h.Len)
+		if l < hdr || l > len(oob) {
+			return netip.AddrPort{}, false
+		}
+		if h.Level == syscall.SOL_IP && h.Type == ipRecvOrigDstAddr ||
+			h.Level == syscall.SOL_IPV6 && h.Type == ipv6RecvOrigDstAddr {
+			ap, err := parseSockaddr(oob[hdr:l])
+			return ap, err == nil
+		}
+		next := syscall.CmsgSpace(l - hdr)
+		if next > len(oob) {
+			break
+		}
+		oob = oob[next:]
+	}
+	return netip.AddrPort{}, false
+}
+
+// parseSockaddr decodes a sockaddr_in (16 bytes) or sockaddr_in6 (28).
+func parseSockaddr(b []byte) (netip.AddrPort, error) {
+	if len(b) < 2 {
+		return netip.AddrPort{}, errors.New("short sockaddr")
+	}
+	switch *(*uint16)(unsafe.Pointer(&b[0])) {
+	case syscall.AF_INET:
+		if len(b) < syscall.SizeofSockaddrInet4 {
+			return netip.AddrPort{}, errors.New("short sockaddr_in")
+		}
+	case syscall.AF_INET6:
+		if len(b) < syscall.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, errors.New("short sockaddr_in6")
+		}
+	}
+	var full [32]byte
+	copy(full[:], b)
+	return parseRawSockaddr(full[:])
+}
+
+// transparentReply opens the socket a QUIC flow answers its client from:
+// bound to the flow's original destination (IP_TRANSPARENT allows the
+// foreign address; SO_REUSEADDR lets flows of several clients to one
+// destination share it) and marked like upstream sockets, so that the
+// redirect rules leave it alone. It is never connected, so the TPROXY
+// rule keeps steering the client's datagrams to the listener.
+func transparentReply(dst netip.AddrPort, mark uint32) (*net.UDPConn, error) {
+	network, level, opt := "udp4", syscall.SOL_IP, syscall.IP_TRANSPARENT
+	if dst.Addr().Is6() {
+		network, level, opt = "udp6", syscall.SOL_IPV6, ipv6Transparent
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			set := func(level, opt, v int, what string) {
+				if serr == nil {
+					if err := syscall.SetsockoptInt(int(fd), level, opt, v); err != nil {
+						serr = fmt.Errorf("setting %s: %w", what, err)
+					}
+				}
+			}
+			set(syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1, "SO_REUSEADDR")
+			set(level, opt, 1, "IP_TRANSPARENT (needs CAP_NET_ADMIN)")
+			if mark != 0 {
+				set(syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), "SO_MARK")
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, dst.String())
+	if err != nil {
+		return nil, fmt.Errorf("binding a reply socket to %s: %w", dst, err)
+	}
+	return pc.(*net.UDPConn), nil
 }

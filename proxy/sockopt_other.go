@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -20,4 +21,14 @@ func markControl(mark uint32) func(string, string, syscall.RawConn) error {
 		return nil
 	}
 	return func(string, string, syscall.RawConn) error { return errNotLinux }
+}
+
+const quicOOBSize = 64
+
+func quicListenControl(string, string, syscall.RawConn) error { return errNotLinux }
+
+func parseOrigDstCmsg([]byte) (netip.AddrPort, bool) { return netip.AddrPort{}, false }
+
+func transparentReply(dst netip.AddrPort, _ uint32) (*net.UDPConn, error) {
+	return nil, fmt.Errorf("reply socket for %s: %w", dst, errNotLinux)
 }

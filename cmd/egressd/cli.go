@@ -39,9 +39,9 @@ const usage = `egressd: an egress proxy that lets through only what its policy a
 Usage:
   egressd serve    [--config PATH] [--http-listen ADDR]   run the proxy
                    [--transparent-listen ADDR] [--tproxy]
-                   [--dns-listen ADDR]
+                   [--quic-listen ADDR] [--dns-listen ADDR]
   egressd validate --config PATH                          check a configuration
-  egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT
+  egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] [--quic] HOST:PORT
                                                           evaluate the policy offline
   egressd version                                         print the version
 
@@ -114,11 +114,12 @@ func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy] [--dns-listen ADDR]", stderr)
+	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy] [--quic-listen ADDR] [--dns-listen ADDR]", stderr)
 	path := fs.String("config", "", "HCL file or directory of *.hcl files (default: the embedded presets)")
 	listen := fs.String("http-listen", "", "HTTP proxy listen address, overriding server.http_listen")
 	tlisten := fs.String("transparent-listen", "", "transparent gateway listen address for REDIRECT/TPROXY'ed TCP, overriding server.transparent_listen")
 	tproxy := fs.Bool("tproxy", false, "the transparent listener receives TPROXY'ed connections (IP_TRANSPARENT), overriding server.transparent_mode")
+	qlisten := fs.String("quic-listen", "", "QUIC gateway listen address for TPROXY'ed UDP (443, 7844), overriding server.quic_listen")
 	dlisten := fs.String("dns-listen", "", "gateway DNS server listen address (UDP and TCP), overriding server.dns_listen")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
@@ -139,6 +140,9 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	if *tproxy {
 		cfg.Server.TransparentMode = policy.TransparentTProxy
+	}
+	if *qlisten != "" {
+		cfg.Server.QUICListen = *qlisten
 	}
 	if *dlisten != "" {
 		cfg.Server.DNSListen = *dlisten
@@ -165,40 +169,56 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// Every listener is opened before any is served, so that a bad address
+	// fails the start instead of leaving a half-running gateway.
+	var opened []io.Closer
+	fail := func(what, addr, setting string, err error) error {
+		for _, c := range opened {
+			c.Close()
+		}
+		return fmt.Errorf("%s on %s: %w; change %s", what, addr, err, setting)
+	}
 	ln, err := net.Listen("tcp", cfg.Server.HTTPListen)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w; change server.http_listen or --http-listen", cfg.Server.HTTPListen, err)
+		return fail("listen", cfg.Server.HTTPListen, "server.http_listen or --http-listen", err)
 	}
+	opened = append(opened, ln)
 	var tln net.Listener
 	if a := cfg.Server.TransparentListen; a != "" {
-		tln, err = proxy.ListenTransparent(a, cfg.Server.TransparentMode == policy.TransparentTProxy)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("transparent listen on %s: %w; change server.transparent_listen or --transparent-listen", a, err)
+		if tln, err = proxy.ListenTransparent(a, cfg.Server.TransparentMode == policy.TransparentTProxy); err != nil {
+			return fail("transparent listen", a, "server.transparent_listen or --transparent-listen", err)
 		}
+		opened = append(opened, tln)
+	}
+	var qpc *net.UDPConn
+	if a := cfg.Server.QUICListen; a != "" {
+		if qpc, err = proxy.ListenQUIC(a); err != nil {
+			return fail("QUIC listen", a, "server.quic_listen or --quic-listen", err)
+		}
+		opened = append(opened, qpc)
 	}
 	var (
 		dpc net.PacketConn
 		dln net.Listener
 	)
 	if a := cfg.Server.DNSListen; a != "" {
-		dpc, dln, err = listenDNS(a)
-		if err != nil {
-			ln.Close()
-			if tln != nil {
-				tln.Close()
-			}
-			return fmt.Errorf("DNS listen on %s: %w; change server.dns_listen or --dns-listen", a, err)
+		if dpc, dln, err = listenDNS(a); err != nil {
+			return fail("DNS listen", a, "server.dns_listen or --dns-listen", err)
 		}
 	}
 	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	n := 1
 	go func() { errc <- srv.Serve(ln) }()
 	if tln != nil {
 		fmt.Fprintf(stderr, "egressd %s: transparent gateway (%s) listening on %s\n", version, cfg.Server.TransparentMode, tln.Addr())
 		n++
 		go func() { errc <- srv.ServeTransparent(tln) }()
+	}
+	if qpc != nil {
+		fmt.Fprintf(stderr, "egressd %s: QUIC gateway (tproxy, udp) listening on %s\n", version, qpc.LocalAddr())
+		n++
+		go func() { errc <- srv.ServeQUIC(qpc) }()
 	}
 	if dpc != nil {
 		fmt.Fprintf(stderr, "egressd %s: DNS server (udp, tcp) listening on %s\n", version, dpc.LocalAddr())
@@ -263,17 +283,18 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("check", "check [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] HOST:PORT", stderr)
+	fs := newFlags("check", "check [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] [--quic] HOST:PORT", stderr)
 	path := fs.String("config", "", "HCL file or directory (default: the embedded presets)")
 	sniName := fs.String("sni", "", "ClientHello server name (default: HOST when it is a name)")
 	ja3 := fs.String("ja3", "", "JA3 hash of the client's hello")
 	ja4 := fs.String("ja4", "", "JA4 fingerprint of the client's hello")
 	plain := fs.Bool("plain", false, "the tunnel's first bytes are not TLS")
 	httpReq := fs.Bool("http", false, "a plain http:// proxy request rather than a tunnel")
+	quic := fs.Bool("quic", false, "a UDP flow on the QUIC gateway (HOST is then the original destination address; with --plain, UDP that is not QUIC)")
 	if code := parseFlags(fs, reorder(args)); code >= 0 {
 		return code
 	}
-	if fs.NArg() != 1 || (*plain && *httpReq) {
+	if fs.NArg() != 1 || (*plain && *httpReq) || (*quic && *httpReq) {
 		fs.Usage()
 		return exitUsage
 	}
@@ -287,6 +308,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloTLS, SNI: t.Host, JA3: strings.ToLower(*ja3), JA4: *ja4}
+	if *quic {
+		// The QUIC gateway sees an address, never a name: a flow is
+		// decided like a transparent connection.
+		r.Protocol = policy.ProtocolQUIC
+		r.Transparent = t.Host == ""
+	}
 	switch {
 	case *plain:
 		r.Hello = policy.HelloNotTLS

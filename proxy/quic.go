@@ -1,0 +1,504 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sni"
+)
+
+// The QUIC gateway: UDP steered to egressd by a TPROXY rule arrives on one
+// socket, each datagram with its original destination in a control message.
+// Datagrams are grouped into flows by (client address, original
+// destination). A flow buffers its first datagrams until the ClientHello in
+// their Initial packets is complete, is decided once, and then either relays
+// datagrams both ways or drops them for quicDenyHold.
+
+const (
+	// maxQUICFlows bounds the flow table: pending, relaying and denied flows
+	// together. A relaying flow holds two sockets and one goroutine, so
+	// 4096 flows stay within an 8192-descriptor budget. At the limit new
+	// flows are dropped; existing ones keep working.
+	maxQUICFlows = 4096
+	// maxQUICDatagram is the largest datagram relayed. QUIC keeps its
+	// datagrams within the path MTU (RFC 9000 §14), 1500 bytes or less on
+	// the Internet; 9216 covers jumbo-frame networks. A larger datagram is
+	// dropped, never relayed truncated.
+	maxQUICDatagram = 9216
+	// maxPendingDatagrams and maxPendingBytes bound what one flow buffers
+	// before its decision. A post-quantum ClientHello (X25519MLKEM768)
+	// takes two or three Initial packets, and a resuming client may send
+	// 0-RTT packets right behind them; 16 datagrams and 32 KiB leave room
+	// for both. A hello that does not complete within them is refused as
+	// hello_too_large.
+	maxPendingDatagrams = 16
+	maxPendingBytes     = 32 << 10
+	// quicDenyHold is how long a denied flow's datagrams are dropped
+	// without a new decision: QUIC clients retransmit their Initials for
+	// several seconds, and each retransmission would otherwise log again.
+	quicDenyHold = 30 * time.Second
+	// quicSweepInterval is how often expired flows are looked for: the
+	// precision of the hello timeout, the idle timeout and the deny hold.
+	quicSweepInterval = 500 * time.Millisecond
+	// quicFullLogInterval rate-limits the "flow table full" warning.
+	quicFullLogInterval = 10 * time.Second
+)
+
+// ModeQUIC: a UDP flow on the QUIC listener; host is the original
+// destination address.
+const ModeQUIC = "quic"
+
+// quicReplier sends a flow's datagrams back to its client with the original
+// destination as their source address.
+type quicReplier interface {
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	Close() error
+}
+
+// ListenQUIC opens the QUIC gateway's UDP socket for datagrams steered by a
+// TPROXY rule: IP_TRANSPARENT (IPV6_TRANSPARENT) so that datagrams to any
+// address are delivered to it, and IP_RECVORIGDSTADDR
+// (IPV6_RECVORIGDSTADDR) so that each comes with its original destination.
+// It needs CAP_NET_ADMIN.
+func ListenQUIC(addr string) (*net.UDPConn, error) {
+	lc := net.ListenConfig{Control: quicListenControl}
+	pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return pc.(*net.UDPConn), nil
+}
+
+type flowKey struct{ client, dst netip.AddrPort }
+
+type flowState uint8
+
+const (
+	flowPending  flowState = iota // collecting the ClientHello
+	flowDeciding                  // decided and verified in its own goroutine
+	flowRelaying
+	flowDenied // datagrams dropped until holdUntil
+	flowClosed // removed from the table
+)
+
+// flow is one (client, original destination) pair. mu guards everything
+// but the atomics; the reader goroutine, the flow's decide and pump
+// goroutines and the sweeper share it.
+type flow struct {
+	key flowKey
+	c   *conn
+
+	mu        sync.Mutex
+	state     flowState
+	q         *sni.QUICInitial // nil after the decision
+	hello     sni.Hello
+	datagrams int    // datagrams received before the decision
+	pend      []byte // datagrams buffered before the decision, back to back
+	pendLen   []int
+	holdUntil time.Time
+	up        *net.UDPConn
+	reply     quicReplier
+
+	last      atomic.Int64 // unix nanoseconds of the last datagram either way
+	bytesUp   atomic.Int64
+	bytesDown atomic.Int64
+}
+
+func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+
+// buffer keeps a copy of b for relaying after the decision; false when the
+// flow's buffer is full.
+func (f *flow) buffer(b []byte) bool {
+	if len(f.pendLen) >= maxPendingDatagrams || len(f.pend)+len(b) > maxPendingBytes {
+		return false
+	}
+	f.pend = append(f.pend, b...)
+	f.pendLen = append(f.pendLen, len(b))
+	return true
+}
+
+// release drops what only the hello phase needs. f.mu must be held.
+func (f *flow) release() {
+	if f.q != nil {
+		f.q.Reset()
+		initialPool.Put(f.q)
+		f.q = nil
+	}
+	f.pend, f.pendLen = nil, nil
+}
+
+// initialPool recycles the QUIC Initial reassembly buffers (up to
+// sni.MaxQUICCryptoBytes each) between flows.
+var initialPool = sync.Pool{New: func() any { return new(sni.QUICInitial) }}
+
+// quicGateway serves one QUIC listener.
+type quicGateway struct {
+	s  *Server
+	pc *net.UDPConn
+	// origDst finds a datagram's original destination in its control
+	// messages; reply opens the socket a flow answers its client from.
+	// Tests replace both to run without TPROXY.
+	origDst func(from netip.AddrPort, oob []byte) (netip.AddrPort, bool)
+	reply   func(dst netip.AddrPort) (quicReplier, error)
+
+	mu       sync.Mutex
+	flows    map[flowKey]*flow
+	closed   bool
+	dropped  int64 // datagrams dropped because the table was full
+	lastFull time.Time
+	done     chan struct{}
+}
+
+// ServeQUIC relays the QUIC (and other UDP) flows arriving on pc, from
+// ListenQUIC, until Shutdown.
+func (s *Server) ServeQUIC(pc *net.UDPConn) error {
+	g := &quicGateway{s: s, pc: pc, flows: make(map[flowKey]*flow), done: make(chan struct{})}
+	g.origDst, g.reply = func(_ netip.AddrPort, oob []byte) (netip.AddrPort, bool) { return parseOrigDstCmsg(oob) }, func(dst netip.AddrPort) (quicReplier, error) {
+		uc, err := transparentReply(dst, s.cfg.UpstreamMark)
+		if err != nil {
+			return nil, err
+		}
+		return uc, nil
+	}
+	if s.quicHooks != nil {
+		s.quicHooks(g)
+	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		_ = pc.Close()
+		return nil
+	}
+	s.quic = append(s.quic, g)
+	s.addSelfLocked(pc.LocalAddr())
+	s.mu.Unlock()
+	defer close(g.done)
+	go g.sweep()
+
+	buf := make([]byte, maxQUICDatagram+1) // +1: a datagram that fills buf is too large
+	oob := make([]byte, quicOOBSize)
+	var delay time.Duration
+	for {
+		n, oobn, _, from, err := pc.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if isTemporary(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("reading the QUIC listener %s: %w", pc.LocalAddr(), err)
+		}
+		delay = 0
+		if n > maxQUICDatagram {
+			continue
+		}
+		from = unmapAddrPort(from)
+		dst, ok := g.origDst(from, oob[:oobn])
+		g.handle(from, dst, ok, buf[:n])
+	}
+}
+
+func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())
+}
+
+// handle routes one datagram from a client to its flow.
+func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
+	if dstOK {
+		dst = unmapAddrPort(dst)
+	}
+	key := flowKey{from, dst}
+	g.mu.Lock()
+	f := g.flows[key]
+	if f == nil {
+		if g.closed {
+			g.mu.Unlock()
+			return
+		}
+		if len(g.flows) >= maxQUICFlows {
+			g.full()
+			g.mu.Unlock()
+			return
+		}
+		f = &flow{key: key, c: g.s.newConn(ModeQUIC, from.String()), q: initialPool.Get().(*sni.QUICInitial)}
+		if dst.IsValid() {
+			f.c.host, f.c.port = dst.Addr().String(), dst.Port()
+		}
+		f.touch()
+		g.flows[key] = f
+	}
+	g.mu.Unlock()
+
+	f.mu.Lock()
+	switch f.state {
+	case flowRelaying:
+		up := f.up
+		f.mu.Unlock()
+		if _, err := up.Write(b); err == nil {
+			f.bytesUp.Add(int64(len(b)))
+		}
+		f.touch()
+		return
+	case flowDeciding:
+		f.buffer(b) // when full, dropped: QUIC retransmits
+		f.mu.Unlock()
+		return
+	case flowDenied, flowClosed:
+		f.mu.Unlock()
+		return
+	}
+	defer f.mu.Unlock()
+	f.datagrams++
+	switch {
+	case !dstOK || !dst.Addr().IsValid() || dst.Port() == 0:
+		g.deny(f, policy.ReasonBadRequest, "no original destination with the datagram: was it steered to egressd by a TPROXY rule?")
+		return
+	case g.s.isSelf(dst):
+		g.deny(f, policy.ReasonBadRequest, "original destination is egressd's own listener (not redirected, or a redirect loop)")
+		return
+	case !f.buffer(b):
+		g.deny(f, policy.ReasonHelloTooLarge, fmt.Sprintf("no complete ClientHello within %d datagrams (%d bytes)", len(f.pendLen), len(f.pend)))
+		return
+	}
+	err := f.q.Add(b, &f.hello)
+	switch {
+	case err == nil:
+		f.state = flowDeciding
+		go g.decide(f, true)
+	case errors.Is(err, sni.ErrNeedMore):
+	case errors.Is(err, sni.ErrNotQUIC) && f.datagrams == 1:
+		f.state = flowDeciding // other UDP: only require_tls = false rules admit it
+		go g.decide(f, false)
+	case errors.Is(err, sni.ErrTooLarge):
+		g.deny(f, policy.ReasonHelloTooLarge, err.Error())
+	default:
+		g.deny(f, policy.ReasonHelloMalformed, err.Error())
+	}
+}
+
+// full counts a datagram dropped because the flow table is full and warns
+// now and then. g.mu must be held.
+func (g *quicGateway) full() {
+	g.dropped++
+	if now := time.Now(); now.Sub(g.lastFull) >= quicFullLogInterval {
+		g.lastFull = now
+		g.s.log.Warn().Int(fieldFlows, len(g.flows)).Int64(fieldDropped, g.dropped).
+			Msg("quic flow table full: datagrams of new flows are dropped")
+	}
+}
+
+// deny refuses a flow before its decision could be made (f.mu held) and
+// logs the decision.
+func (g *quicGateway) deny(f *flow, r policy.Reason, detail string) {
+	f.c.decision = policy.Decision{Reason: r}
+	f.c.detail = detail
+	g.s.logDecision(f.c)
+	f.hold()
+}
+
+// hold drops the flow's datagrams for quicDenyHold. f.mu must be held.
+func (f *flow) hold() {
+	f.state = flowDenied
+	f.holdUntil = time.Now().Add(quicDenyHold)
+	f.release()
+}
+
+// decide runs once per flow, in its own goroutine (verification may wait
+// for DNS): decision, verification, sockets, then the buffered datagrams.
+func (g *quicGateway) decide(f *flow, isQUIC bool) {
+	s, c := g.s, f.c
+	r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Hello: policy.HelloNotTLS,
+		Protocol: policy.ProtocolQUIC, Transparent: true}
+	if isQUIC {
+		c.fingerprint(&f.hello, true)
+		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
+	}
+	c.decision = s.pol.Decide(&r)
+	var up *net.UDPConn
+	var reply quicReplier
+	if c.decision.Allow {
+		sniName, _ := policy.NormalizeHost(r.SNI)
+		if t, ok := s.verifyDst(c, Target{Addr: r.Addr, Port: r.Port}, sniName); ok {
+			up, reply = g.open(c, t, f.key.dst)
+		}
+	}
+	s.logDecision(c)
+
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.state == flowClosed || up == nil {
+		if up != nil {
+			_ = up.Close()
+			_ = reply.Close()
+		}
+		if f.state == flowClosed {
+			f.release() // left to this goroutine by close
+		} else {
+			f.hold()
+		}
+		return
+	}
+	f.up, f.reply = up, reply
+	off := 0
+	for _, n := range f.pendLen {
+		if _, err := up.Write(f.pend[off : off+n]); err == nil {
+			f.bytesUp.Add(int64(n))
+		}
+		off += n
+	}
+	f.release()
+	f.state = flowRelaying
+	f.touch()
+	go g.pump(f, up, reply)
+}
+
+// open dials the upstream socket for an allowed flow and opens its reply
+// socket, bound to the flow's original destination orig; on failure it
+// refuses c and returns nils.
+func (g *quicGateway) open(c *conn, t Target, orig netip.AddrPort) (*net.UDPConn, quicReplier) {
+	s := g.s
+	uc := s.dial(context.Background(), c, t, "udp")
+	if uc == nil {
+		return nil, nil
+	}
+	up, ok := uc.(*net.UDPConn)
+	if !ok {
+		_ = uc.Close()
+		c.refuse(policy.ReasonDialError, fmt.Sprintf("upstream is %T, not a UDP socket", uc))
+		return nil, nil
+	}
+	reply, err := g.reply(orig)
+	if err != nil {
+		_ = up.Close()
+		c.refuse(policy.ReasonDialError, "reply socket: "+err.Error())
+		return nil, nil
+	}
+	return up, reply
+}
+
+// pump relays the upstream's datagrams back to the client until the flow
+// is closed.
+func (g *quicGateway) pump(f *flow, up *net.UDPConn, reply quicReplier) {
+	buf := make([]byte, maxQUICDatagram+1)
+	for {
+		n, err := up.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// ECONNREFUSED and the like: an ICMP error for an earlier
+			// datagram, reported once. The flow idles out if it persists;
+			// the pause keeps an unexpected persistent error from spinning.
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if n > maxQUICDatagram {
+			continue
+		}
+		if _, err := reply.WriteToUDPAddrPort(buf[:n], f.key.client); err == nil {
+			f.bytesDown.Add(int64(n))
+		}
+		f.touch()
+	}
+}
+
+// sweep expires flows: pending ones past the hello timeout, relaying ones
+// idle for the idle timeout, denied ones at the end of their hold.
+func (g *quicGateway) sweep() {
+	tick := time.NewTicker(quicSweepInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-g.done:
+			return
+		case <-tick.C:
+		}
+		g.expire(time.Now())
+	}
+}
+
+func (g *quicGateway) expire(now time.Time) {
+	hello, idle := g.s.cfg.HelloTimeout, g.s.cfg.IdleTimeout
+	var timedOut, ended []*flow
+	g.mu.Lock()
+	for k, f := range g.flows {
+		f.mu.Lock()
+		last := time.Unix(0, f.last.Load())
+		switch f.state {
+		case flowPending:
+			if now.Sub(f.c.start) >= hello {
+				timedOut = append(timedOut, f)
+			}
+		case flowRelaying:
+			if now.Sub(last) >= idle {
+				ended = append(ended, f)
+				f.state = flowClosed
+				delete(g.flows, k)
+			}
+		case flowDenied:
+			if now.After(f.holdUntil) {
+				f.state = flowClosed
+				delete(g.flows, k)
+			}
+		}
+		f.mu.Unlock()
+	}
+	g.mu.Unlock()
+	for _, f := range timedOut {
+		f.mu.Lock()
+		if f.state == flowPending {
+			g.deny(f, policy.ReasonHelloTimeout, fmt.Sprintf("no complete ClientHello within %s (%d datagrams)", hello, f.datagrams))
+		}
+		f.mu.Unlock()
+	}
+	for _, f := range ended {
+		g.end(f)
+	}
+}
+
+// end closes a relaying flow's sockets and logs its close line. The flow is
+// already out of the table and marked closed.
+func (g *quicGateway) end(f *flow) {
+	_ = f.up.Close()
+	_ = f.reply.Close()
+	g.s.logClose(f.c, f.bytesUp.Load(), f.bytesDown.Load())
+}
+
+// close stops the gateway: every flow is closed (relaying ones logged).
+func (g *quicGateway) close() {
+	_ = g.pc.Close()
+	g.mu.Lock()
+	g.closed = true
+	var ended []*flow
+	for k, f := range g.flows {
+		f.mu.Lock()
+		switch f.state {
+		case flowRelaying:
+			ended = append(ended, f)
+		case flowDeciding:
+			// decide still reads the hello; it releases the flow.
+		default:
+			f.release()
+		}
+		f.state = flowClosed
+		f.mu.Unlock()
+		delete(g.flows, k)
+	}
+	g.mu.Unlock()
+	for _, f := range ended {
+		g.end(f)
+	}
+}
