@@ -35,6 +35,11 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		TransparentMode:   TransparentRedirect,
 		VerifyDestination: VerifyRefuse,
 		DNSRefuse:         DNSRefuseRefused,
+
+		Mode:                    ModeEnforce,
+		MaxConnections:          DefaultMaxConnections,
+		MaxConnectionsPerClient: DefaultMaxConnectionsPerClient,
+		ShutdownGrace:           DefaultShutdownGrace,
 	}
 	if raw == nil {
 		return s, nil
@@ -73,7 +78,14 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 		listeners = append(listeners, listener{name: "quic_listen", network: netUDP, addr: raw.quicListen.v, rng: raw.quicListen.rng})
 	}
-	// Later listeners (admin_listen) are appended here, one line each.
+	if raw.adminListen != nil {
+		if _, _, err := splitListen(raw.adminListen.v); err != nil {
+			diags = append(diags, listenDiag("admin_listen", raw.adminListen, err))
+		} else {
+			s.AdminListen = raw.adminListen.v
+		}
+		listeners = append(listeners, listener{name: "admin_listen", network: netTCP, addr: raw.adminListen.v, rng: raw.adminListen.rng})
+	}
 	diags = append(diags, checkListeners(listeners)...)
 
 	if raw.allowPrivateDestinations != nil {
@@ -105,6 +117,41 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 	if raw.upstreamMark != nil {
 		s.UpstreamMark = uint32(raw.upstreamMark.v)
 	}
+	if v := raw.mode; v != nil {
+		if d := checkMode(v); d != nil {
+			diags = append(diags, d)
+		} else {
+			s.Mode = v.v
+		}
+	}
+	if v := raw.usersFile; v != nil {
+		if v.v == "" {
+			diags = append(diags, errDiag(v.rng, "Empty users_file", `users_file = "" names no file. Remove the attribute, or name the file, for example users_file = "/etc/egressd/users".`))
+		} else {
+			s.UsersFile = v.v
+		}
+	}
+	for _, n := range []struct {
+		name string
+		raw  *num
+		dst  *int
+	}{
+		{"max_connections", raw.maxConnections, &s.MaxConnections},
+		{"max_connections_per_client", raw.maxConnectionsPerClient, &s.MaxConnectionsPerClient},
+	} {
+		if n.raw == nil {
+			continue
+		}
+		if n.raw.v < 1 || n.raw.v > maxConnectionsLimit {
+			diags = append(diags, errDiag(n.raw.rng, "Invalid "+n.name,
+				fmt.Sprintf("%s = %d is out of range: write a number from 1 to %d, for example %s = %d.", n.name, n.raw.v, maxConnectionsLimit, n.name, DefaultMaxConnections/16)))
+			continue
+		}
+		*n.dst = int(n.raw.v)
+	}
+	if s.MaxConnectionsPerClient > s.MaxConnections {
+		s.MaxConnectionsPerClient = s.MaxConnections
+	}
 	for _, d := range []struct {
 		name string
 		raw  *str
@@ -113,6 +160,7 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		{"hello_timeout", raw.helloTimeout, &s.HelloTimeout},
 		{"idle_timeout", raw.idleTimeout, &s.IdleTimeout},
 		{"dial_timeout", raw.dialTimeout, &s.DialTimeout},
+		{"shutdown_grace", raw.shutdownGrace, &s.ShutdownGrace},
 	} {
 		if d.raw == nil {
 			continue
@@ -130,6 +178,15 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 		}
 	}
 	return s, diags
+}
+
+// checkMode validates a mode value (server or policy block).
+func checkMode(v *str) *hcl.Diagnostic {
+	if v.v == ModeEnforce || v.v == ModeAudit {
+		return nil
+	}
+	return errDiag(v.rng, "Invalid mode",
+		fmt.Sprintf("mode = %s is not a mode. Use %q (deny what the policy does not allow) or %q (allow it, and log decision \"allow\" with would_deny = true and the reason the policy would have denied it), for example mode = %q.", quote(v.v), ModeEnforce, ModeAudit, ModeAudit))
 }
 
 // checkVerify validates a verify_destination value.

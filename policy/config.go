@@ -62,6 +62,23 @@ type Server struct {
 	// QUICListen is the QUIC gateway's UDP listen address (host:port) for
 	// datagrams steered by a TPROXY rule; "" when it is off.
 	QUICListen string
+	// AdminListen is the address of the metrics and health endpoints
+	// (/metrics, /healthz, /readyz); "" when they are off.
+	AdminListen string
+	// Mode is ModeEnforce (the default) or ModeAudit: in audit mode every
+	// policy behaves as if it said mode = "audit".
+	Mode string
+	// MaxConnections bounds the connections (tunnels, plain-HTTP requests,
+	// QUIC flows) open at once; MaxConnectionsPerClient bounds them per
+	// client address. New connections beyond either are refused at once.
+	MaxConnections          int
+	MaxConnectionsPerClient int
+	// ShutdownGrace is how long a stop (SIGTERM) lets open tunnels finish
+	// before closing them.
+	ShutdownGrace time.Duration
+	// UsersFile names a file of "name:password_hash" lines, read by Load
+	// and LoadFS relative to the configuration; "" when there is none.
+	UsersFile string
 }
 
 // Resolver is the resolver block.

@@ -39,6 +39,14 @@ func TestDiagnostics(t *testing.T) {
 		{"dns_refuse not a string", one("server {\n  dns_refuse = 3\n}\n"), "t.hcl:2:16", "error", "dns_refuse"},
 		{"dns_listen overlaps transparent_listen", one("server {\n  transparent_listen = \"0.0.0.0:5353\"\n  dns_listen = \"127.0.0.1:5353\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
 		{"dns_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:53\"\n  dns_listen = \":53\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
+		// Operations settings.
+		{"bad admin_listen", one("server {\n  admin_listen = \"9090\"\n}\n"), "t.hcl:2:18", "error", "Invalid listen address"},
+		{"admin_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:9090\"\n  admin_listen = \"0.0.0.0:9090\"\n}\n"), "t.hcl:3:18", "error", "Overlapping listeners"},
+		{"bad server mode", one("server {\n  mode = \"permissive\"\n}\n"), "t.hcl:2:10", "error", "Invalid mode"},
+		{"max_connections zero", one("server {\n  max_connections = 0\n}\n"), "t.hcl:2:21", "error", "Invalid max_connections"},
+		{"max_connections_per_client huge", one("server {\n  max_connections_per_client = 4000000\n}\n"), "t.hcl:2:32", "error", "Invalid max_connections_per_client"},
+		{"bad shutdown_grace", one("server {\n  shutdown_grace = \"soon\"\n}\n"), "t.hcl:2:20", "error", "Invalid duration"},
+		{"empty users_file", one("server {\n  users_file = \"\"\n}\n"), "t.hcl:2:16", "error", "Empty users_file"},
 		// QUIC listener and rule protocols.
 		{"bad quic_listen", one("server {\n  quic_listen = \"15002\"\n}\n"), "t.hcl:2:17", "error", "Invalid listen address"},
 		{"quic_listen overlaps dns_listen", one("server {\n  dns_listen = \"0.0.0.0:5353\"\n  quic_listen = \"127.0.0.1:5353\"\n}\n"), "t.hcl:3:17", "error", "Overlapping listeners"},
@@ -353,7 +361,8 @@ func TestOverlappingListeners(t *testing.T) {
 func TestDefaultsAndSettings(t *testing.T) {
 	cfg := mustParse(t, ruleSrc(`hosts = ["a.test"]`))
 	wantServer := Server{HTTPListen: "127.0.0.1:3128", HelloTimeout: 10 * time.Second, IdleTimeout: 5 * time.Minute, DialTimeout: 10 * time.Second,
-		TransparentMode: "redirect", VerifyDestination: "refuse", DNSRefuse: "refused"}
+		TransparentMode: "redirect", VerifyDestination: "refuse", DNSRefuse: "refused",
+		Mode: "enforce", MaxConnections: 16384, MaxConnectionsPerClient: 1024, ShutdownGrace: 20 * time.Second}
 	if cfg.Server != wantServer {
 		t.Errorf("default Server = %+v, want %+v", cfg.Server, wantServer)
 	}
@@ -377,6 +386,13 @@ server {
   upstream_mark              = 4242
   dns_listen                 = "0.0.0.0:53"
   dns_refuse                 = "nxdomain"
+  quic_listen                = "0.0.0.0:15002"
+  admin_listen               = "127.0.0.1:9090"
+  mode                       = "audit"
+  max_connections            = 100
+  max_connections_per_client = 200
+  shutdown_grace             = "1m"
+  users_file                 = "users.txt"
 }
 resolver {
   servers = ["127.0.0.1:5353", "1.1.1.1", "[2606:4700:4700::1111]", "::1", "[::1]:5300", "::ffff:8.8.8.8"]
@@ -388,7 +404,8 @@ log {
 `)
 	wantServer = Server{HTTPListen: "[::1]:8080", AllowPrivateDestinations: true, HelloTimeout: 2 * time.Second, IdleTimeout: 90 * time.Minute, DialTimeout: 500 * time.Millisecond,
 		TransparentListen: "0.0.0.0:15001", TransparentMode: "tproxy", VerifyDestination: "redirect", UpstreamMark: 4242,
-		DNSListen: "0.0.0.0:53", DNSRefuse: "nxdomain"}
+		DNSListen: "0.0.0.0:53", DNSRefuse: "nxdomain", QUICListen: "0.0.0.0:15002", AdminListen: "127.0.0.1:9090",
+		Mode: "audit", MaxConnections: 100, MaxConnectionsPerClient: 100, ShutdownGrace: time.Minute, UsersFile: "users.txt"}
 	if cfg.Server != wantServer {
 		t.Errorf("Server = %+v, want %+v", cfg.Server, wantServer)
 	}

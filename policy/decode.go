@@ -58,6 +58,12 @@ type rawServer struct {
 	dnsListen                *str
 	quicListen               *str
 	dnsRefuse                *str
+	adminListen              *str
+	mode                     *str
+	maxConnections           *num
+	maxConnectionsPerClient  *num
+	shutdownGrace            *str
+	usersFile                *str
 }
 
 // num is a whole number value with its range.
@@ -142,6 +148,12 @@ func serverSchema() *hcl.BodySchema {
 		{Name: "upstream_mark"},
 		{Name: "dns_listen"},
 		{Name: "quic_listen"},
+		{Name: "admin_listen"},
+		{Name: "mode"},
+		{Name: "max_connections"},
+		{Name: "max_connections_per_client"},
+		{Name: "shutdown_grace"},
+		{Name: "users_file"},
 		{Name: "dns_refuse"},
 	}}
 }
@@ -260,6 +272,18 @@ func decodeServerBlock(b *hcl.Block) (*rawServer, hcl.Diagnostics) {
 			s.dnsListen = decodeString(attr, `dns_listen = "0.0.0.0:53"`, &diags)
 		case "quic_listen":
 			s.quicListen = decodeString(attr, `quic_listen = "0.0.0.0:15002"`, &diags)
+		case "admin_listen":
+			s.adminListen = decodeString(attr, `admin_listen = "127.0.0.1:9090"`, &diags)
+		case "mode":
+			s.mode = decodeString(attr, `mode = "audit"`, &diags)
+		case "max_connections":
+			s.maxConnections = decodeUint32(attr, `max_connections = 10000`, &diags)
+		case "max_connections_per_client":
+			s.maxConnectionsPerClient = decodeUint32(attr, `max_connections_per_client = 512`, &diags)
+		case "shutdown_grace":
+			s.shutdownGrace = decodeString(attr, `shutdown_grace = "30s"`, &diags)
+		case "users_file":
+			s.usersFile = decodeString(attr, `users_file = "/etc/egressd/users"`, &diags)
 		case "dns_refuse":
 			s.dnsRefuse = decodeString(attr, `dns_refuse = "refused"`, &diags)
 		}

@@ -57,6 +57,22 @@ const (
 	DefaultHelloTimeout = 10 * time.Second
 	DefaultIdleTimeout  = 5 * time.Minute
 	DefaultDialTimeout  = 10 * time.Second
+
+	// DefaultShutdownGrace: long enough for a typical download or API call
+	// in flight to finish, short enough for a rolling restart (Kubernetes
+	// gives 30 s before SIGKILL by default).
+	DefaultShutdownGrace = 20 * time.Second
+	// DefaultMaxConnections bounds open connections: each costs two file
+	// descriptors and a few KiB, so 16,384 fit in 32,768 descriptors and a
+	// few hundred MiB at most.
+	DefaultMaxConnections = 16384
+	// DefaultMaxConnectionsPerClient keeps one client (a runaway loop, a
+	// compromised workload) from taking every slot: a sixteenth of the
+	// total.
+	DefaultMaxConnectionsPerClient = DefaultMaxConnections / 16
+	// maxConnectionsLimit is the largest max_connections accepted: beyond
+	// it the descriptor budget, not the setting, would be the limit.
+	maxConnectionsLimit = 1 << 20
 	DefaultLogFormat    = "json"
 	DefaultLogOutput    = "stdout"
 )
@@ -74,4 +90,10 @@ const (
 const (
 	DNSRefuseRefused  = "refused"  // answer REFUSED (the default)
 	DNSRefuseNXDomain = "nxdomain" // answer NXDOMAIN
+)
+
+// Values of mode (server and policy blocks).
+const (
+	ModeEnforce = "enforce" // deny what the policy does not allow (the default)
+	ModeAudit   = "audit"   // allow it, logged with would_deny and the reason
 )
