@@ -391,6 +391,22 @@ func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnos
 			seen[rp.name] = rp.nameRng
 		}
 		p.names = append(p.names, rp.name)
+		pi := polInfo{name: rp.name, ident: "cidr:" + rp.name}
+		if v := rp.mode; v != nil {
+			if d := checkMode(v); d != nil {
+				diags = append(diags, d)
+			}
+			pi.audit = v.v == ModeAudit
+		}
+		if rp.clients != nil {
+			pi.clients = compileClients(rp.name, rp.clients, &diags)
+			p.scoped = true
+			p.needsAuth = p.needsAuth || len(pi.clients.users) > 0
+		} else {
+			p.open = true
+		}
+		polIdx := int32(len(p.pols))
+		p.pols = append(p.pols, pi)
 
 		ruleSeen := make(map[string]hcl.Range, len(rp.rules))
 		for _, rr := range rp.rules {
@@ -408,6 +424,7 @@ func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnos
 			if ru == nil {
 				continue
 			}
+			ru.pol = polIdx
 			if ru.deny {
 				id := int32(len(p.deny))
 				p.deny = append(p.deny, *ru)

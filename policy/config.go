@@ -20,6 +20,9 @@ import (
 type File struct {
 	Name string
 	Src  []byte
+	// Users marks the users file (server.users_file): NAME:PASSWORD_HASH
+	// lines rather than HCL. Load and LoadFS add it.
+	Users bool
 }
 
 // Config is a parsed, validated configuration.
@@ -124,6 +127,9 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 			continue
 		}
 		order[f.Name] = i
+		if f.Users {
+			continue // parsed by compileAllUsers
+		}
 		if len(f.Src) > maxConfigFileBytes {
 			diags = append(diags, &hcl.Diagnostic{
 				Severity: hcl.DiagError,
@@ -156,6 +162,15 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 	pol, d := compilePolicies(raw.policies, server.AllowPrivateDestinations)
 	diags = append(diags, d...)
 	pol.verify = server.VerifyDestination
+	pol.audit = server.Mode == ModeAudit
+	d, usersFileGiven := compileAllUsers(raw, files, server.UsersFile, pol)
+	diags = append(diags, d...)
+	if server.UsersFile != "" && !usersFileGiven {
+		// Parse was given no users file: Load and LoadFS read it and
+		// parse again; a direct caller checks the users in clients then.
+	} else {
+		checkClientUsers(raw.policies, pol.users, &diags)
+	}
 
 	cfg.Server, cfg.Resolver, cfg.Log = server, resolver, logc
 	if !diags.HasErrors() {
@@ -195,7 +210,7 @@ func Load(p string) (*Config, hcl.Diagnostics) {
 		if err != nil {
 			return emptyConfig(readDiag(p, err))
 		}
-		return Parse([]File{{Name: p, Src: src}})
+		return withUsersFile([]File{{Name: p, Src: src}}, osUsersReader(filepath.Dir(p)))
 	}
 	entries, err := os.ReadDir(p)
 	if err != nil {
@@ -218,7 +233,7 @@ func Load(p string) (*Config, hcl.Diagnostics) {
 		}
 		files = append(files, File{Name: name, Src: src})
 	}
-	return finishLoad(p, files, diags)
+	return finishLoad(p, files, diags, osUsersReader(p))
 }
 
 // LoadFS is Load for an fs.FS (for example an embed.FS): dir names a
@@ -236,7 +251,7 @@ func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
 		if err != nil {
 			return emptyConfig(readDiag(dir, err))
 		}
-		return Parse([]File{{Name: dir, Src: src}})
+		return withUsersFile([]File{{Name: dir, Src: src}}, fsUsersReader(fsys, path.Dir(dir)))
 	}
 	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
@@ -259,14 +274,14 @@ func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
 		}
 		files = append(files, File{Name: name, Src: src})
 	}
-	return finishLoad(dir, files, diags)
+	return finishLoad(dir, files, diags, fsUsersReader(fsys, dir))
 }
 
 func isConfigName(name string) bool {
 	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".")
 }
 
-func finishLoad(dir string, files []File, diags hcl.Diagnostics) (*Config, hcl.Diagnostics) {
+func finishLoad(dir string, files []File, diags hcl.Diagnostics, readUsers usersReader) (*Config, hcl.Diagnostics) {
 	if diags.HasErrors() {
 		return &Config{Files: map[string]*hcl.File{}}, diags
 	}
@@ -277,8 +292,48 @@ func finishLoad(dir string, files []File, diags hcl.Diagnostics) (*Config, hcl.D
 			Detail:   fmt.Sprintf("Directory %s holds no *.hcl files. Put the configuration in a file whose name ends in .hcl, or give the path of the file itself.", quote(dir)),
 		})
 	}
-	cfg, d := Parse(files)
+	cfg, d := withUsersFile(files, readUsers)
 	return cfg, append(diags, d...)
+}
+
+// usersReader reads server.users_file, resolved against the configuration's
+// directory; it returns the name to report and the contents.
+type usersReader func(name string) (string, []byte, error)
+
+func osUsersReader(base string) usersReader {
+	return func(name string) (string, []byte, error) {
+		if !filepath.IsAbs(name) {
+			name = filepath.Join(base, name)
+		}
+		src, err := readLimited(func() (fs.File, error) { return os.Open(name) })
+		return name, src, err
+	}
+}
+
+func fsUsersReader(fsys fs.FS, base string) usersReader {
+	return func(name string) (string, []byte, error) {
+		name = path.Join(base, name)
+		src, err := readLimited(func() (fs.File, error) { return fsys.Open(name) })
+		return name, src, err
+	}
+}
+
+// withUsersFile parses files and, when the server block names a users
+// file, reads it and parses again with it.
+func withUsersFile(files []File, read usersReader) (*Config, hcl.Diagnostics) {
+	cfg, diags := Parse(files)
+	if cfg.Server.UsersFile == "" {
+		return cfg, diags
+	}
+	name, src, err := read(cfg.Server.UsersFile)
+	if err != nil {
+		return cfg, append(diags, &hcl.Diagnostic{
+			Severity: hcl.DiagError,
+			Summary:  "Cannot read users_file",
+			Detail:   fmt.Sprintf("Reading %s (server.users_file): %v. Create it with NAME:PASSWORD_HASH lines (egressd passwd prints a hash), or remove users_file.", quote(name), err),
+		})
+	}
+	return Parse(append(files[:len(files):len(files)], File{Name: name, Src: src, Users: true}))
 }
 
 // nil0 returns an empty Config (never nil) with one diagnostic.

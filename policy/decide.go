@@ -84,6 +84,12 @@ type Request struct {
 	// Protocol is the transport: ProtocolTCP (the zero value) or
 	// ProtocolQUIC. A rule applies only to the protocols it lists.
 	Protocol Protocol
+	// Client is the client's address. A policy with a clients block
+	// applies only to the clients it lists (by address or user).
+	Client netip.Addr
+	// User is the proxy user the client authenticated as (Authenticate
+	// checked the password); "" when it did not.
+	User string
 	// Transparent marks a transparent-gateway connection: Host is "" and
 	// Addr is the original destination. Allow rules whose hosts match the
 	// normalized SNI, or that have hosts and whose sni list matches it, are
@@ -108,6 +114,9 @@ const (
 	ReasonJA3Mismatch        Reason = "ja3_mismatch"
 	ReasonJA4Mismatch        Reason = "ja4_mismatch"
 	ReasonPrivateDestination Reason = "private_destination"
+	// ReasonNoPolicyForClient: every policy has a clients block and none
+	// lists the client (by address or authenticated user).
+	ReasonNoPolicyForClient Reason = "no_policy_for_client"
 )
 
 // Reasons the proxy produces itself; defined here so that every reason word
@@ -125,6 +134,9 @@ const (
 	// for the SNI name or the rule's exact hosts (verify_destination =
 	// "refuse").
 	ReasonDstMismatch Reason = "dst_mismatch"
+	// ReasonConnectionLimit: refused at once because max_connections or
+	// max_connections_per_client connections were already open.
+	ReasonConnectionLimit Reason = "connection_limit"
 )
 
 // Reasons lists every Reason, for pre-registering metric label values.
@@ -135,6 +147,7 @@ func Reasons() []Reason {
 		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
 		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
 		ReasonBadRequest, ReasonClientClosed, ReasonDstMismatch,
+		ReasonConnectionLimit, ReasonNoPolicyForClient,
 	}
 }
 
@@ -146,6 +159,13 @@ type Decision struct {
 	Reason Reason
 	Policy string // name of the policy of the deciding rule; "" when none
 	Rule   string // name of the deciding rule; "" when none
+	// WouldDeny: audit mode. The policy (or the server) is in audit mode,
+	// so Allow is true although enforcement would deny for Reason.
+	WouldDeny bool
+	// Identity names the client as the policies' clients blocks see it:
+	// the authenticated user, or "cidr:POLICY" for the first policy whose
+	// clients cidrs contain its address; "" when no policy has clients.
+	Identity string
 
 	rule *rule // the deciding rule, for AddrAllowed
 }
@@ -160,6 +180,24 @@ func (p *Policy) Decide(r *Request) Decision {
 	if p == nil {
 		return Decision{Reason: ReasonNoRule}
 	}
+	client := r.Client.Unmap().WithZone("")
+	var d Decision
+	if p.scoped && !p.open && !p.anyApplies(client, r.User) {
+		d = Decision{Reason: ReasonNoPolicyForClient}
+	} else {
+		d = p.decide(r, client)
+	}
+	if p.scoped {
+		d.Identity = p.identity(client, r.User)
+	}
+	if !d.Allow && p.audited(d, client, r.User) {
+		d.Allow, d.WouldDeny = true, true
+	}
+	return d
+}
+
+// decide is Decide without clients and audit mode.
+func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	sni, sniOK := "", false
 	if r.SNI != "" {
 		var e hostErr
@@ -169,7 +207,7 @@ func (p *Policy) Decide(r *Request) Decision {
 	addr := r.Addr.Unmap().WithZone("")
 
 	// Deny rules first: any match wins over every allow.
-	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1}
+	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1, client: client}
 	for it := p.denyIdx.names(r.Host); ; {
 		ids := it.next()
 		if ids == nil {
@@ -198,7 +236,7 @@ func (p *Policy) Decide(r *Request) Decision {
 		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
 	}
 
-	as := allowScan{p: p, r: r, sni: sni, sniOK: sniOK, addr: addr, pass: -1, fail: -1}
+	as := allowScan{p: p, r: r, sni: sni, sniOK: sniOK, addr: addr, pass: -1, fail: -1, client: client}
 	as.privAddr = addr.IsValid() && !p.allowPrivate && IsPrivate(addr)
 	for it := p.allowIdx.names(r.Host); ; {
 		ids := it.next()
@@ -303,11 +341,12 @@ func (p *Policy) VerifyDestination(d Decision) string {
 
 // denyScan finds the lowest-index deny rule that matches.
 type denyScan struct {
-	p     *Policy
-	r     *Request
-	sni   string
-	sniOK bool
-	best  int32
+	p      *Policy
+	r      *Request
+	sni    string
+	sniOK  bool
+	best   int32
+	client netip.Addr
 }
 
 func (s *denyScan) visit(ids []int32) {
@@ -316,7 +355,7 @@ func (s *denyScan) visit(ids []int32) {
 			return // ids ascend
 		}
 		ru := &s.p.deny[id]
-		if ru.applies(s.r.Port, s.r.Protocol) && s.conditions(ru) {
+		if ru.applies(s.r.Port, s.r.Protocol) && s.p.policyApplies(ru, s.client, s.r.User) && s.conditions(ru) {
 			s.best = id
 			return
 		}
@@ -357,6 +396,7 @@ type allowScan struct {
 	pass       int32
 	fail       int32
 	failReason Reason
+	client     netip.Addr
 }
 
 func (s *allowScan) visit(ids []int32) {
@@ -368,7 +408,7 @@ func (s *allowScan) visit(ids []int32) {
 			continue
 		}
 		ru := &s.p.allow[id]
-		if !ru.applies(s.r.Port, s.r.Protocol) {
+		if !ru.applies(s.r.Port, s.r.Protocol) || !s.p.policyApplies(ru, s.client, s.r.User) {
 			continue
 		}
 		if reason := s.check(ru); reason == "" {

@@ -42,6 +42,7 @@ type rawConfig struct {
 	resolver *rawResolver
 	log      *rawLog
 	policies []*rawPolicy
+	users    []*rawUser
 }
 
 type rawServer struct {
@@ -88,6 +89,8 @@ type rawPolicy struct {
 	nameRng     hcl.Range
 	def         hcl.Range
 	description *str
+	mode        *str
+	clients     *rawClients
 	rules       []*rawRule
 }
 
@@ -132,6 +135,7 @@ func rootSchema() *hcl.BodySchema {
 		{Type: "resolver"},
 		{Type: "log"},
 		{Type: "policy", LabelNames: []string{"name"}},
+		{Type: "user", LabelNames: []string{"name"}},
 	}}
 }
 
@@ -168,8 +172,9 @@ func logSchema() *hcl.BodySchema {
 
 func policySchema() *hcl.BodySchema {
 	return &hcl.BodySchema{
-		Attributes: []hcl.AttributeSchema{{Name: "description"}},
+		Attributes: []hcl.AttributeSchema{{Name: "description"}, {Name: "mode"}},
 		Blocks: []hcl.BlockHeaderSchema{
+			{Type: "clients"},
 			{Type: "allow", LabelNames: []string{"name"}},
 			{Type: "deny", LabelNames: []string{"name"}},
 		},
@@ -225,6 +230,10 @@ func decodeFile(f *hcl.File, raw *rawConfig) hcl.Diagnostics {
 			p, d := decodePolicyBlock(b)
 			diags = append(diags, d...)
 			raw.policies = append(raw.policies, p)
+		case "user":
+			u, d := decodeUserBlock(b)
+			diags = append(diags, d...)
+			raw.users = append(raw.users, u)
 		}
 	}
 	return diags
@@ -320,7 +329,22 @@ func decodePolicyBlock(b *hcl.Block) (*rawPolicy, hcl.Diagnostics) {
 	if attr, ok := content.Attributes["description"]; ok {
 		p.description = decodeString(attr, `description = "Pull images from cgr.dev"`, &diags)
 	}
+	if attr, ok := content.Attributes["mode"]; ok {
+		p.mode = decodeString(attr, `mode = "audit"`, &diags)
+	}
 	for _, rb := range content.Blocks {
+		if rb.Type == "clients" {
+			if p.clients != nil {
+				diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Duplicate clients block",
+					Detail:  fmt.Sprintf("policy %s already has a clients block at %s. Merge the two.", quote(p.name), posString(p.clients.def)),
+					Subject: rb.DefRange.Ptr()})
+				continue
+			}
+			c, d := decodeClientsBlock(rb)
+			diags = append(diags, d...)
+			p.clients = c
+			continue
+		}
 		r, d := decodeRuleBlock(rb)
 		diags = append(diags, d...)
 		p.rules = append(p.rules, r)

@@ -16,6 +16,15 @@ type Policy struct {
 	allowPrivate    bool
 	verify          string   // server verify_destination; "" = VerifyRefuse
 	names           []string // policy names in configuration order
+
+	// Per-workload policies and audit mode (clients.go).
+	pols      []polInfo // by policy, in configuration order; rule.pol indexes it
+	scoped    bool      // some policy has a clients block
+	open      bool      // some policy has none (it applies to every client)
+	audit     bool      // server mode = "audit"
+	users     map[string]pwHash
+	decoy     pwHash
+	needsAuth bool
 }
 
 // Rules returns the number of compiled rules, allow and deny.
@@ -42,6 +51,7 @@ func (p *Policy) AllowPrivateDestinations() bool {
 
 // rule is a compiled, validated rule with normalized names.
 type rule struct {
+	pol    int32 // index into Policy.pols
 	policy string
 	name   string
 	deny   bool

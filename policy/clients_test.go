@@ -1,0 +1,223 @@
+package policy
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// testHash is a cheap bcrypt hash (cost 10) of "s3cret", made once.
+var testHash = func() string {
+	h, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.DefaultCost)
+	if err != nil {
+		panic(err)
+	}
+	return string(h)
+}()
+
+// argonHash is an argon2id PHC hash of "s3cret" (m=64 KiB, t=1, p=1),
+// computed with golang.org/x/crypto/argon2.IDKey and a fixed salt.
+const argonHash = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$OIlKV3rvUBXj2pn9CR7zjs5RwXqPrzV+C3QcgWE6YGA"
+
+func clientsConfig() string {
+	return `
+user "ci" {
+  password_hash = "` + testHash + `"
+}
+user "argon" {
+  password_hash = "` + argonHash + `"
+}
+policy "ci-runners" {
+  clients {
+    cidrs = ["10.1.0.0/16"]
+    users = ["ci"]
+  }
+  allow "github" {
+    hosts = ["api.github.com"]
+  }
+}
+policy "builders" {
+  mode = "audit"
+  clients {
+    cidrs = ["10.2.0.0/16"]
+    users = ["argon"]
+  }
+  allow "registry" {
+    hosts = ["cgr.dev"]
+  }
+  deny "no-pastebin" {
+    hosts = ["pastebin.com"]
+  }
+}
+`
+}
+
+func TestClientsAndAudit(t *testing.T) {
+	p := mustParse(t, clientsConfig()).Policy
+	ci := netip.MustParseAddr("10.1.4.5")
+	builder := netip.MustParseAddr("10.2.0.9")
+	stranger := netip.MustParseAddr("192.0.2.7")
+	tls := func(host string, client netip.Addr, user string) Request {
+		return Request{Host: host, Port: 443, Hello: HelloTLS, SNI: host, Client: client, User: user}
+	}
+	tests := []struct {
+		name      string
+		r         Request
+		allow     bool
+		wouldDeny bool
+		reason    Reason
+		rule      string
+		identity  string
+	}{
+		{"ci by cidr", tls("api.github.com", ci, ""), true, false, ReasonAllowed, "github", "cidr:ci-runners"},
+		{"ci by user from anywhere", tls("api.github.com", stranger, "ci"), true, false, ReasonAllowed, "github", "ci"},
+		{"ci cannot use the builders' rule", tls("cgr.dev", ci, ""), false, false, ReasonNoRule, "", "cidr:ci-runners"},
+		{"builder allowed", tls("cgr.dev", builder, ""), true, false, ReasonAllowed, "registry", "cidr:builders"},
+		{"builder audit: no rule", tls("example.com", builder, ""), true, true, ReasonNoRule, "", "cidr:builders"},
+		{"builder audit: deny rule", tls("pastebin.com", builder, ""), true, true, ReasonDeniedByRule, "no-pastebin", "cidr:builders"},
+		{"builder audit: sni mismatch", Request{Host: "cgr.dev", Port: 443, Hello: HelloTLS, SNI: "evil.test", Client: builder}, true, true, ReasonSNIMismatch, "registry", "cidr:builders"},
+		{"argon user is a builder", tls("cgr.dev", stranger, "argon"), true, false, ReasonAllowed, "registry", "argon"},
+		{"stranger", tls("api.github.com", stranger, ""), false, false, ReasonNoPolicyForClient, "", ""},
+		{"unknown user", tls("api.github.com", stranger, "mallory"), false, false, ReasonNoPolicyForClient, "", "mallory"},
+		{"no client address", tls("api.github.com", netip.Addr{}, ""), false, false, ReasonNoPolicyForClient, "", ""},
+		{"mapped client address", tls("api.github.com", netip.MustParseAddr("::ffff:10.1.4.5"), ""), true, false, ReasonAllowed, "github", "cidr:ci-runners"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(&tt.r)
+			if d.Allow != tt.allow || d.WouldDeny != tt.wouldDeny || d.Reason != tt.reason || d.Rule != tt.rule || d.Identity != tt.identity {
+				t.Errorf("Decide = %+v, want allow=%v would_deny=%v reason=%s rule=%q identity=%q", d, tt.allow, tt.wouldDeny, tt.reason, tt.rule, tt.identity)
+			}
+		})
+	}
+	if !p.NeedsAuth() {
+		t.Error("NeedsAuth = false with users in clients")
+	}
+}
+
+func TestServerAuditMode(t *testing.T) {
+	p := mustParse(t, `
+server { mode = "audit" }
+policy "web" {
+  allow "example" { hosts = ["example.com"] }
+}`).Policy
+	d := p.Decide(&Request{Host: "other.test", Port: 443, Hello: HelloTLS, SNI: "other.test"})
+	if !d.Allow || !d.WouldDeny || d.Reason != ReasonNoRule {
+		t.Errorf("server audit: %+v", d)
+	}
+	d = p.Decide(&Request{Host: "example.com", Port: 443, Hello: HelloTLS, SNI: "example.com"})
+	if !d.Allow || d.WouldDeny {
+		t.Errorf("server audit, allowed: %+v", d)
+	}
+	// Audit mode never opens private destinations by itself.
+	d = p.Decide(&Request{Addr: netip.MustParseAddr("169.254.169.254"), Port: 80, Hello: HelloHTTP})
+	if !d.WouldDeny || p.AddrAllowed(d, netip.MustParseAddr("169.254.169.254")) {
+		t.Errorf("audit opened the metadata address: %+v", d)
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	p := mustParse(t, clientsConfig()).Policy
+	tests := []struct {
+		user, pw string
+		want     bool
+	}{
+		{"ci", "s3cret", true},
+		{"ci", "wrong", false},
+		{"ci", "", false},
+		{"argon", "s3cret", true},
+		{"argon", "s3cre", false},
+		{"nobody", "s3cret", false},
+		{"", "", false},
+	}
+	for _, tt := range tests {
+		if got := p.Authenticate(tt.user, tt.pw); got != tt.want {
+			t.Errorf("Authenticate(%q, %q) = %v, want %v", tt.user, tt.pw, got, tt.want)
+		}
+	}
+	var nilPol *Policy
+	if nilPol.Authenticate("ci", "s3cret") || nilPol.NeedsAuth() {
+		t.Error("nil policy authenticates")
+	}
+	h, err := HashPassword("correct horse")
+	if err != nil || !strings.HasPrefix(h, "$2a$10$") {
+		t.Fatalf("HashPassword = %q, %v", h, err)
+	}
+	if _, err := HashPassword(""); err == nil {
+		t.Error("HashPassword accepted an empty password")
+	}
+}
+
+func TestClientsDiagnostics(t *testing.T) {
+	tests := []struct {
+		name, src, pos, word string
+	}{
+		{"unknown user", "policy \"p\" {\n  clients {\n    users = [\"ghost\"]\n  }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:3:14", "Unknown user"},
+		{"empty clients", "policy \"p\" {\n  clients {}\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:2:3", "Empty clients block"},
+		{"bad client cidr", "policy \"p\" {\n  clients {\n    cidrs = [\"10.0.0.1/8\"]\n  }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:3:14", "10.0.0.0/8"},
+		{"two clients blocks", "policy \"p\" {\n  clients { cidrs = [\"10.0.0.0/8\"] }\n  clients { cidrs = [\"10.0.0.0/8\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:3:3", "Duplicate clients block"},
+		{"bad policy mode", "policy \"p\" {\n  mode = \"loose\"\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:2:10", "Invalid mode"},
+		{"clear-text password", "user \"u\" {\n  password_hash = \"hunter2\"\n}\n", "t.hcl:1:6", "clear-text passwords are not accepted"},
+		{"low bcrypt cost", "user \"u\" {\n  password_hash = \"$2a$04$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\"\n}\n", "t.hcl:1:6", "below 10"},
+		{"argon2id too costly", "user \"u\" {\n  password_hash = \"$argon2id$v=19$m=4194304,t=3,p=1$c2FsdHNhbHRzYWx0$0+4uSdXbC06vdabP0i3bVbjuG1SFSRGPLy6OoqlCqVg\"\n}\n", "t.hcl:1:6", "exceed the limits"},
+		{"duplicate user", "user \"u\" {\n  password_hash = \"" + testHash + "\"\n}\nuser \"u\" {\n  password_hash = \"" + testHash + "\"\n}\n", "t.hcl:4:6", "Duplicate user"},
+		{"user without hash", "user \"u\" {\n}\n", "t.hcl:1:10", "password_hash"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, diags := Parse(one(tt.src))
+			out := FormatDiagnostics(diags)
+			if !diags.HasErrors() || !strings.Contains(out, tt.pos+": error") || !strings.Contains(out, tt.word) {
+				t.Errorf("got:\n%s\nwant an error at %s mentioning %q", out, tt.pos, tt.word)
+			}
+			if strings.Contains(out, "hunter2") {
+				t.Errorf("a clear-text password was echoed:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestUsersFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, src string) {
+		t.Helper()
+		if err := writeFileForTest(dir, name, src); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("egressd.hcl", `
+server { users_file = "users" }
+policy "p" {
+  clients { users = ["alice"] }
+  allow "r" { hosts = ["a.test"] }
+}`)
+	write("users", "# proxy users\nalice:"+testHash+"\n\n")
+	cfg, diags := Load(dir)
+	if diags.HasErrors() {
+		t.Fatal(FormatDiagnostics(diags))
+	}
+	if !cfg.Policy.Authenticate("alice", "s3cret") || cfg.Policy.Authenticate("alice", "nope") {
+		t.Error("alice from the users file does not authenticate")
+	}
+
+	write("users", "alice:"+testHash+"\nbob hunter2\n")
+	_, diags = Load(dir)
+	out := FormatDiagnostics(diags)
+	if !strings.Contains(out, "users:2:1: error") || strings.Contains(out, "hunter2") {
+		t.Errorf("bad users line: %s", out)
+	}
+
+	write("users", "bob:"+testHash+"\n")
+	_, diags = Load(dir)
+	if out := FormatDiagnostics(diags); !strings.Contains(out, "Unknown user") {
+		t.Errorf("alice missing from the users file: %s", out)
+	}
+}
+
+func writeFileForTest(dir, name, src string) error {
+	return os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600)
+}
