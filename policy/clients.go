@@ -459,3 +459,6 @@ func (p *Policy) audited(d Decision, client netip.Addr, user string) bool {
 	}
 	return covered
 }
+
+// Audit reports whether the server block sets mode = "audit".
+func (p *Policy) Audit() bool { return p != nil && p.audit }

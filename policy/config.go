@@ -34,6 +34,9 @@ type Config struct {
 	// Files holds the parsed files by name, for rendering diagnostics with
 	// source snippets (hcl.NewDiagnosticTextWriter).
 	Files map[string]*hcl.File
+	// Tests are the test blocks of every file, in configuration order
+	// (RunTests decides them).
+	Tests []Test
 }
 
 // Server is the server block.
@@ -171,8 +174,14 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 	} else {
 		checkClientUsers(raw.policies, pol.users, &diags)
 	}
+	testUsers := pol.users // nil: a users_file Parse was not given; users are checked when it is
+	if server.UsersFile != "" && !usersFileGiven {
+		testUsers = nil
+	}
+	tests, d := compileTests(raw.tests, raw.policies, testUsers)
+	diags = append(diags, d...)
 
-	cfg.Server, cfg.Resolver, cfg.Log = server, resolver, logc
+	cfg.Server, cfg.Resolver, cfg.Log, cfg.Tests = server, resolver, logc, tests
 	if !diags.HasErrors() {
 		cfg.Policy = pol
 	}

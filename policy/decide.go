@@ -129,6 +129,10 @@ const (
 	ReasonHelloMalformed Reason = "hello_malformed"
 	ReasonBadRequest     Reason = "bad_request"
 	ReasonClientClosed   Reason = "client_closed" // the client went away before its first bytes were complete
+	// ReasonAuthFailed: an HTTP proxy client sent Proxy-Authorization
+	// credentials that are malformed or wrong (an unknown user included:
+	// the answer does not tell which).
+	ReasonAuthFailed Reason = "auth_failed"
 	// ReasonDstMismatch: a transparent connection's original destination is
 	// neither in the deciding rule's cidrs nor an address egressd resolved
 	// for the SNI name or the rule's exact hosts (verify_destination =
@@ -147,7 +151,7 @@ func Reasons() []Reason {
 		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
 		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
 		ReasonBadRequest, ReasonClientClosed, ReasonDstMismatch,
-		ReasonConnectionLimit, ReasonNoPolicyForClient,
+		ReasonConnectionLimit, ReasonNoPolicyForClient, ReasonAuthFailed,
 	}
 }
 

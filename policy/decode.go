@@ -43,6 +43,7 @@ type rawConfig struct {
 	log      *rawLog
 	policies []*rawPolicy
 	users    []*rawUser
+	tests    []*rawTest
 }
 
 type rawServer struct {
@@ -136,6 +137,7 @@ func rootSchema() *hcl.BodySchema {
 		{Type: "log"},
 		{Type: "policy", LabelNames: []string{"name"}},
 		{Type: "user", LabelNames: []string{"name"}},
+		{Type: "test", LabelNames: []string{"name"}},
 	}}
 }
 
@@ -234,6 +236,10 @@ func decodeFile(f *hcl.File, raw *rawConfig) hcl.Diagnostics {
 			u, d := decodeUserBlock(b)
 			diags = append(diags, d...)
 			raw.users = append(raw.users, u)
+		case "test":
+			t, d := decodeTestBlock(b)
+			diags = append(diags, d...)
+			raw.tests = append(raw.tests, t)
 		}
 	}
 	return diags
