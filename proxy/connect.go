@@ -29,13 +29,28 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		return
 	}
 	c.host, c.port = t.Name(), t.Port
-	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloPending}
-	if d := s.pol.Decide(&r); !d.Allow {
-		c.decision = d
+	user, authOK := s.proxyUser(req)
+	if !authOK {
+		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
 		s.logDecision(c)
-		writeStatus(client, req, http.StatusForbidden, c)
+		writeStatus(client, req, http.StatusProxyAuthRequired, c)
 		return
 	}
+	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloPending, Client: c.client.Addr(), User: user}
+	d := s.policy().Decide(&r)
+	c.decision = d
+	if !d.Allow {
+		s.logDecision(c)
+		writeStatus(client, req, s.denyStatus(d, user), c)
+		return
+	}
+	sl := s.acquireSlot(c)
+	if sl == nil {
+		s.logDecision(c)
+		writeStatus(client, req, http.StatusServiceUnavailable, c)
+		return
+	}
+	defer sl.free()
 	if !s.track(client) {
 		return // shutting down: close without a 200
 	}
@@ -53,6 +68,7 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	var f firstBytes
 	defer f.release()
+	helloStart := time.Now()
 	if reason, err := readHello(client, s.cfg.HelloTimeout, &f); reason != "" {
 		if f.tls {
 			c.fingerprint(&f.hello, false)
@@ -64,10 +80,11 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	}
 	r.Hello = policy.HelloNotTLS
 	if f.tls {
+		c.helloWait = max(time.Since(helloStart), time.Nanosecond)
 		c.fingerprint(&f.hello, false)
 		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
 	}
-	c.decision = s.pol.Decide(r)
+	c.decision = s.policy().Decide(r)
 	if !c.decision.Allow {
 		s.logDecision(c)
 		return
@@ -86,6 +103,8 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 		return
 	}
 	defer up.Close()
+	s.metrics.relaying(c.mode, 1)
+	defer s.metrics.relaying(c.mode, -1)
 	if _, err := up.Write(f.bytes()); err != nil {
 		s.logClose(c, 0, 0)
 		return
@@ -99,15 +118,33 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.
 func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
 	body := fmt.Sprintf("egressd: %s %s: %s\n", verdictWord(code), c.host, c.decision.Reason)
-	resp := fmt.Sprintf("HTTP/%d.%d %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s",
-		max(req.ProtoMajor, 1), req.ProtoMinor, code, http.StatusText(code), strconv.Itoa(len(body)), body)
+	challenge := ""
+	if code == http.StatusProxyAuthRequired {
+		challenge = "Proxy-Authenticate: " + proxyRealm + "\r\n"
+	}
+	resp := fmt.Sprintf("HTTP/%d.%d %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s",
+		max(req.ProtoMajor, 1), req.ProtoMinor, code, http.StatusText(code), challenge, strconv.Itoa(len(body)), body)
 	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = w.Write([]byte(resp))
 }
 
+// denyStatus is the HTTP status for a denial: 407 when the client gave no
+// credentials and only a proxy user could be covered by a policy, else 403.
+func (s *Server) denyStatus(d policy.Decision, user string) int {
+	if d.Reason == policy.ReasonNoPolicyForClient && user == "" && s.policy().NeedsAuth() {
+		return http.StatusProxyAuthRequired
+	}
+	return http.StatusForbidden
+}
+
 func verdictWord(code int) string {
-	if code == http.StatusForbidden {
+	switch code {
+	case http.StatusProxyAuthRequired:
+		return "authentication required for"
+	case http.StatusForbidden:
 		return "denied"
+	case http.StatusServiceUnavailable:
+		return "refused"
 	}
 	return "bad request"
 }

@@ -154,8 +154,18 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		refuse(policy.Decision{Reason: policy.ReasonNoRule})
 		return
 	}
-	pol, rule, ok := s.pol.NameAllowed(name)
-	if !ok {
+	pol, rule, ok := s.policy().NameAllowed(name)
+	switch {
+	case ok:
+		c.decision = policy.Decision{Allow: true, Reason: policy.ReasonAllowed, Policy: pol, Rule: rule}
+	case s.policy().Audit():
+		// Server audit mode: answer, so the workload goes on to connect
+		// and its connection shows what it needs.
+		c.decision = policy.Decision{Allow: true, WouldDeny: true, Reason: policy.ReasonNoRule}
+		if pol != "" {
+			c.decision = policy.Decision{Allow: true, WouldDeny: true, Reason: policy.ReasonDeniedByRule, Policy: pol, Rule: rule}
+		}
+	default:
 		d := policy.Decision{Reason: policy.ReasonNoRule}
 		if pol != "" {
 			d = policy.Decision{Reason: policy.ReasonDeniedByRule, Policy: pol, Rule: rule}
@@ -163,7 +173,6 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		refuse(d)
 		return
 	}
-	c.decision = policy.Decision{Allow: true, Reason: policy.ReasonAllowed, Policy: pol, Rule: rule}
 	select {
 	case h.sem <- struct{}{}:
 	default:

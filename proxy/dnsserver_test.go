@@ -362,3 +362,18 @@ func TestDNSFormErr(t *testing.T) {
 		t.Errorf("forwarded a malformed query (%d upstream queries)", n)
 	}
 }
+
+// TestDNSAuditMode: with server mode = "audit", a name no policy allows is
+// forwarded (the workload goes on and its connection shows what it needs)
+// and logged as allowed with would_deny and the reason.
+func TestDNSAuditMode(t *testing.T) {
+	d := startDNSEnv(t, `mode = "audit"`)
+	in := d.query(t, "udp", "unlisted.exfil.test", dns.TypeA)
+	if in.Rcode != dns.RcodeNameError {
+		t.Errorf("rcode %s, want the upstream's NXDOMAIN", dns.RcodeToString[in.Rcode])
+	}
+	if n := d.up.queries.Load(); n != 1 {
+		t.Errorf("the upstream received %d queries, want 1", n)
+	}
+	d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": "unlisted.exfil.test", "decision": "allow", "would_deny": true, "reason": "no_rule"})
+}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -15,7 +16,7 @@ import (
 // handleHTTP decides an absolute-form http:// request on its host and port,
 // and forwards it through a transport that can dial only the address this
 // request was checked for. It returns the response goproxy writes back.
-func (s *Server) handleHTTP(req *http.Request) *http.Response {
+func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.Response {
 	c := s.newConn(ModeHTTP, req.RemoteAddr)
 	if req.URL.Scheme != "http" {
 		c.host = req.URL.Host
@@ -27,23 +28,38 @@ func (s *Server) handleHTTP(req *http.Request) *http.Response {
 		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, err.Error())
 	}
 	c.host, c.port = t.Name(), t.Port
-	c.decision = s.pol.Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP})
+	if !authOK {
+		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
+		s.logDecision(c)
+		return challengeResponse(req, c)
+	}
+	c.decision = s.policy().Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP, Client: c.client.Addr(), User: user})
 	if !c.decision.Allow {
 		s.logDecision(c)
+		if s.denyStatus(c.decision, user) == http.StatusProxyAuthRequired {
+			return challengeResponse(req, c)
+		}
 		return textResponse(req, http.StatusForbidden, "egressd: denied "+c.host+": "+string(c.decision.Reason)+"\n")
+	}
+	// The slot is held until the response body is closed (forward).
+	sl := s.acquireSlot(c)
+	if sl == nil {
+		s.logDecision(c)
+		return textResponse(req, http.StatusServiceUnavailable, "egressd: refused "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
 	up := s.dial(req.Context(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
+		sl.free()
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
-	return s.forward(req, c, up)
+	return s.forward(req, c, up, sl)
 }
 
 // forward sends req over the already dialed connection up and returns the
 // response with a body that logs the close event when goproxy finishes
-// copying it.
-func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response {
+// copying it. The request's connection slot sl is freed with it.
+func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *http.Response {
 	// The transport may use only the connection dialed for this request's
 	// checked address, and only once.
 	var handed atomic.Bool
@@ -67,14 +83,22 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response
 		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes}
 	}
 	resp, err := tr.RoundTrip(out)
+	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+		// goproxy would write the 101 and then drop the upgraded
+		// connection (never closing the body): refuse upgrades instead.
+		_ = resp.Body.Close()
+		err = errors.New("protocol upgrade")
+	}
 	if err != nil {
 		up.Close()
 		s.logClose(c, upBytes.Load(), 0)
+		sl.free()
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": upstream error\n")
 	}
 	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), onClose: func(down int64) {
 		tr.CloseIdleConnections()
 		s.logClose(c, upBytes.Load(), down)
+		sl.free()
 	}}
 	return resp
 }
@@ -84,6 +108,13 @@ func (s *Server) refuseHTTP(req *http.Request, c *conn, code int, r policy.Reaso
 	c.detail = detail
 	s.logDecision(c)
 	return textResponse(req, code, "egressd: "+detail+"\n")
+}
+
+// challengeResponse is a 407 asking for proxy credentials.
+func challengeResponse(req *http.Request, c *conn) *http.Response {
+	resp := textResponse(req, http.StatusProxyAuthRequired, "egressd: authentication required for "+c.host+": "+string(c.decision.Reason)+"\n")
+	resp.Header.Set("Proxy-Authenticate", proxyRealm)
+	return resp
 }
 
 func textResponse(req *http.Request, code int, body string) *http.Response {

@@ -30,6 +30,8 @@ const (
 	fieldRule       = "rule"
 	fieldReason     = "reason"
 	fieldDetail     = "detail"
+	fieldIdentity   = "identity"
+	fieldWouldDeny  = "would_deny"
 	fieldBytesUp    = "bytes_up"
 	fieldBytesDown  = "bytes_down"
 	fieldDurationMS = "duration_ms"
@@ -39,6 +41,15 @@ const (
 
 	msgDecision = "decision"
 	msgClose    = "close"
+
+	// Shutdown lines (Server.Shutdown): not decisions, one at the start
+	// and one at the end.
+	fieldOpen          = "open"
+	fieldGraceMS       = "grace_ms"
+	fieldDrained       = "drained"
+	fieldClosed        = "closed"
+	msgShutdownStarted = "shutdown started"
+	msgShutdown        = "shutdown"
 )
 
 // Modes name the way a connection reached egressd.
@@ -74,6 +85,11 @@ type conn struct {
 	qtype    string // DNS query type (mode dns), e.g. "A"
 	decision policy.Decision
 	detail   string // short error text for refusals that need one (never credentials)
+
+	// helloWait is how long the ClientHello took to complete from the
+	// start of the hello phase (metric egressd_hello_wait_seconds); 0 when
+	// none completed.
+	helloWait time.Duration
 }
 
 // fingerprint parses nothing: it fills the JA3/JA4 fields from an already
@@ -120,6 +136,12 @@ func (s *Server) logDecision(c *conn) {
 		verdict = "allow"
 	}
 	e = e.Str(fieldDecision, verdict)
+	if d.WouldDeny {
+		e = e.Bool(fieldWouldDeny, true)
+	}
+	if d.Identity != "" {
+		e = e.Str(fieldIdentity, d.Identity)
+	}
 	if d.Policy != "" {
 		e = e.Str(fieldPolicy, d.Policy).Str(fieldRule, d.Rule)
 	}
@@ -127,10 +149,12 @@ func (s *Server) logDecision(c *conn) {
 	if c.detail != "" {
 		e = e.Str(fieldDetail, c.detail)
 	}
+	s.metrics.decision(c) // before the line: a reader of the log sees it counted
 	e.Msg(msgDecision)
 }
 
 func (s *Server) logClose(c *conn, up, down int64) {
+	s.metrics.closed(c, up, down)
 	s.log.Info().
 		Uint64(fieldConn, c.id).
 		Str(fieldMode, c.mode).

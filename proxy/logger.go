@@ -3,8 +3,9 @@ package proxy
 import (
 	"fmt"
 	"io"
+	"net"
 	"os"
-	"time"
+	"strings"
 
 	"github.com/rs/zerolog"
 
@@ -29,7 +30,99 @@ func NewLogger(l policy.Log) (zerolog.Logger, io.Closer, error) {
 		w, closer = f, f
 	}
 	if l.Format == "console" {
-		w = zerolog.ConsoleWriter{Out: w, TimeFormat: time.RFC3339}
+		w = consoleWriter(w, isTerminal(w))
 	}
 	return zerolog.New(w).With().Timestamp().Logger(), closer, nil
+}
+
+// consoleTarget is the host:port part of a console line, made from the
+// host and port fields.
+const consoleTarget = "target"
+
+// consoleWriter renders the decision log for a person tailing it, one line
+// per event with the fields in a fixed order:
+//
+//	2026-01-02T15:04:05.000Z DENY connect 10.0.0.7:51234 -> example.com:443 sni=example.com policy=p/r reason=no_rule ja4=t13d… detail=… conn=7
+//	2026-01-02T15:04:06.000Z CLOSE connect bytes_up=812 bytes_down=6120 duration_ms=143 conn=7
+//
+// Colours only when color is set (the output is a terminal).
+func consoleWriter(out io.Writer, color bool) zerolog.ConsoleWriter {
+	return zerolog.ConsoleWriter{
+		Out:        out,
+		NoColor:    !color,
+		TimeFormat: "2006-01-02T15:04:05.000Z07:00",
+		PartsOrder: []string{zerolog.TimestampFieldName, zerolog.LevelFieldName, zerolog.MessageFieldName,
+			fieldMode, fieldClient, consoleTarget},
+		FieldsOrder: []string{fieldSNI, fieldPolicy, fieldReason, fieldJA4, fieldDetail,
+			fieldBytesUp, fieldBytesDown, fieldDurationMS, fieldConn, fieldDst},
+		// Parts are not fields; ja3_full is too long for a console line.
+		FieldsExclude: []string{fieldMode, fieldClient, consoleTarget, fieldJA3Full},
+		FormatPrepare: prepareConsole,
+		FormatLevel: func(i any) string {
+			if l, _ := i.(string); l != "" && l != zerolog.LevelInfoValue {
+				return strings.ToUpper(l)
+			}
+			return ""
+		},
+		FormatMessage: func(i any) string {
+			m, _ := i.(string)
+			switch {
+			case !color:
+			case m == "ALLOW":
+				return "\x1b[32m" + m + "\x1b[0m"
+			case m == "DENY":
+				return "\x1b[31;1m" + m + "\x1b[0m"
+			}
+			return m
+		},
+		FormatPartValueByName: func(i any, name string) string {
+			if i == nil {
+				return ""
+			}
+			if name == consoleTarget {
+				return fmt.Sprintf("-> %v", i)
+			}
+			return fmt.Sprint(i)
+		},
+	}
+}
+
+// prepareConsole turns a decision-log event into what consoleWriter
+// prints: the verdict (ALLOW, DENY) or CLOSE as the message, host and port
+// as one host:port, policy and rule as one policy/rule.
+func prepareConsole(evt map[string]any) error {
+	switch evt[zerolog.MessageFieldName] {
+	case msgDecision:
+		if d, ok := evt[fieldDecision].(string); ok {
+			evt[zerolog.MessageFieldName] = strings.ToUpper(d)
+			delete(evt, fieldDecision)
+		}
+	case msgClose:
+		evt[zerolog.MessageFieldName] = "CLOSE"
+	}
+	if h, ok := evt[fieldHost].(string); ok {
+		if p, ok := evt[fieldPort]; ok {
+			h = net.JoinHostPort(h, fmt.Sprint(p))
+			delete(evt, fieldPort)
+		}
+		evt[consoleTarget] = h
+		delete(evt, fieldHost)
+	}
+	if p, ok := evt[fieldPolicy].(string); ok {
+		if r, ok := evt[fieldRule].(string); ok {
+			evt[fieldPolicy] = p + "/" + r
+			delete(evt, fieldRule)
+		}
+	}
+	return nil
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }

@@ -94,6 +94,10 @@ const (
 type flow struct {
 	key flowKey
 	c   *conn
+	// slot is the flow's connection slot (limits.go), set when the flow is
+	// created and freed when it is denied or closed; nil when the
+	// connection limit refused the flow.
+	slot *slot
 
 	mu        sync.Mutex
 	state     flowState
@@ -237,6 +241,7 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 		if dst.IsValid() {
 			f.c.host, f.c.port = dst.Addr().String(), dst.Port()
 		}
+		f.slot = g.s.acquireSlot(f.c)
 		f.touch()
 		g.flows[key] = f
 	}
@@ -263,6 +268,9 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	defer f.mu.Unlock()
 	f.datagrams++
 	switch {
+	case f.slot == nil: // at the connection limit: refused at once
+		g.deny(f, policy.ReasonConnectionLimit, f.c.detail)
+		return
 	case !dstOK || !dst.Addr().IsValid() || dst.Port() == 0:
 		g.deny(f, policy.ReasonBadRequest, "no original destination with the datagram: was it steered to egressd by a TPROXY rule?")
 		return
@@ -276,6 +284,7 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	err := f.q.Add(b, &f.hello)
 	switch {
 	case err == nil:
+		f.c.helloWait = max(time.Since(f.c.start), time.Nanosecond)
 		f.state = flowDeciding
 		go g.decide(f, true)
 	case errors.Is(err, sni.ErrNeedMore):
@@ -314,6 +323,7 @@ func (f *flow) hold() {
 	f.state = flowDenied
 	f.holdUntil = time.Now().Add(quicDenyHold)
 	f.release()
+	f.slot.free() // a held flow holds no sockets
 }
 
 // decide runs once per flow, in its own goroutine (verification may wait
@@ -321,12 +331,12 @@ func (f *flow) hold() {
 func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	s, c := g.s, f.c
 	r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Hello: policy.HelloNotTLS,
-		Protocol: policy.ProtocolQUIC, Transparent: true}
+		Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
 	if isQUIC {
 		c.fingerprint(&f.hello, true)
 		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
 	}
-	c.decision = s.pol.Decide(&r)
+	c.decision = s.policy().Decide(&r)
 	var up *net.UDPConn
 	var reply quicReplier
 	if c.decision.Allow {
@@ -346,6 +356,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 		}
 		if f.state == flowClosed {
 			f.release() // left to this goroutine by close
+			f.slot.free()
 		} else {
 			f.hold()
 		}
@@ -361,6 +372,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	}
 	f.release()
 	f.state = flowRelaying
+	s.metrics.relaying(ModeQUIC, 1) // until end
 	f.touch()
 	go g.pump(f, up, reply)
 }
@@ -474,6 +486,8 @@ func (g *quicGateway) expire(now time.Time) {
 func (g *quicGateway) end(f *flow) {
 	_ = f.up.Close()
 	_ = f.reply.Close()
+	f.slot.free()
+	g.s.metrics.relaying(ModeQUIC, -1)
 	g.s.logClose(f.c, f.bytesUp.Load(), f.bytesDown.Load())
 }
 
@@ -492,6 +506,7 @@ func (g *quicGateway) close() {
 			// decide still reads the hello; it releases the flow.
 		default:
 			f.release()
+			f.slot.free()
 		}
 		f.state = flowClosed
 		f.mu.Unlock()

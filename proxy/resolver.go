@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/miekg/dns"
@@ -58,6 +59,10 @@ type Resolver struct {
 
 	mu    sync.Mutex
 	cache map[string]cacheEntry
+
+	// cacheHits and cacheMisses count Lookup's cache lookups (metric
+	// egressd_dns_cache_total).
+	cacheHits, cacheMisses atomic.Uint64
 }
 
 type cacheEntry struct {
@@ -110,8 +115,10 @@ func NewResolver(servers []string) (*Resolver, error) {
 // cache when a previous answer is still within its TTL.
 func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error) {
 	if addrs, ok := r.cached(name); ok {
+		r.cacheHits.Add(1)
 		return addrs, nil
 	}
+	r.cacheMisses.Add(1)
 	addrs, _, err := r.lookup(ctx, name)
 	return addrs, err
 }

@@ -37,10 +37,15 @@ const (
 // http:// requests, each checked against the policy before anything is
 // dialed. Create it with New.
 type Server struct {
-	cfg      policy.Server
-	pol      *policy.Policy
+	cfg policy.Server
+	// pol is the policy in force; Reload swaps it. Read it with policy().
+	pol      atomic.Pointer[policy.Policy]
 	log      zerolog.Logger
 	resolver *Resolver
+	// auth caches verified proxy credentials; authSalt keys it to this
+	// server's configuration.
+	auth     authCache
+	authSalt string
 
 	// DialContext dials an already checked address; tests and embedders
 	// may replace it before Serve.
@@ -54,6 +59,15 @@ type Server struct {
 	gp      *goproxy.ProxyHttpServer
 	httpSrv *http.Server
 	ids     atomic.Uint64
+
+	// metrics is this Server's Prometheus registry and instruments
+	// (metrics.go); ready is what /readyz answers (SetReady).
+	metrics *metrics
+	ready   atomic.Bool
+
+	// limits counts open connections against max_connections and
+	// max_connections_per_client (limits.go).
+	limits *limiter
 
 	mu      sync.Mutex
 	closing bool // set by Shutdown; no tunnel starts after it
@@ -83,12 +97,15 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		Control: markControl(cfg.Server.UpstreamMark)}
 	s := &Server{
 		cfg:         cfg.Server,
-		pol:         cfg.Policy,
 		log:         logger,
 		resolver:    res,
 		DialContext: d.DialContext,
 		tunnels:     make(map[net.Conn]struct{}),
+		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
+		metrics:     newMetrics(res),
+		authSalt:    randomSalt(),
 	}
+	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
 	s.httpSrv = &http.Server{
 		Handler:           s.gp,
@@ -116,8 +133,11 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.handleConnect}, ""
 	})
 	gp.OnRequest().DoFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		// Credentials are read before the proxy headers are removed, and
+		// are never forwarded upstream.
+		user, ok := s.proxyUser(req)
 		goproxy.RemoveProxyHeaders(ctx, req)
-		return req, s.handleHTTP(req)
+		return req, s.handleHTTP(req, user, ok)
 	})
 	return gp
 }
@@ -135,9 +155,20 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting, waits for open tunnels until ctx ends, then
-// closes the ones still open.
+// Shutdown stops accepting, waits for open tunnels and plain-HTTP
+// requests until ctx ends, then closes the ones still open. QUIC flows are
+// closed at once. It logs a "shutdown started" line and, at the end, a
+// "shutdown" line with how many connections drained and how many were
+// closed.
 func (s *Server) Shutdown(ctx context.Context) error {
+	start := time.Now()
+	open := s.limits.open()
+	ev := s.log.Info().Int(fieldOpen, open)
+	if dl, ok := ctx.Deadline(); ok {
+		ev = ev.Int64(fieldGraceMS, time.Until(dl).Milliseconds())
+	}
+	ev.Msg(msgShutdownStarted)
+	s.ready.Store(false) // first, so that load balancers stop sending
 	s.mu.Lock()
 	s.closing = true
 	for _, ln := range s.listeners {
@@ -154,6 +185,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, g := range quic {
 		g.close()
 	}
+	closed := max(open-s.limits.open(), 0)
 	for _, d := range dnsServers {
 		_ = d.ShutdownContext(ctx) // "not started" when the socket closed first
 	}
@@ -163,13 +195,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
+	}
+	if ctx.Err() != nil {
+		closed += s.limits.open()
+		// Plain-HTTP requests still in flight: http.Server.Shutdown does
+		// not close active connections, Close does.
+		_ = s.httpSrv.Close()
 		s.mu.Lock()
 		for c := range s.tunnels {
 			_ = c.Close()
 		}
 		s.mu.Unlock()
-		<-done
 	}
+	<-done
+	closed = min(closed, open)
+	s.log.Info().Int(fieldDrained, open-closed).Int(fieldClosed, closed).
+		Int64(fieldDurationMS, time.Since(start).Milliseconds()).Msg(msgShutdown)
 	return err
 }
 
@@ -214,15 +255,17 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 	var lastErr error
 	tried := 0
 	for _, a := range addrs {
-		if !s.pol.AddrAllowed(c.decision, a) {
+		if !s.policy().AddrAllowed(c.decision, a) {
 			continue
 		}
 		tried++
 		dst := netip.AddrPortFrom(a, t.Port)
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+		t0 := time.Now()
 		up, err := s.DialContext(dctx, network, dst.String())
 		cancel()
 		if err == nil {
+			s.metrics.dialed(c.mode, time.Since(t0))
 			c.dst = dst
 			return up
 		}

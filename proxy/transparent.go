@@ -114,6 +114,13 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 		return
 	}
 	a := dst.Addr().Unmap().WithZone("")
+	c.host, c.port = a.String(), dst.Port()
+	sl := s.acquireSlot(c)
+	if sl == nil {
+		s.logDecision(c) // closed at once: no hello wait, no dial
+		return
+	}
+	defer sl.free()
 	if s.isSelf(netip.AddrPortFrom(a, dst.Port())) {
 		// The connection was addressed to egressd itself (no redirect, or a
 		// redirect loop): relaying it would connect egressd to itself.
@@ -125,7 +132,7 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	}
 	t := Target{Addr: a, Port: dst.Port()}
 	c.host, c.port = a.String(), t.Port
-	r := policy.Request{Addr: a, Port: t.Port, Transparent: true}
+	r := policy.Request{Addr: a, Port: t.Port, Transparent: true, Client: c.client.Addr()}
 	s.tunnel(c, client, t, &r)
 }
 
@@ -149,7 +156,7 @@ func (s *Server) isSelf(ap netip.AddrPort) bool {
 // refused with dst_mismatch (or dns_error).
 func (s *Server) verifyDst(c *conn, t Target, sni string) (Target, bool) {
 	d := c.decision
-	if s.pol.RuleHasCIDR(d, t.Addr) {
+	if s.policy().RuleHasCIDR(d, t.Addr) {
 		return t, true
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
@@ -158,7 +165,7 @@ func (s *Server) verifyDst(c *conn, t Target, sni string) (Target, bool) {
 	if sni != "" {
 		names = append(names, sni)
 	}
-	for _, h := range s.pol.RuleHosts(d) {
+	for _, h := range s.policy().RuleHosts(d) {
 		if h != sni {
 			names = append(names, h)
 		}
@@ -173,7 +180,7 @@ func (s *Server) verifyDst(c *conn, t Target, sni string) (Target, bool) {
 			lastErr = err
 		}
 	}
-	if s.pol.VerifyDestination(d) == policy.VerifyRedirect && sni != "" {
+	if s.policy().VerifyDestination(d) == policy.VerifyRedirect && sni != "" {
 		c.detail = fmt.Sprintf("original destination %s is not an address of %s; redirected", t.Addr, sni)
 		return Target{Host: sni, Port: t.Port}, true
 	}

@@ -1,0 +1,208 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// authConfig: the proxy user "ci" may reach allowed.egress.test and the
+// plain upstream; loopback clients without credentials fall under the
+// audited "loopback" policy, which allows echo.egress.test only and audits
+// the rest.
+func authConfig(t *testing.T) string {
+	t.Helper()
+	h, err := policy.HashPassword("s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return `
+resolver { servers = ["DNS_ADDR"] }
+user "ci" {
+  password_hash = "` + h + `"
+}
+policy "ci" {
+  clients { users = ["ci"] }
+  allow "web" {
+    hosts = ["allowed.egress.test"]
+    ports = [TLS_PORT]
+  }
+  allow "plain" {
+    hosts       = ["plain.egress.test"]
+    ports       = [HTTP_PORT]
+    require_tls = false
+  }
+}
+policy "loopback" {
+  mode = "audit"
+  clients { cidrs = ["127.0.0.0/8"] }
+  allow "echo" {
+    hosts = ["echo.egress.test"]
+    ports = [TLS_PORT]
+  }
+}
+server { allow_private_destinations = true }
+`
+}
+
+// TestProxyUsers: credentials with curl --proxy-user, over CONNECT and
+// plain HTTP; wrong passwords and unknown users get the same 407; the log
+// names the identity and never the password.
+func TestProxyUsers(t *testing.T) {
+	curl := needTool(t, "curl")
+	e := newEnv(t)
+	// A plain upstream that reports whether a Proxy-Authorization header
+	// reached it.
+	var mu sync.Mutex
+	var leaked []string
+	ln := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		if v := r.Header.Get("Proxy-Authorization"); v != "" {
+			leaked = append(leaked, v)
+		}
+		mu.Unlock()
+		fmt.Fprintf(w, "plain %s", r.Host)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	e.httpPort = port(ln)
+	e.start(t, authConfig(t))
+	tp := strconv.Itoa(e.tlsPort)
+
+	run := func(user, url string) (string, error) {
+		args := []string{"-sS", "--max-time", "10", "--cacert", e.ca.pemPath, "--proxy", "http://" + e.proxyAddr, "-w", " %{http_connect} %{http_code}"}
+		if user != "" {
+			args = append(args, "--proxy-user", user)
+		}
+		out, err := exec.Command(curl, append(args, url)...).CombinedOutput()
+		return string(out), err
+	}
+	tests := []struct {
+		name, user, url string
+		want            string // suffix of curl's output: " CONNECT-code HTTP-code"
+	}{
+		{"user over CONNECT", "ci:s3cret", "https://allowed.egress.test:" + tp + "/", "hello allowed.egress.test 200 200"},
+		{"user over plain http", "ci:s3cret", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", "plain plain.egress.test:" + strconv.Itoa(e.httpPort) + " 000 200"},
+		{"wrong password", "ci:guess", "https://allowed.egress.test:" + tp + "/", " 407 000"},
+		{"unknown user", "mallory:s3cret", "https://allowed.egress.test:" + tp + "/", " 407 000"},
+		{"wrong password, plain http", "ci:guess", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", " 000 407"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, _ := run(tt.user, tt.url)
+			if !strings.HasSuffix(out, tt.want) {
+				t.Errorf("curl output %q, want suffix %q", out, tt.want)
+			}
+		})
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "allow", "identity": "ci", "policy": "ci", "rule": "web", "sni": "allowed.egress.test"})
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "allow", "identity": "ci", "rule": "plain"})
+	e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "deny", "reason": "auth_failed"})
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "auth_failed"})
+	log := e.log.buf.String()
+	for _, secret := range []string{"s3cret", "guess", "mallory"} {
+		if strings.Contains(log, secret) {
+			t.Errorf("the decision log contains %q:\n%s", secret, log)
+		}
+	}
+	mu.Lock()
+	if len(leaked) != 0 {
+		t.Errorf("Proxy-Authorization reached the upstream: %q", leaked)
+	}
+	mu.Unlock()
+
+	// Wrong password and unknown user: byte-identical answers.
+	raw := func(cred string) string {
+		c, err := net.Dial("tcp", e.proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(c, "CONNECT allowed.egress.test:%s HTTP/1.1\r\nHost: allowed.egress.test:%s\r\n", tp, tp)
+		if cred != "" {
+			fmt.Fprintf(c, "Proxy-Authorization: Basic %s\r\n", cred)
+		}
+		fmt.Fprint(c, "\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %q %s", resp.StatusCode, resp.Header.Get("Proxy-Authenticate"), body)
+	}
+	wrong := raw("Y2k6Z3Vlc3M=")           // ci:guess
+	unknown := raw("bWFsbG9yeTpndWVzcw==") // mallory:guess
+	if wrong != unknown || !strings.HasPrefix(wrong, `407 "Basic realm=\"egressd\"`) {
+		t.Errorf("wrong password %s, unknown user %s: want the same 407 with a challenge", wrong, unknown)
+	}
+	if garbage := raw("!!!"); !strings.HasPrefix(garbage, "407 ") {
+		t.Errorf("malformed credentials: %s", garbage)
+	}
+}
+
+// TestClientPoliciesAndAudit: a loopback client without credentials falls
+// under the audited loopback policy: its allowed host passes, a host no rule
+// allows passes too but is logged as would_deny with the reason, and a
+// policy it is not a client of (ci) does not apply to it.
+func TestClientPoliciesAndAudit(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authConfig(t))
+	client := e.client()
+	for _, host := range []string{"echo.egress.test", "other.egress.test", "allowed.egress.test"} {
+		resp, err := client.Get("https://" + host + ":" + strconv.Itoa(e.tlsPort) + "/")
+		if err != nil {
+			t.Fatalf("%s: %v", host, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(body) != "hello "+host {
+			t.Errorf("%s: %q", host, body)
+		}
+	}
+	e.waitLog(t, "decision", map[string]any{"host": "echo.egress.test", "decision": "allow", "identity": "cidr:loopback", "rule": "echo", "reason": "allowed"})
+	d := e.waitLog(t, "decision", map[string]any{"host": "other.egress.test", "decision": "allow", "would_deny": true, "reason": "no_rule", "identity": "cidr:loopback"})
+	if d["dst"] == nil {
+		t.Errorf("audited connection was not dialed: %v", d)
+	}
+	// allowed.egress.test is allowed by policy ci only, which this client
+	// is not covered by: audited as no_rule, not allowed by rule web.
+	e.waitLog(t, "decision", map[string]any{"host": "allowed.egress.test", "decision": "allow", "would_deny": true, "reason": "no_rule"})
+}
+
+// TestNoPolicyForClient: when every policy names its clients, a client none
+// names is refused: 407 (asking for credentials) when some policy admits
+// proxy users, 403 otherwise; transparent connections get no_policy_for_client.
+func TestNoPolicyForClient(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, strings.Replace(authConfig(t), `cidrs = ["127.0.0.0/8"]`, `cidrs = ["10.9.0.0/16"]`, 1))
+	c, _, resp := e.connect(t, "allowed.egress.test:"+strconv.Itoa(e.tlsPort))
+	c.Close()
+	if resp.StatusCode != http.StatusProxyAuthRequired || resp.Header.Get("Proxy-Authenticate") == "" {
+		t.Errorf("CONNECT without credentials: %s %v", resp.Status, resp.Header)
+	}
+	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "no_policy_for_client"})
+
+	e2 := newEnv(t)
+	g := e2.startTransparent(t, `
+server { allow_private_destinations = true }
+policy "office" {
+  clients { cidrs = ["10.9.0.0/16"] }
+  allow "all" { cidrs = ["127.0.0.0/8"] }
+}`)
+	conn := g.dial(t, "127.0.0.1:"+strconv.Itoa(e2.echoPort))
+	conn.Write(clientHelloBytes("x.test"))
+	io.ReadAll(conn)
+	e2.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "no_policy_for_client"})
+}

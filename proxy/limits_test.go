@@ -1,0 +1,299 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLimiter(t *testing.T) {
+	l := newLimiter(3, 2)
+	a, b := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.2")
+	for i := range 2 {
+		if d, ok := l.acquire(a); !ok {
+			t.Fatalf("acquire %d for a: %s", i, d)
+		}
+	}
+	if d, ok := l.acquire(a); ok || !strings.Contains(d, "max_connections_per_client: 2") {
+		t.Fatalf("third for a: %v %q, want the per-client limit", ok, d)
+	}
+	if _, ok := l.acquire(b); !ok {
+		t.Fatal("first for b refused")
+	}
+	if d, ok := l.acquire(netip.MustParseAddr("10.0.0.3")); ok || !strings.Contains(d, "max_connections: 3") {
+		t.Fatalf("fourth in total: %v %q, want the total limit", ok, d)
+	}
+	l.release(a)
+	l.release(a)
+	l.release(netip.MustParseAddr("10.0.0.2")) // the mapped and unmapped forms are one client
+	if n, m := l.open(), len(l.clients); n != 0 || m != 0 {
+		t.Fatalf("after every release: %d open, %d map entries; want 0, 0", n, m)
+	}
+	sl := &slot{l: l, client: a}
+	l.acquire(a)
+	sl.free()
+	sl.free()
+	if l.open() != 0 {
+		t.Fatal("a slot freed twice released twice")
+	}
+	(*slot)(nil).free() // a refused connection's nil slot
+}
+
+// limitConfig is baseConfig with a connection limit (LIMIT replaced).
+func limitConfig(limit string) string {
+	return strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"
+  `+limit, 1)
+}
+
+// echoTunnel opens a CONNECT tunnel to the env's echo upstream from local
+// address from (127.0.0.x) and checks that it carries data.
+func (e *env) echoTunnel(t *testing.T, from string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, br, resp := e.connectFrom(t, from, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT from %s: %s, want 200", from, resp.Status)
+	}
+	echoes(t, c, br, "hello")
+	return c, br
+}
+
+// connectFrom is env.connect from a given loopback address.
+func (e *env) connectFrom(t *testing.T, from, authority string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", e.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", authority, err)
+	}
+	return c, br, resp
+}
+
+func echoes(t *testing.T, c net.Conn, r io.Reader, msg string) {
+	t.Helper()
+	if _, err := c.Write([]byte(msg)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(r, got); err != nil || string(got) != msg {
+		t.Fatalf("echo: %q %v, want %q", got, err, msg)
+	}
+}
+
+// refused503 makes a CONNECT that the limit must refuse: 503 quickly (well
+// under hello_timeout, nothing dialed) with the reason in the body and a
+// deny line naming the limit.
+func (e *env) refused503(t *testing.T, from, detail string) {
+	t.Helper()
+	start := time.Now()
+	c, _, resp := e.connectFrom(t, from, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	body, _ := io.ReadAll(resp.Body)
+	c.Close()
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("the refusal took %v", el)
+	}
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "connection_limit") {
+		t.Fatalf("CONNECT at the limit: %s %q, want 503 naming connection_limit", resp.Status, body)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "deny", "reason": "connection_limit"})
+	if !strings.Contains(fmt.Sprint(d["detail"]), detail) || d["dst"] != nil {
+		t.Errorf("decision %v: want detail %q and nothing dialed", d, detail)
+	}
+}
+
+// reaccept closes c and waits until a new tunnel from from is accepted.
+func (e *env) reaccept(t *testing.T, c net.Conn, from string) {
+	t.Helper()
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		nc, br, resp := e.connectFrom(t, from, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+		if resp.StatusCode == http.StatusOK {
+			echoes(t, nc, br, "again")
+			return
+		}
+		nc.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("after closing a tunnel, CONNECT still gets %s", resp.Status)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestConnectLimitPerClient(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections_per_client = 2"))
+	c1, br1 := e.echoTunnel(t, "127.0.0.1")
+	c2, br2 := e.echoTunnel(t, "127.0.0.1")
+	e.refused503(t, "127.0.0.1", "max_connections_per_client: 2")
+	// Another client is not affected.
+	e.echoTunnel(t, "127.0.0.2")
+	// The open tunnels still carry data.
+	echoes(t, c1, br1, "still one")
+	echoes(t, c2, br2, "still two")
+	// A plain-HTTP request is counted too.
+	resp, err := e.client().Get("http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "connection_limit") {
+		t.Fatalf("plain HTTP at the limit: %s %q, want 503", resp.Status, body)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "connection_limit"})
+	e.reaccept(t, c1, "127.0.0.1")
+	echoes(t, c2, br2, "still two")
+}
+
+func TestConnectLimitTotal(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections = 3"))
+	c1, _ := e.echoTunnel(t, "127.0.0.1")
+	e.echoTunnel(t, "127.0.0.1")
+	e.echoTunnel(t, "127.0.0.2")
+	e.refused503(t, "127.0.0.3", "max_connections: 3")
+	e.reaccept(t, c1, "127.0.0.3")
+	if n := e.srv.limits.open(); n != 3 {
+		t.Errorf("%d connections counted, want 3", n)
+	}
+}
+
+// TestPlainHTTPReleasesSlot: a plain-HTTP request holds its slot only
+// until its response is done.
+func TestPlainHTTPReleasesSlot(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections = 1"))
+	for i := range 3 {
+		resp, err := e.client().Get("http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("request %d: %s", i, resp.Status)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for e.srv.limits.open() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("request %d: its slot was not released", i)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+func TestTransparentLimit(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, strings.Replace(transparentConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"
+  max_connections_per_client = 2`, 1))
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	hello := clientHelloBytes("allowed.egress.test")
+	open := func() *net.TCPConn {
+		c := g.dial(t, dst)
+		echoes(t, c, c, string(hello))
+		return c
+	}
+	c1, c2 := open(), open()
+
+	start := time.Now()
+	c3 := g.dial(t, dst)
+	if b, _ := io.ReadAll(c3); len(b) != 0 {
+		t.Fatalf("got %q from a connection over the limit", b)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Errorf("the connection over the limit was closed after %v, want at once", el)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "connection_limit",
+		"host": "127.0.0.1", "port": e.echoPort})
+	if !strings.Contains(fmt.Sprint(d["detail"]), "max_connections_per_client: 2") || d["dst"] != nil || d["sni"] != nil {
+		t.Errorf("decision %v: want the per-client detail, no hello read, nothing dialed", d)
+	}
+	echoes(t, c1, c1, "one")
+	echoes(t, c2, c2, "two")
+
+	c1.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c := g.dial(t, dst)
+		c.Write(hello)
+		got := make([]byte, len(hello))
+		if _, err := io.ReadFull(c, got); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after closing a connection, new ones are still refused")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	echoes(t, c2, c2, "two again")
+}
+
+func TestQUICLimit(t *testing.T) {
+	e := newEnv(t)
+	up, _ := quicUpstream(t, e)
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1s"
+  max_connections_per_client = 2`, 1), up.Port())
+	tlsConf := &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: e.ca.pool, NextProtos: []string{quicALPN}}
+	c1, err := q.dial(t, up, tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := q.dial(t, up, tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A third flow from the same client address: refused on its first
+	// datagram, logged once, held.
+	s3 := q.socket(t, up)
+	initial := firstInitial(t, tlsConf)
+	for range 3 {
+		s3.WriteToUDP(initial, q.addr)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "connection_limit"})
+	if !strings.Contains(fmt.Sprint(d["detail"]), "max_connections_per_client: 2") || d["dst"] != nil {
+		t.Errorf("decision %v", d)
+	}
+	time.Sleep(100 * time.Millisecond)
+	n := 0
+	for _, l := range e.log.lines(t) {
+		if l["message"] == "decision" && l["conn"] == d["conn"] {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("%d decision lines for the refused flow, want 1", n)
+	}
+	if err := quicEcho(c1, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if err := quicEcho(c2, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	// After a flow idles out, a new one is accepted.
+	c1.CloseWithError(0, "")
+	e.waitLog(t, "close", map[string]any{"mode": "quic"})
+	c4, err := q.dial(t, up, tlsConf)
+	if err != nil {
+		t.Fatalf("after a flow ended: %v", err)
+	}
+	if err := quicEcho(c4, []byte("four")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,105 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sni"
+)
+
+// TestConsoleLog: log { format = "console" } writes each decision as one
+// readable line, fields in a fixed order, no JSON and (not a terminal) no
+// colours; JSON stays the default.
+func TestConsoleLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "decisions.log")
+	cfg, diags := policy.Parse([]policy.File{{Name: "c.hcl", Src: []byte(`
+log {
+  format = "console"
+  output = "` + path + `"
+}
+policy "p" {
+  allow "r" { hosts = ["example.com"] }
+}
+`)}})
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	logger, closer, err := NewLogger(cfg.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closer.Close()
+	s, err := New(cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := s.newConn(ModeConnect, "10.0.0.7:51234")
+	c.host, c.port = "example.com", 443
+	c.fingerprint(&sni.Hello{ServerName: "example.com", LegacyVersion: 0x0303, CipherSuites: []uint16{0x1301}}, false)
+	c.decision = policy.Decision{Policy: "p", Rule: "r", Reason: policy.ReasonConnectionLimit}
+	c.detail = "max_connections_per_client: 2 connections open from 10.0.0.7"
+	s.logDecision(c)
+	c.decision = policy.Decision{Allow: true, Policy: "p", Rule: "r", Reason: policy.ReasonAllowed}
+	c.detail = ""
+	c.start = time.Now().Add(-1500 * time.Millisecond)
+	s.logClose(c, 812, 6120)
+
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("%d lines, want a decision and a close line:\n%s", len(lines), b)
+	}
+	dec, cl := lines[0], lines[1]
+	for _, l := range lines {
+		if json.Valid([]byte(l)) || strings.HasPrefix(l, "{") || strings.Contains(l, "\x1b[") {
+			t.Errorf("line is JSON or coloured: %q", l)
+		}
+	}
+	// In this order: time, verdict, mode, client, host:port, sni,
+	// policy/rule, reason, ja4, detail.
+	order := []string{time.Now().Format("2006-01-02T"), " DENY ", "connect ", "10.0.0.7:51234 ", "-> example.com:443 ",
+		"sni=example.com ", "policy=p/r ", "reason=connection_limit ", "ja4=" + c.ja4 + " ", "detail=",
+		"max_connections_per_client: 2"}
+	at := 0
+	for _, w := range order {
+		i := strings.Index(dec[at:], w)
+		if i < 0 {
+			t.Fatalf("decision line %q lacks %q after position %d", dec, w, at)
+		}
+		at += i + len(w)
+	}
+	for _, w := range []string{"ja3_full=", "level=", "host=", "port=", "rule="} {
+		if strings.Contains(dec, w) {
+			t.Errorf("decision line %q has %q", dec, w)
+		}
+	}
+	for _, w := range []string{" CLOSE connect ", "bytes_up=812 ", "bytes_down=6120 ", "duration_ms=15"} {
+		if !strings.Contains(cl, w) {
+			t.Errorf("close line %q lacks %q", cl, w)
+		}
+	}
+
+	// The default stays JSON.
+	cfg.Log.Format = policy.DefaultLogFormat
+	cfg.Log.Output = filepath.Join(t.TempDir(), "json.log")
+	jl, jc, err := NewLogger(cfg.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jc.Close()
+	s.log = jl
+	c.client = netip.MustParseAddrPort("10.0.0.7:51234")
+	s.logDecision(c)
+	if b, _ := os.ReadFile(cfg.Log.Output); !json.Valid(b) || !strings.Contains(string(b), `"decision":"allow"`) {
+		t.Errorf("default format: %q, want a JSON line", b)
+	}
+}

@@ -1,0 +1,369 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// serveAdmin serves e.srv's admin endpoints on a loopback port and
+// returns their base URL.
+func serveAdmin(t *testing.T, s *Server) string {
+	t.Helper()
+	ln := listen(t)
+	hs := &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	t.Cleanup(func() { hs.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(b)
+}
+
+// scrape fetches /metrics and parses the text format.
+func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
+	t.Helper()
+	code, body := httpGet(t, base+"/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d %s", code, body)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := p.TextToMetricFamilies(strings.NewReader(body))
+	if err != nil {
+		t.Fatalf("/metrics is not the Prometheus text format: %v\n%s", err, body)
+	}
+	return mfs
+}
+
+// sample finds the series of family name whose labels are exactly labels
+// ("k=v" pairs); ok is false when there is none.
+func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) (*dto.Metric, bool) {
+	mf := mfs[name]
+	if mf == nil {
+		return nil, false
+	}
+	want := map[string]string{}
+	for _, l := range labels {
+		k, v, _ := strings.Cut(l, "=")
+		want[k] = v
+	}
+	for _, m := range mf.GetMetric() {
+		if len(m.GetLabel()) != len(want) {
+			continue
+		}
+		ok := true
+		for _, lp := range m.GetLabel() {
+			if v, has := want[lp.GetName()]; !has || v != lp.GetValue() {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return m, true
+		}
+	}
+	return nil, false
+}
+
+// value is a counter's or gauge's value, or a histogram's count.
+func value(t *testing.T, mfs map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+	t.Helper()
+	m, ok := sample(mfs, name, labels...)
+	if !ok {
+		t.Fatalf("no series %s%v in the scrape", name, labels)
+	}
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
+	case m.Untyped != nil:
+		return m.Untyped.GetValue()
+	}
+	t.Fatalf("series %s%v has no value", name, labels)
+	return 0
+}
+
+// waitValue waits until a series has the value want.
+func waitValue(t *testing.T, base string, want float64, name string, labels ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := value(t, scrape(t, base), name, labels...)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v, want %v", name, labels, got, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// countingConn counts the bytes a test client writes into and reads out of
+// a tunnel (TLS records included), reading through the CONNECT reader.
+type countingConn struct {
+	net.Conn
+	r       io.Reader
+	out, in atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.in.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.out.Add(int64(n))
+	return n, err
+}
+
+// TestMetricsAndHealth makes known traffic through a proxy and checks the
+// scrape: decision counters with their exact labels and values, bytes,
+// the active gauge, the hello and dial histograms, the DNS cache, reloads,
+// the runtime collectors, and /healthz and /readyz through Shutdown.
+func TestMetricsAndHealth(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	admin := serveAdmin(t, e.srv)
+
+	if code, body := httpGet(t, admin+"/healthz"); code != http.StatusOK || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz: %d %q, want 200 ok", code, body)
+	}
+	if code, _ := httpGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz before SetReady: %d, want 503", code)
+	}
+	e.srv.SetReady(true)
+	if code, _ := httpGet(t, admin+"/readyz"); code != http.StatusOK {
+		t.Fatalf("/readyz after SetReady(true): %d, want 200", code)
+	}
+
+	// Two allowed tunnels in turn (the second resolves from the cache),
+	// each scraped while open and after its close line.
+	var sent, received int64
+	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
+	for i := range 2 {
+		c, br, resp := e.connect(t, authority)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("CONNECT %s: %s", authority, resp.Status)
+		}
+		cc := &countingConn{Conn: c, r: br}
+		tc := tls.Client(cc, &tls.Config{ServerName: "allowed.egress.test", RootCAs: e.ca.pool})
+		fmt.Fprintf(tc, "GET / HTTP/1.1\r\nHost: allowed.egress.test\r\nConnection: close\r\n\r\n")
+		r, err := http.ReadResponse(bufio.NewReader(tc), nil)
+		if err != nil {
+			t.Fatalf("tunnel %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(r.Body)
+		if string(body) != "hello allowed.egress.test" {
+			t.Fatalf("tunnel %d: body %q", i, body)
+		}
+		if got := value(t, scrape(t, admin), metricActive, "mode=connect"); got != 1 {
+			t.Errorf("tunnel %d open: %s{mode=connect} = %v, want 1", i, metricActive, got)
+		}
+		tc.Close()
+		e.waitLog(t, "close", map[string]any{"conn": i + 1})
+		sent += cc.out.Load()
+		received += cc.in.Load()
+		// The tunnel's goroutine ends just after its close line.
+		waitValue(t, admin, 0, metricActive, "mode=connect")
+	}
+	// One denied CONNECT: 403, nothing dialed.
+	if _, _, resp := e.connect(t, "nope.egress.test:443"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("CONNECT nope.egress.test:443: %s, want 403", resp.Status)
+	}
+	e.waitLog(t, "decision", map[string]any{"host": "nope.egress.test", "reason": "no_rule"})
+	e.srv.RecordReload(true)
+	e.srv.RecordReload(false)
+	e.srv.RecordReload(false)
+
+	mfs := scrape(t, admin)
+	exact := []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{metricDecisions, []string{"mode=connect", "policy=test", "rule=allowed", "decision=allow", "reason=allowed", "would_deny=false"}, 2},
+		{metricDecisions, []string{"mode=connect", "policy=", "rule=", "decision=deny", "reason=no_rule", "would_deny=false"}, 1},
+		// pre-registered at 0
+		{metricDecisions, []string{"mode=quic", "policy=", "rule=", "decision=deny", "reason=hello_timeout", "would_deny=false"}, 0},
+		{metricDecisions, []string{"mode=transparent", "policy=", "rule=", "decision=deny", "reason=dst_mismatch", "would_deny=false"}, 0},
+		{metricCloses, []string{"mode=connect"}, 2},
+		{metricActive, []string{"mode=connect"}, 0},
+		{metricActive, []string{"mode=transparent"}, 0},
+		{metricActive, []string{"mode=quic"}, 0},
+		{metricHelloWait, []string{"mode=connect"}, 2}, // histogram count
+		{metricDial, []string{"mode=connect"}, 2},
+		{metricDNSCache, []string{"result=miss"}, 1},
+		{metricDNSCache, []string{"result=hit"}, 1},
+		{metricReloads, []string{"outcome=ok"}, 1},
+		{metricReloads, []string{"outcome=error"}, 2},
+	}
+	for _, tc := range exact {
+		if got := value(t, mfs, tc.name, tc.labels...); got != tc.want {
+			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	if got := value(t, mfs, metricBytes, "mode=connect", "direction=up"); got < float64(sent) || sent == 0 {
+		t.Errorf("%s{connect,up} = %v, want >= %d sent", metricBytes, got, sent)
+	}
+	if got := value(t, mfs, metricBytes, "mode=connect", "direction=down"); got < float64(received) || received == 0 {
+		t.Errorf("%s{connect,down} = %v, want >= %d received", metricBytes, got, received)
+	}
+	if _, ok := sample(mfs, metricDecisions, "mode=connect", "policy=", "rule=", "decision=deny", "reason=allowed", "would_deny=false"); ok {
+		t.Errorf("a deny with reason allowed was pre-registered")
+	}
+	for _, name := range []string{"go_goroutines", "go_memstats_alloc_bytes"} {
+		if mfs[name] == nil {
+			t.Errorf("%s missing from the scrape", name)
+		}
+	}
+	// No label may carry a host name or a client address.
+	for name, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v := lp.GetValue(); strings.Contains(v, "egress.test") || strings.Contains(v, "127.0.0.1") {
+					t.Errorf("%s has label %s=%q: unbounded label values", name, lp.GetName(), v)
+				}
+			}
+		}
+	}
+
+	// Shutdown makes the proxy unready first; /healthz still answers.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := httpGet(t, admin+"/readyz"); code != http.StatusServiceUnavailable {
+		t.Errorf("/readyz after Shutdown: %d, want 503", code)
+	}
+	if code, _ := httpGet(t, admin+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz after Shutdown: %d, want 200", code)
+	}
+}
+
+// TestMetricsRegistriesIndependent: every Server has its own registry, so
+// two servers in one process neither collide nor share counts.
+func TestMetricsRegistriesIndependent(t *testing.T) {
+	e1, e2 := newEnv(t), newEnv(t)
+	e1.start(t, baseConfig)
+	e2.start(t, baseConfig)
+	if _, _, resp := e1.connect(t, "nope.egress.test:443"); resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("CONNECT: %s, want 403", resp.Status)
+	}
+	e1.waitLog(t, "decision", map[string]any{"reason": "no_rule"})
+	labels := []string{"mode=connect", "policy=", "rule=", "decision=deny", "reason=no_rule", "would_deny=false"}
+	if got := value(t, scrape(t, serveAdmin(t, e1.srv)), metricDecisions, labels...); got != 1 {
+		t.Errorf("first server: %v, want 1", got)
+	}
+	if got := value(t, scrape(t, serveAdmin(t, e2.srv)), metricDecisions, labels...); got != 0 {
+		t.Errorf("second server: %v, want 0", got)
+	}
+}
+
+// TestMetricsDecisionNoAlloc: recording a decision whose series exists
+// does not allocate.
+func TestMetricsDecisionNoAlloc(t *testing.T) {
+	m := newMetrics(nil)
+	c := &conn{mode: ModeConnect, helloWait: time.Millisecond}
+	c.decision.Allow, c.decision.Policy, c.decision.Rule, c.decision.Reason = true, "p", "r", "allowed"
+	m.decision(c)
+	if n := testing.AllocsPerRun(100, func() { m.decision(c); m.closed(c, 10, 20) }); n != 0 {
+		t.Errorf("decision+closed allocate %v times per call, want 0", n)
+	}
+}
+
+// TestMetricsAuditWouldDeny: in audit mode a connection no rule allows is
+// let through and counted with would_deny="true" and its deny reason.
+func TestMetricsAuditWouldDeny(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, strings.Replace(baseConfig, "server {", "server {\n  mode = \"audit\"", 1))
+	admin := serveAdmin(t, e.srv)
+	c, _, resp := e.connect(t, fmt.Sprintf("nope.egress.test:%d", e.tlsPort))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("audited CONNECT: %s, want 200", resp.Status)
+	}
+	if _, err := c.Write(clientHelloBytes("nope.egress.test")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitLog(t, "decision", map[string]any{"host": "nope.egress.test", "would_deny": true})
+	mfs := scrape(t, admin)
+	if got := value(t, mfs, metricDecisions, "mode=connect", "policy=", "rule=", "decision=allow", "reason=no_rule", "would_deny=true"); got != 1 {
+		t.Errorf("audited decision counted %v times, want 1", got)
+	}
+	if got := value(t, mfs, metricDecisions, "mode=connect", "policy=", "rule=", "decision=deny", "reason=no_rule", "would_deny=false"); got != 0 {
+		t.Errorf("audited decision also counted as a deny: %v", got)
+	}
+}
+
+// TestMetricsQUIC: a relaying QUIC flow counts as active until it idles
+// out, its hello wait and dial are observed, and its bytes are added when
+// it ends.
+func TestMetricsQUIC(t *testing.T) {
+	e := newEnv(t)
+	up, _ := quicUpstream(t, e)
+	q := e.startQUIC(t, quicTestPolicy, up.Port())
+	admin := serveAdmin(t, e.srv)
+	c, err := q.dial(t, up, &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: e.ca.pool, NextProtos: []string{quicALPN}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 10<<10)
+	if err := quicEcho(c, payload); err != nil {
+		t.Fatal(err)
+	}
+	mfs := scrape(t, admin)
+	for _, tc := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{metricActive, []string{"mode=quic"}, 1},
+		{metricDecisions, []string{"mode=quic", "policy=cloudflare-tunnel", "rule=tunnel-quic", "decision=allow", "reason=allowed", "would_deny=false"}, 1},
+		{metricHelloWait, []string{"mode=quic"}, 1},
+		{metricDial, []string{"mode=quic"}, 1},
+	} {
+		if got := value(t, mfs, tc.name, tc.labels...); got != tc.want {
+			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
+		}
+	}
+	c.CloseWithError(0, "")
+	e.waitLog(t, "close", map[string]any{"mode": "quic"}) // after the 1 s idle timeout
+	mfs = scrape(t, admin)
+	if got := value(t, mfs, metricActive, "mode=quic"); got != 0 {
+		t.Errorf("%s{quic} = %v after the close line, want 0", metricActive, got)
+	}
+	for _, dir := range []string{"up", "down"} {
+		if got := value(t, mfs, metricBytes, "mode=quic", "direction="+dir); got < float64(len(payload)) {
+			t.Errorf("%s{quic,%s} = %v, want >= %d", metricBytes, dir, got, len(payload))
+		}
+	}
+}

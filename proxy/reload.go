@@ -1,0 +1,91 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// Hot reload: a new configuration's policies replace the old ones at once.
+// Connections already decided keep running (their decision was made); the
+// next decision uses the new policy.
+
+const msgReload = "reload"
+
+const (
+	fieldOutcome = "outcome"
+	fieldRules   = "rules"
+	fieldRestart = "restart_needed"
+)
+
+// policy returns the policy in force.
+func (s *Server) policy() *policy.Policy { return s.pol.Load() }
+
+// Reload swaps in cfg's policies, after checking that its listener
+// addresses are those egressd is serving on: those take effect only on a
+// restart, so a configuration that changes them is refused as a whole.
+// Settings other than the policies and listeners (timeouts, limits,
+// resolver, log) are kept; the reload line names the ones that differ.
+// Every call logs one "reload" line with its outcome.
+func (s *Server) Reload(cfg *policy.Config) error {
+	if cfg == nil || cfg.Policy == nil {
+		err := errors.New("the configuration has errors")
+		s.ReloadFailed(err.Error())
+		return err
+	}
+	old, neu := s.cfg, cfg.Server
+	var moved []string
+	for _, l := range []struct{ name, old, neu string }{
+		{"http_listen", old.HTTPListen, neu.HTTPListen},
+		{"transparent_listen", old.TransparentListen, neu.TransparentListen},
+		{"transparent_mode", old.TransparentMode, neu.TransparentMode},
+		{"quic_listen", old.QUICListen, neu.QUICListen},
+		{"dns_listen", old.DNSListen, neu.DNSListen},
+		{"admin_listen", old.AdminListen, neu.AdminListen},
+	} {
+		if l.old != l.neu {
+			moved = append(moved, fmt.Sprintf("%s %q -> %q", l.name, l.old, l.neu))
+		}
+	}
+	if len(moved) > 0 {
+		err := fmt.Errorf("listener settings change only on a restart: %s; restart egressd, or keep the old values", strings.Join(moved, ", "))
+		s.ReloadFailed(err.Error())
+		return err
+	}
+	var restart []string
+	for _, f := range []struct {
+		name string
+		same bool
+	}{
+		{"hello_timeout", old.HelloTimeout == neu.HelloTimeout},
+		{"idle_timeout", old.IdleTimeout == neu.IdleTimeout},
+		{"dial_timeout", old.DialTimeout == neu.DialTimeout},
+		{"upstream_mark", old.UpstreamMark == neu.UpstreamMark},
+		{"max_connections", old.MaxConnections == neu.MaxConnections},
+		{"max_connections_per_client", old.MaxConnectionsPerClient == neu.MaxConnectionsPerClient},
+		{"shutdown_grace", old.ShutdownGrace == neu.ShutdownGrace},
+		{"dns_refuse", old.DNSRefuse == neu.DNSRefuse},
+	} {
+		if !f.same {
+			restart = append(restart, f.name)
+		}
+	}
+	s.pol.Store(cfg.Policy)
+	s.auth.reset() // a changed password must not live on in the cache
+	s.RecordReload(true)
+	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())
+	if len(restart) > 0 {
+		e = e.Strs(fieldRestart, restart)
+	}
+	e.Msg(msgReload)
+	return nil
+}
+
+// ReloadFailed logs a reload that was refused (invalid configuration:
+// detail holds its diagnostics) and counts it; the old policy stays.
+func (s *Server) ReloadFailed(detail string) {
+	s.RecordReload(false)
+	s.log.Error().Str(fieldOutcome, "error").Str(fieldDetail, detail).Msg(msgReload)
+}
