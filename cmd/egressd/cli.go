@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -31,18 +32,20 @@ const (
 	exitUsage = 2 // bad flags or arguments
 )
 
-// shutdownGrace is how long SIGINT/SIGTERM waits for open tunnels.
-const shutdownGrace = 10 * time.Second
-
 const usage = `egressd: an egress proxy that lets through only what its policy allows.
 
 Usage:
   egressd serve    [--config PATH] [--http-listen ADDR]   run the proxy
                    [--transparent-listen ADDR] [--tproxy]
                    [--quic-listen ADDR] [--dns-listen ADDR]
+                   [--admin-listen ADDR]                  (metrics, health)
+                   [--shutdown-grace DUR]
   egressd validate --config PATH                          check a configuration
   egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] [--quic] HOST:PORT
                                                           evaluate the policy offline
+  egressd test     [--config PATH] [-v]                   run the configuration's test blocks
+  egressd suggest  [FILE|-]                               allow rules for a decision log's denials
+  egressd passwd   [NAME] < password                      print a password hash for a user block
   egressd version                                         print the version
 
 With no --config, egressd uses its embedded default: every preset in configs/.
@@ -62,6 +65,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return runValidate(rest, stdout, stderr)
 	case "check":
 		return runCheck(rest, stdout, stderr)
+	case "test":
+		return runTest(rest, stdout, stderr)
+	case "suggest":
+		return runSuggest(rest, stdin, stdout, stderr)
+	case "passwd":
+		return runPasswd(rest, stdin, stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, "egressd", version)
 		return exitOK
@@ -97,16 +106,17 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 
 // loadConfig reads path, or the embedded presets when path is empty, and
 // prints every diagnostic (warnings too) to stderr.
-func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
-	var (
-		cfg   *policy.Config
-		diags hcl.Diagnostics
-	)
+// loadDiags loads the configuration at path (the embedded presets when
+// path is "").
+func loadDiags(path string) (*policy.Config, hcl.Diagnostics) {
 	if path == "" {
-		cfg, diags = policy.LoadFS(configs.FS, ".")
-	} else {
-		cfg, diags = policy.Load(path)
+		return policy.LoadFS(configs.FS, ".")
 	}
+	return policy.Load(path)
+}
+
+func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
+	cfg, diags := loadDiags(path)
 	if len(diags) > 0 {
 		fmt.Fprint(stderr, policy.FormatDiagnostics(diags))
 	}
@@ -114,13 +124,15 @@ func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
 }
 
 func runServe(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy] [--quic-listen ADDR] [--dns-listen ADDR]", stderr)
+	fs := newFlags("serve", "serve [--config PATH] [--http-listen ADDR] [--transparent-listen ADDR] [--tproxy] [--quic-listen ADDR] [--dns-listen ADDR] [--admin-listen ADDR] [--shutdown-grace DUR]", stderr)
 	path := fs.String("config", "", "HCL file or directory of *.hcl files (default: the embedded presets)")
+	grace := fs.Duration("shutdown-grace", 0, "how long SIGINT/SIGTERM lets open tunnels finish (e.g. 30s), overriding server.shutdown_grace")
 	listen := fs.String("http-listen", "", "HTTP proxy listen address, overriding server.http_listen")
 	tlisten := fs.String("transparent-listen", "", "transparent gateway listen address for REDIRECT/TPROXY'ed TCP, overriding server.transparent_listen")
 	tproxy := fs.Bool("tproxy", false, "the transparent listener receives TPROXY'ed connections (IP_TRANSPARENT), overriding server.transparent_mode")
 	qlisten := fs.String("quic-listen", "", "QUIC gateway listen address for TPROXY'ed UDP (443, 7844), overriding server.quic_listen")
 	dlisten := fs.String("dns-listen", "", "gateway DNS server listen address (UDP and TCP), overriding server.dns_listen")
+	alisten := fs.String("admin-listen", "", "metrics and health endpoints (/metrics, /healthz, /readyz) listen address, overriding server.admin_listen")
 	if code := parseFlags(fs, args); code >= 0 {
 		return code
 	}
@@ -132,33 +144,57 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	if !ok {
 		return exitFail
 	}
-	if *listen != "" {
-		cfg.Server.HTTPListen = *listen
+	override := func(cfg *policy.Config) {
+		applyServeFlags(cfg, *listen, *tlisten, *tproxy, *qlisten, *dlisten, *alisten, *grace)
 	}
-	if *tlisten != "" {
-		cfg.Server.TransparentListen = *tlisten
-	}
-	if *tproxy {
-		cfg.Server.TransparentMode = policy.TransparentTProxy
-	}
-	if *qlisten != "" {
-		cfg.Server.QUICListen = *qlisten
-	}
-	if *dlisten != "" {
-		cfg.Server.DNSListen = *dlisten
+	override(cfg)
+	// Reloads (SIGHUP, file changes) read the same path with the same
+	// command-line overrides.
+	load := func() (*policy.Config, hcl.Diagnostics) {
+		cfg, diags := loadDiags(*path)
+		override(cfg)
+		return cfg, diags
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, stderr); err != nil {
+	watch := func(ctx context.Context, srv *proxy.Server) { watchConfig(ctx, *path, load, srv) }
+	if err := serve(ctx, cfg, stderr, watch); err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return exitFail
 	}
 	return exitOK
 }
 
-// serve runs the proxy until ctx is done, then drains tunnels for up to
-// shutdownGrace.
-func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
+// applyServeFlags applies serve's listener and grace flags over the
+// configuration's settings ("" or 0: keep the configuration's).
+func applyServeFlags(cfg *policy.Config, listen, tlisten string, tproxy bool, qlisten, dlisten, alisten string, grace time.Duration) {
+	if listen != "" {
+		cfg.Server.HTTPListen = listen
+	}
+	if tlisten != "" {
+		cfg.Server.TransparentListen = tlisten
+	}
+	if tproxy {
+		cfg.Server.TransparentMode = policy.TransparentTProxy
+	}
+	if qlisten != "" {
+		cfg.Server.QUICListen = qlisten
+	}
+	if dlisten != "" {
+		cfg.Server.DNSListen = dlisten
+	}
+	if alisten != "" {
+		cfg.Server.AdminListen = alisten
+	}
+	if grace > 0 {
+		cfg.Server.ShutdownGrace = grace
+	}
+}
+
+// serve runs the proxy until ctx is done, then stops accepting on every
+// listener and drains open tunnels for up to server.shutdown_grace before
+// closing the ones left.
+func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer, watch func(context.Context, *proxy.Server)) error {
 	zerolog.TimeFieldFormat = time.RFC3339Nano
 	logger, closer, err := proxy.NewLogger(cfg.Log)
 	if err != nil {
@@ -205,6 +241,21 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 		if dpc, dln, err = listenDNS(a); err != nil {
 			return fail("DNS listen", a, "server.dns_listen or --dns-listen", err)
 		}
+		opened = append(opened, dpc, dln)
+	}
+	var aln net.Listener
+	if a := cfg.Server.AdminListen; a != "" {
+		if aln, err = net.Listen("tcp", a); err != nil {
+			return fail("admin listen", a, "server.admin_listen or --admin-listen", err)
+		}
+		opened = append(opened, aln)
+	}
+	if watch != nil {
+		// Watching starts before the first line announces the proxy, so
+		// no configuration change after it is missed.
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		watch(wctx, srv)
 	}
 	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
 	errc := make(chan error, 4)
@@ -225,15 +276,41 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer) error {
 		n++
 		go func() { errc <- srv.ServeDNS(dpc, dln) }()
 	}
+	var admin *http.Server
+	if aln != nil {
+		srv.SetVersion(version)
+		admin = &http.Server{
+			Handler:           srv.AdminHandler(),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    8 << 10,
+		}
+		fmt.Fprintf(stderr, "egressd %s: admin (metrics, health) listening on %s\n", version, aln.Addr())
+		go func() {
+			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				fmt.Fprintln(stderr, "egressd: admin server:", err)
+			}
+		}()
+	}
+	// Every listener is open and served: ready until Shutdown.
+	srv.SetReady(true)
 	var first error
 	select {
 	case first = <-errc:
 		n--
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownGrace)
 	defer cancel()
-	_ = srv.Shutdown(sctx)
+	_ = srv.Shutdown(sctx) // unready first, then drains
+	if admin != nil {
+		// After the drain, so /metrics and /healthz answer until the end.
+		if err := admin.Shutdown(sctx); err != nil {
+			_ = admin.Close()
+		}
+	}
 	for ; n > 0; n-- {
 		if err := <-errc; first == nil {
 			first = err

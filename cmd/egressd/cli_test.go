@@ -323,3 +323,154 @@ func (p *serveProc) stop(t *testing.T) {
 		t.Fatal("egressd did not exit after SIGTERM")
 	}
 }
+
+// TestServeAdminListen: --admin-listen serves /healthz, /readyz (200 once
+// every listener is served) and /metrics, where a denied CONNECT shows up
+// in egressd_decisions_total.
+func TestServeAdminListen(t *testing.T) {
+	p := startServe(t, "serve", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0")
+	proxyAddr := p.await(t, "HTTP proxy listening on ")
+	admin := "http://" + p.await(t, "admin (metrics, health) listening on ")
+	hc := &http.Client{Timeout: 5 * time.Second}
+	get := func(path string) (int, string) {
+		t.Helper()
+		resp, err := hc.Get(admin + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, _ := get("/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if code != http.StatusServiceUnavailable || time.Now().After(deadline) {
+			t.Fatalf("/readyz: %d, want 200 once listening", code)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, body := get("/healthz"); code != http.StatusOK || strings.TrimSpace(body) != "ok" {
+		t.Fatalf("/healthz: %d %q", code, body)
+	}
+
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	fmt.Fprint(c, "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("CONNECT example.com:443: %s, want 403", resp.Status)
+	}
+	code, body := get("/metrics")
+	if code != http.StatusOK {
+		t.Fatalf("/metrics: %d", code)
+	}
+	for _, want := range []string{
+		`egressd_decisions_total{decision="deny",mode="connect",policy="",reason="no_rule",rule="",would_deny="false"} 1`,
+		`egressd_build_info{version="dev"} 1`,
+		`go_goroutines `,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("/metrics lacks %q:\n%s", want, body)
+		}
+	}
+	p.stop(t)
+}
+
+// TestServeAdminListenBusy: an admin address that cannot be bound fails
+// the start with a message naming the setting.
+func TestServeAdminListenBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"serve", "--http-listen", "127.0.0.1:0", "--admin-listen", ln.Addr().String()}, strings.NewReader(""), &stdout, &stderr)
+	if code != exitFail || !strings.Contains(stderr.String(), "admin listen on "+ln.Addr().String()) ||
+		!strings.Contains(stderr.String(), "change server.admin_listen or --admin-listen") {
+		t.Fatalf("serve with a busy admin address: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// TestTestCommand runs "egressd test": the embedded presets' tests pass, a
+// failing test is reported with its file:line:col and exit 1, an invalid
+// configuration exits 1 and bad arguments 2.
+func TestTestCommand(t *testing.T) {
+	dir := t.TempDir()
+	passing := writeFile(t, dir, "pass.hcl", validConfig+`
+test "api allowed" {
+  target      = "api.example.com:443"
+  expect      = "allow"
+  expect_rule = "p/api"
+}
+`)
+	failDir := filepath.Join(dir, "fail")
+	if err := os.Mkdir(failDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, failDir, "policy.hcl", validConfig)
+	failing := writeFile(t, failDir, "policy.tests.hcl", `test "tunnel ok" {
+  target = "198.41.192.7:7844"
+  mode   = "transparent"
+  sni    = "h2.cftunnel.com"
+  expect = "allow"
+}
+
+test "example.org allowed" {
+  target = "example.org:443"
+  expect = "allow"
+}
+test "legacy allowed" {
+  target = "legacy.cdn.example.com:443"
+  expect = "allow"
+}
+`)
+	invalid := writeFile(t, dir, "invalid.hcl", validConfig+`
+test "bad" {
+  target = "api.example.com"
+  expect = "allow"
+}
+`)
+	none := writeFile(t, dir, "none.hcl", validConfig)
+	tests := []struct {
+		name   string
+		args   []string
+		code   int
+		stdout string
+	}{
+		{"embedded presets pass", []string{"test"}, exitOK, `(?m)^\d{2,} tests, 0 failed\n$`},
+		{"passing", []string{"test", "--config", passing}, exitOK, `^1 tests, 0 failed\n$`},
+		{"verbose", []string{"test", "-v", "--config", passing}, exitOK, `pass\.hcl:\d+:1: test "api allowed": ok: allow \(policy p rule api\)`},
+		{"failing with file:line:col", []string{"test", "--config", failDir}, exitFail,
+			`^` + regexp.QuoteMeta(failing) + `:8:1: test "example\.org allowed": expected allow, got deny \(no_rule\)\n` +
+				regexp.QuoteMeta(failing) + `:12:1: test "legacy allowed": expected allow, got deny \(denied_by_rule, policy p rule legacy\)\n` +
+				`3 tests, 2 failed\n$`},
+		{"invalid configuration", []string{"test", "--config", invalid}, exitFail, `^$`},
+		{"no tests", []string{"test", "--config", none}, exitOK, `^0 tests: no test blocks in .*none\.hcl\n$`},
+		{"unexpected argument", []string{"test", "x"}, exitUsage, `^$`},
+		{"bad flag", []string{"test", "--nope"}, exitUsage, `^$`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(tc.args, strings.NewReader(""), &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout.String(), stderr.String())
+			}
+			if !regexp.MustCompile(tc.stdout).MatchString(stdout.String()) {
+				t.Errorf("stdout %q does not match %s\nstderr: %s", stdout.String(), tc.stdout, stderr.String())
+			}
+		})
+	}
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// shutdownGraceTest is the shutdown_grace of the shutdown tests.
+const shutdownGraceTest = 3 * time.Second
+
+// startEchoServer echoes on loopback and returns its port.
+func startEchoServer(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startShutdownServe runs serve with shutdown_grace = "3s" and a rule for
+// an echo upstream, and returns the process, the proxy address and an open
+// CONNECT tunnel to the echo upstream.
+func startShutdownServe(t *testing.T) (*serveProc, string, net.Conn, *bufio.Reader) {
+	t.Helper()
+	echo := startEchoServer(t)
+	cfg := writeFile(t, t.TempDir(), "shutdown.hcl", fmt.Sprintf(`
+server {
+  http_listen                = "127.0.0.1:0"
+  shutdown_grace             = "%s"
+  allow_private_destinations = true
+}
+policy "t" {
+  allow "echo" {
+    cidrs       = ["127.0.0.1/32"]
+    ports       = [%d]
+    require_tls = false
+  }
+}
+`, shutdownGraceTest, echo))
+	// Under -race the child would sleep 1 s at exit (atexit_sleep_ms);
+	// the tests time the exit.
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
+	p := startServe(t, "serve", "--config", cfg)
+	addr := p.await(t, "HTTP proxy listening on ")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	target := fmt.Sprintf("127.0.0.1:%d", echo)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	}
+	echoLine(t, c, br, "before")
+	return p, addr, c, br
+}
+
+func echoLine(t *testing.T, c net.Conn, br *bufio.Reader, msg string) {
+	t.Helper()
+	if _, err := fmt.Fprintln(c, msg); err != nil {
+		t.Fatalf("tunnel write %q: %v", msg, err)
+	}
+	got, err := br.ReadString('\n')
+	if err != nil || got != msg+"\n" {
+		t.Fatalf("tunnel echo: %q %v, want %q", got, err, msg)
+	}
+}
+
+// terminate sends SIGTERM and returns a channel with the exit error and
+// the time from the signal to the exit.
+func (p *serveProc) terminate(t *testing.T) <-chan exitResult {
+	t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan exitResult, 1)
+	go func() {
+		err := p.cmd.Wait()
+		done <- exitResult{err, time.Since(start)}
+	}()
+	return done
+}
+
+type exitResult struct {
+	err     error
+	elapsed time.Duration
+}
+
+// refusesConnections waits until the HTTP listener refuses connections.
+func refusesConnections(t *testing.T, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("the HTTP listener still accepts connections a second after SIGTERM")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestServeShutdownForcesAfterGrace: after SIGTERM the listener stops
+// accepting, an open tunnel keeps working during the grace, is closed when
+// the grace ends, and the process exits 0.
+func TestServeShutdownForcesAfterGrace(t *testing.T) {
+	p, addr, c, br := startShutdownServe(t)
+	done := p.terminate(t)
+	refusesConnections(t, addr)
+	time.Sleep(500 * time.Millisecond)
+	echoLine(t, c, br, "during the drain")
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("exit after the forced close: %v, want 0", r.err)
+		}
+		if r.elapsed < shutdownGraceTest-500*time.Millisecond {
+			t.Errorf("exited %v after SIGTERM with a tunnel open, want about the %v grace", r.elapsed, shutdownGraceTest)
+		}
+	case <-time.After(shutdownGraceTest + 2*time.Second):
+		t.Fatalf("egressd still running %v after SIGTERM (grace %v)", shutdownGraceTest+2*time.Second, shutdownGraceTest)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the tunnel is still open after the process exited")
+	}
+	out := p.stdout.String()
+	if !strings.Contains(out, `"message":"shutdown started"`) || !strings.Contains(out, `"open":1`) {
+		t.Errorf("no shutdown start line with open 1: %q", out)
+	}
+	if !strings.Contains(out, `"drained":0,"closed":1`) || !strings.Contains(out, `"message":"shutdown"`) {
+		t.Errorf("no shutdown end line with closed 1: %q", out)
+	}
+}
+
+// TestServeShutdownDrains: a tunnel the client closes during the grace
+// lets the process exit at once, with exit 0.
+func TestServeShutdownDrains(t *testing.T) {
+	p, addr, c, br := startShutdownServe(t)
+	done := p.terminate(t)
+	refusesConnections(t, addr)
+	echoLine(t, c, br, "during the drain")
+	c.Close()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("exit after the drain: %v, want 0", r.err)
+		}
+		t.Logf("exited %v after SIGTERM", r.elapsed)
+		if r.elapsed > shutdownGraceTest/2 {
+			t.Errorf("exited %v after SIGTERM, want well before the %v grace", r.elapsed, shutdownGraceTest)
+		}
+	case <-time.After(shutdownGraceTest + 2*time.Second):
+		t.Fatal("egressd did not exit after its last tunnel closed")
+	}
+	t.Logf("decision log:\n%s", p.stdout.String())
+	if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
+		t.Errorf("no shutdown end line with drained 1: %q", out)
+	}
+}
