@@ -7,6 +7,10 @@
 // only policy blocks, so the default configuration runs on the built-in
 // server, resolver and log defaults (listening on 127.0.0.1:3128).
 //
+// Each preset's *.tests.hcl file holds test blocks for it, loaded with the
+// presets: egressd test (policy.Config.RunTests) decides them, serve
+// ignores them.
+//
 // The package contains nothing else; the policy language is described in
 // README.md next to the presets.
 package configs

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"testing/fstest"
 
@@ -31,6 +32,14 @@ var presets = map[string][]string{
 	"chainguard.hcl":        {"chainguard-images", "chainguard-enforce"},
 	"cloudflare-tunnel.hcl": {"cloudflare-tunnel", "cloudflare-tunnel-optional"},
 	"replicated.hcl":        {"replicated"},
+}
+
+// presetTests maps each preset's test file (test blocks, run by egressd
+// test) to the least number of tests it must hold.
+var presetTests = map[string]int{
+	"chainguard.tests.hcl":        20,
+	"cloudflare-tunnel.tests.hcl": 25,
+	"replicated.tests.hcl":        15,
 }
 
 // requireClean fails the test on any diagnostic, warning or error.
@@ -60,9 +69,55 @@ func TestEmbeddedFilesAreThePresets(t *testing.T) {
 	for name := range presets {
 		want = append(want, name)
 	}
+	for name := range presetTests {
+		want = append(want, name)
+	}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
 		t.Fatalf("embedded files = %q, want %q (a new preset needs entries in this test)", got, want)
+	}
+}
+
+// TestPresetTestsPass runs every test block shipped with the presets, as
+// egressd test does on the embedded default, and requires each preset's
+// test file to hold at least its share of them.
+func TestPresetTestsPass(t *testing.T) {
+	cfg := loadDefault(t)
+	results := cfg.RunTests()
+	perFile := map[string]int{}
+	for _, r := range results {
+		perFile[r.Test.Range.Filename]++
+		if !r.OK {
+			t.Errorf("%s:%d: test %q: %s", r.Test.Range.Filename, r.Test.Range.Start.Line, r.Test.Name, r.Message)
+		}
+	}
+	for name, least := range presetTests {
+		if perFile[name] < least {
+			t.Errorf("%s holds %d tests, want at least %d", name, perFile[name], least)
+		}
+	}
+	if len(perFile) != len(presetTests) {
+		t.Errorf("tests come from %v, want only the files of presetTests", perFile)
+	}
+	// Each preset's tests name only its own policies, so a preset and its
+	// tests load (and pass) without the others.
+	for name := range presets {
+		tests := strings.TrimSuffix(name, ".hcl") + ".tests.hcl"
+		m := fstest.MapFS{}
+		for _, f := range []string{name, tests} {
+			src, err := fs.ReadFile(configs.FS, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			m[f] = &fstest.MapFile{Data: src}
+		}
+		cfg, diags := policy.LoadFS(m, ".")
+		requireClean(t, name+" with its tests", cfg, diags)
+		for _, r := range cfg.RunTests() {
+			if !r.OK {
+				t.Errorf("%s alone: test %q: %s", name, r.Test.Name, r.Message)
+			}
+		}
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,6 +26,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -208,15 +210,19 @@ func check(obj any) []error {
 		}
 	case *corev1.Pod:
 		errs = append(errs, checkPodSpec("Pod "+o.Name, &o.Spec)...)
+		errs = append(errs, checkScrape("Pod "+o.Name, o.Annotations, &o.Spec)...)
 	case *appsv1.Deployment:
 		errs = append(errs, checkSelector("Deployment "+o.Name, o.Spec.Selector, o.Spec.Template.Labels)...)
 		errs = append(errs, checkPodSpec("Deployment "+o.Name, &o.Spec.Template.Spec)...)
+		errs = append(errs, checkScrape("Deployment "+o.Name, o.Spec.Template.Annotations, &o.Spec.Template.Spec)...)
 	case *appsv1.DaemonSet:
 		errs = append(errs, checkSelector("DaemonSet "+o.Name, o.Spec.Selector, o.Spec.Template.Labels)...)
 		errs = append(errs, checkPodSpec("DaemonSet "+o.Name, &o.Spec.Template.Spec)...)
+		errs = append(errs, checkScrape("DaemonSet "+o.Name, o.Spec.Template.Annotations, &o.Spec.Template.Spec)...)
 	case *appsv1.StatefulSet:
 		errs = append(errs, checkSelector("StatefulSet "+o.Name, o.Spec.Selector, o.Spec.Template.Labels)...)
 		errs = append(errs, checkPodSpec("StatefulSet "+o.Name, &o.Spec.Template.Spec)...)
+		errs = append(errs, checkScrape("StatefulSet "+o.Name, o.Spec.Template.Annotations, &o.Spec.Template.Spec)...)
 	case *corev1.Service:
 		if len(o.Spec.Selector) == 0 {
 			errs = append(errs, fmt.Errorf("Service %s: no selector", o.Name))
@@ -258,6 +264,7 @@ func checkPodSpec(what string, spec *corev1.PodSpec) []error {
 	}
 	for _, c := range all {
 		name := fmt.Sprintf("%s container %s", what, c.Name)
+		errs = append(errs, checkProbes(name, c)...)
 		ref := c.Image
 		if i := strings.LastIndex(ref, "/"); i >= 0 {
 			ref = ref[i+1:] // a registry port ("host:5000/x") is not a tag
@@ -294,6 +301,71 @@ func checkPodSpec(what string, spec *corev1.PodSpec) []error {
 				errs = append(errs, fmt.Errorf("%s: egressd must set a memory limit and a CPU request", name))
 			}
 		}
+	}
+	return errs
+}
+
+// checkProbes: a probe that names a port must name one the container
+// declares (the kubelet fails such a probe forever), and an egressd with
+// an admin port (server.admin_listen) is probed on its health endpoints:
+// readiness on /readyz, liveness on /healthz.
+func checkProbes(name string, c corev1.Container) []error {
+	var errs []error
+	declared := map[string]bool{}
+	for _, p := range c.Ports {
+		if p.Name != "" {
+			declared[p.Name] = true
+		}
+	}
+	for kind, pr := range map[string]*corev1.Probe{"livenessProbe": c.LivenessProbe, "readinessProbe": c.ReadinessProbe, "startupProbe": c.StartupProbe} {
+		if pr == nil {
+			continue
+		}
+		var port *intstr.IntOrString
+		switch {
+		case pr.HTTPGet != nil:
+			port = &pr.HTTPGet.Port
+		case pr.TCPSocket != nil:
+			port = &pr.TCPSocket.Port
+		}
+		if port != nil && port.Type == intstr.String && !declared[port.StrVal] {
+			errs = append(errs, fmt.Errorf("%s: %s names port %q, which the container does not declare", name, kind, port.StrVal))
+		}
+	}
+	if isEgressd(c) && declared["admin"] {
+		for _, want := range []struct {
+			kind, path string
+			probe      *corev1.Probe
+		}{{"readinessProbe", "/readyz", c.ReadinessProbe}, {"livenessProbe", "/healthz", c.LivenessProbe}} {
+			if want.probe == nil || want.probe.HTTPGet == nil || want.probe.HTTPGet.Path != want.path || want.probe.HTTPGet.Port.String() != "admin" {
+				errs = append(errs, fmt.Errorf("%s: egressd has an admin port; its %s must be httpGet %s on port admin", name, want.kind, want.path))
+			}
+		}
+	}
+	return errs
+}
+
+// checkScrape: prometheus.io/scrape annotations must point at a port some
+// container declares, with an absolute path.
+func checkScrape(what string, ann map[string]string, spec *corev1.PodSpec) []error {
+	if ann["prometheus.io/scrape"] != "true" {
+		return nil
+	}
+	var errs []error
+	port := ann["prometheus.io/port"]
+	found := false
+	for _, c := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+		for _, p := range c.Ports {
+			if strconv.Itoa(int(p.ContainerPort)) == port {
+				found = true
+			}
+		}
+	}
+	if !found {
+		errs = append(errs, fmt.Errorf("%s: prometheus.io/port %q is not a declared containerPort", what, port))
+	}
+	if p := ann["prometheus.io/path"]; !strings.HasPrefix(p, "/") {
+		errs = append(errs, fmt.Errorf("%s: prometheus.io/path %q must be an absolute path", what, p))
 	}
 	return errs
 }
@@ -389,5 +461,73 @@ func TestNegativeCases(t *testing.T) {
 	}
 	if len(check(obj)) == 0 {
 		t.Error("empty policy: semantic checks passed")
+	}
+}
+
+// goodDeployment passes every semantic check; TestProbeAndScrapeChecks
+// breaks it one way at a time.
+const goodDeployment = `apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: egressd
+spec:
+  selector:
+    matchLabels: {app.kubernetes.io/name: egressd}
+  template:
+    metadata:
+      labels: {app.kubernetes.io/name: egressd}
+      annotations: {prometheus.io/scrape: "true", prometheus.io/port: "9090", prometheus.io/path: /metrics}
+    spec:
+      containers:
+        - name: egressd
+          image: ghcr.io/egressd/egressd:v0.1.0
+          args: [serve]
+          ports: [{name: admin, containerPort: 9090}]
+          readinessProbe: {httpGet: {path: /readyz, port: admin}}
+          livenessProbe: {httpGet: {path: /healthz, port: admin}}
+          resources: {requests: {cpu: 10m}, limits: {memory: 64Mi}}
+          securityContext:
+            runAsNonRoot: true
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+`
+
+func TestProbeAndScrapeChecks(t *testing.T) {
+	tests := []struct {
+		name, old, new string
+		want           string // "" for no error
+	}{
+		{"good", "", "", ""},
+		{"probe on an undeclared port", "port: admin}}\n          livenessProbe", "port: metrics}}\n          livenessProbe", `readinessProbe names port "metrics"`},
+		{"readiness not on /readyz", "path: /readyz", "path: /healthz", "readinessProbe must be httpGet /readyz"},
+		{"liveness missing", "          livenessProbe: {httpGet: {path: /healthz, port: admin}}\n", "", "livenessProbe must be httpGet /healthz"},
+		{"scrape port undeclared", `prometheus.io/port: "9090"`, `prometheus.io/port: "9091"`, `prometheus.io/port "9091" is not a declared containerPort`},
+		{"scrape path relative", "prometheus.io/path: /metrics", "prometheus.io/path: metrics", "must be an absolute path"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			in := goodDeployment
+			if tc.old != "" {
+				if !strings.Contains(in, tc.old) {
+					t.Fatalf("%q not in the base manifest", tc.old)
+				}
+				in = strings.Replace(in, tc.old, tc.new, 1)
+			}
+			obj, err := decode(doc{file: tc.name, data: []byte(in)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			errs := check(obj)
+			if tc.want == "" {
+				if len(errs) > 0 {
+					t.Fatalf("unexpected errors: %v", errs)
+				}
+				return
+			}
+			if len(errs) == 0 || !strings.Contains(errors.Join(errs...).Error(), tc.want) {
+				t.Fatalf("errors %v, want one containing %q", errs, tc.want)
+			}
+		})
 	}
 }
