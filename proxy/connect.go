@@ -17,7 +17,14 @@ import (
 // 200, read the ClientHello, decide with SNI and fingerprints, and only
 // then dial the checked address and relay.
 func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
-	defer client.Close()
+	// handed: the relay owns the client now and cleans up when it ends;
+	// this handler (and net/http's goroutine with its buffers) returns.
+	handed := false
+	defer func() {
+		if !handed {
+			client.Close()
+		}
+	}()
 	c := s.newConn(ModeConnect, client.RemoteAddr().String())
 	t, err := ParseTarget(req.URL.Host, 0)
 	if err != nil {
@@ -50,22 +57,38 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		writeStatus(client, req, http.StatusServiceUnavailable, c)
 		return
 	}
-	defer sl.free()
 	if !s.track(client) {
+		sl.free()
 		return // shutting down: close without a 200
 	}
-	defer s.untrack(client)
+	end := func() {
+		client.Close()
+		s.untrack(client)
+		sl.free()
+	}
 	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		end()
+		handed = true
 		return
 	}
-	s.tunnel(c, client, t, &r)
+	handed = s.tunnel(c, client, t, &r, end)
+	if !handed {
+		end()
+		handed = true
+	}
 }
 
 // tunnel is the part of a tunnel after the 200 (or, for a transparent
 // connection, after accept): hello, decision, dial, relay. For a
 // transparent connection (r.Transparent) an allow is followed by
 // destination verification, which may refuse or re-point the dial.
-func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
+//
+// When the tunnel is relaying, tunnel hands it to two fresh goroutines and
+// returns true at once: the goroutine that read the hello (with its grown
+// stack and, for CONNECT, net/http's buffers) ends, so an idle tunnel
+// costs only the relay. end then runs when the relay is over; when tunnel
+// returns false (refused, failed) the caller runs end itself.
+func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, end func()) bool {
 	var f firstBytes
 	defer f.release()
 	helloStart := time.Now()
@@ -76,7 +99,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 		c.decision = policy.Decision{Reason: reason}
 		c.detail = err.Error()
 		s.logDecision(c)
-		return
+		return false
 	}
 	r.Hello = policy.HelloNotTLS
 	if f.tls {
@@ -87,32 +110,37 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request) {
 	c.decision = s.policy().Decide(r)
 	if !c.decision.Allow {
 		s.logDecision(c)
-		return
+		return false
 	}
 	if r.Transparent {
 		sni, _ := policy.NormalizeHost(r.SNI)
 		var ok bool
 		if t, ok = s.verifyDst(c, t, sni); !ok {
 			s.logDecision(c)
-			return
+			return false
 		}
 	}
 	up := s.dial(context.Background(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
-		return
+		return false
 	}
-	defer up.Close()
-	s.metrics.relaying(c.mode, 1)
-	defer s.metrics.relaying(c.mode, -1)
 	if _, err := up.Write(f.bytes()); err != nil {
+		up.Close()
 		s.logClose(c, 0, 0)
-		return
+		return false
 	}
 	sent := int64(f.n)
 	f.release()
-	upBytes, down := relay(client, up, s.cfg.IdleTimeout)
-	s.logClose(c, sent+upBytes, down)
+	c.dropHello() // the log lines are written; the relay keeps only what logClose needs
+	s.metrics.relaying(c.mode, 1)
+	startRelay(client, up, s.cfg.IdleTimeout, func(upBytes, down int64) {
+		up.Close()
+		s.metrics.relaying(c.mode, -1)
+		s.logClose(c, sent+upBytes, down)
+		end()
+	})
+	return true
 }
 
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.

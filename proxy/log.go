@@ -92,6 +92,14 @@ type conn struct {
 	helloWait time.Duration
 }
 
+// dropHello forgets the ClientHello and its fingerprints once the decision
+// line is written: an established tunnel keeps only what its close line
+// and metrics need.
+func (c *conn) dropHello() {
+	c.hello = nil
+	c.ja3Full, c.ja3, c.ja4 = "", "", ""
+}
+
 // fingerprint parses nothing: it fills the JA3/JA4 fields from an already
 // parsed hello, once per connection. quic selects JA4's QUIC marker.
 func (c *conn) fingerprint(h *sni.Hello, quic bool) {

@@ -5,8 +5,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -26,17 +26,40 @@ const idleChecks = 4
 // with EOF half-closes its destination so the peer sees it. It returns the
 // bytes moved in each direction.
 func relay(client, upstream net.Conn, idle time.Duration) (up, down int64) {
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		down = pipe(client, upstream, idle, &last)
-	}()
-	up = pipe(upstream, client, idle, &last)
-	wg.Wait()
+	done := make(chan struct{})
+	startRelay(client, upstream, idle, func(u, d int64) {
+		up, down = u, d
+		close(done)
+	})
+	<-done
 	return up, down
+}
+
+// tunnelState is all an established tunnel keeps besides its two
+// connections and two goroutines: small, so that idle tunnels are cheap.
+type tunnelState struct {
+	last     atomic.Int64 // unix nanoseconds of the last byte moved
+	up, down int64
+	left     atomic.Int32 // directions still running
+	done     func(up, down int64)
+}
+
+// startRelay runs relay's two directions on two new goroutines and
+// returns; done runs once, on the goroutine that finishes last, with the
+// bytes moved each way.
+func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) {
+	ts := &tunnelState{done: done}
+	ts.last.Store(time.Now().UnixNano())
+	ts.left.Store(2)
+	go ts.run(upstream, client, idle, &ts.up)
+	go ts.run(client, upstream, idle, &ts.down)
+}
+
+func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
+	*n = pipe(dst, src, idle, &ts.last)
+	if ts.left.Add(-1) == 0 {
+		ts.done(ts.up, ts.down)
+	}
 }
 
 // pipe moves src→dst in rounds of relayChunk bytes with io.CopyN, which
@@ -44,12 +67,23 @@ func relay(client, upstream net.Conn, idle time.Duration) (up, down int64) {
 // read deadline of a fraction of idle; a round that times out without
 // moving data ends the tunnel only when the other direction has been quiet
 // too for the whole idle period.
+//
+// Before each round the goroutine waits for data a few frames deep
+// (direction.wait) instead of inside splice, whose call path needs a 4 KiB
+// stack: a direction that has not moved data since the hello (the usual
+// idle tunnel's upstream→client side until the server speaks) keeps the
+// minimum 2 KiB goroutine stack.
 func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+	d := newDirection(dst, src)
 	var total int64
 	tick := max(idle/idleChecks, time.Millisecond)
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
-		n, err := io.CopyN(dst, src, relayChunk)
+		var n int64
+		err := d.wait()
+		if err == nil {
+			n, err = io.CopyN(dst, src, relayChunk)
+		}
 		total += n
 		now := time.Now()
 		if n > 0 {
@@ -75,6 +109,42 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 		}
 		return total
 	}
+}
+
+// direction is what pipe reuses every round, so that a round allocates
+// nothing.
+type direction struct {
+	dst, src net.Conn
+	rc       syscall.RawConn // nil when src has no file descriptor
+	ready    func(fd uintptr) bool
+	peek     [1]byte
+}
+
+func newDirection(dst, src net.Conn) *direction {
+	d := &direction{dst: dst, src: src}
+	if sc, ok := src.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			d.rc = rc
+		}
+	}
+	d.ready = d.readable
+	return d
+}
+
+// wait blocks until src has data (or EOF, an error, or the read deadline).
+func (d *direction) wait() error {
+	if d.rc == nil {
+		return nil
+	}
+	return d.rc.Read(d.ready)
+}
+
+// readable peeks with MSG_PEEK|MSG_DONTWAIT, so bytes already queued
+// (which the edge-triggered poller will not announce again) are never
+// waited for.
+func (d *direction) readable(fd uintptr) bool {
+	_, _, err := syscall.Recvfrom(int(fd), d.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return err != syscall.EAGAIN
 }
 
 // closeWrite propagates a half-close when the connection supports it.

@@ -77,10 +77,7 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 			_ = client.Close()
 			return nil
 		}
-		go func() {
-			defer s.untrack(client)
-			s.handleTransparent(client, orig)
-		}()
+		go s.handleTransparent(client, orig)
 	}
 }
 
@@ -100,8 +97,16 @@ func localDst(c net.Conn) (netip.AddrPort, error) {
 
 // handleTransparent runs one transparent connection: original destination,
 // then the same hello, decision, dial and relay as a CONNECT tunnel.
+// It owns client, which ServeTransparent tracked: it closes and untracks it
+// when done, or hands that to the relay.
 func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.AddrPort, error)) {
-	defer client.Close()
+	handed := false
+	defer func() {
+		if !handed {
+			client.Close()
+			s.untrack(client)
+		}
+	}()
 	c := s.newConn(ModeTransparent, client.RemoteAddr().String())
 	dst, err := orig(client)
 	if err == nil && (!dst.Addr().IsValid() || dst.Port() == 0) {
@@ -120,7 +125,11 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 		s.logDecision(c) // closed at once: no hello wait, no dial
 		return
 	}
-	defer sl.free()
+	defer func() {
+		if !handed {
+			sl.free()
+		}
+	}()
 	if s.isSelf(netip.AddrPortFrom(a, dst.Port())) {
 		// The connection was addressed to egressd itself (no redirect, or a
 		// redirect loop): relaying it would connect egressd to itself.
@@ -133,7 +142,11 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	t := Target{Addr: a, Port: dst.Port()}
 	c.host, c.port = a.String(), t.Port
 	r := policy.Request{Addr: a, Port: t.Port, Transparent: true, Client: c.client.Addr()}
-	s.tunnel(c, client, t, &r)
+	handed = s.tunnel(c, client, t, &r, func() {
+		client.Close()
+		s.untrack(client)
+		sl.free()
+	})
 }
 
 // isSelf reports whether ap is the address of one of egressd's own listeners.
