@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -278,5 +279,12 @@ func (s *Server) AdminHandler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
+	// Profiles for performance work (go tool pprof
+	// http://ADMIN/debug/pprof/profile). They reveal no traffic or
+	// credentials; the admin listener is loopback unless configured
+	// otherwise.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	return mux
 }
