@@ -1,0 +1,1251 @@
+// Command egressd-bench measures egressd beside a direct connection to the
+// same upstream, in the same run: bulk throughput, CPU per GB relayed, new
+// TLS connections per second with their latency, resident memory per idle
+// tunnel and decision-log lines per connection. It talks only to loopback
+// and to network namespaces it creates (and deletes) itself.
+//
+// Run it from the module root:
+//
+//	go run ./cmd/egressd-bench [flags]
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/miekg/dns"
+)
+
+const benchHost = "bench.egress.test"
+
+const usageText = `egressd-bench: measure egressd beside a direct connection to the same upstream.
+
+Usage (from the module root, where ./cmd/egressd and deploy/ are):
+  go run ./cmd/egressd-bench [flags]
+
+It starts its own upstreams on loopback (a bulk server that reads a real TLS
+ClientHello record and then streams raw bytes, a TLS server answering
+"ping" with "pong", an idle server, and a DNS server answering
+bench.egress.test with 127.0.0.1), runs egressd as a child process with a
+generated configuration (1,000 policy rules, JSON decision log to a file),
+and measures each figure directly and through egressd (CONNECT by name,
+then the ClientHello, then raw bytes):
+
+  bulk        download MB/s through 1 tunnel and 8 tunnels in parallel
+  CPU         egressd's utime+stime (/proc/PID/stat) per GB relayed in bulk
+  conn/s      full TLS handshake + ping/pong per connection, at concurrency
+              16 and 64, with p50 and p99 latency
+  RSS         (VmRSS after - before) / N for N idle established tunnels
+  log lines   "decision" and "close" lines per tunnel in egressd's log
+
+Each figure is the median of --runs runs (min-max in brackets), printed as a
+markdown table with the issue's targets and a met / NOT MET column. With
+--transparent (default when root) it also builds client, gateway and
+upstream network namespaces (10.78.0.0/16), installs the REDIRECT rules of
+deploy/gateway/egressd-gateway.sh in the gateway, runs egressd there with
+transparent_listen, and repeats bulk and conn/s: direct = to upstream ports
+the rules do not redirect (routed through the gateway), via egressd = to
+the redirected ports. Namespaces, children and temp files are removed on
+exit, on error and on SIGINT/SIGTERM.
+
+Flags:
+`
+
+type options struct {
+	runs        int
+	duration    time.Duration
+	tunnels     int
+	transparent bool
+	egressd     string
+	quick       bool
+	out         string
+	verbose     bool
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run parses args, runs the benchmark and prints the table to stdout.
+func run(args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("egressd-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.runs, "runs", 3, "runs per figure; the table shows the median and min-max")
+	fs.DurationVar(&o.duration, "duration", 2*time.Second, "duration of each bulk and conn/s measurement")
+	fs.IntVar(&o.tunnels, "tunnels", 2000, "idle tunnels opened for the RSS-per-tunnel figure")
+	fs.BoolVar(&o.transparent, "transparent", os.Geteuid() == 0, "also measure the transparent gateway in network namespaces (needs root, ip, nft or iptables)")
+	fs.StringVar(&o.egressd, "egressd", "", "egressd binary to measure; empty: go build ./cmd/egressd into a temp dir (run from the module root)")
+	fs.BoolVar(&o.quick, "quick", false, "CI mode: 1 run, 300ms measurements, 200 tunnels (explicit flags still win)")
+	fs.StringVar(&o.out, "o", "", "also write the markdown table to this file")
+	fs.BoolVar(&o.verbose, "v", false, "print progress to stderr")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usageText)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if o.quick {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["runs"] {
+			o.runs = 1
+		}
+		if !set["duration"] {
+			o.duration = 300 * time.Millisecond
+		}
+		if !set["tunnels"] {
+			o.tunnels = 200
+		}
+	}
+	if o.runs < 1 || o.duration <= 0 || o.tunnels < 1 || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "egressd-bench: --runs, --duration and --tunnels must be positive; no arguments")
+		return 2
+	}
+	b := &bench{opt: o, stderr: stderr}
+	defer b.cleanup()
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stderr, "egressd-bench: %v: cleaning up\n", s)
+			b.cleanup()
+			os.Exit(130)
+		case <-done:
+		}
+	}()
+	table, err := b.run()
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd-bench: %v\n", err)
+		return 1
+	}
+	fmt.Fprint(stdout, table)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(table), 0o644); err != nil {
+			fmt.Fprintf(stderr, "egressd-bench: %v\n", err)
+			return 1
+		}
+	}
+	return 0
+}
+
+type bench struct {
+	opt    options
+	stderr io.Writer
+
+	mu       sync.Mutex
+	cleanups []func()
+
+	dir       string
+	bin       string
+	hello     []byte
+	cert      tls.Certificate
+	pool      *x509.CertPool
+	dnsAddr   string
+	bulk      *bulkServer
+	tlsUp     *tlsServer
+	idle      *idleServer
+	loopPorts [3]int // bulk, TLS, idle
+	clkTck    float64
+	tickNote  string
+	notes     []string
+
+	// Connections made through egressd in the current mode, for the
+	// log-lines figure: dialed (TCP connections to egressd) and tunnels
+	// (CONNECT answered 200, or transparent connections that sent a hello).
+	dialed, tunnels atomic.Int64
+}
+
+func (b *bench) onCleanup(f func()) {
+	b.mu.Lock()
+	b.cleanups = append(b.cleanups, f)
+	b.mu.Unlock()
+}
+
+// cleanup runs the cleanups in reverse order, once.
+func (b *bench) cleanup() {
+	b.mu.Lock()
+	cs := b.cleanups
+	b.cleanups = nil
+	b.mu.Unlock()
+	for i := len(cs) - 1; i >= 0; i-- {
+		cs[i]()
+	}
+}
+
+func (b *bench) logf(format string, args ...any) {
+	if b.opt.verbose {
+		fmt.Fprintf(b.stderr, "egressd-bench: "+format+"\n", args...)
+	}
+}
+
+func (b *bench) run() (string, error) {
+	raiseNofile()
+	b.clkTck, b.tickNote = clockTicks()
+	dir, err := os.MkdirTemp("", "egressd-bench-")
+	if err != nil {
+		return "", err
+	}
+	b.dir = dir
+	b.onCleanup(func() { os.RemoveAll(dir) })
+	if b.bin = b.opt.egressd; b.bin == "" {
+		root, err := moduleRoot()
+		if err != nil {
+			return "", err
+		}
+		b.bin = filepath.Join(dir, "egressd")
+		b.logf("building ./cmd/egressd")
+		cmd := exec.Command("go", "build", "-o", b.bin, "./cmd/egressd")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build ./cmd/egressd: %v\n%s", err, out)
+		}
+	}
+	if b.bin, err = filepath.Abs(b.bin); err != nil {
+		return "", err
+	}
+	b.hello = clientHello(benchHost)
+	if b.cert, b.pool, err = newCert(); err != nil {
+		return "", err
+	}
+	if err := b.startLoopbackUpstreams(); err != nil {
+		return "", err
+	}
+
+	var rows []*row
+	rows = append(rows, b.connectRuns()...)
+	rows = append(rows, b.transparentRuns()...)
+	return b.render(rows), nil
+}
+
+// ---- upstreams ----
+
+type bulkServer struct{ accepted atomic.Int64 }
+
+// serve reads one TLS record (the ClientHello) from each connection, then
+// writes raw bytes until the peer goes away.
+func (s *bulkServer) serve(ln net.Listener) {
+	buf := make([]byte, 256<<10)
+	rand.Read(buf)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if readRecord(c) != nil {
+				return
+			}
+			s.accepted.Add(1)
+			c.SetDeadline(time.Now().Add(5 * time.Minute))
+			for {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+type idleServer struct{ ready atomic.Int64 }
+
+// serve reads the ClientHello record, counts the connection and keeps it
+// open, idle, until the peer closes.
+func (s *idleServer) serve(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(15 * time.Second))
+			if readRecord(c) != nil {
+				return
+			}
+			s.ready.Add(1)
+			c.SetReadDeadline(time.Now().Add(5 * time.Minute))
+			io.Copy(io.Discard, c)
+		}()
+	}
+}
+
+type tlsServer struct{ conf *tls.Config }
+
+// serve does a full TLS handshake per connection and answers "ping" with
+// "pong".
+func (s *tlsServer) serve(ln net.Listener) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(15 * time.Second))
+			tc := tls.Server(c, s.conf)
+			var p [4]byte
+			if _, err := io.ReadFull(tc, p[:]); err != nil || string(p[:]) != "ping" {
+				return
+			}
+			tc.Write([]byte("pong"))
+			tc.Close()
+		}()
+	}
+}
+
+func readRecord(c net.Conn) error {
+	var h [5]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		return err
+	}
+	if h[0] != 0x16 {
+		return errors.New("not a TLS handshake record")
+	}
+	_, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint16(h[3:])))
+	return err
+}
+
+func (b *bench) startLoopbackUpstreams() error {
+	b.bulk, b.idle = &bulkServer{}, &idleServer{}
+	b.tlsUp = &tlsServer{conf: &tls.Config{Certificates: []tls.Certificate{b.cert}, SessionTicketsDisabled: true}}
+	var lns [3]net.Listener
+	for i := range lns {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return err
+		}
+		b.onCleanup(func() { ln.Close() })
+		lns[i] = ln
+	}
+	go b.bulk.serve(lns[0])
+	go b.tlsUp.serve(lns[1])
+	go b.idle.serve(lns[2])
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if len(q.Question) == 1 && strings.EqualFold(q.Question[0].Name, benchHost+".") {
+			if q.Question[0].Qtype == dns.TypeA {
+				rr, _ := dns.NewRR(benchHost + ". 3600 IN A 127.0.0.1")
+				m.Answer = append(m.Answer, rr)
+			}
+		} else {
+			m.Rcode = dns.RcodeNameError
+		}
+		w.WriteMsg(m)
+	})}
+	go srv.ActivateAndServe()
+	b.onCleanup(func() { srv.Shutdown() })
+	b.dnsAddr = pc.LocalAddr().String()
+	b.loopPorts = [3]int{port(lns[0]), port(lns[1]), port(lns[2])}
+	return nil
+}
+
+func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
+
+// ---- egressd ----
+
+type egressd struct {
+	cmd     *exec.Cmd
+	pid     int
+	logPath string
+	admin   string
+	ns      string
+	out     *bytes.Buffer
+	exited  chan struct{}
+}
+
+// config returns an egressd configuration with 1,000 rules: 999 fillers
+// (exact names, wildcards, CIDRs) and the bench's own rule.
+func benchConfig(server, logPath, dnsAddr, benchRule string) string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "server {\n%s  allow_private_destinations = true\n  hello_timeout = \"10s\"\n  idle_timeout = \"10m\"\n  shutdown_grace = \"2s\"\n  max_connections = 20000\n  max_connections_per_client = 20000\n}\n", server)
+	fmt.Fprintf(&s, "resolver { servers = [%q] }\nlog { output = %q }\n", dnsAddr, logPath)
+	for p := range 9 {
+		fmt.Fprintf(&s, "policy \"filler-%d\" {\n", p)
+		for r := range 111 {
+			i := p*111 + r
+			switch i % 3 {
+			case 0:
+				fmt.Fprintf(&s, "  allow \"exact-%d\" {\n    hosts = [\"host-%d.filler-%d.example.com\"]\n  }\n", i, i, p)
+			case 1:
+				fmt.Fprintf(&s, "  allow \"wild-%d\" {\n    hosts = [\"*.w%d.filler.example.net\"]\n    ports = [443, 8443]\n  }\n", i, i)
+			default:
+				fmt.Fprintf(&s, "  allow \"cidr-%d\" {\n    cidrs = [\"198.18.%d.%d/32\"]\n  }\n", i, i/256, i%256)
+			}
+		}
+		s.WriteString("}\n")
+	}
+	fmt.Fprintf(&s, "policy \"bench\" {\n%s}\n", benchRule)
+	return s.String()
+}
+
+// startEgressd runs egressd with cfg, in network namespace ns when set, and
+// waits until its admin /readyz answers 200.
+func (b *bench) startEgressd(name, cfg, adminAddr, ns string) (*egressd, error) {
+	cfgPath := filepath.Join(b.dir, name+".hcl")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	e := &egressd{logPath: filepath.Join(b.dir, name+".log"), admin: adminAddr, ns: ns, out: &bytes.Buffer{}, exited: make(chan struct{})}
+	e.cmd = exec.Command(b.bin, "serve", "--config", cfgPath)
+	e.cmd.Stdout, e.cmd.Stderr = &lockedWriter{w: e.out}, &lockedWriter{w: e.out}
+	e.cmd.SysProcAttr = childAttr()
+	started := make(chan error, 1)
+	go func() {
+		// The starting thread stays alive until egressd exits: the child
+		// inherits its network namespace, and Pdeathsig follows it.
+		runtime.LockOSThread()
+		if ns != "" {
+			if err := enterNS(ns); err != nil {
+				started <- err
+				return // the thread dies with the goroutine
+			}
+		}
+		if err := e.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		e.cmd.Wait()
+		close(e.exited)
+	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start egressd: %v", err)
+	}
+	e.pid = e.cmd.Process.Pid
+	b.onCleanup(func() { e.stop() })
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var code int
+		var err error
+		inNSDo(ns, func() { code, err = httpStatus(adminAddr, "/readyz") })
+		if err == nil && code == 200 {
+			return e, nil
+		}
+		select {
+		case <-e.exited:
+			return nil, fmt.Errorf("egressd exited: %s", e.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("egressd not ready after 15s (%v, status %d): %s", err, code, e.output())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (e *egressd) output() string {
+	return e.cmd.Stdout.(*lockedWriter).String()
+}
+
+// stop sends SIGTERM and waits (SIGKILL after 5 s).
+func (e *egressd) stop() {
+	select {
+	case <-e.exited:
+		return
+	default:
+	}
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.exited:
+	case <-time.After(5 * time.Second):
+		e.cmd.Process.Kill()
+		<-e.exited
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w.Len() > 1<<20 {
+		return len(p), nil
+	}
+	return l.w.Write(p)
+}
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.String()
+}
+
+// httpStatus does one plain GET on a fresh connection made on the calling
+// thread (so in its network namespace) and returns the status code.
+func httpStatus(addr, path string) (int, error) {
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: %s\r\n\r\n", path, addr)
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return 0, fmt.Errorf("bad status line %q", line)
+	}
+	return strconv.Atoi(f[1])
+}
+
+// cpuSeconds is utime+stime of pid.
+func (b *bench) cpuSeconds(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / b.clkTck
+}
+
+// rssKiB is VmRSS of pid.
+func rssKiB(pid int) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[1], 64)
+			return v
+		}
+	}
+	return 0
+}
+
+// clockTicks reads AT_CLKTCK from the auxiliary vector (what
+// sysconf(_SC_CLK_TCK) returns), or assumes 100 Hz.
+func clockTicks() (float64, string) {
+	data, err := os.ReadFile("/proc/self/auxv")
+	if err == nil {
+		w := int(unsafe.Sizeof(uintptr(0)))
+		for i := 0; i+2*w <= len(data); i += 2 * w {
+			var k, v uint64
+			if w == 8 {
+				k, v = binary.NativeEndian.Uint64(data[i:]), binary.NativeEndian.Uint64(data[i+8:])
+			} else {
+				k, v = uint64(binary.NativeEndian.Uint32(data[i:])), uint64(binary.NativeEndian.Uint32(data[i+4:]))
+			}
+			if k == 17 && v > 0 { // AT_CLKTCK
+				return float64(v), fmt.Sprintf("clock ticks: %d Hz (AT_CLKTCK)", v)
+			}
+		}
+	}
+	return 100, "clock ticks: AT_CLKTCK unreadable, assumed 100 Hz"
+}
+
+// logCounts counts "decision" and "close" lines in a decision log.
+func logCounts(path string) (decisions, closes int64) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var l struct {
+			Message string `json:"message"`
+		}
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		switch l.Message {
+		case "decision":
+			decisions++
+		case "close":
+			closes++
+		}
+	}
+	return decisions, closes
+}
+
+// settle waits (up to 15 s) until the log has a close line per tunnel.
+func settle(path string, tunnels int64) (int64, int64) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		d, c := logCounts(path)
+		if c >= tunnels || time.Now().After(deadline) {
+			return d, c
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// ---- clients ----
+
+// path is one way to reach the upstreams: direct, or through egressd.
+type path struct {
+	ns      string // dial from this network namespace ("": the bench's)
+	proxy   string // CONNECT through this proxy address ("": none)
+	bulk    string // upstream addresses (CONNECT: host:port to ask for)
+	tls     string
+	idle    string
+	counted bool // through egressd: count the connections for the log check
+}
+
+// open dials addr over p and, through a proxy, sends CONNECT and reads the
+// 200. It runs on the calling thread (which must be in p.ns).
+func (b *bench) open(p path, addr string) (net.Conn, error) {
+	if p.proxy == "" {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err == nil && p.counted {
+			b.dialed.Add(1)
+			b.tunnels.Add(1)
+		}
+		return c, err
+	}
+	c, err := net.DialTimeout("tcp", p.proxy, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	b.dialed.Add(1)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
+	br := bufio.NewReaderSize(c, 512)
+	status, err := br.ReadString('\n')
+	for err == nil {
+		var l string
+		if l, err = br.ReadString('\n'); l == "\r\n" {
+			break
+		}
+	}
+	if err != nil || !strings.Contains(status, " 200 ") {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT %s: %q %v", addr, strings.TrimSpace(status), err)
+	}
+	if br.Buffered() > 0 {
+		c.Close()
+		return nil, errors.New("bytes after the CONNECT response")
+	}
+	b.tunnels.Add(1)
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// bulkRun opens n tunnels to the bulk upstream, then reads for d from all
+// of them; it returns MB/s (10^6 bytes) and egressd's CPU seconds per GB.
+func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB float64, err error) {
+	var ready, wg sync.WaitGroup
+	start := make(chan time.Time)
+	var total atomic.Int64
+	errs := make(chan error, n)
+	ready.Add(n)
+	wg.Add(n)
+	for range n {
+		go func() {
+			defer wg.Done()
+			if p.ns != "" {
+				runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+				if err := enterNS(p.ns); err != nil {
+					errs <- err
+					ready.Done()
+					return
+				}
+			}
+			c, err := b.open(p, p.bulk)
+			if err == nil {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err = c.Write(b.hello); err == nil {
+					var one [1]byte
+					_, err = io.ReadFull(c, one[:])
+				}
+			}
+			if err != nil {
+				errs <- err
+			}
+			ready.Done()
+			t0 := <-start
+			if err != nil || t0.IsZero() {
+				return
+			}
+			c.SetDeadline(t0.Add(d))
+			buf := make([]byte, 256<<10)
+			var got int64
+			for {
+				m, err := c.Read(buf)
+				got += int64(m)
+				if err != nil {
+					break
+				}
+			}
+			total.Add(got)
+		}()
+	}
+	ready.Wait()
+	select {
+	case err := <-errs:
+		close(start)
+		wg.Wait()
+		return 0, 0, err
+	default:
+	}
+	cpu0 := 0.0
+	if pid > 0 {
+		cpu0 = b.cpuSeconds(pid)
+	}
+	t0 := time.Now()
+	for range n {
+		start <- t0
+	}
+	wg.Wait()
+	el := time.Since(t0).Seconds()
+	if pid > 0 {
+		cpuPerGB = (b.cpuSeconds(pid) - cpu0) / (float64(total.Load()) / 1e9)
+	}
+	return float64(total.Load()) / 1e6 / el, cpuPerGB, nil
+}
+
+// connRate runs conc workers, each looping connect (+ CONNECT) -> TLS
+// handshake -> ping/pong -> close for d; it returns connections per second,
+// p50 and p99 latency in ms, and the failures.
+func (b *bench) connRate(p path, conc int, d time.Duration) (cps, p50, p99 float64, failed int64, err error) {
+	conf := &tls.Config{ServerName: benchHost, RootCAs: b.pool}
+	var wg sync.WaitGroup
+	lat := make([][]time.Duration, conc)
+	var fails atomic.Int64
+	var firstErr atomic.Value
+	t0 := time.Now()
+	end := t0.Add(d)
+	for w := range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if p.ns != "" {
+				runtime.LockOSThread()
+				if err := enterNS(p.ns); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					return
+				}
+			}
+			for i := 0; i < 1_000_000 && time.Now().Before(end); i++ {
+				s := time.Now()
+				if err := b.pingOnce(p, conf); err != nil {
+					fails.Add(1)
+					firstErr.CompareAndSwap(nil, err)
+					continue
+				}
+				lat[w] = append(lat[w], time.Since(s))
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(t0).Seconds()
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	if len(all) == 0 {
+		e, _ := firstErr.Load().(error)
+		return 0, 0, 0, fails.Load(), fmt.Errorf("no connection completed: %v", e)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	q := func(f float64) float64 {
+		return float64(all[min(len(all)-1, int(f*float64(len(all))))]) / 1e6
+	}
+	return float64(len(all)) / el, q(0.50), q(0.99), fails.Load(), nil
+}
+
+func (b *bench) pingOnce(p path, conf *tls.Config) error {
+	c, err := b.open(p, p.tls)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	tc := tls.Client(c, conf)
+	if _, err := tc.Write([]byte("ping")); err != nil {
+		return err
+	}
+	var r [4]byte
+	if _, err := io.ReadFull(tc, r[:]); err != nil || string(r[:]) != "pong" {
+		return fmt.Errorf("ping: %q %v", r, err)
+	}
+	return nil
+}
+
+// idleRSS opens n idle tunnels (CONNECT + hello, upstream accepted) and
+// returns egressd's RSS growth per tunnel in KiB.
+func (b *bench) idleRSS(p path, n int, pid int) (float64, error) {
+	base := b.idle.ready.Load()
+	before := rssKiB(pid)
+	conns := make([]net.Conn, n)
+	var next atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				c, err := b.open(p, p.idle)
+				if err == nil {
+					_, err = c.Write(b.hello)
+				}
+				if err != nil {
+					firstErr.CompareAndSwap(nil, err)
+					if c != nil {
+						c.Close()
+					}
+					return
+				}
+				conns[i] = c
+			}
+		}()
+	}
+	wg.Wait()
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if e, _ := firstErr.Load().(error); e != nil {
+		return 0, e
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for b.idle.ready.Load()-base < int64(n) {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("only %d of %d idle tunnels reached the upstream", b.idle.ready.Load()-base, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	return (rssKiB(pid) - before) / float64(n), nil
+}
+
+// ---- the measurements ----
+
+type check int
+
+const (
+	noTarget check = iota
+	ratioAtLeast
+	multipleAtMost
+	viaAtMost
+	exact
+)
+
+type row struct {
+	mode, name string
+	format     string // of the values
+	direct     []float64
+	via        []float64
+	ratio      []float64
+	check      check
+	limit      float64
+	target     string
+	text       string // for the log-lines row
+	met        *bool
+	note       string
+}
+
+func (b *bench) connectRuns() []*row {
+	o := b.opt
+	lp := b.loopPorts
+	direct := path{bulk: fmt.Sprintf("127.0.0.1:%d", lp[0]), tls: fmt.Sprintf("127.0.0.1:%d", lp[1]), idle: fmt.Sprintf("127.0.0.1:%d", lp[2])}
+	rows := newRows("CONNECT", true)
+	var dialed, tunnels, decisions, closes int64
+	for r := range o.runs {
+		b.logf("CONNECT run %d/%d", r+1, o.runs)
+		proxyAddr, err1 := freePort()
+		adminAddr, err2 := freePort()
+		if err := errors.Join(err1, err2); err != nil {
+			return failRows(rows, err)
+		}
+		rule := fmt.Sprintf("  allow \"bench\" {\n    hosts = [%q]\n    ports = [%d, %d, %d]\n  }\n", benchHost, lp[0], lp[1], lp[2])
+		cfg := benchConfig(fmt.Sprintf("  http_listen = %q\n  admin_listen = %q\n", proxyAddr, adminAddr),
+			filepath.Join(b.dir, fmt.Sprintf("connect-%d.log", r)), b.dnsAddr, rule)
+		e, err := b.startEgressd(fmt.Sprintf("connect-%d", r), cfg, adminAddr, "")
+		if err != nil {
+			return failRows(rows, err)
+		}
+		via := path{proxy: proxyAddr, bulk: fmt.Sprintf("%s:%d", benchHost, lp[0]), tls: fmt.Sprintf("%s:%d", benchHost, lp[1]), idle: fmt.Sprintf("%s:%d", benchHost, lp[2])}
+		b.dialed.Store(0)
+		b.tunnels.Store(0)
+		// Warm-up: the resolver cache, the first goroutines.
+		if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+			return failRows(rows, fmt.Errorf("warm-up through egressd: %v\n%s", err, e.output()))
+		}
+		rss, err := b.idleRSS(via, o.tunnels, e.pid)
+		if err != nil {
+			return failRows(rows, fmt.Errorf("idle tunnels: %v", err))
+		}
+		rows[rowRSS].via = append(rows[rowRSS].via, rss)
+		if err := b.measure(rows, direct, via, e.pid); err != nil {
+			return failRows(rows, err)
+		}
+		d, c := settle(e.logPath, b.tunnels.Load())
+		e.stop()
+		dialed, tunnels = dialed+b.dialed.Load(), tunnels+b.tunnels.Load()
+		decisions, closes = decisions+d, closes+c
+	}
+	logRow(rows[rowLog], dialed, tunnels, decisions, closes)
+	return rows
+}
+
+// measure runs the bulk and conn/s figures once, direct then via egressd.
+func (b *bench) measure(rows []*row, direct, via path, pid int) error {
+	d := b.opt.duration
+	for i, n := range []int{1, 8} {
+		dm, _, err := b.bulkRun(direct, n, d, 0)
+		if err != nil {
+			return fmt.Errorf("bulk direct x%d: %v", n, err)
+		}
+		vm, cpu, err := b.bulkRun(via, n, d, pid)
+		if err != nil {
+			return fmt.Errorf("bulk via egressd x%d: %v", n, err)
+		}
+		add(rows[rowBulk1+i], dm, vm, vm/dm)
+		add(rows[rowCPU1+i], 0, cpu, 0)
+	}
+	for i, conc := range []int{16, 64} {
+		dc, d50, d99, df, err := b.connRate(direct, conc, d)
+		if err != nil {
+			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
+		}
+		vc, v50, v99, vf, err := b.connRate(via, conc, d)
+		if err != nil {
+			return fmt.Errorf("conn/s via egressd c=%d: %v", conc, err)
+		}
+		base := rowCPS16 + 3*i
+		add(rows[base], dc, vc, vc/dc)
+		add(rows[base+1], d50, v50, v50/d50)
+		add(rows[base+2], d99, v99, v99/d99)
+		if df+vf > 0 {
+			rows[base].note += fmt.Sprintf(" %d+%d failed", df, vf)
+		}
+	}
+	return nil
+}
+
+func add(r *row, direct, via, ratio float64) {
+	r.direct = append(r.direct, direct)
+	r.via = append(r.via, via)
+	r.ratio = append(r.ratio, ratio)
+}
+
+const (
+	rowBulk1 = iota
+	rowBulk8
+	rowCPU1
+	rowCPU8
+	rowCPS16
+	rowP5016
+	rowP9916
+	rowCPS64
+	rowP5064
+	rowP9964
+	rowRSS
+	rowLog
+)
+
+func newRows(mode string, withRSS bool) []*row {
+	rows := []*row{
+		{name: "bulk download, 1 tunnel (MB/s)", format: "%.0f", check: ratioAtLeast, limit: 0.50, target: "≥ 50% of direct"},
+		{name: "bulk download, 8 tunnels (MB/s)", format: "%.0f", check: ratioAtLeast, limit: 0.45, target: "≥ 45% of direct"},
+		{name: "egressd CPU per GB, 1 tunnel (s/GB)", format: "%.3f", check: viaAtMost, limit: 0.4, target: "≤ 0.4 s/GB"},
+		{name: "egressd CPU per GB, 8 tunnels (s/GB)", format: "%.3f", check: viaAtMost, limit: 0.4, target: "≤ 0.4 s/GB"},
+		{name: "TLS conn/s, concurrency 16", format: "%.0f", target: "—"},
+		{name: "latency p50, concurrency 16 (ms)", format: "%.2f", target: "—"},
+		{name: "latency p99, concurrency 16 (ms)", format: "%.2f", target: "—"},
+		{name: "TLS conn/s, concurrency 64", format: "%.0f", check: ratioAtLeast, limit: 0.90, target: "≥ 90% of direct"},
+		{name: "latency p50, concurrency 64 (ms)", format: "%.2f", target: "—"},
+		{name: "latency p99, concurrency 64 (ms)", format: "%.2f", check: multipleAtMost, limit: 1.25, target: "≤ 1.25× direct"},
+		{name: "RSS per idle tunnel (KiB)", format: "%.1f", check: viaAtMost, limit: 8, target: "≤ 8 KiB"},
+		{name: "decision-log lines per connection (decision + close)", check: exact, target: "exactly 1 + 1"},
+	}
+	for _, r := range rows {
+		r.mode = mode
+	}
+	if !withRSS {
+		rows[rowRSS].note = "not measured in this mode"
+		rows[rowRSS].check = noTarget
+		rows[rowRSS].target = "—"
+	}
+	return rows
+}
+
+func failRows(rows []*row, err error) []*row {
+	return []*row{{mode: rows[0].mode, name: "FAILED: " + strings.ReplaceAll(err.Error(), "\n", " "), check: noTarget}}
+}
+
+func logRow(r *row, dialed, tunnels, decisions, closes int64) {
+	if tunnels == 0 {
+		r.text = "no tunnels"
+		f := false
+		r.met = &f
+		return
+	}
+	r.text = fmt.Sprintf("%.3f + %.3f (%d decision, %d close lines / %d tunnels)", float64(decisions)/float64(tunnels), float64(closes)/float64(tunnels), decisions, closes, tunnels)
+	ok := decisions == tunnels && closes == tunnels && dialed == tunnels
+	if dialed != tunnels {
+		r.note = fmt.Sprintf("%d connections to egressd got no 200", dialed-tunnels)
+	}
+	r.met = &ok
+}
+
+// ---- output ----
+
+func stats(v []float64) (med, lo, hi float64) {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	n := len(s)
+	med = s[n/2]
+	if n%2 == 0 {
+		med = (s[n/2-1] + s[n/2]) / 2
+	}
+	return med, s[0], s[n-1]
+}
+
+func (b *bench) fmtVals(format string, v []float64, scale float64) string {
+	if len(v) == 0 {
+		return "—"
+	}
+	m, lo, hi := stats(v)
+	s := fmt.Sprintf(format, m*scale)
+	if len(v) > 1 {
+		s += fmt.Sprintf(" ("+format+"–"+format+")", lo*scale, hi*scale)
+	}
+	return s
+}
+
+func (b *bench) render(rows []*row) string {
+	var s strings.Builder
+	fmt.Fprintf(&s, "egressd-bench: %d run(s) of %v per measurement, %d idle tunnels; median (min–max)\n\n", b.opt.runs, b.opt.duration, b.opt.tunnels)
+	s.WriteString("| mode | measurement | direct | via egressd | egressd vs direct | target | met |\n")
+	s.WriteString("|---|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		direct, via, rel, met := "—", "—", "—", "—"
+		switch {
+		case r.text != "":
+			via = r.text
+		case strings.HasPrefix(r.name, "FAILED"):
+			met = "NOT MET"
+		default:
+			if r.check != viaAtMost || r.mode == "" {
+				if len(r.direct) > 0 && r.direct[0] != 0 {
+					direct = b.fmtVals(r.format, r.direct, 1)
+				}
+			}
+			via = b.fmtVals(r.format, r.via, 1)
+			if len(r.ratio) > 0 && r.ratio[0] != 0 {
+				if r.check == multipleAtMost || strings.Contains(r.name, "latency") {
+					rel = b.fmtVals("%.2f", r.ratio, 1) + "×"
+				} else {
+					rel = b.fmtVals("%.0f", r.ratio, 100) + " %"
+				}
+			}
+		}
+		if len(r.via) > 0 || r.met != nil {
+			ok := true
+			switch r.check {
+			case ratioAtLeast:
+				m, _, _ := stats(r.ratio)
+				ok = m >= r.limit
+			case multipleAtMost:
+				m, _, _ := stats(r.ratio)
+				ok = m <= r.limit
+			case viaAtMost:
+				m, _, _ := stats(r.via)
+				ok = m <= r.limit
+			case exact:
+				ok = r.met != nil && *r.met
+			}
+			switch {
+			case r.check == noTarget:
+			case ok:
+				met = "met"
+			default:
+				met = "NOT MET"
+			}
+		}
+		name := r.name
+		if r.note != "" {
+			name += " (" + strings.TrimSpace(r.note) + ")"
+		}
+		fmt.Fprintf(&s, "| %s | %s | %s | %s | %s | %s | %s |\n", r.mode, name, direct, via, rel, r.target, met)
+	}
+	s.WriteString("\n")
+	fmt.Fprintf(&s, "CPU: utime+stime of the egressd process from /proc/PID/stat; %s.\n", b.tickNote)
+	fmt.Fprintf(&s, "Machine: %s. The bench's clients and upstreams share these CPUs with egressd.\n", machine())
+	for _, n := range b.notes {
+		s.WriteString(n + "\n")
+	}
+	return s.String()
+}
+
+// ---- helpers ----
+
+// freePort returns a loopback address with a port that was free.
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+func raiseNofile() {
+	var r syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil && r.Cur < r.Max {
+		r.Cur = r.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
+	}
+}
+
+// moduleRoot walks up from the working directory to go.mod.
+func moduleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			if _, err := os.Stat(filepath.Join(dir, "cmd", "egressd")); err != nil {
+				return "", fmt.Errorf("%s has no cmd/egressd: run from egressd's module root or pass --egressd", dir)
+			}
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("no go.mod above the working directory: run from egressd's module root or pass --egressd")
+		}
+		dir = parent
+	}
+}
+
+// clientHello returns the first TLS record a crypto/tls client writes for
+// serverName.
+func clientHello(serverName string) []byte {
+	cli, srv := net.Pipe()
+	defer srv.Close()
+	go func() {
+		tc := tls.Client(cli, &tls.Config{ServerName: serverName})
+		tc.Handshake()
+		cli.Close()
+	}()
+	buf := make([]byte, 16<<10)
+	n, _ := io.ReadAtLeast(srv, buf, 5)
+	for n < 5+int(buf[3])<<8+int(buf[4]) {
+		m, err := srv.Read(buf[n:])
+		if err != nil {
+			break
+		}
+		n += m
+	}
+	return buf[:n]
+}
+
+// newCert makes a CA and an ECDSA leaf for bench.egress.test.
+func newCert() (tls.Certificate, *x509.CertPool, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "egressd-bench CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: benchHost},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		DNSNames: []string{benchHost}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, pool, nil
+}
+
+// machine describes the CPUs, kernel and Go version.
+func machine() string {
+	model := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := runtime.GOOS
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = "Linux " + strings.TrimSpace(string(data))
+	}
+	return fmt.Sprintf("%d CPUs (%s), %s, %s", runtime.NumCPU(), model, kernel, runtime.Version())
+}

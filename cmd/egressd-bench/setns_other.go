@@ -1,0 +1,14 @@
+//go:build !linux
+
+package main
+
+import (
+	"errors"
+	"syscall"
+)
+
+const sysSetns = 0
+
+func setns(uintptr) error { return errors.New("network namespaces need Linux") }
+
+func childAttr() *syscall.SysProcAttr { return nil }
