@@ -27,6 +27,12 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	}()
 	c := s.newConn(ModeConnect, client.RemoteAddr().String())
 	t, err := ParseTarget(req.URL.Host, 0)
+	if err == nil && req.RequestURI != req.URL.Host {
+		// net/http parses a CONNECT target as a URL: it drops userinfo
+		// ("user@host:443") and decodes %-escapes ("a%2eb"). The target
+		// must be the plain authority-form host:port (RFC 9110 §9.3.6).
+		err = fmt.Errorf("target %q: want authority-form host:port", req.RequestURI)
+	}
 	if err != nil {
 		c.host = req.URL.Host
 		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
@@ -134,7 +140,9 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 	f.release()
 	c.dropHello() // the log lines are written; the relay keeps only what logClose needs
 	s.metrics.relaying(c.mode, 1)
-	startRelay(client, up, s.cfg.IdleTimeout, func(upBytes, down int64) {
+	// A CONNECT client's bytes buffered with its request were all read
+	// with the hello: relay on the socket itself (splice).
+	startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, func(upBytes, down int64) {
 		up.Close()
 		s.metrics.relaying(c.mode, -1)
 		s.logClose(c, sent+upBytes, down)

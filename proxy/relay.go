@@ -118,6 +118,9 @@ type direction struct {
 	rc       syscall.RawConn // nil when src has no file descriptor
 	ready    func(fd uintptr) bool
 	peek     [1]byte
+	// err is an error the peek consumed (a reset): the socket reports it
+	// only once, so wait returns it instead of the next read's EOF.
+	err error
 }
 
 func newDirection(dst, src net.Conn) *direction {
@@ -136,7 +139,10 @@ func (d *direction) wait() error {
 	if d.rc == nil {
 		return nil
 	}
-	return d.rc.Read(d.ready)
+	if err := d.rc.Read(d.ready); err != nil {
+		return err
+	}
+	return d.err
 }
 
 // readable peeks with MSG_PEEK|MSG_DONTWAIT, so bytes already queued
@@ -144,7 +150,14 @@ func (d *direction) wait() error {
 // waited for.
 func (d *direction) readable(fd uintptr) bool {
 	_, _, err := syscall.Recvfrom(int(fd), d.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
+	switch err {
+	case syscall.EAGAIN:
+		return false
+	case nil, syscall.EINTR:
+	default:
+		d.err = err
+	}
+	return true
 }
 
 // closeWrite propagates a half-close when the connection supports it.

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -108,7 +110,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
 	s.httpSrv = &http.Server{
-		Handler:           s.gp,
+		Handler:           keepBufferedOnHijack(s.gp),
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       cfg.Server.IdleTimeout,
@@ -142,12 +144,78 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 	return gp
 }
 
+// keepBufferedOnHijack hands goproxy a ResponseWriter whose Hijack keeps
+// the bytes net/http already read past the request. goproxy ignores the
+// *bufio.ReadWriter Hijack returns, so a client that sends its ClientHello
+// together with the CONNECT, without waiting for the 200 (pipelining),
+// would lose them: the hello reader would then wait for bytes that never
+// come and refuse the tunnel. The returned conn yields the buffered bytes
+// first.
+func keepBufferedOnHijack(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hj, ok := w.(http.Hijacker); ok && r.Method == http.MethodConnect {
+			w = bufferedHijacker{w, hj}
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+type bufferedHijacker struct {
+	http.ResponseWriter
+	hj http.Hijacker
+}
+
+func (b bufferedHijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := b.hj.Hijack()
+	if err != nil || rw == nil || rw.Reader.Buffered() == 0 {
+		return c, rw, err
+	}
+	pre, _ := rw.Reader.Peek(rw.Reader.Buffered())
+	return &prefixConn{Conn: c, pre: bytes.Clone(pre)}, rw, nil
+}
+
+// prefixConn is a hijacked client connection that first yields the bytes
+// net/http had buffered. readHello's first Read takes them all (the buffer
+// is larger than net/http's), after which unwrapConn returns the socket
+// itself so the relay keeps its splice path.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// unwrapConn returns the socket under a drained prefixConn, else c.
+func unwrapConn(c net.Conn) net.Conn {
+	if pc, ok := c.(*prefixConn); ok && len(pc.pre) == 0 {
+		return pc.Conn
+	}
+	return c
+}
+
 var errUncheckedDial = errors.New("egressd: refusing a dial that did not pass the policy check")
 
 func refuseDial(context.Context, string, string) (net.Conn, error) { return nil, errUncheckedDial }
 
 // Serve accepts proxy clients on ln until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.addSelfLocked(ln.Addr()) // a CONNECT to egressd itself is refused (dial)
+	s.mu.Unlock()
 	err := s.httpSrv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -258,8 +326,12 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 		if !s.policy().AddrAllowed(c.decision, a) {
 			continue
 		}
-		tried++
 		dst := netip.AddrPortFrom(a, t.Port)
+		if s.isOwnListener(dst) {
+			c.refuse(policy.ReasonBadRequest, fmt.Sprintf("%s is egressd's own listener", dst))
+			return nil
+		}
+		tried++
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 		t0 := time.Now()
 		up, err := s.DialContext(dctx, network, dst.String())
@@ -277,6 +349,25 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 	}
 	c.refuse(policy.ReasonDialError, lastErr.Error())
 	return nil
+}
+
+// isOwnListener reports whether dialing dst would connect egressd to one
+// of its own listeners (a loop): dst is a listener's address, or a
+// loopback or unspecified address on the port of a listener bound to all
+// addresses.
+func (s *Server) isOwnListener(dst netip.AddrPort) bool {
+	dst = unmapAddrPort(dst)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.selfAddrs {
+		if l.Port() != dst.Port() {
+			continue
+		}
+		if l.Addr() == dst.Addr() || l.Addr().IsUnspecified() && (dst.Addr().IsLoopback() || dst.Addr().IsUnspecified()) {
+			return true
+		}
+	}
+	return false
 }
 
 // refuse turns an allow into a deny for a reason found after the policy
