@@ -156,6 +156,7 @@ type quicGateway struct {
 	flows    map[flowKey]*flow
 	closed   bool
 	dropped  int64 // datagrams dropped because the table was full
+	evicted  int64 // held (denied) flows removed to make room for new ones
 	lastFull time.Time
 	done     chan struct{}
 }
@@ -232,7 +233,7 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 			g.mu.Unlock()
 			return
 		}
-		if len(g.flows) >= maxQUICFlows {
+		if len(g.flows) >= maxQUICFlows && !g.evictHeldLocked() {
 			g.full()
 			g.mu.Unlock()
 			return
@@ -296,6 +297,39 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	default:
 		g.deny(f, policy.ReasonHelloMalformed, err.Error())
 	}
+}
+
+// quicEvictSample is how many flows a full table looks at for a held one
+// to evict, per new flow.
+const quicEvictSample = 64
+
+// evictHeldLocked makes room in a full table by removing a denied flow
+// whose datagrams are being held (dropped): it holds no socket and no
+// buffer, only a log-volume saving. Without this, a flood of garbage
+// Initials from random ports (each one a new, denied flow) would fill the
+// table and lock every new flow out for quicDenyHold. The evicted flow's
+// next datagram is decided (and logged) anew. It looks at up to
+// quicEvictSample flows, in the map's random order, and reports whether it
+// removed one. g.mu must be held.
+func (g *quicGateway) evictHeldLocked() bool {
+	n := 0
+	for k, f := range g.flows {
+		if n++; n > quicEvictSample {
+			return false
+		}
+		f.mu.Lock()
+		held := f.state == flowDenied
+		if held {
+			f.state = flowClosed
+		}
+		f.mu.Unlock()
+		if held {
+			delete(g.flows, k)
+			g.evicted++
+			return true
+		}
+	}
+	return false
 }
 
 // full counts a datagram dropped because the flow table is full and warns

@@ -402,24 +402,31 @@ func firstInitial(t *testing.T, tlsConf *tls.Config) []byte {
 	return buf[:n]
 }
 
-// TestQUICFlowTableBounded: at maxQUICFlows the datagrams of new flows are
-// dropped (with a warning), the table does not grow, and it empties again
-// when the denied flows' hold ends.
+// TestQUICFlowTableBounded: at maxQUICFlows, when no flow is held (denied;
+// those are evicted, see TestFloodQUICInitials), the datagrams of new flows
+// are dropped (with a warning), the table does not grow, and it empties
+// again when the flows' hello timeout and then their hold end.
 func TestQUICFlowTableBounded(t *testing.T) {
 	e := newEnv(t)
-	q := e.startQUIC(t, quicTestPolicy, 9)
+	// A hello timeout longer than the test: the flows stay pending until
+	// the test expires them.
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `hello_timeout = "1s"`, `hello_timeout = "1h"`, 1), 9)
 	g := q.g.Load()
-	// One client, many destinations: one flow each.
-	from := netip.MustParseAddrPort("127.0.0.1:40000")
+	// The first Initial of a two-datagram hello: each flow stays pending.
+	first := firstInitial(t, &tls.Config{ServerName: "quic.cftunnel.com", NextProtos: longALPN()})
+	// Many clients (each below max_connections_per_client), many
+	// destinations: one flow each.
 	for i := range maxQUICFlows + 100 {
+		from := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, byte(i >> 8), byte(i)}), 40000)
 		dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}), uint16(1000+i))
-		g.handle(from, dst, true, []byte("x"))
+		g.handle(from, dst, true, first)
 	}
 	if n := q.flows(); n != maxQUICFlows {
 		t.Errorf("%d flows, want the limit %d", n, maxQUICFlows)
 	}
 	e.waitLog(t, "quic flow table full: datagrams of new flows are dropped", map[string]any{"level": "warn"})
-	// Every flow is decided (denied) and held; after the hold they go.
+	// Every flow times out (denied) and is held; after the hold they go.
+	g.expire(time.Now().Add(2 * time.Hour))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		done := 0
