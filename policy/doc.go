@@ -57,6 +57,8 @@
 //   - require_tls: default true. A rule with require_tls = false may not set
 //     sni, ja3 or ja4. It has no effect in a deny rule (a warning).
 //   - allow_public_suffix: default false.
+//   - protocols: "tcp" and/or "quic" (default both): the transports the
+//     rule applies to (Request.Protocol).
 //   - description: free text.
 //
 // Every rule needs hosts or cidrs. Policy and rule names are 1-128 letters,
@@ -195,6 +197,30 @@
 // the candidates come from those lookups and the lowest index that passes
 // wins. Decide takes well under a microsecond and does not allocate with
 // 100,000 rules when r.Host and r.SNI are already normalized.
+//
+// # Clients, users and audit mode
+//
+// A policy's clients block (cidrs of client addresses, names of proxy
+// users) limits it to those clients: Decide skips the rules of policies
+// that do not cover Request.Client or Request.User, and answers
+// ReasonNoPolicyForClient when no policy covers the client. Users are
+// declared with user "NAME" { password_hash = "..." } blocks or in the
+// server's users_file (Load and LoadFS read it; Parse takes it as a File
+// with Users set), as bcrypt or argon2id hashes only; Authenticate checks
+// a password and pays the same hash cost for unknown users.
+// Decision.Identity names the client (the user, or "cidr:POLICY").
+//
+// mode = "audit" in a policy (or the server block) turns a denial into
+// Allow with WouldDeny set and the denial's Reason, when the deciding
+// rule's policy is in audit mode, or when no rule matched and every policy
+// covering the client is. AddrAllowed still refuses private destinations.
+//
+// # Tests
+//
+// test "NAME" blocks (target, mode, tls, sni, ja3, ja4, client, user,
+// expect, expect_rule, expect_reason, expect_would_deny) are decoded into
+// Config.Tests; Config.RunTests runs them through Decide. expect is the
+// enforced verdict: an audit-mode allow counts as a deny.
 //
 // # Example
 //
