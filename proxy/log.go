@@ -110,11 +110,15 @@ func (c *conn) fingerprint(h *sni.Hello, quic bool) {
 
 func (s *Server) logDecision(c *conn) {
 	d := c.decision
+	// Addresses are formatted into this buffer, not into new strings: the
+	// line is built without allocating (a bracketed IPv6 address with a
+	// zone and port fits in 64 bytes).
+	var addrBuf [64]byte
 	e := s.log.Info().
 		Uint64(fieldConn, c.id).
 		Str(fieldMode, c.mode)
 	if c.client.IsValid() {
-		e = e.Str(fieldClient, c.client.String())
+		e = e.Bytes(fieldClient, c.client.AppendTo(addrBuf[:0]))
 	}
 	if c.host != "" {
 		e = e.Str(fieldHost, c.host)
@@ -126,7 +130,7 @@ func (s *Server) logDecision(c *conn) {
 		e = e.Str(fieldQType, c.qtype)
 	}
 	if c.dst.IsValid() {
-		e = e.Str(fieldDst, c.dst.String())
+		e = e.Bytes(fieldDst, c.dst.AppendTo(addrBuf[:0]))
 	}
 	if h := c.hello; h != nil {
 		e = e.Str(fieldSNI, h.ServerName).
