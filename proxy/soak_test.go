@@ -233,6 +233,9 @@ func TestSoak(t *testing.T) {
 			}
 			msg := make([]byte, 4096)
 			rand.Read(msg)
+			// Plain bytes, never a TLS record header: a random first byte
+			// of 0x16 would make this a malformed ClientHello.
+			msg[0] = 'x'
 			return echoOnce(c, br, string(msg))
 		}},
 		{"connect denied", false, func() error {
@@ -267,6 +270,7 @@ func TestSoak(t *testing.T) {
 		{"transparent allowed", true, func() error {
 			msg := make([]byte, 4096)
 			rand.Read(msg)
+			msg[0] = 'x' // never a TLS record header (see connect allowed)
 			return transparent(echoDst, msg, true)
 		}},
 		{"transparent denied", false, func() error { return transparent(tlsDst, denied, false) }},
