@@ -224,8 +224,15 @@ func newEnv(t *testing.T) *env {
 }
 
 // start runs egressd with the given HCL, after replacing TLS_PORT,
-// HTTP_PORT, ECHO_PORT and DNS_ADDR in it.
+// HTTP_PORT, ECHO_PORT and DNS_ADDR in it; e.log is its decision log.
 func (e *env) start(t *testing.T, hclSrc string) {
+	t.Helper()
+	e.log = &syncBuffer{}
+	e.startLogger(t, hclSrc, zerolog.New(e.log).With().Timestamp().Logger())
+}
+
+// startLogger is start with the decision log going to logger.
+func (e *env) startLogger(t *testing.T, hclSrc string, logger zerolog.Logger) {
 	t.Helper()
 	src := strings.NewReplacer(
 		"TLS_PORT", fmt.Sprint(e.tlsPort),
@@ -237,8 +244,7 @@ func (e *env) start(t *testing.T, hclSrc string) {
 	if diags.HasErrors() {
 		t.Fatalf("test config:\n%s\n%s", policy.FormatDiagnostics(diags), src)
 	}
-	e.log = &syncBuffer{}
-	srv, err := New(cfg, zerolog.New(e.log).With().Timestamp().Logger())
+	srv, err := New(cfg, logger)
 	if err != nil {
 		t.Fatal(err)
 	}

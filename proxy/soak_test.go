@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -21,8 +20,6 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-
-	"github.com/egressd/egressd/policy"
 )
 
 // soakEnv is the duration of TestSoak: EGRESSD_SOAK=3m for the real soak.
@@ -79,33 +76,6 @@ func (l *logTally) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// startTally is env.start with a logTally as the decision log.
-func (e *env) startTally(t *testing.T, hclSrc string, w *logTally) {
-	t.Helper()
-	src := strings.NewReplacer(
-		"TLS_PORT", fmt.Sprint(e.tlsPort),
-		"HTTP_PORT", fmt.Sprint(e.httpPort),
-		"ECHO_PORT", fmt.Sprint(e.echoPort),
-		"DNS_ADDR", e.dnsAddr,
-	).Replace(hclSrc)
-	cfg, diags := policy.Parse([]policy.File{{Name: "soak.hcl", Src: []byte(src)}})
-	if diags.HasErrors() {
-		t.Fatalf("soak config:\n%s", policy.FormatDiagnostics(diags))
-	}
-	srv, err := New(cfg, zerolog.New(w))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listen(t)
-	go srv.Serve(ln)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		srv.Shutdown(ctx)
-	})
-	e.srv, e.proxyAddr = srv, ln.Addr().String()
-}
-
 // openFDs counts this process's open file descriptors.
 func openFDs(t *testing.T) int {
 	t.Helper()
@@ -146,7 +116,7 @@ func TestSoak(t *testing.T) {
 	}
 	e := newEnv(t)
 	tally := newLogTally()
-	e.startTally(t, strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"`, 1), tally)
+	e.startLogger(t, strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"`, 1), zerolog.New(tally))
 	var dsts sync.Map // client address → original destination
 	e.srv.origDst = func(c net.Conn) (netip.AddrPort, error) {
 		deadline := time.Now().Add(5 * time.Second)

@@ -16,26 +16,6 @@ import (
 	"time"
 )
 
-// echoServer echoes every connection on loopback and returns its port.
-func echoServer(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // connectTo opens a CONNECT tunnel through proxy and returns the status.
 func connectTo(t *testing.T, proxy, target string) (net.Conn, *bufio.Reader, int) {
 	t.Helper()
@@ -91,8 +71,8 @@ func (d *configMapDir) update(t *testing.T, src string) {
 // listener change); new connections follow the policy in force; refused
 // reloads change nothing and are logged with their diagnostics.
 func TestReloadUnderLoad(t *testing.T) {
-	open := echoServer(t)
-	other := echoServer(t)
+	open := startEchoServer(t)
+	other := startEchoServer(t)
 	cfgFor := func(port int) string {
 		return fmt.Sprintf(`
 server {

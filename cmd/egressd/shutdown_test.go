@@ -64,19 +64,13 @@ policy "t" {
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	p := startServe(t, "serve", "--config", cfg)
 	addr := p.await(t, "HTTP proxy listening on ")
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(20 * time.Second))
 	target := fmt.Sprintf("127.0.0.1:%d", echo)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+	c, br, code := connectTo(t, addr, target)
+	t.Cleanup(func() { c.Close() })
+	if code != http.StatusOK {
+		t.Fatalf("CONNECT %s: %d", target, code)
 	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
 	echoLine(t, c, br, "before")
 	return p, addr, c, br
 }
