@@ -21,20 +21,6 @@ const relayChunk = 4 << 20
 // to ask whether the other direction moved data meanwhile.
 const idleChecks = 4
 
-// relay copies client→upstream and upstream→client until both directions
-// have ended or the tunnel has been idle for idle. A direction that ends
-// with EOF half-closes its destination so the peer sees it. It returns the
-// bytes moved in each direction.
-func relay(client, upstream net.Conn, idle time.Duration) (up, down int64) {
-	done := make(chan struct{})
-	startRelay(client, upstream, idle, func(u, d int64) {
-		up, down = u, d
-		close(done)
-	})
-	<-done
-	return up, down
-}
-
 // tunnelState is all an established tunnel keeps besides its two
 // connections and two goroutines: small, so that idle tunnels are cheap.
 type tunnelState struct {
@@ -44,9 +30,11 @@ type tunnelState struct {
 	done     func(up, down int64)
 }
 
-// startRelay runs relay's two directions on two new goroutines and
-// returns; done runs once, on the goroutine that finishes last, with the
-// bytes moved each way.
+// startRelay copies client→upstream and upstream→client, each on a new
+// goroutine, until both directions have ended or the tunnel has been idle
+// for idle; a direction that ends with EOF half-closes its destination so
+// the peer sees it. It returns at once; done runs once, on the goroutine
+// that finishes last, with the bytes moved each way.
 func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) {
 	ts := &tunnelState{done: done}
 	ts.last.Store(time.Now().UnixNano())
