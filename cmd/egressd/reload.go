@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -21,8 +22,7 @@ import (
 const reloadDebounce = 300 * time.Millisecond
 
 // watchConfig reloads the configuration on SIGHUP and, when path is set,
-// whenever a file in the configuration's directory (or the users file's)
-// changes, until ctx is done. load reads and validates the configuration
+// whenever one of its files changes (see configWatch), until ctx is done. load reads and validates the configuration
 // with the command-line overrides applied. The signal handler and the
 // watches are in place when it returns; the reloading runs in its own
 // goroutine.
@@ -33,12 +33,14 @@ func watchConfig(ctx context.Context, path string, load func() (*policy.Config, 
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	var watcher *fsnotify.Watcher
+	var cw configWatch
 	if path != "" {
 		if w, err := fsnotify.NewWatcher(); err != nil {
 			srv.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		} else {
 			watcher = w
-			for _, dir := range watchDirs(path, load) {
+			cw = newConfigWatch(path, load)
+			for _, dir := range cw.dirs {
 				if err := w.Add(dir); err != nil {
 					srv.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
 				}
@@ -59,11 +61,11 @@ func watchConfig(ctx context.Context, path string, load func() (*policy.Config, 
 		if watcher != nil {
 			defer watcher.Close()
 		}
-		reloadLoop(ctx, hup, events, errs, reload, srv)
+		reloadLoop(ctx, hup, events, errs, cw.relevant, reload, srv)
 	}()
 }
 
-func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, reload func(), srv *proxy.Server) {
+func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, relevant func(string) bool, reload func(), srv *proxy.Server) {
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -72,7 +74,7 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotif
 		case <-hup:
 			reload()
 		case ev := <-events:
-			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 {
+			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 && relevant(ev.Name) {
 				debounce = time.After(reloadDebounce)
 			}
 		case err := <-errs:
@@ -84,23 +86,53 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotif
 	}
 }
 
-// watchDirs are the directories to watch: the configuration directory (or
-// a single file's directory: editors and Kubernetes replace files rather
-// than write them in place), and the users file's.
-func watchDirs(path string, load func() (*policy.Config, hcl.Diagnostics)) []string {
-	base := path
+// configWatch is what the watcher looks at: the configuration's directory
+// (or a single file's: editors and Kubernetes replace files rather than
+// write them in place) and the users file's, and which names in them are
+// the configuration's. Other files there (a decision log written beside
+// the configuration, an editor's swap file) do not reload it: a reload
+// re-parses every rule.
+type configWatch struct {
+	dirs  []string
+	file  string // the configuration file, or "" for a directory
+	dir   string // the configuration directory
+	users string // the users file, or ""
+}
+
+func newConfigWatch(path string, load func() (*policy.Config, hcl.Diagnostics)) configWatch {
+	cw := configWatch{dir: filepath.Clean(path)}
 	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
-		base = filepath.Dir(path)
+		cw.file, cw.dir = filepath.Clean(path), filepath.Dir(path)
 	}
-	dirs := []string{base}
+	cw.dirs = []string{cw.dir}
 	if cfg, _ := load(); cfg != nil && cfg.Server.UsersFile != "" {
 		uf := cfg.Server.UsersFile
 		if !filepath.IsAbs(uf) {
-			uf = filepath.Join(base, uf)
+			uf = filepath.Join(cw.dir, uf)
 		}
-		if d := filepath.Dir(uf); d != base {
-			dirs = append(dirs, d)
+		cw.users = filepath.Clean(uf)
+		if d := filepath.Dir(cw.users); d != cw.dir {
+			cw.dirs = append(cw.dirs, d)
 		}
 	}
-	return dirs
+	return cw
+}
+
+// relevant reports whether a change to name can change the configuration:
+// the configuration file itself, a *.hcl file of a configuration
+// directory, the users file, or a Kubernetes ConfigMap volume's "..data"
+// swap (its "..*" entries; the files themselves are symbolic links into
+// it and see no event).
+func (cw configWatch) relevant(name string) bool {
+	name = filepath.Clean(name)
+	base := filepath.Base(name)
+	switch {
+	case name == cw.file, name == cw.users:
+		return true
+	case strings.HasPrefix(base, ".."):
+		return true
+	case cw.file == "" && filepath.Dir(name) == cw.dir:
+		return strings.HasSuffix(base, ".hcl") && !strings.HasPrefix(base, ".")
+	}
+	return false
 }

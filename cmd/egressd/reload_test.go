@@ -14,6 +14,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/hcl/v2"
+
+	"github.com/egressd/egressd/policy"
 )
 
 // connectTo opens a CONNECT tunnel through proxy and returns the status.
@@ -193,4 +197,85 @@ policy "lab" {
 	}
 	c.Close()
 	p.stop(t)
+}
+
+// TestReloadOnlyOnConfigChanges: files written beside the configuration
+// (a decision log, an editor's swap file) do not reload it; the
+// configuration file itself does.
+func TestReloadOnlyOnConfigChanges(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "egressd.hcl")
+	src := "policy \"lab\" {\n  allow \"a\" { hosts = [\"a.example.com\"] }\n}\n"
+	if err := os.WriteFile(cfg, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startServe(t, "serve", "--config", cfg, "--http-listen", "127.0.0.1:0")
+	p.await(t, "HTTP proxy listening on ")
+	reloads := func() int { return strings.Count(p.stdout.String(), `"message":"reload"`) }
+
+	for i := range 10 {
+		for _, name := range []string{"egressd.log", ".egressd.hcl.swp", "other.txt"} {
+			f, err := os.OpenFile(filepath.Join(dir, name), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fmt.Fprintf(f, "line %d\n", i)
+			f.Close()
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(3 * reloadDebounce)
+	if n := reloads(); n != 0 {
+		t.Fatalf("writes to other files in the configuration's directory reloaded it %d times:\n%s", n, p.stdout.String())
+	}
+
+	if err := os.WriteFile(cfg, []byte(src+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for reloads() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("writing the configuration file did not reload it:\n%s", p.stdout.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.stop(t)
+}
+
+func TestConfigWatchRelevant(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "egressd.hcl")
+	if err := os.WriteFile(file, []byte("policy \"p\" {}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noUsers := func() (*policy.Config, hcl.Diagnostics) { return nil, nil }
+	withUsers := func() (*policy.Config, hcl.Diagnostics) {
+		return &policy.Config{Server: policy.Server{UsersFile: "secrets/users"}}, nil
+	}
+	tests := []struct {
+		name, path string
+		load       func() (*policy.Config, hcl.Diagnostics)
+		event      string
+		want       bool
+	}{
+		{"file itself", file, noUsers, file, true},
+		{"file, other .hcl beside it", file, noUsers, filepath.Join(dir, "other.hcl"), false},
+		{"file, log beside it", file, noUsers, filepath.Join(dir, "egressd.log"), false},
+		{"file, ConfigMap swap", file, noUsers, filepath.Join(dir, "..data"), true},
+		{"file, ConfigMap timestamp dir", file, noUsers, filepath.Join(dir, "..2026_11_23_01"), true},
+		{"dir, an .hcl file", dir, noUsers, filepath.Join(dir, "b.hcl"), true},
+		{"dir, a hidden .hcl file", dir, noUsers, filepath.Join(dir, ".b.hcl"), false},
+		{"dir, a log", dir, noUsers, filepath.Join(dir, "egressd.log"), false},
+		{"dir, .hcl in a subdirectory", dir, noUsers, filepath.Join(dir, "sub", "b.hcl"), false},
+		{"users file", dir, withUsers, filepath.Join(dir, "secrets", "users"), true},
+		{"beside the users file", dir, withUsers, filepath.Join(dir, "secrets", "other"), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cw := newConfigWatch(tt.path, tt.load)
+			if got := cw.relevant(tt.event); got != tt.want {
+				t.Errorf("relevant(%q) with --config %q = %v, want %v", tt.event, tt.path, got, tt.want)
+			}
+		})
+	}
 }
