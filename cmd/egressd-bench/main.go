@@ -31,6 +31,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,7 +88,14 @@ type options struct {
 	quick       bool
 	out         string
 	verbose     bool
+	only        map[string]bool // figures to measure; empty: all
 }
+
+// figures are the names --only accepts.
+var figures = []string{"bulk", "conn", "rss"}
+
+// measures reports whether the figure named f is to be measured.
+func (o options) measures(f string) bool { return len(o.only) == 0 || o.only[f] }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -106,6 +114,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.quick, "quick", false, "CI mode: 1 run, 300ms measurements, 200 tunnels (explicit flags still win)")
 	fs.StringVar(&o.out, "o", "", "also write the markdown table to this file")
 	fs.BoolVar(&o.verbose, "v", false, "print progress to stderr")
+	only := fs.String("only", "", "measure only these figures, comma-separated: bulk, conn, rss (for profiling one at a time); empty: all")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
 		fs.PrintDefaults()
@@ -128,6 +137,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if !set["tunnels"] {
 			o.tunnels = 200
 		}
+	}
+	for _, f := range strings.FieldsFunc(*only, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if !slices.Contains(figures, f) {
+			fmt.Fprintf(stderr, "egressd-bench: --only %q: unknown figure %q; want some of %s\n", *only, f, strings.Join(figures, ", "))
+			return 2
+		}
+		if o.only == nil {
+			o.only = map[string]bool{}
+		}
+		o.only[f] = true
 	}
 	if o.runs < 1 || o.duration <= 0 || o.tunnels < 1 || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "egressd-bench: --runs, --duration and --tunnels must be positive; no arguments")
@@ -929,11 +948,13 @@ func (b *bench) connectRuns() []*row {
 		if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
 			return failRows(rows, fmt.Errorf("warm-up through egressd: %v\n%s", err, e.output()))
 		}
-		rss, err := b.idleRSS(via, o.tunnels, e.pid)
-		if err != nil {
-			return failRows(rows, fmt.Errorf("idle tunnels: %v", err))
+		if o.measures("rss") {
+			rss, err := b.idleRSS(via, o.tunnels, e.pid)
+			if err != nil {
+				return failRows(rows, fmt.Errorf("idle tunnels: %v", err))
+			}
+			rows[rowRSS].via = append(rows[rowRSS].via, rss)
 		}
-		rows[rowRSS].via = append(rows[rowRSS].via, rss)
 		if err := b.measure(rows, direct, via, e.pid); err != nil {
 			return failRows(rows, err)
 		}
@@ -950,6 +971,9 @@ func (b *bench) connectRuns() []*row {
 func (b *bench) measure(rows []*row, direct, via path, pid int) error {
 	d := b.opt.duration
 	for i, n := range []int{1, 8} {
+		if !b.opt.measures("bulk") {
+			break
+		}
 		dm, _, err := b.bulkRun(direct, n, d, 0)
 		if err != nil {
 			return fmt.Errorf("bulk direct x%d: %v", n, err)
@@ -962,13 +986,21 @@ func (b *bench) measure(rows []*row, direct, via path, pid int) error {
 		add(rows[rowCPU1+i], 0, cpu, 0)
 	}
 	for i, conc := range []int{16, 64} {
+		if !b.opt.measures("conn") {
+			break
+		}
 		dc, d50, d99, df, err := b.connRate(direct, conc, d)
 		if err != nil {
 			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
 		}
+		cpu0 := b.cpuSeconds(pid)
 		vc, v50, v99, vf, err := b.connRate(via, conc, d)
 		if err != nil {
 			return fmt.Errorf("conn/s via egressd c=%d: %v", conc, err)
+		}
+		if conc == 64 && vc > 0 {
+			// CPU seconds over (conn/s × d) connections, in µs.
+			add(rows[rowCPUConn], 0, (b.cpuSeconds(pid)-cpu0)/(vc*d.Seconds())*1e6, 0)
 		}
 		base := rowCPS16 + 3*i
 		add(rows[base], dc, vc, vc/dc)
@@ -998,6 +1030,7 @@ const (
 	rowCPS64
 	rowP5064
 	rowP9964
+	rowCPUConn
 	rowRSS
 	rowLog
 )
@@ -1014,6 +1047,7 @@ func newRows(mode string, withRSS bool) []*row {
 		{name: "TLS conn/s, concurrency 64", format: "%.0f", check: ratioAtLeast, limit: 0.90, target: "≥ 90% of direct"},
 		{name: "latency p50, concurrency 64 (ms)", format: "%.2f", target: "—"},
 		{name: "latency p99, concurrency 64 (ms)", format: "%.2f", check: multipleAtMost, limit: 1.25, target: "≤ 1.25× direct"},
+		{name: "egressd CPU per connection, concurrency 64 (µs)", format: "%.0f", target: "—"},
 		{name: "RSS per idle tunnel (KiB)", format: "%.1f", check: viaAtMost, limit: 8, target: "≤ 8 KiB"},
 		{name: "decision-log lines per connection (decision + close)", check: exact, target: "exactly 1 + 1"},
 	}
