@@ -142,12 +142,13 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 	s.metrics.relaying(c.mode, 1)
 	// A CONNECT client's bytes buffered with its request were all read
 	// with the hello: relay on the socket itself (splice).
-	startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, func(upBytes, down int64) {
+	abort := startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, func(upBytes, down int64) {
 		up.Close()
 		s.metrics.relaying(c.mode, -1)
 		s.logClose(c, sent+upBytes, down)
 		end()
 	})
+	s.relaying(client, abort)
 	return true
 }
 

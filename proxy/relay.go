@@ -30,17 +30,29 @@ type tunnelState struct {
 	done     func(up, down int64)
 }
 
-// startRelay copies client→upstream and upstream→client, each on a new
-// goroutine, until both directions have ended or the tunnel has been idle
-// for idle; a direction that ends with EOF half-closes its destination so
-// the peer sees it. It returns at once; done runs once, on the goroutine
-// that finishes last, with the bytes moved each way.
-func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) {
+// startRelay relays client→upstream and upstream→client until both
+// directions have ended or the tunnel has been idle for idle; a direction
+// that ends with EOF half-closes its destination so the peer sees it, an
+// error tears down both. It returns at once, with a function that aborts
+// the tunnel; done runs once, when the relay is over, with the bytes moved
+// each way.
+//
+// Two *net.TCPConn go to the epoll relay (relay_linux.go), which holds no
+// goroutine while the tunnel is quiet; anything else (another OS, a
+// wrapped connection) gets one goroutine per direction.
+func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) (abort func()) {
+	if abort := epollRelayStart(client, upstream, idle, done); abort != nil {
+		return abort
+	}
 	ts := &tunnelState{done: done}
 	ts.last.Store(time.Now().UnixNano())
 	ts.left.Store(2)
 	go ts.run(upstream, client, idle, &ts.up)
 	go ts.run(client, upstream, idle, &ts.down)
+	return func() {
+		client.Close()
+		upstream.Close()
+	}
 }
 
 func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {

@@ -72,8 +72,8 @@ type Server struct {
 	limits *limiter
 
 	mu      sync.Mutex
-	closing bool // set by Shutdown; no tunnel starts after it
-	tunnels map[net.Conn]struct{}
+	closing bool                // set by Shutdown; no tunnel starts after it
+	tunnels map[net.Conn]func() // open tunnels' client connections → abort (nil: close it)
 	wg      sync.WaitGroup
 	// listeners are the transparent (and DNS TCP) listeners, closed by
 	// Shutdown; selfAddrs are their addresses, parsed once for isSelf.
@@ -102,7 +102,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		log:         logger,
 		resolver:    res,
 		DialContext: d.DialContext,
-		tunnels:     make(map[net.Conn]struct{}),
+		tunnels:     make(map[net.Conn]func()),
 		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
 		metrics:     newMetrics(res),
 		authSalt:    randomSalt(),
@@ -270,8 +270,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// not close active connections, Close does.
 		_ = s.httpSrv.Close()
 		s.mu.Lock()
-		for c := range s.tunnels {
-			_ = c.Close()
+		for c, abort := range s.tunnels {
+			if abort != nil {
+				abort() // a relaying tunnel: its relay closes both sides
+			} else {
+				_ = c.Close()
+			}
 		}
 		s.mu.Unlock()
 	}
@@ -290,8 +294,17 @@ func (s *Server) track(c net.Conn) bool {
 		return false
 	}
 	s.wg.Add(1)
-	s.tunnels[c] = struct{}{}
+	s.tunnels[c] = nil
 	return true
+}
+
+// relaying records how Shutdown aborts a tracked tunnel that is relaying.
+func (s *Server) relaying(c net.Conn, abort func()) {
+	s.mu.Lock()
+	if _, ok := s.tunnels[c]; ok {
+		s.tunnels[c] = abort
+	}
+	s.mu.Unlock()
 }
 
 func (s *Server) untrack(c net.Conn) {

@@ -1,0 +1,528 @@
+package proxy
+
+import (
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The event-driven relay. An established tunnel between two *net.TCPConn
+// holds no goroutine: both sockets are registered, edge-triggered, in one
+// process-wide epoll instance, which itself sits in Go's netpoller, so the
+// loop goroutine parks like any network read. When a socket becomes
+// readable or writable its tunnel is run on a short-lived goroutine that
+// splices each ready direction (socket → pipe → socket, no user-space
+// copy) until the kernel says EAGAIN, then returns. An idle tunnel costs
+// its two sockets, a timer and a few hundred bytes of state; a pipe is
+// held only while bytes are in flight.
+
+const (
+	// relayPipeSize is the capacity asked of each relay pipe
+	// (F_SETPIPE_SZ): 1 MiB, as Go's own splice uses, so that a bulk
+	// transfer moves up to 1 MiB per pair of splice calls. The kernel
+	// allocates pages only for bytes in flight.
+	relayPipeSize = 1 << 20
+
+	// relayEvents is how many epoll events one epoll_wait collects.
+	relayEvents = 128
+
+	// relayEvMask: readable, writable (edges follow only a write that
+	// found the socket full), peer half-close, hang-up and errors.
+	relayEvMask = syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET
+
+	epollET     = 1 << 31 // EPOLLET (the syscall package's constant is a negative int)
+	fSetPipeSz  = 1031    // F_SETPIPE_SZ (linux/fcntl.h)
+	spliceMove  = 0x1     // SPLICE_F_MOVE
+	spliceNonbl = 0x2     // SPLICE_F_NONBLOCK
+
+	// Events that mean a direction may have work: its source readable (or
+	// ended, or failed), its destination writable (or failed).
+	srcEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR
+	dstEvents = syscall.EPOLLOUT | syscall.EPOLLHUP | syscall.EPOLLERR
+)
+
+// relayTunnels counts tunnels the epoll relay took on, for tests that
+// check that relaying really goes through it.
+var relayTunnels atomic.Int64
+
+var (
+	relayOnce sync.Once
+	relay     *epollRelay // nil when epoll could not be set up
+)
+
+type epollRelay struct {
+	epfd int
+	rc   syscall.RawConn // epfd, in Go's netpoller
+
+	mu    sync.Mutex
+	slots []*etunnel // index = the event's Fd field
+	gens  []uint32   // generation of each slot = the event's Pad field
+	free  []int32
+}
+
+func getRelay() *epollRelay {
+	relayOnce.Do(func() {
+		epfd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+		if err != nil {
+			return
+		}
+		if err := syscall.SetNonblock(epfd, true); err != nil {
+			syscall.Close(epfd)
+			return
+		}
+		// A non-blocking descriptor given to os.NewFile goes into Go's
+		// netpoller: an epoll fd is readable when it has events.
+		f := os.NewFile(uintptr(epfd), "egressd-relay-epoll")
+		rc, err := f.SyscallConn()
+		if err != nil {
+			f.Close()
+			return
+		}
+		relayFile = f
+		relay = &epollRelay{epfd: epfd, rc: rc}
+		go relay.loop()
+	})
+	return relay
+}
+
+// relayFile keeps the epoll file (and so its descriptor) open.
+var relayFile *os.File
+
+func (r *epollRelay) loop() {
+	var evs [relayEvents]syscall.EpollEvent
+	var woke []*etunnel
+	wait := func(uintptr) bool {
+		for {
+			n, err := syscall.EpollWait(r.epfd, evs[:], 0)
+			if err == syscall.EINTR {
+				continue
+			}
+			if n <= 0 {
+				return false // drained: park until the epoll fd is readable
+			}
+			woke = r.dispatch(evs[:n], woke[:0])
+			// The first tunnel to run takes one step on this goroutine (a
+			// new goroutine per event would cost a wake-up of another
+			// thread); the others, and a first one with more to do, get
+			// their own goroutine, so busy tunnels spread over the CPUs.
+			for i, t := range woke {
+				if i == 0 {
+					t.runOnce()
+				} else {
+					go t.runFn()
+				}
+				woke[i] = nil
+			}
+		}
+	}
+	for {
+		if err := r.rc.Read(wait); err != nil {
+			return // the epoll file was closed: never, in a running egressd
+		}
+	}
+}
+
+// dispatch records the events on their tunnels and appends to woke the
+// tunnels that were idle and are now the caller's to run.
+func (r *epollRelay) dispatch(evs []syscall.EpollEvent, woke []*etunnel) []*etunnel {
+	r.mu.Lock()
+	for i := range evs {
+		slot, gen := evs[i].Fd, uint32(evs[i].Pad)
+		side := gen & 1
+		gen >>= 1
+		if slot < 0 || int(slot) >= len(r.slots) || r.gens[slot] != gen {
+			continue // a torn-down tunnel's event
+		}
+		if t := r.slots[slot]; t != nil {
+			t.ready.Or(evs[i].Events << (16 * side))
+			if t.claim() {
+				woke = append(woke, t)
+			}
+		}
+	}
+	r.mu.Unlock()
+	return woke
+}
+
+func (r *epollRelay) add(t *etunnel) {
+	r.mu.Lock()
+	if n := len(r.free); n > 0 {
+		t.slot = r.free[n-1]
+		r.free = r.free[:n-1]
+	} else {
+		t.slot = int32(len(r.slots))
+		r.slots = append(r.slots, nil)
+		r.gens = append(r.gens, 0)
+	}
+	r.slots[t.slot] = t
+	t.gen = r.gens[t.slot]
+	r.mu.Unlock()
+}
+
+func (r *epollRelay) remove(t *etunnel) {
+	r.mu.Lock()
+	r.slots[t.slot] = nil
+	r.gens[t.slot] = (r.gens[t.slot] + 1) & (1<<31 - 1)
+	r.free = append(r.free, t.slot)
+	r.mu.Unlock()
+}
+
+// etunnel is an established tunnel in the epoll relay. Everything but
+// ready, state, expired and aborted is touched only by the goroutine
+// running the tunnel, and run never runs twice at once.
+type etunnel struct {
+	rcs       [2]syscall.RawConn // client, upstream
+	fds       [2]int             // valid inside control
+	slot      int32
+	gen       uint32
+	ready     atomic.Uint32 // epoll events not yet looked at: client's in the low 16 bits
+	state     atomic.Int32  // tunnelIdle, tunnelRunning, tunnelAgain
+	expired   atomic.Bool   // the idle timer fired
+	aborted   atomic.Bool
+	dirs      [2]edir // client→upstream, upstream→client
+	last      int64   // unix nanoseconds of the last byte moved
+	idle      time.Duration
+	timer     *time.Timer
+	finished  bool
+	onLoop    bool  // running on the relay loop's goroutine
+	err       error // why the tunnel is being torn down
+	done      func(up, down int64)
+	ctlClient func(uintptr)
+	ctlUp     func(uintptr)
+	runFn     func()
+}
+
+const (
+	tunnelIdle int32 = iota
+	tunnelRunning
+	tunnelAgain
+)
+
+// edir is one direction: bytes spliced from src into p wait there until
+// dst takes them.
+type edir struct {
+	p      *relayPipe
+	inPipe int
+	n      int64 // bytes delivered to dst
+	eof    bool  // src ended
+	shut   bool  // dst's write side was shut down after the EOF
+}
+
+// epollRelayStart relays client and upstream with the epoll relay and
+// returns its abort function, or nil when it cannot (no epoll, not TCP).
+func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) func() {
+	cc, ok1 := client.(*net.TCPConn)
+	uc, ok2 := upstream.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return nil
+	}
+	r := getRelay()
+	if r == nil {
+		return nil
+	}
+	crc, err1 := cc.SyscallConn()
+	urc, err2 := uc.SyscallConn()
+	if err1 != nil || err2 != nil {
+		return nil
+	}
+	t := &etunnel{rcs: [2]syscall.RawConn{crc, urc}, idle: idle, done: done, last: time.Now().UnixNano()}
+	t.ctlClient = func(fd uintptr) {
+		t.fds[0] = int(fd)
+		if err := t.rcs[1].Control(t.ctlUp); err != nil {
+			t.err = err
+		}
+	}
+	t.ctlUp = func(fd uintptr) {
+		t.fds[1] = int(fd)
+		t.pump()
+	}
+	t.runFn = t.run
+	r.add(t)
+	var regErr error
+	t.state.Store(tunnelRunning) // no run until registered
+	ctl := func(side int) func(uintptr) {
+		return func(fd uintptr) {
+			ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
+			if err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+				regErr = err
+			}
+		}
+	}
+	err1 = crc.Control(ctl(0))
+	if err1 == nil && regErr == nil {
+		err2 = urc.Control(ctl(1))
+	}
+	if err1 != nil || err2 != nil || regErr != nil {
+		// Undo: the client socket may be registered; its events now miss
+		// the removed slot. The caller relays with goroutines instead.
+		_ = crc.Control(func(fd uintptr) { _ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+		r.remove(t)
+		return nil
+	}
+	relayTunnels.Add(1)
+	t.timer = time.AfterFunc(idle, func() {
+		t.expired.Store(true)
+		t.kick()
+	})
+	// Bytes may have arrived before the registration: look at both sides.
+	t.ready.Store(^uint32(0))
+	go t.run()
+	return func() {
+		t.aborted.Store(true)
+		t.kick()
+	}
+}
+
+// kick makes sure the tunnel runs after this call.
+func (t *etunnel) kick() {
+	if t.claim() {
+		go t.runFn()
+	}
+}
+
+// claim reports whether the caller must run the tunnel: it was idle. A
+// running tunnel is marked to run again instead.
+func (t *etunnel) claim() bool {
+	for {
+		switch t.state.Load() {
+		case tunnelIdle:
+			if t.state.CompareAndSwap(tunnelIdle, tunnelRunning) {
+				return true
+			}
+		case tunnelRunning:
+			if t.state.CompareAndSwap(tunnelRunning, tunnelAgain) {
+				return false
+			}
+		default:
+			return false
+		}
+	}
+}
+
+// run steps a claimed tunnel until it has nothing more to do.
+func (t *etunnel) run() {
+	for !t.stepDone() {
+		t.state.Store(tunnelRunning) // it was tunnelAgain: run again
+	}
+}
+
+// runOnce steps a claimed tunnel once and leaves the rest, if any, to a
+// goroutine of its own.
+func (t *etunnel) runOnce() {
+	t.onLoop = true
+	done := t.stepDone()
+	t.onLoop = false
+	if !done {
+		t.state.Store(tunnelRunning)
+		go t.runFn()
+	}
+}
+
+// stepDone steps the tunnel and reports whether it is done for now (idle
+// again, or finished) rather than marked to run again.
+func (t *etunnel) stepDone() bool {
+	t.step()
+	if t.finished {
+		return true // state stays running: later kicks start nothing
+	}
+	return t.state.CompareAndSwap(tunnelRunning, tunnelIdle)
+}
+
+// step looks at the tunnel once: aborts, the idle timer, then the bytes.
+func (t *etunnel) step() {
+	if t.aborted.Load() {
+		t.teardown()
+		return
+	}
+	if t.expired.Swap(false) {
+		quiet := time.Duration(time.Now().UnixNano() - t.last)
+		if quiet >= t.idle {
+			t.teardown()
+			return
+		}
+		t.timer.Reset(t.idle - quiet)
+	}
+	t.err = nil
+	if err := t.rcs[0].Control(t.ctlClient); err != nil {
+		t.err = err
+	}
+	if t.err != nil || (t.dirs[0].shut && t.dirs[1].shut) {
+		t.teardown()
+	}
+}
+
+// relayRound bounds the bytes one direction moves before the other gets
+// its turn, so a busy download cannot starve the upload.
+const relayRound = 4 << 20
+
+// pump runs with both descriptors held (t.fds): it moves each direction
+// that has something to do until the kernel says EAGAIN. An error on
+// either socket ends the whole tunnel (t.err). A hang-up is not an error:
+// a socket whose peer closed after our half-close reports EPOLLHUP with
+// bytes still to read, and reading them tells the rest.
+func (t *etunnel) pump() {
+	ev := t.ready.Swap(0)
+	before := t.dirs[0].n + t.dirs[1].n
+	for i := range t.dirs {
+		d := &t.dirs[i]
+		srcEv, dstEv := ev>>(16*i)&0xffff, ev>>(16*(1-i))&0xffff
+		if srcEv&srcEvents == 0 && (d.inPipe == 0 || dstEv&dstEvents == 0) {
+			continue
+		}
+		more, err := d.move(t.fds[i], t.fds[1-i])
+		if err != nil {
+			t.err = err
+			break
+		}
+		if more {
+			// Not finished: look at this direction again on the next step.
+			t.ready.Or(srcEvents << (16 * i))
+			t.state.CompareAndSwap(tunnelRunning, tunnelAgain)
+		}
+	}
+	if t.dirs[0].n+t.dirs[1].n != before {
+		t.last = time.Now().UnixNano()
+	}
+}
+
+// move splices src → pipe → dst until src has nothing more (false, nil),
+// relayRound bytes have moved (true, nil: call again), or an error.
+func (d *edir) move(src, dst int) (more bool, err error) {
+	if d.shut {
+		return false, nil
+	}
+	moved := 0
+	for {
+		if d.inPipe > 0 {
+			n, err := splice(d.p.r, dst, d.inPipe)
+			switch {
+			case n > 0:
+				d.inPipe -= n
+				d.n += int64(n)
+				moved += n
+				continue
+			case err == syscall.EAGAIN:
+				return false, nil // dst is full: wait for EPOLLOUT
+			case err == syscall.EINTR:
+				continue
+			default:
+				return false, orEOF(err)
+			}
+		}
+		if d.eof {
+			d.putPipe()
+			d.shut = true
+			if err := syscall.Shutdown(dst, syscall.SHUT_WR); err != nil && err != syscall.ENOTCONN {
+				return false, err
+			}
+			return false, nil
+		}
+		if moved >= relayRound {
+			return true, nil
+		}
+		if d.p == nil {
+			if d.p, err = getPipe(); err != nil {
+				return false, err
+			}
+		}
+		n, err := splice(src, d.p.w, relayPipeSize)
+		switch {
+		case n > 0:
+			d.inPipe = n
+		case err == nil: // n == 0: end of stream
+			d.eof = true
+		case err == syscall.EAGAIN:
+			d.putPipe()
+			return false, nil
+		case err == syscall.EINTR:
+		default:
+			return false, err
+		}
+	}
+}
+
+func orEOF(err error) error {
+	if err == nil {
+		return syscall.EPIPE
+	}
+	return err
+}
+
+func splice(in, out, n int) (int, error) {
+	m, err := syscall.Splice(in, nil, out, nil, n, spliceMove|spliceNonbl)
+	return int(m), err
+}
+
+// putPipe returns the direction's pipe to the pool once it is empty.
+func (d *edir) putPipe() {
+	if d.p == nil {
+		return
+	}
+	if d.inPipe == 0 {
+		pipePool.Put(d.p)
+	} else {
+		d.p.close()
+	}
+	d.p, d.inPipe = nil, 0
+}
+
+// teardown ends the tunnel once: no more runs, the slot is freed (the
+// sockets leave the epoll set when done closes them), pipes are released
+// and done gets the byte counts.
+func (t *etunnel) teardown() {
+	if t.finished {
+		return
+	}
+	t.finished = true
+	t.timer.Stop()
+	relay.remove(t)
+	for i := range t.dirs {
+		t.dirs[i].putPipe()
+	}
+	if t.onLoop {
+		// done logs and closes: a decision log that blocks (a full pipe
+		// on stdout) must not stall every other tunnel with the loop.
+		go t.done(t.dirs[0].n, t.dirs[1].n)
+		return
+	}
+	t.done(t.dirs[0].n, t.dirs[1].n)
+}
+
+type relayPipe struct {
+	r, w    int
+	cleanup runtime.Cleanup
+}
+
+// close closes a pipe that still holds bytes (a torn-down tunnel's).
+func (p *relayPipe) close() {
+	p.cleanup.Stop()
+	syscall.Close(p.r)
+	syscall.Close(p.w)
+}
+
+// pipePool holds empty pipes; the pool drops them at garbage collection
+// and a cleanup closes their descriptors.
+var pipePool sync.Pool
+
+func getPipe() (*relayPipe, error) {
+	if p, ok := pipePool.Get().(*relayPipe); ok {
+		return p, nil
+	}
+	var fds [2]int
+	if err := syscall.Pipe2(fds[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
+		return nil, err
+	}
+	// Best effort: an unprivileged user over its pipe-user-pages quota
+	// keeps the default 64 KiB.
+	_, _, _ = syscall.Syscall(syscall.SYS_FCNTL, uintptr(fds[1]), fSetPipeSz, relayPipeSize)
+	p := &relayPipe{r: fds[0], w: fds[1]}
+	p.cleanup = runtime.AddCleanup(p, func(fds [2]int) {
+		syscall.Close(fds[0])
+		syscall.Close(fds[1])
+	}, fds)
+	return p, nil
+}

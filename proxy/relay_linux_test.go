@@ -1,0 +1,222 @@
+package proxy
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// tcpPair returns both ends of a loopback TCP connection: a is the
+// dialing end, b the accepted one.
+func tcpPair(t *testing.T) (a, b *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type res struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		c, err := ln.Accept()
+		ch <- res{c, err}
+	}()
+	d, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { d.Close(); r.c.Close() })
+	return d.(*net.TCPConn), r.c.(*net.TCPConn)
+}
+
+// relayed is a tunnel through startRelay: work is the workload's end,
+// dest the destination's end.
+type relayed struct {
+	work, dest *net.TCPConn
+	abort      func()
+	done       chan [2]int64
+}
+
+func startRelayed(t *testing.T, idle time.Duration) *relayed {
+	t.Helper()
+	work, client := tcpPair(t)
+	up, dest := tcpPair(t)
+	r := &relayed{work: work, dest: dest, done: make(chan [2]int64, 1)}
+	before := relayTunnels.Load()
+	r.abort = startRelay(client, up, idle, func(u, d int64) {
+		client.Close()
+		up.Close()
+		r.done <- [2]int64{u, d}
+	})
+	if relayTunnels.Load() == before {
+		t.Fatal("two *net.TCPConn were not relayed by the epoll relay")
+	}
+	return r
+}
+
+func (r *relayed) wait(t *testing.T) [2]int64 {
+	t.Helper()
+	select {
+	case n := <-r.done:
+		return n
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end within 10s")
+		return [2]int64{}
+	}
+}
+
+// TestEpollRelayBothWays: 8 MiB each way at once, then half-closes in
+// both orders; every byte arrives in order and done counts them.
+func TestEpollRelayBothWays(t *testing.T) {
+	for _, name := range []string{"work closes first", "dest closes first"} {
+		t.Run(name, func(t *testing.T) {
+			r := startRelayed(t, time.Minute)
+			up, down := make([]byte, 8<<20), make([]byte, 8<<20)
+			rand.Read(up)
+			rand.Read(down)
+			send := func(c *net.TCPConn, p []byte, delay time.Duration) {
+				time.Sleep(delay)
+				c.Write(p)
+				c.CloseWrite()
+			}
+			wd, dd := time.Duration(0), 50*time.Millisecond
+			if name == "dest closes first" {
+				wd, dd = dd, wd
+			}
+			go send(r.work, up, wd)
+			go send(r.dest, down, dd)
+			gotDown := make(chan []byte, 1)
+			go func() {
+				b, _ := io.ReadAll(r.work)
+				gotDown <- b
+			}()
+			gotUp, _ := io.ReadAll(r.dest)
+			if !bytes.Equal(gotUp, up) {
+				t.Errorf("upstream got %d bytes, want the %d sent, in order", len(gotUp), len(up))
+			}
+			if b := <-gotDown; !bytes.Equal(b, down) {
+				t.Errorf("workload got %d bytes, want the %d sent, in order", len(b), len(down))
+			}
+			if n := r.wait(t); n != [2]int64{int64(len(up)), int64(len(down))} {
+				t.Errorf("done(%d, %d), want (%d, %d)", n[0], n[1], len(up), len(down))
+			}
+		})
+	}
+}
+
+// TestEpollRelayResponseAfterHalfClose: the workload sends a request and
+// half-closes; the destination answers after that and closes. The
+// destination's socket then reports a hang-up with the answer still
+// queued: all of it must reach the workload.
+func TestEpollRelayResponseAfterHalfClose(t *testing.T) {
+	r := startRelayed(t, time.Minute)
+	r.work.Write([]byte("request"))
+	r.work.CloseWrite()
+	req, err := io.ReadAll(r.dest)
+	if err != nil || string(req) != "request" {
+		t.Fatalf("destination read %q, %v", req, err)
+	}
+	answer := bytes.Repeat([]byte("answer "), 100_000)
+	r.dest.Write(answer)
+	r.dest.Close()
+	got, _ := io.ReadAll(r.work)
+	if !bytes.Equal(got, answer) {
+		t.Fatalf("workload got %d bytes, want %d", len(got), len(answer))
+	}
+	if n := r.wait(t); n != [2]int64{7, int64(len(answer))} {
+		t.Errorf("done%v, want [7 %d]", n, len(answer))
+	}
+}
+
+// TestEpollRelayIdle: a tunnel quiet in both directions for idle ends;
+// traffic in one direction keeps it open.
+func TestEpollRelayIdle(t *testing.T) {
+	r := startRelayed(t, 300*time.Millisecond)
+	start := time.Now()
+	buf := make([]byte, 1)
+	var quiet time.Time
+	for range 6 { // 600 ms of upstream-only traffic, every 100 ms
+		time.Sleep(100 * time.Millisecond)
+		r.work.Write([]byte("x"))
+		if _, err := io.ReadFull(r.dest, buf); err != nil {
+			t.Fatal(err)
+		}
+		quiet = time.Now()
+	}
+	select {
+	case <-r.done:
+		t.Fatalf("the tunnel ended after %v with traffic every 100ms", time.Since(start))
+	default:
+	}
+	n := r.wait(t)
+	if el := time.Since(quiet); el < 250*time.Millisecond || el > 3*time.Second {
+		t.Errorf("idle tunnel ended %v after the last byte, want about 300ms", el)
+	}
+	if n != [2]int64{6, 0} {
+		t.Errorf("done%v, want [6 0]", n)
+	}
+	r.work.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.work.Read(buf); err == nil {
+		t.Error("the workload's connection is still open after the idle timeout")
+	}
+}
+
+// TestEpollRelayAbortAndReset: abort ends a quiet tunnel at once; a reset
+// from the destination ends it too.
+func TestEpollRelayAbortAndReset(t *testing.T) {
+	r := startRelayed(t, time.Minute)
+	r.abort()
+	r.wait(t)
+	r.work.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := r.work.Read(make([]byte, 1)); errors.Is(err, io.ErrNoProgress) || err == nil {
+		t.Errorf("after abort the workload reads %v, want the end", err)
+	}
+
+	r = startRelayed(t, time.Minute)
+	r.dest.SetLinger(0)
+	r.dest.Close() // RST
+	r.wait(t)
+}
+
+// TestEpollRelayIdleHoldsNoGoroutine: 200 quiet tunnels hold no
+// goroutines (the goroutine relay held two each).
+func TestEpollRelayIdleHoldsNoGoroutine(t *testing.T) {
+	base := runtime.NumGoroutine()
+	rs := make([]*relayed, 200)
+	for i := range rs {
+		rs[i] = startRelayed(t, time.Minute)
+		rs[i].work.Write([]byte("hello"))
+	}
+	for _, r := range rs {
+		if _, err := io.ReadFull(r.dest, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine() - base
+		if n <= 20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("200 idle tunnels hold %d goroutines", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, r := range rs {
+		r.abort()
+		r.wait(t)
+	}
+}

@@ -1,0 +1,14 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"net"
+	"time"
+)
+
+// epollRelayStart is the epoll relay's entry point; elsewhere tunnels are
+// relayed by goroutines.
+func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) func() {
+	return nil
+}
