@@ -95,7 +95,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAlive: 30 * time.Second,
+	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAliveConfig: tunnelKeepAlive,
 		Control: markControl(cfg.Server.UpstreamMark)}
 	s := &Server{
 		cfg:         cfg.Server,

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -250,4 +251,41 @@ func transparentReply(dst netip.AddrPort, mark uint32) (*net.UDPConn, error) {
 		return nil, fmt.Errorf("binding a reply socket to %s: %w", dst, err)
 	}
 	return pc.(*net.UDPConn), nil
+}
+
+// listenKeepAlive sets tunnelKeepAlive on the listening socket, whose
+// settings Linux copies to the sockets it accepts, instead of on each.
+func listenKeepAlive(lc *net.ListenConfig) {
+	extra := lc.Control
+	lc.KeepAlive = -1
+	lc.Control = func(network, address string, rc syscall.RawConn) error {
+		if extra != nil {
+			if err := extra(network, address, rc); err != nil {
+				return err
+			}
+		}
+		return keepAliveControl(rc)
+	}
+}
+
+// keepAliveControl sets tunnelKeepAlive on a socket.
+func keepAliveControl(rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		ka := tunnelKeepAlive
+		for _, o := range [...]struct{ level, opt, v int }{
+			{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second)},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second)},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count},
+		} {
+			if err := syscall.SetsockoptInt(int(fd), o.level, o.opt, o.v); err != nil && serr == nil {
+				serr = fmt.Errorf("setting TCP keepalive on the listener: %w", err)
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

@@ -25,10 +25,9 @@ type tproxyListener struct{ net.Listener }
 // redirected with REDIRECT or DNAT.
 func ListenTransparent(addr string, tproxy bool) (net.Listener, error) {
 	if !tproxy {
-		return net.Listen("tcp", addr)
+		return Listen(addr)
 	}
-	lc := net.ListenConfig{Control: transparentControl}
-	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	ln, err := listenConfig(transparentControl).Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, err
 	}

@@ -214,7 +214,7 @@ func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer, watch func
 		}
 		return fmt.Errorf("%s on %s: %w; change %s", what, addr, err, setting)
 	}
-	ln, err := net.Listen("tcp", cfg.Server.HTTPListen)
+	ln, err := proxy.Listen(cfg.Server.HTTPListen)
 	if err != nil {
 		return fail("listen", cfg.Server.HTTPListen, "server.http_listen or --http-listen", err)
 	}

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestListenKeepAliveInherited: sockets accepted by Listen carry
+// tunnelKeepAlive although egressd never sets it on them (Linux copies it
+// from the listening socket).
+func TestListenKeepAliveInherited(t *testing.T) {
+	ka := tunnelKeepAlive
+	want := [...]struct {
+		name       string
+		level, opt int
+		v          int
+	}{
+		{"SO_KEEPALIVE", syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second)},
+		{"TCP_KEEPINTVL", syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second)},
+		{"TCP_KEEPCNT", syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count},
+	}
+	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
+		ln, err := Listen(addr)
+		if err != nil {
+			if addr[0] == '[' {
+				t.Logf("no IPv6 loopback: %v", err)
+				continue
+			}
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		a, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		rc, _ := a.(*net.TCPConn).SyscallConn()
+		rc.Control(func(fd uintptr) {
+			for _, w := range want {
+				got, err := syscall.GetsockoptInt(int(fd), w.level, w.opt)
+				if err != nil || got != w.v {
+					t.Errorf("%s: accepted socket's %s = %d (%v), want %d", addr, w.name, got, err, w.v)
+				}
+			}
+		})
+	}
+}
