@@ -65,6 +65,11 @@ then the ClientHello, then raw bytes):
               16 and 64, with p50 and p99 latency
   RSS         (VmRSS after - before) / N for N idle established tunnels
   log lines   "decision" and "close" lines per tunnel in egressd's log
+  reference   bulk through 8 tunnels and conn/s at concurrency 64 through a
+              reference relay: this program as a child process doing the
+              least a CONNECT proxy can (read the request head, answer 200,
+              dial, io.Copy both ways; no policy, hello parsing or log), to
+              show what any relay costs on this machine
 
 Each figure is the median of --runs runs (min-max in brackets), printed as a
 markdown table with the issue's targets and a met / NOT MET column. With
@@ -98,6 +103,9 @@ var figures = []string{"bulk", "conn", "rss"}
 func (o options) measures(f string) bool { return len(o.only) == 0 || o.only[f] }
 
 func main() {
+	if addr := os.Getenv(referenceEnv); addr != "" {
+		os.Exit(referenceRelay(addr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -657,6 +665,9 @@ type path struct {
 	tls     string
 	idle    string
 	counted bool // through egressd: count the connections for the log check
+	// reference: proxy is the reference relay (not counted for the log
+	// check).
+	reference bool
 }
 
 // open dials addr over p and, through a proxy, sends CONNECT and reads the
@@ -674,7 +685,20 @@ func (b *bench) open(p path, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	if p.reference {
+		return c, connectThrough(c, addr)
+	}
 	b.dialed.Add(1)
+	if err := connectThrough(c, addr); err != nil {
+		return nil, err
+	}
+	b.tunnels.Add(1)
+	return c, nil
+}
+
+// connectThrough sends CONNECT addr on c and reads the 200; c is closed
+// on failure.
+func connectThrough(c net.Conn, addr string) error {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", addr, addr)
 	br := bufio.NewReaderSize(c, 512)
@@ -687,15 +711,14 @@ func (b *bench) open(p path, addr string) (net.Conn, error) {
 	}
 	if err != nil || !strings.Contains(status, " 200 ") {
 		c.Close()
-		return nil, fmt.Errorf("CONNECT %s: %q %v", addr, strings.TrimSpace(status), err)
+		return fmt.Errorf("CONNECT %s: %q %v", addr, strings.TrimSpace(status), err)
 	}
 	if br.Buffered() > 0 {
 		c.Close()
-		return nil, errors.New("bytes after the CONNECT response")
+		return errors.New("bytes after the CONNECT response")
 	}
-	b.tunnels.Add(1)
 	c.SetDeadline(time.Time{})
-	return c, nil
+	return nil
 }
 
 // bulkRun opens n tunnels to the bulk upstream, then reads for d from all
@@ -958,6 +981,9 @@ func (b *bench) connectRuns() []*row {
 		if err := b.measure(rows, direct, via, e.pid); err != nil {
 			return failRows(rows, err)
 		}
+		if err := b.measureReference(rows, direct, lp); err != nil {
+			return failRows(rows, err)
+		}
 		d, c := settle(e.logPath, b.tunnels.Load())
 		e.stop()
 		dialed, tunnels = dialed+b.dialed.Load(), tunnels+b.tunnels.Load()
@@ -1033,6 +1059,10 @@ const (
 	rowCPUConn
 	rowRSS
 	rowLog
+	rowRefBulk8 // CONNECT only, from here on
+	rowRefCPU8
+	rowRefCPS
+	rowRefCPU
 )
 
 func newRows(mode string, withRSS bool) []*row {
@@ -1050,6 +1080,13 @@ func newRows(mode string, withRSS bool) []*row {
 		{name: "egressd CPU per connection, concurrency 64 (µs)", format: "%.0f", target: "—"},
 		{name: "RSS per idle tunnel (KiB)", format: "%.1f", check: viaAtMost, limit: 8, target: "≤ 8 KiB"},
 		{name: "decision-log lines per connection (decision + close)", check: exact, target: "exactly 1 + 1"},
+		{name: "reference relay: bulk download, 8 tunnels (MB/s)", format: "%.0f", target: "—"},
+		{name: "reference relay: CPU per GB, 8 tunnels (s/GB)", format: "%.3f", target: "—"},
+		{name: "reference relay: TLS conn/s, concurrency 64", format: "%.0f", target: "—"},
+		{name: "reference relay: CPU per connection, concurrency 64 (µs)", format: "%.0f", target: "—"},
+	}
+	if !withRSS { // the transparent mode has no reference relay
+		rows = rows[:rowRefBulk8]
 	}
 	for _, r := range rows {
 		r.mode = mode

@@ -8,6 +8,15 @@ import (
 	"testing"
 )
 
+// TestMain lets the test binary serve as the reference relay, as the bench
+// binary does: the bench starts os.Executable() with referenceEnv set.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(referenceEnv); addr != "" {
+		os.Exit(referenceRelay(addr))
+	}
+	os.Exit(m.Run())
+}
+
 // TestQuickRun runs the whole bench in --quick mode with small numbers:
 // it builds egressd, starts it with the generated 1,000-rule policy, and
 // must print every row, with exactly one decision and one close line per
