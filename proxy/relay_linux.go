@@ -117,6 +117,12 @@ func (r *epollRelay) loop() {
 				}
 				woke[i] = nil
 			}
+			if n < len(evs) {
+				// The ready list was empty after this batch: park without
+				// asking again. An event that came since poked the outer
+				// poller (every event does), so the park returns at once.
+				return false
+			}
 		}
 	}
 	for {
@@ -268,9 +274,14 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 		t.expired.Store(true)
 		t.kick()
 	})
-	// Bytes may have arrived before the registration: look at both sides.
-	t.ready.Store(^uint32(0))
-	go t.run()
+	// Bytes that arrived before the registration need no look now:
+	// EPOLL_CTL_ADD queues an event for a socket that is already ready.
+	// Events dispatched meanwhile found the tunnel claimed and marked it
+	// to run again.
+	if !t.state.CompareAndSwap(tunnelRunning, tunnelIdle) {
+		t.state.Store(tunnelRunning)
+		go t.run()
+	}
 	return func() {
 		t.aborted.Store(true)
 		t.kick()
@@ -305,27 +316,27 @@ func (t *etunnel) claim() bool {
 
 // run steps a claimed tunnel until it has nothing more to do.
 func (t *etunnel) run() {
-	for !t.stepDone() {
+	for !t.stepDone(false) {
 		t.state.Store(tunnelRunning) // it was tunnelAgain: run again
 	}
 }
 
-// runOnce steps a claimed tunnel once and leaves the rest, if any, to a
-// goroutine of its own.
+// runOnce steps a claimed tunnel once, on the relay loop's goroutine, and
+// leaves the rest, if any, to a goroutine of its own.
 func (t *etunnel) runOnce() {
-	t.onLoop = true
-	done := t.stepDone()
-	t.onLoop = false
-	if !done {
+	if !t.stepDone(true) {
 		t.state.Store(tunnelRunning)
 		go t.runFn()
 	}
 }
 
 // stepDone steps the tunnel and reports whether it is done for now (idle
-// again, or finished) rather than marked to run again.
-func (t *etunnel) stepDone() bool {
+// again, or finished) rather than marked to run again. Once it is idle
+// again another goroutine may claim it: nothing of t is touched after.
+func (t *etunnel) stepDone(onLoop bool) bool {
+	t.onLoop = onLoop
 	t.step()
+	t.onLoop = false
 	if t.finished {
 		return true // state stays running: later kicks start nothing
 	}
