@@ -11,7 +11,11 @@
 //  3. decide with SNI, JA3 and JA4;
 //  4. resolve the name, drop private addresses the rule does not open, dial
 //     exactly a checked address, write the bytes already read, and relay
-//     with io.Copy between the two *net.TCPConn (splice on Linux).
+//     with splice(2) between the two *net.TCPConn: on Linux the epoll
+//     relay (relay_linux.go) registers both sockets in one epoll set and
+//     runs a tunnel only when a socket is ready, so a quiet tunnel holds
+//     no goroutine; elsewhere, and for other connections, one goroutine
+//     per direction runs io.Copy.
 //
 // A transparent connection (ServeTransparent on a ListenTransparent
 // listener) starts at step 2 with the original destination as an IP
