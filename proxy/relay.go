@@ -145,21 +145,6 @@ func (d *direction) wait() error {
 	return d.err
 }
 
-// readable peeks with MSG_PEEK|MSG_DONTWAIT, so bytes already queued
-// (which the edge-triggered poller will not announce again) are never
-// waited for.
-func (d *direction) readable(fd uintptr) bool {
-	_, _, err := syscall.Recvfrom(int(fd), d.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	switch err {
-	case syscall.EAGAIN:
-		return false
-	case nil, syscall.EINTR:
-	default:
-		d.err = err
-	}
-	return true
-}
-
 // closeWrite propagates a half-close when the connection supports it.
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {
