@@ -6,23 +6,22 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
-// relayChunk is how many bytes one io.CopyN round moves before the relay
-// notes activity and renews its deadline. CopyN over *net.TCPConn still
-// splices (net's splice path accepts an *io.LimitedReader), so the chunk
-// only sets how often we look up, not a buffer size: 4 MiB keeps the
-// per-round overhead far below 0.1% of the bytes moved.
+// relayChunk is how many bytes one direction moves before the relay looks
+// up: the goroutine relay notes activity and renews its deadline (CopyN
+// over *net.TCPConn still splices: net's splice path accepts an
+// *io.LimitedReader), the epoll relay gives the other direction its turn.
+// 4 MiB keeps the per-round overhead far below 0.1% of the bytes moved.
 const relayChunk = 4 << 20
 
 // idleChecks is how many times per idle timeout a quiet direction wakes up
 // to ask whether the other direction moved data meanwhile.
 const idleChecks = 4
 
-// tunnelState is all an established tunnel keeps besides its two
-// connections and two goroutines: small, so that idle tunnels are cheap.
+// tunnelState is what a tunnel in the goroutine relay keeps besides its
+// two connections and two goroutines.
 type tunnelState struct {
 	last     atomic.Int64 // unix nanoseconds of the last byte moved
 	up, down int64
@@ -67,23 +66,12 @@ func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
 // read deadline of a fraction of idle; a round that times out without
 // moving data ends the tunnel only when the other direction has been quiet
 // too for the whole idle period.
-//
-// Before each round the goroutine waits for data a few frames deep
-// (direction.wait) instead of inside splice, whose call path needs a 4 KiB
-// stack: a direction that has not moved data since the hello (the usual
-// idle tunnel's upstream→client side until the server speaks) keeps the
-// minimum 2 KiB goroutine stack.
 func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
-	d := newDirection(dst, src)
 	var total int64
 	tick := max(idle/idleChecks, time.Millisecond)
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
-		var n int64
-		err := d.wait()
-		if err == nil {
-			n, err = io.CopyN(dst, src, relayChunk)
-		}
+		n, err := io.CopyN(dst, src, relayChunk)
 		total += n
 		now := time.Now()
 		if n > 0 {
@@ -109,40 +97,6 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 		}
 		return total
 	}
-}
-
-// direction is what pipe reuses every round, so that a round allocates
-// nothing.
-type direction struct {
-	dst, src net.Conn
-	rc       syscall.RawConn // nil when src has no file descriptor
-	ready    func(fd uintptr) bool
-	peek     [1]byte
-	// err is an error the peek consumed (a reset): the socket reports it
-	// only once, so wait returns it instead of the next read's EOF.
-	err error
-}
-
-func newDirection(dst, src net.Conn) *direction {
-	d := &direction{dst: dst, src: src}
-	if sc, ok := src.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			d.rc = rc
-		}
-	}
-	d.ready = d.readable
-	return d
-}
-
-// wait blocks until src has data (or EOF, an error, or the read deadline).
-func (d *direction) wait() error {
-	if d.rc == nil {
-		return nil
-	}
-	if err := d.rc.Read(d.ready); err != nil {
-		return err
-	}
-	return d.err
 }
 
 // closeWrite propagates a half-close when the connection supports it.

@@ -14,9 +14,9 @@ import (
 // holds no goroutine: both sockets are registered, edge-triggered, in one
 // process-wide epoll instance, which itself sits in Go's netpoller, so the
 // loop goroutine parks like any network read. When a socket becomes
-// readable or writable its tunnel is run on a short-lived goroutine that
-// splices each ready direction (socket → pipe → socket, no user-space
-// copy) until the kernel says EAGAIN, then returns. An idle tunnel costs
+// readable or writable its tunnel runs once, on the loop's goroutine or a
+// short-lived one, and splices each ready direction (socket → pipe →
+// socket, no user-space copy) until the kernel says EAGAIN. An idle tunnel costs
 // its two sockets, a timer and a few hundred bytes of state; a pipe is
 // held only while bytes are in flight.
 
@@ -55,7 +55,8 @@ var (
 )
 
 type epollRelay struct {
-	epfd int
+	file *os.File        // keeps epfd open
+	epfd int             // not file.Fd(), which would make it blocking
 	rc   syscall.RawConn // epfd, in Go's netpoller
 
 	mu    sync.Mutex
@@ -82,15 +83,11 @@ func getRelay() *epollRelay {
 			f.Close()
 			return
 		}
-		relayFile = f
-		relay = &epollRelay{epfd: epfd, rc: rc}
+		relay = &epollRelay{file: f, epfd: epfd, rc: rc}
 		go relay.loop()
 	})
 	return relay
 }
-
-// relayFile keeps the epoll file (and so its descriptor) open.
-var relayFile *os.File
 
 func (r *epollRelay) loop() {
 	var evs [relayEvents]syscall.EpollEvent
@@ -366,10 +363,6 @@ func (t *etunnel) step() {
 	}
 }
 
-// relayRound bounds the bytes one direction moves before the other gets
-// its turn, so a busy download cannot starve the upload.
-const relayRound = 4 << 20
-
 // pump runs with both descriptors held (t.fds): it moves each direction
 // that has something to do until the kernel says EAGAIN. An error on
 // either socket ends the whole tunnel (t.err). A hang-up is not an error:
@@ -401,7 +394,8 @@ func (t *etunnel) pump() {
 }
 
 // move splices src → pipe → dst until src has nothing more (false, nil),
-// relayRound bytes have moved (true, nil: call again), or an error.
+// relayChunk bytes have moved (true, nil: call again, so that a busy
+// download cannot starve the upload), or an error.
 func (d *edir) move(src, dst int) (more bool, err error) {
 	if d.shut {
 		return false, nil
@@ -432,7 +426,7 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 			}
 			return false, nil
 		}
-		if moved >= relayRound {
+		if moved >= relayChunk {
 			return true, nil
 		}
 		if d.p == nil {
