@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/egressd/egressd/policy"
 )
 
 // Proxy users: HTTP proxy clients authenticate with Proxy-Authorization:
@@ -27,25 +29,29 @@ const (
 	proxyRealm = `Basic realm="egressd", charset="UTF-8"`
 )
 
-// authCache remembers verified credentials by their SHA-256 (never the
-// clear text) until authCacheTTL.
+// authCache remembers credentials verified against one policy by their
+// SHA-256 (never the clear text) until authCacheTTL. Entries belong to the
+// policy that verified them: after a reload nothing verified before it is
+// accepted, even from a check that was still hashing when the policy
+// changed.
 type authCache struct {
-	mu sync.Mutex
-	ok map[[32]byte]time.Time
+	mu  sync.Mutex
+	pol *policy.Policy
+	ok  map[[32]byte]time.Time
 }
 
-func (a *authCache) get(k [32]byte) bool {
+func (a *authCache) get(p *policy.Policy, k [32]byte) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	exp, ok := a.ok[k]
-	return ok && time.Now().Before(exp)
+	return a.pol == p && ok && time.Now().Before(exp)
 }
 
-func (a *authCache) put(k [32]byte) {
+func (a *authCache) put(p *policy.Policy, k [32]byte) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.ok == nil || len(a.ok) >= authCacheMax {
-		a.ok = make(map[[32]byte]time.Time)
+	if a.pol != p || a.ok == nil || len(a.ok) >= authCacheMax {
+		a.pol, a.ok = p, make(map[[32]byte]time.Time)
 	}
 	a.ok[k] = time.Now().Add(authCacheTTL)
 }
@@ -70,16 +76,15 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if !found || name == "" {
 		return "", false
 	}
-	// The cache is keyed by the policy too: a reload that changes a
-	// password must not keep accepting the old one.
+	p := s.policy()
 	k := sha256.Sum256([]byte(s.authSalt + "\x00" + string(raw)))
-	if s.auth.get(k) {
+	if s.auth.get(p, k) {
 		return name, true
 	}
-	if !s.policy().Authenticate(name, password) {
+	if !p.Authenticate(name, password) {
 		return "", false
 	}
-	s.auth.put(k)
+	s.auth.put(p, k)
 	return name, true
 }
 
@@ -88,10 +93,4 @@ func randomSalt() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return string(b[:])
-}
-
-func (a *authCache) reset() {
-	a.mu.Lock()
-	a.ok = nil
-	a.mu.Unlock()
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -205,4 +208,62 @@ policy "office" {
 	conn.Write(clientHelloBytes("x.test"))
 	io.ReadAll(conn)
 	e2.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "deny", "reason": "no_policy_for_client"})
+}
+
+// TestAuthCacheAcrossReload: a password verified (and cached) under one
+// policy is refused once a reload changed it, including when the check
+// that cached it was still hashing against the old policy as the reload
+// happened.
+func TestAuthCacheAcrossReload(t *testing.T) {
+	load := func(password string) *policy.Config {
+		t.Helper()
+		h, err := policy.HashPassword(password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, diags := policy.Parse([]policy.File{{Name: "auth.hcl", Src: []byte(`
+user "ci" {
+  password_hash = "` + h + `"
+}
+policy "ci" {
+  clients { users = ["ci"] }
+  allow "a" { hosts = ["a.example.com"] }
+}
+`)}})
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		return cfg
+	}
+	s, err := New(load("old-password"), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(password string) bool {
+		req := &http.Request{Header: http.Header{}}
+		req.SetBasicAuth("ci", password)
+		req.Header.Set("Proxy-Authorization", req.Header.Get("Authorization"))
+		_, ok := s.proxyUser(req)
+		return ok
+	}
+	if !check("old-password") || !check("old-password") {
+		t.Fatal("the configured password is refused")
+	}
+	old := s.policy()
+	if err := s.Reload(load("new-password")); err != nil {
+		t.Fatal(err)
+	}
+	if check("old-password") {
+		t.Error("the old password is accepted from the cache after a reload changed it")
+	}
+	if !check("new-password") {
+		t.Error("the new password is refused after the reload")
+	}
+	// A check that read the old policy before the reload and finishes
+	// after it caches under the old policy: that entry must not count.
+	k := sha256.Sum256([]byte(s.authSalt + "\x00" + "ci:old-password"))
+	s.auth.put(old, k)
+	if check("old-password") {
+		t.Error("an entry cached under the old policy after the reload is accepted")
+	}
 }

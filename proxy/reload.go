@@ -73,7 +73,6 @@ func (s *Server) Reload(cfg *policy.Config) error {
 		}
 	}
 	s.pol.Store(cfg.Policy)
-	s.auth.reset() // a changed password must not live on in the cache
 	s.RecordReload(true)
 	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())
 	if len(restart) > 0 {
