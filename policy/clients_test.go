@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/fstest"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -215,6 +216,26 @@ policy "p" {
 	_, diags = Load(dir)
 	if out := FormatDiagnostics(diags); !strings.Contains(out, "Unknown user") {
 		t.Errorf("alice missing from the users file: %s", out)
+	}
+
+	// An unreadable users file is an error, and like any error it leaves
+	// no policy to serve.
+	if err := os.Remove(filepath.Join(dir, "users")); err != nil {
+		t.Fatal(err)
+	}
+	cfg, diags = Load(dir)
+	if out := FormatDiagnostics(diags); !strings.Contains(out, "Cannot read users_file") || cfg.Policy != nil {
+		t.Errorf("missing users file: policy %v, diagnostics %s", cfg.Policy != nil, out)
+	}
+
+	// LoadFS reads it from the same file system.
+	fsys := fstest.MapFS{
+		"conf/egressd.hcl": {Data: []byte("server { users_file = \"users\" }\npolicy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n")},
+		"conf/users":       {Data: []byte("alice:" + testHash + "\n")},
+	}
+	cfg, diags = LoadFS(fsys, "conf")
+	if diags.HasErrors() || !cfg.Policy.Authenticate("alice", "s3cret") {
+		t.Errorf("LoadFS with users_file: %s", FormatDiagnostics(diags))
 	}
 }
 

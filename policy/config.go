@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -108,7 +109,11 @@ type Log struct {
 // sorted by file and position. When diags.HasErrors(), Config.Policy is nil
 // and only Config.Files should be used (to print diagnostics); the Config
 // itself is never nil.
-func Parse(files []File) (*Config, hcl.Diagnostics) {
+func Parse(files []File) (*Config, hcl.Diagnostics) { return parse(files, nil) }
+
+// parse is Parse; with read set (Load, LoadFS) it also reads the users
+// file the server block names, unless files already hold one.
+func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
 	cfg := &Config{Files: make(map[string]*hcl.File, len(files))}
 	var diags hcl.Diagnostics
 	if len(files) == 0 {
@@ -158,6 +163,21 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 
 	server, d := compileServer(raw.server)
 	diags = append(diags, d...)
+	if read != nil && server.UsersFile != "" && !slices.ContainsFunc(files, func(f File) bool { return f.Users }) {
+		name, src, err := read(server.UsersFile)
+		if err != nil {
+			diags = append(diags, &hcl.Diagnostic{
+				Severity: hcl.DiagError,
+				Summary:  "Cannot read users_file",
+				Detail:   fmt.Sprintf("Reading %s (server.users_file): %v. Create it with NAME:PASSWORD_HASH lines (egressd passwd prints a hash), or remove users_file.", quote(name), err),
+			})
+		} else {
+			files = append(files[:len(files):len(files)], File{Name: name, Src: src, Users: true})
+			if _, ok := order[name]; !ok {
+				order[name] = len(files) - 1
+			}
+		}
+	}
 	resolver, d := compileResolver(raw.resolver)
 	diags = append(diags, d...)
 	logc, d := compileLog(raw.log)
@@ -168,14 +188,13 @@ func Parse(files []File) (*Config, hcl.Diagnostics) {
 	pol.audit = server.Mode == ModeAudit
 	d, usersFileGiven := compileAllUsers(raw, files, server.UsersFile, pol)
 	diags = append(diags, d...)
-	if server.UsersFile != "" && !usersFileGiven {
-		// Parse was given no users file: Load and LoadFS read it and
-		// parse again; a direct caller checks the users in clients then.
-	} else {
+	// Users named in clients blocks and tests are checked once the users
+	// are known: always, unless users_file is set and was not read (a
+	// direct Parse without it).
+	testUsers := pol.users
+	if server.UsersFile == "" || usersFileGiven {
 		checkClientUsers(raw.policies, pol.users, &diags)
-	}
-	testUsers := pol.users // nil: a users_file Parse was not given; users are checked when it is
-	if server.UsersFile != "" && !usersFileGiven {
+	} else {
 		testUsers = nil
 	}
 	tests, d := compileTests(raw.tests, raw.policies, testUsers)
@@ -219,7 +238,7 @@ func Load(p string) (*Config, hcl.Diagnostics) {
 		if err != nil {
 			return emptyConfig(readDiag(p, err))
 		}
-		return withUsersFile([]File{{Name: p, Src: src}}, osUsersReader(filepath.Dir(p)))
+		return parse([]File{{Name: p, Src: src}}, osUsersReader(filepath.Dir(p)))
 	}
 	entries, err := os.ReadDir(p)
 	if err != nil {
@@ -260,7 +279,7 @@ func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
 		if err != nil {
 			return emptyConfig(readDiag(dir, err))
 		}
-		return withUsersFile([]File{{Name: dir, Src: src}}, fsUsersReader(fsys, path.Dir(dir)))
+		return parse([]File{{Name: dir, Src: src}}, fsUsersReader(fsys, path.Dir(dir)))
 	}
 	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
@@ -301,7 +320,7 @@ func finishLoad(dir string, files []File, diags hcl.Diagnostics, readUsers users
 			Detail:   fmt.Sprintf("Directory %s holds no *.hcl files. Put the configuration in a file whose name ends in .hcl, or give the path of the file itself.", quote(dir)),
 		})
 	}
-	cfg, d := withUsersFile(files, readUsers)
+	cfg, d := parse(files, readUsers)
 	return cfg, append(diags, d...)
 }
 
@@ -325,24 +344,6 @@ func fsUsersReader(fsys fs.FS, base string) usersReader {
 		src, err := readLimited(func() (fs.File, error) { return fsys.Open(name) })
 		return name, src, err
 	}
-}
-
-// withUsersFile parses files and, when the server block names a users
-// file, reads it and parses again with it.
-func withUsersFile(files []File, read usersReader) (*Config, hcl.Diagnostics) {
-	cfg, diags := Parse(files)
-	if cfg.Server.UsersFile == "" {
-		return cfg, diags
-	}
-	name, src, err := read(cfg.Server.UsersFile)
-	if err != nil {
-		return cfg, append(diags, &hcl.Diagnostic{
-			Severity: hcl.DiagError,
-			Summary:  "Cannot read users_file",
-			Detail:   fmt.Sprintf("Reading %s (server.users_file): %v. Create it with NAME:PASSWORD_HASH lines (egressd passwd prints a hash), or remove users_file.", quote(name), err),
-		})
-	}
-	return Parse(append(files[:len(files):len(files)], File{Name: name, Src: src, Users: true}))
 }
 
 // nil0 returns an empty Config (never nil) with one diagnostic.
