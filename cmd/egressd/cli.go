@@ -368,7 +368,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	plain := fs.Bool("plain", false, "the tunnel's first bytes are not TLS")
 	httpReq := fs.Bool("http", false, "a plain http:// proxy request rather than a tunnel")
 	quic := fs.Bool("quic", false, "a UDP flow on the QUIC gateway (HOST is then the original destination address; with --plain, UDP that is not QUIC)")
-	if code := parseFlags(fs, reorder(args)); code >= 0 {
+	if code := parseFlags(fs, reorder(fs, args)); code >= 0 {
 		return code
 	}
 	if fs.NArg() != 1 || (*plain && *httpReq) || (*quic && *httpReq) {
@@ -424,7 +424,7 @@ func printDecision(w io.Writer, t proxy.Target, d policy.Decision) {
 
 // reorder moves flags before positional arguments, so "check HOST:PORT
 // --sni x" works as well as "check --sni x HOST:PORT".
-func reorder(args []string) []string {
+func reorder(fs *flag.FlagSet, args []string) []string {
 	var flags, pos []string
 	for i := 0; i < len(args); i++ {
 		a := args[i]
@@ -434,7 +434,7 @@ func reorder(args []string) []string {
 			i = len(args)
 		case strings.HasPrefix(a, "-"):
 			flags = append(flags, a)
-			if !strings.Contains(a, "=") && takesValue(a) && i+1 < len(args) {
+			if !strings.Contains(a, "=") && takesValue(fs, a) && i+1 < len(args) {
 				flags = append(flags, args[i+1])
 				i++
 			}
@@ -445,10 +445,14 @@ func reorder(args []string) []string {
 	return append(flags, pos...)
 }
 
-func takesValue(flagArg string) bool {
-	switch strings.TrimLeft(flagArg, "-") {
-	case "plain", "http", "h", "help":
-		return false
+// takesValue reports whether the flag takes the next argument as its
+// value: every flag of fs but the boolean ones (and -h, --help).
+func takesValue(fs *flag.FlagSet, flagArg string) bool {
+	name := strings.TrimLeft(flagArg, "-")
+	f := fs.Lookup(name)
+	if f == nil {
+		return name != "h" && name != "help"
 	}
-	return true
+	b, ok := f.Value.(interface{ IsBoolFlag() bool })
+	return !ok || !b.IsBoolFlag()
 }

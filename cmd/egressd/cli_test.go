@@ -108,6 +108,8 @@ func TestCLI(t *testing.T) {
 		{"check bad config", []string{"check", "--config", bad, "api.example.com:443"}, exitUsage, "", true},
 		{"check embedded default", []string{"check", "cgr.dev:443"}, exitOK, `policy=chainguard-images`, false},
 		{"check quic tunnel", []string{"check", "--quic", "--sni", "quic.cftunnel.com", "198.41.192.7:7844"}, exitOK, `rule=tunnel-quic`, false},
+		{"check quic, target between flags", []string{"check", "--quic", "198.41.192.7:7844", "--sni", "quic.cftunnel.com"}, exitOK, `rule=tunnel-quic`, false},
+		{"check quic after the target", []string{"check", "198.41.192.7:7844", "--quic", "--sni", "quic.cftunnel.com"}, exitOK, `rule=tunnel-quic`, false},
 		{"check quic sni over tcp", []string{"check", "--sni", "quic.cftunnel.com", "198.41.192.7:7844"}, exitFail, `reason=sni_mismatch`, false},
 		{"check h2 sni over quic", []string{"check", "--quic", "--sni", "h2.cftunnel.com", "198.41.192.7:7844"}, exitFail, `rule=tunnel-quic reason=sni_mismatch`, false},
 		{"check quic raw udp", []string{"check", "--quic", "--plain", "198.41.192.7:7844"}, exitFail, `reason=not_tls`, false},
