@@ -247,7 +247,7 @@ func Load(p string) (*Config, hcl.Diagnostics) {
 	var files []File
 	var diags hcl.Diagnostics
 	for _, e := range entries {
-		if !isConfigName(e.Name()) {
+		if !IsConfigName(e.Name()) {
 			continue
 		}
 		name := filepath.Join(p, e.Name())
@@ -288,7 +288,7 @@ func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
 	var files []File
 	var diags hcl.Diagnostics
 	for _, e := range entries {
-		if !isConfigName(e.Name()) {
+		if !IsConfigName(e.Name()) {
 			continue
 		}
 		name := path.Join(dir, e.Name())
@@ -305,7 +305,9 @@ func LoadFS(fsys fs.FS, dir string) (*Config, hcl.Diagnostics) {
 	return finishLoad(dir, files, diags, fsUsersReader(fsys, dir))
 }
 
-func isConfigName(name string) bool {
+// IsConfigName reports whether a directory entry named name is one of a
+// configuration directory's files: *.hcl, not hidden.
+func IsConfigName(name string) bool {
 	return strings.HasSuffix(name, ".hcl") && !strings.HasPrefix(name, ".")
 }
 
@@ -328,11 +330,18 @@ func finishLoad(dir string, files []File, diags hcl.Diagnostics, readUsers users
 // directory; it returns the name to report and the contents.
 type usersReader func(name string) (string, []byte, error)
 
+// UsersFilePath is where Load reads server.users_file from, for a
+// configuration in directory base (a file's directory, or the directory).
+func UsersFilePath(base, usersFile string) string {
+	if filepath.IsAbs(usersFile) {
+		return filepath.Clean(usersFile)
+	}
+	return filepath.Join(base, usersFile)
+}
+
 func osUsersReader(base string) usersReader {
 	return func(name string) (string, []byte, error) {
-		if !filepath.IsAbs(name) {
-			name = filepath.Join(base, name)
-		}
+		name = UsersFilePath(base, name)
 		src, err := readLimited(func() (fs.File, error) { return os.Open(name) })
 		return name, src, err
 	}

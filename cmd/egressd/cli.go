@@ -157,7 +157,7 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	watch := func(ctx context.Context, srv *proxy.Server) { watchConfig(ctx, *path, load, srv) }
+	watch := func(ctx context.Context, srv *proxy.Server) { watchConfig(ctx, *path, cfg.Server.UsersFile, load, srv) }
 	if err := serve(ctx, cfg, stderr, watch); err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return exitFail

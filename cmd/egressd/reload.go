@@ -22,11 +22,13 @@ import (
 const reloadDebounce = 300 * time.Millisecond
 
 // watchConfig reloads the configuration on SIGHUP and, when path is set,
-// whenever one of its files changes (see configWatch), until ctx is done. load reads and validates the configuration
-// with the command-line overrides applied. The signal handler and the
+// whenever one of its files changes (see configWatch; usersFile is the
+// loaded configuration's server.users_file), until ctx is done. load
+// reads and validates the configuration with the command-line overrides
+// applied. The signal handler and the
 // watches are in place when it returns; the reloading runs in its own
 // goroutine.
-func watchConfig(ctx context.Context, path string, load func() (*policy.Config, hcl.Diagnostics), srv *proxy.Server) {
+func watchConfig(ctx context.Context, path, usersFile string, load func() (*policy.Config, hcl.Diagnostics), srv *proxy.Server) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 
@@ -39,7 +41,7 @@ func watchConfig(ctx context.Context, path string, load func() (*policy.Config, 
 			srv.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		} else {
 			watcher = w
-			cw = newConfigWatch(path, load)
+			cw = newConfigWatch(path, usersFile)
 			for _, dir := range cw.dirs {
 				if err := w.Add(dir); err != nil {
 					srv.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
@@ -99,18 +101,14 @@ type configWatch struct {
 	users string // the users file, or ""
 }
 
-func newConfigWatch(path string, load func() (*policy.Config, hcl.Diagnostics)) configWatch {
+func newConfigWatch(path, usersFile string) configWatch {
 	cw := configWatch{dir: filepath.Clean(path)}
 	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
 		cw.file, cw.dir = filepath.Clean(path), filepath.Dir(path)
 	}
 	cw.dirs = []string{cw.dir}
-	if cfg, _ := load(); cfg != nil && cfg.Server.UsersFile != "" {
-		uf := cfg.Server.UsersFile
-		if !filepath.IsAbs(uf) {
-			uf = filepath.Join(cw.dir, uf)
-		}
-		cw.users = filepath.Clean(uf)
+	if usersFile != "" {
+		cw.users = policy.UsersFilePath(cw.dir, usersFile)
 		if d := filepath.Dir(cw.users); d != cw.dir {
 			cw.dirs = append(cw.dirs, d)
 		}
@@ -132,7 +130,7 @@ func (cw configWatch) relevant(name string) bool {
 	case strings.HasPrefix(base, ".."):
 		return true
 	case cw.file == "" && filepath.Dir(name) == cw.dir:
-		return strings.HasSuffix(base, ".hcl") && !strings.HasPrefix(base, ".")
+		return policy.IsConfigName(base)
 	}
 	return false
 }

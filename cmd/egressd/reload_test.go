@@ -9,15 +9,12 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/hcl/v2"
-
-	"github.com/egressd/egressd/policy"
 )
 
 // connectTo opens a CONNECT tunnel through proxy and returns the status.
@@ -248,13 +245,10 @@ func TestConfigWatchRelevant(t *testing.T) {
 	if err := os.WriteFile(file, []byte("policy \"p\" {}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	noUsers := func() (*policy.Config, hcl.Diagnostics) { return nil, nil }
-	withUsers := func() (*policy.Config, hcl.Diagnostics) {
-		return &policy.Config{Server: policy.Server{UsersFile: "secrets/users"}}, nil
-	}
+	const noUsers, withUsers = "", "secrets/users"
 	tests := []struct {
 		name, path string
-		load       func() (*policy.Config, hcl.Diagnostics)
+		usersFile  string
 		event      string
 		want       bool
 	}{
@@ -272,10 +266,15 @@ func TestConfigWatchRelevant(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cw := newConfigWatch(tt.path, tt.load)
+			cw := newConfigWatch(tt.path, tt.usersFile)
 			if got := cw.relevant(tt.event); got != tt.want {
 				t.Errorf("relevant(%q) with --config %q = %v, want %v", tt.event, tt.path, got, tt.want)
 			}
 		})
+	}
+	// A users file in another directory is watched there too.
+	cw := newConfigWatch(dir, withUsers)
+	if want := []string{dir, filepath.Join(dir, "secrets")}; !slices.Equal(cw.dirs, want) {
+		t.Errorf("watched directories %q, want %q", cw.dirs, want)
 	}
 }
