@@ -218,11 +218,15 @@ func tlsHello(serverName string) func(io.ReadWriter) error {
 
 // clientHelloBytes captures the first flight of a crypto/tls client.
 func clientHelloBytes(serverName string) []byte {
+	return capturedHello(&tls.Config{ServerName: serverName, InsecureSkipVerify: serverName == ""})
+}
+
+// capturedHello is the first flight of crypto/tls's client with conf.
+func capturedHello(conf *tls.Config) []byte {
 	cli, srv := net.Pipe()
 	defer srv.Close()
 	go func() {
-		tc := tls.Client(cli, &tls.Config{ServerName: serverName, InsecureSkipVerify: serverName == ""})
-		tc.Handshake()
+		tls.Client(cli, conf).Handshake()
 		cli.Close()
 	}()
 	buf := make([]byte, 16<<10)

@@ -212,26 +212,6 @@ func nothing(net.Conn, []byte) {}
 
 // --- ClientHello builders ---------------------------------------------------
 
-// capturedHello is the first flight of crypto/tls's client with conf.
-func capturedHello(conf *tls.Config) []byte {
-	cli, srv := net.Pipe()
-	defer srv.Close()
-	go func() {
-		tls.Client(cli, conf).Handshake()
-		cli.Close()
-	}()
-	buf := make([]byte, 16<<10)
-	n, _ := io.ReadAtLeast(srv, buf, 5)
-	for n < 5+int(buf[3])<<8+int(buf[4]) {
-		m, err := srv.Read(buf[n:])
-		if err != nil {
-			break
-		}
-		n += m
-	}
-	return buf[:n]
-}
-
 func versionHello(v uint16) []byte {
 	return capturedHello(&tls.Config{ServerName: "allowed.egress.test", MinVersion: v, MaxVersion: v})
 }

@@ -234,9 +234,9 @@ func (m *metrics) relaying(mode string, delta float64) {
 	m.mode(mode).active.Add(delta)
 }
 
-// RecordReload counts a configuration reload: ok false for one that was
+// recordReload counts a configuration reload: ok false for one that was
 // refused (the running configuration stays).
-func (s *Server) RecordReload(ok bool) {
+func (s *Server) recordReload(ok bool) {
 	outcome := reloadOK
 	if !ok {
 		outcome = reloadError

@@ -200,9 +200,9 @@ func TestMetricsAndHealth(t *testing.T) {
 		t.Fatalf("CONNECT nope.egress.test:443: %s, want 403", resp.Status)
 	}
 	e.waitLog(t, "decision", map[string]any{"host": "nope.egress.test", "reason": "no_rule"})
-	e.srv.RecordReload(true)
-	e.srv.RecordReload(false)
-	e.srv.RecordReload(false)
+	e.srv.recordReload(true)
+	e.srv.recordReload(false)
+	e.srv.recordReload(false)
 
 	mfs := scrape(t, admin)
 	exact := []struct {

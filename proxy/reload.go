@@ -73,7 +73,7 @@ func (s *Server) Reload(cfg *policy.Config) error {
 		}
 	}
 	s.pol.Store(cfg.Policy)
-	s.RecordReload(true)
+	s.recordReload(true)
 	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())
 	if len(restart) > 0 {
 		e = e.Strs(fieldRestart, restart)
@@ -85,6 +85,6 @@ func (s *Server) Reload(cfg *policy.Config) error {
 // ReloadFailed logs a reload that was refused (invalid configuration:
 // detail holds its diagnostics) and counts it; the old policy stays.
 func (s *Server) ReloadFailed(detail string) {
-	s.RecordReload(false)
+	s.recordReload(false)
 	s.log.Error().Str(fieldOutcome, "error").Str(fieldDetail, detail).Msg(msgReload)
 }

@@ -246,7 +246,7 @@ func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
 			continue
 		}
 		err := q.Add(d, &h)
-		kind := quicSentinel(t, err)
+		kind := sentinel(t, err)
 		if kind == ErrNotTLS || (kind == ErrNotQUIC && n > 0 && last != ErrNotQUIC) {
 			t.Fatalf("Add %d: %v", n+1, err)
 		}

@@ -102,11 +102,7 @@ func loadVectors(t testing.TB) []vector {
 
 func readVector(t testing.TB, v vector) []byte {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join("testdata", v.File))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return readTestdata(t, v.File)
 }
 
 // handshakeFromRecords concatenates the payloads of the TLS records in b.
@@ -273,7 +269,7 @@ func u8list8(vs ...uint8) []byte {
 func sentinel(t testing.TB, err error) error {
 	t.Helper()
 	var found error
-	for _, s := range []error{ErrNeedMore, ErrNotTLS, ErrTooLarge, ErrMalformed} {
+	for _, s := range []error{ErrNeedMore, ErrNotQUIC, ErrNotTLS, ErrTooLarge, ErrMalformed} {
 		if errors.Is(err, s) {
 			if found != nil {
 				t.Fatalf("error %q matches both %v and %v", err, found, s)
