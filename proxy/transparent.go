@@ -132,14 +132,12 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	if s.isSelf(netip.AddrPortFrom(a, dst.Port())) {
 		// The connection was addressed to egressd itself (no redirect, or a
 		// redirect loop): relaying it would connect egressd to itself.
-		c.host, c.port = a.String(), dst.Port()
 		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
 		c.detail = "original destination is egressd's own listener (not redirected, or a redirect loop)"
 		s.logDecision(c)
 		return
 	}
 	t := Target{Addr: a, Port: dst.Port()}
-	c.host, c.port = a.String(), t.Port
 	r := policy.Request{Addr: a, Port: t.Port, Transparent: true, Client: c.client.Addr()}
 	handed = s.tunnel(c, client, t, &r, func() {
 		client.Close()

@@ -7,8 +7,6 @@ import (
 	"syscall"
 )
 
-const sysSetns = 0
-
 func setns(uintptr) error { return errors.New("network namespaces need Linux") }
 
 func childAttr() *syscall.SysProcAttr { return nil }

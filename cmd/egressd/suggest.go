@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
 	"os"
 	"slices"
@@ -101,13 +102,12 @@ type destAgg struct {
 }
 
 type clientGroup struct {
-	label    string // identity, or client address
-	user     string // identity that is a user
-	cidrPol  string // identity "cidr:POLICY": that policy
-	addrs    map[netip.Addr]bool
-	count    int
-	dests    map[destKey]*destAgg
-	policyID string
+	label   string // identity, or client address
+	user    string // identity that is a user
+	cidrPol string // identity "cidr:POLICY": that policy
+	addrs   map[netip.Addr]bool
+	count   int
+	dests   map[destKey]*destAgg
 }
 
 // suggestion is the aggregated log.
@@ -411,14 +411,14 @@ func (d *destAgg) write(b *strings.Builder, names map[string]bool) {
 		unit = "flow"
 	}
 	var parts []string
-	parts = append(parts, fmt.Sprintf("%s (%s %s)", plural(d.count, unit), pluralWord(len(d.modes), "mode"), strings.Join(sortedKeys(d.modes), ", ")))
+	parts = append(parts, fmt.Sprintf("%s (%s %s)", plural(d.count, unit), pluralWord(len(d.modes), "mode"), strings.Join(slices.Sorted(maps.Keys(d.modes)), ", ")))
 	if len(d.snis) > 0 {
-		parts = append(parts, "SNI "+strings.Join(sortedKeys(d.snis), ", "))
+		parts = append(parts, "SNI "+strings.Join(slices.Sorted(maps.Keys(d.snis)), ", "))
 	}
 	if k.anySNI {
 		parts = append(parts, "no SNI seen (the rule accepts any)")
 	}
-	parts = append(parts, pluralWord(len(d.reasons), "reason")+" "+strings.Join(sortedKeys(d.reasons), ", "))
+	parts = append(parts, pluralWord(len(d.reasons), "reason")+" "+strings.Join(slices.Sorted(maps.Keys(d.reasons)), ", "))
 	if d.wouldDeny > 0 {
 		parts = append(parts, fmt.Sprintf("%d would-deny (audit)", d.wouldDeny))
 	}
@@ -450,7 +450,7 @@ func (d *destAgg) write(b *strings.Builder, names map[string]bool) {
 		attrs = append(attrs, [2]string{"cidrs", hclList([]string{netip.PrefixFrom(k.addr, k.addr.BitLen()).String()})})
 	}
 	if len(d.snis) > 0 {
-		attrs = append(attrs, [2]string{"sni", hclList(sortedKeys(d.snis))})
+		attrs = append(attrs, [2]string{"sni", hclList(slices.Sorted(maps.Keys(d.snis)))})
 	}
 	ps := make([]string, len(ports))
 	for i, p := range ports {
@@ -506,7 +506,7 @@ func (s *suggestion) writeSkipped(b *strings.Builder) {
 	add(s.tooLong, fmt.Sprintf("longer than %d bytes", suggestMaxLine))
 	add(s.notDecided, "not connection decisions")
 	add(s.allowed, "allowed")
-	for _, r := range sortedKeysInt(s.unfixable) {
+	for _, r := range slices.Sorted(maps.Keys(s.unfixable)) {
 		switch r {
 		case unfixPrivate:
 			add(s.unfixable[r], "to private addresses (never suggested)")
@@ -614,22 +614,4 @@ func pluralWord(n int, what string) string {
 		return what
 	}
 	return what + "s"
-}
-
-func sortedKeys(m map[string]bool) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
-
-func sortedKeysInt(m map[string]int) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -145,6 +145,7 @@ probe() {
       --mark) mark=$((0x1e55)); shift ;;
       --uid) uid=$2; shift 2 ;;
       --client) where=$cns; shift ;;
+      *) echo "${FUNCNAME[0]}: unknown option $1" >&2; return 2 ;;
     esac
   done
   if [ "$mark" != 0 ]; then # SO_MARK needs python (and root: CAP_NET_ADMIN)
@@ -174,6 +175,7 @@ probe_udp() {
       --mark) mark=$((0x1e55)); shift ;;
       --uid) uid=$2; shift 2 ;;
       --client) where=$cns; shift ;;
+      *) echo "${FUNCNAME[0]}: unknown option $1" >&2; return 2 ;;
     esac
   done
   if [ "$uid" = 0 ]; then # python, root: checks the source address itself
