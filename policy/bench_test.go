@@ -164,10 +164,20 @@ func TestDecideZeroAllocs(t *testing.T) {
 		{Host: "example.com", Port: 443, Hello: HelloTLS, SNI: "evil.test"},
 		{Addr: netip.MustParseAddr("10.2.0.1"), Port: 8443},
 	}
+	// Per-client policies and audit mode: identities are built at compile
+	// time, so these decide without allocating too.
+	scoped := mustParse(t, clientsConfig()).Policy
+	scopedReqs := []Request{
+		{Host: "api.github.com", Port: 443, Client: netip.MustParseAddr("10.1.4.5")},
+		{Host: "pastebin.com", Port: 443, Client: netip.MustParseAddr("10.2.0.9")},
+		{Host: "example.com", Port: 443, Client: netip.MustParseAddr("10.2.0.9")},
+		{Host: "cgr.dev", Port: 443, User: "argon"},
+		{Host: "api.github.com", Port: 443, Client: netip.MustParseAddr("192.0.2.1")},
+	}
 	for _, c := range []struct {
 		p    *Policy
 		reqs []Request
-	}{{p, reqs}, {full, fullReqs}} {
+	}{{p, reqs}, {full, fullReqs}, {scoped, scopedReqs}} {
 		for _, r := range c.reqs {
 			r := r
 			if n := testing.AllocsPerRun(200, func() { _ = c.p.Decide(&r) }); n != 0 {

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -82,47 +83,18 @@ type clientSet struct {
 	users []string
 }
 
-func (c *clientSet) hasUser(u string) bool {
-	for _, x := range c.users {
-		if x == u {
-			return true
-		}
-	}
-	return false
-}
-
-func (c *clientSet) hasAddr(a netip.Addr) bool {
-	for _, p := range c.cidrs {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
 // polInfo is what Decide needs to know about one policy block.
 type polInfo struct {
-	name    string
 	ident   string // "cidr:NAME", the identity of an address match
 	audit   bool
 	clients *clientSet // nil: the policy applies to every client
 }
 
-// appliesTo reports whether the policy covers the client, and the identity
-// it gives the client: the user name, or "cidr:POLICY" for an address
-// match ("" when the policy has no clients block).
-func (pi *polInfo) appliesTo(client netip.Addr, user string) (bool, string) {
+// appliesTo reports whether the policy covers the client: it has no
+// clients block, or lists the user, or a cidr holding the address.
+func (pi *polInfo) appliesTo(client netip.Addr, user string) bool {
 	c := pi.clients
-	if c == nil {
-		return true, ""
-	}
-	if user != "" && c.hasUser(user) {
-		return true, user
-	}
-	if client.IsValid() && c.hasAddr(client) {
-		return true, pi.ident
-	}
-	return false, ""
+	return c == nil || (user != "" && slices.Contains(c.users, user)) || prefixesContain(c.cidrs, client)
 }
 
 // compileClients validates a clients block; users are checked against the
@@ -305,10 +277,6 @@ func compileUsers(defs []userDef, diags *hcl.Diagnostics) map[string]pwHash {
 			*diags = append(*diags, d)
 			continue
 		}
-		if strings.ContainsAny(u.name, ":") {
-			*diags = append(*diags, errDiag(u.rng, "Invalid user name", fmt.Sprintf("user %s: a user name cannot contain \":\" (Basic authentication separates name and password with it).", quote(u.name))))
-			continue
-		}
 		if r, dup := first[u.name]; dup {
 			*diags = append(*diags, errDiag(u.rng, "Duplicate user", fmt.Sprintf("user %s is already declared at %s. Remove one of them.", quote(u.name), posString(r))))
 			continue
@@ -407,14 +375,14 @@ func (p *Policy) policyApplies(ru *rule, client netip.Addr, user string) bool {
 	if !p.scoped {
 		return true
 	}
-	ok, _ := p.pols[ru.pol].appliesTo(client, user)
+	ok := p.pols[ru.pol].appliesTo(client, user)
 	return ok
 }
 
 // anyApplies reports whether some policy covers the client.
 func (p *Policy) anyApplies(client netip.Addr, user string) bool {
 	for i := range p.pols {
-		if ok, _ := p.pols[i].appliesTo(client, user); ok {
+		if p.pols[i].appliesTo(client, user) {
 			return true
 		}
 	}
@@ -428,7 +396,7 @@ func (p *Policy) identity(client netip.Addr, user string) string {
 		return user
 	}
 	for i := range p.pols {
-		if c := p.pols[i].clients; c != nil && client.IsValid() && c.hasAddr(client) {
+		if c := p.pols[i].clients; c != nil && prefixesContain(c.cidrs, client) {
 			return p.pols[i].ident
 		}
 	}
@@ -450,7 +418,7 @@ func (p *Policy) audited(d Decision, client netip.Addr, user string) bool {
 	}
 	covered := false
 	for i := range p.pols {
-		if ok, _ := p.pols[i].appliesTo(client, user); ok {
+		if p.pols[i].appliesTo(client, user) {
 			if !p.pols[i].audit {
 				return false
 			}

@@ -391,7 +391,7 @@ func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnos
 			seen[rp.name] = rp.nameRng
 		}
 		p.names = append(p.names, rp.name)
-		pi := polInfo{name: rp.name, ident: "cidr:" + rp.name}
+		pi := polInfo{ident: "cidr:" + rp.name}
 		if v := rp.mode; v != nil {
 			if d := checkMode(v); d != nil {
 				diags = append(diags, d)

@@ -305,13 +305,7 @@ func (p *Policy) RuleHasCIDR(d Decision, a netip.Addr) bool {
 	if p == nil || d.rule == nil || !a.IsValid() {
 		return false
 	}
-	a = a.Unmap().WithZone("")
-	for _, c := range d.rule.cidrs {
-		if c.Contains(a) {
-			return true
-		}
-	}
-	return false
+	return prefixesContain(d.rule.cidrs, a.Unmap().WithZone(""))
 }
 
 // RuleHosts returns the exact (non-wildcard) host names of the rule that

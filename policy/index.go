@@ -92,8 +92,12 @@ func (ru *rule) portMatch(port uint16) bool {
 	return false
 }
 
-func (ru *rule) grantsPrivate(a netip.Addr) bool {
-	for _, p := range ru.privCIDRs {
+func (ru *rule) grantsPrivate(a netip.Addr) bool { return prefixesContain(ru.privCIDRs, a) }
+
+// prefixesContain reports whether one of ps contains a (false for the
+// zero Addr).
+func prefixesContain(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
 		if p.Contains(a) {
 			return true
 		}
