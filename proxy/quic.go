@@ -103,7 +103,6 @@ type flow struct {
 	state     flowState
 	q         *sni.QUICInitial // nil after the decision
 	hello     sni.Hello
-	datagrams int    // datagrams received before the decision
 	pend      []byte // datagrams buffered before the decision, back to back
 	pendLen   []int
 	holdUntil time.Time
@@ -267,7 +266,6 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 		return
 	}
 	defer f.mu.Unlock()
-	f.datagrams++
 	switch {
 	case f.slot == nil: // at the connection limit: refused at once
 		g.deny(f, policy.ReasonConnectionLimit, f.c.detail)
@@ -289,7 +287,7 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 		f.state = flowDeciding
 		go g.decide(f, true)
 	case errors.Is(err, sni.ErrNeedMore):
-	case errors.Is(err, sni.ErrNotQUIC) && f.datagrams == 1:
+	case errors.Is(err, sni.ErrNotQUIC) && len(f.pendLen) == 1:
 		f.state = flowDeciding // other UDP: only require_tls = false rules admit it
 		go g.decide(f, false)
 	case errors.Is(err, sni.ErrTooLarge):
@@ -506,7 +504,7 @@ func (g *quicGateway) expire(now time.Time) {
 	for _, f := range timedOut {
 		f.mu.Lock()
 		if f.state == flowPending {
-			g.deny(f, policy.ReasonHelloTimeout, fmt.Sprintf("no complete ClientHello within %s (%d datagrams)", hello, f.datagrams))
+			g.deny(f, policy.ReasonHelloTimeout, fmt.Sprintf("no complete ClientHello within %s (%d datagrams)", hello, len(f.pendLen)))
 		}
 		f.mu.Unlock()
 	}

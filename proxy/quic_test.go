@@ -377,6 +377,14 @@ func TestQUICHelloLimits(t *testing.T) {
 	c4.WriteToUDP(first, q.addr)
 	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "bad_request", "client": c4.LocalAddr().String()})
 
+	// Retransmissions of the first Initial never complete the hello: the
+	// flow's buffer (maxPendingDatagrams) fills and the flow is refused.
+	c5 := q.socket(t, sink)
+	for range maxPendingDatagrams + 1 {
+		c5.WriteToUDP(first, q.addr)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "hello_too_large", "client": c5.LocalAddr().String()})
+
 	if got.Load() != 0 {
 		t.Errorf("the destination got %d datagrams", got.Load())
 	}
