@@ -87,21 +87,34 @@ func parseRawSockaddr(b []byte) (netip.AddrPort, error) {
 // IPV6_TRANSPARENT, so that a TPROXY'ed connection to any address is
 // accepted with that address as its local address.
 func transparentControl(network, _ string, rc syscall.RawConn) error {
+	if network == "tcp6" {
+		return setsockopts(rc, sockopt{syscall.SOL_IPV6, ipv6Transparent, 1, "IPV6_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"})
+	}
+	return setsockopts(rc, sockopt{syscall.SOL_IP, syscall.IP_TRANSPARENT, 1, "IP_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"})
+}
+
+// sockopt is one integer socket option and, for errors, its name.
+type sockopt struct {
+	level, name, v int
+	what           string
+}
+
+// setsockopts sets opts on rc's socket in order and stops at the first
+// that fails, naming it.
+func setsockopts(rc syscall.RawConn, opts ...sockopt) error {
 	var serr error
 	err := rc.Control(func(fd uintptr) {
-		if network == "tcp6" {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IPV6, ipv6Transparent, 1)
-			return
+		for _, o := range opts {
+			if err := syscall.SetsockoptInt(int(fd), o.level, o.name, o.v); err != nil {
+				serr = fmt.Errorf("setting %s: %w", o.what, err)
+				return
+			}
 		}
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_IP, syscall.IP_TRANSPARENT, 1)
 	})
 	if err != nil {
 		return err
 	}
-	if serr != nil {
-		return fmt.Errorf("setting IP_TRANSPARENT (TPROXY needs CAP_NET_ADMIN): %w", serr)
-	}
-	return nil
+	return serr
 }
 
 // markControl returns a net.Dialer Control that sets SO_MARK on upstream
@@ -112,17 +125,7 @@ func markControl(mark uint32) func(string, string, syscall.RawConn) error {
 		return nil
 	}
 	return func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
-		})
-		if err != nil {
-			return err
-		}
-		if serr != nil {
-			return fmt.Errorf("setting SO_MARK %d (needs CAP_NET_ADMIN): %w", mark, serr)
-		}
-		return nil
+		return setsockopts(rc, sockopt{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", mark)})
 	}
 }
 
@@ -141,32 +144,16 @@ var quicOOBSize = syscall.CmsgSpace(syscall.SizeofSockaddrInet6) * 2
 // IP_RECVORIGDSTADDR, and on IPv6 sockets their IPv6 forms as well (a
 // dual-stack socket receives IPv4 datagrams through the IPv4 options).
 func quicListenControl(network, _ string, rc syscall.RawConn) error {
-	type opt struct {
-		level, name int
-		what        string
-	}
-	opts := []opt{
-		{syscall.SOL_IP, syscall.IP_TRANSPARENT, "IP_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
-		{syscall.SOL_IP, ipRecvOrigDstAddr, "IP_RECVORIGDSTADDR"},
+	opts := []sockopt{
+		{syscall.SOL_IP, syscall.IP_TRANSPARENT, 1, "IP_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
+		{syscall.SOL_IP, ipRecvOrigDstAddr, 1, "IP_RECVORIGDSTADDR"},
 	}
 	if network == "udp6" {
 		opts = append(opts,
-			opt{syscall.SOL_IPV6, ipv6Transparent, "IPV6_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
-			opt{syscall.SOL_IPV6, ipv6RecvOrigDstAddr, "IPV6_RECVORIGDSTADDR"})
+			sockopt{syscall.SOL_IPV6, ipv6Transparent, 1, "IPV6_TRANSPARENT (TPROXY needs CAP_NET_ADMIN)"},
+			sockopt{syscall.SOL_IPV6, ipv6RecvOrigDstAddr, 1, "IPV6_RECVORIGDSTADDR"})
 	}
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		for _, o := range opts {
-			if err := syscall.SetsockoptInt(int(fd), o.level, o.name, 1); err != nil {
-				serr = fmt.Errorf("setting %s: %w", o.what, err)
-				return
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
+	return setsockopts(rc, opts...)
 }
 
 // parseOrigDstCmsg finds the original destination in a datagram's control
@@ -225,27 +212,14 @@ func transparentReply(dst netip.AddrPort, mark uint32) (*net.UDPConn, error) {
 	if dst.Addr().Is6() {
 		network, level, opt = "udp6", syscall.SOL_IPV6, ipv6Transparent
 	}
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			set := func(level, opt, v int, what string) {
-				if serr == nil {
-					if err := syscall.SetsockoptInt(int(fd), level, opt, v); err != nil {
-						serr = fmt.Errorf("setting %s: %w", what, err)
-					}
-				}
-			}
-			set(syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1, "SO_REUSEADDR")
-			set(level, opt, 1, "IP_TRANSPARENT (needs CAP_NET_ADMIN)")
-			if mark != 0 {
-				set(syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), "SO_MARK")
-			}
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	opts := []sockopt{
+		{syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1, "SO_REUSEADDR"},
+		{level, opt, 1, "IP_TRANSPARENT (needs CAP_NET_ADMIN)"},
+	}
+	if mark != 0 {
+		opts = append(opts, sockopt{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), "SO_MARK"})
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error { return setsockopts(rc, opts...) }}
 	pc, err := lc.ListenPacket(context.Background(), network, dst.String())
 	if err != nil {
 		return nil, fmt.Errorf("binding a reply socket to %s: %w", dst, err)
@@ -270,22 +244,10 @@ func listenKeepAlive(lc *net.ListenConfig) {
 
 // keepAliveControl sets tunnelKeepAlive on a socket.
 func keepAliveControl(rc syscall.RawConn) error {
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		ka := tunnelKeepAlive
-		for _, o := range [...]struct{ level, opt, v int }{
-			{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second)},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second)},
-			{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count},
-		} {
-			if err := syscall.SetsockoptInt(int(fd), o.level, o.opt, o.v); err != nil && serr == nil {
-				serr = fmt.Errorf("setting TCP keepalive on the listener: %w", err)
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
+	ka := tunnelKeepAlive
+	return setsockopts(rc,
+		sockopt{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
+		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
+		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"})
 }
