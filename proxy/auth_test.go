@@ -197,6 +197,30 @@ func TestNoPolicyForClient(t *testing.T) {
 	}
 	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "no_policy_for_client"})
 
+	// No policy admits proxy users: credentials would not help, 403.
+	e3 := newEnv(t)
+	e3.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+server { allow_private_destinations = true }
+policy "office" {
+  clients { cidrs = ["10.9.0.0/16"] }
+  allow "all" { hosts = ["allowed.egress.test", "plain.egress.test"] }
+}`)
+	c, _, resp = e3.connect(t, "allowed.egress.test:"+strconv.Itoa(e3.tlsPort))
+	c.Close()
+	if resp.StatusCode != http.StatusForbidden || resp.Header.Get("Proxy-Authenticate") != "" {
+		t.Errorf("CONNECT from a client no policy names, no users: %s %v, want 403 without a challenge", resp.Status, resp.Header)
+	}
+	hr, err := e3.client().Get("http://plain.egress.test:" + strconv.Itoa(e3.httpPort) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(hr.Body)
+	hr.Body.Close()
+	if hr.StatusCode != http.StatusForbidden || string(body) != "egressd: denied plain.egress.test: no_policy_for_client\n" {
+		t.Errorf("plain request from a client no policy names: %s %q, want 403 with the refusal line", hr.Status, body)
+	}
+
 	e2 := newEnv(t)
 	g := e2.startTransparent(t, `
 server { allow_private_destinations = true }

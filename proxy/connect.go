@@ -154,7 +154,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.
 func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
-	body := fmt.Sprintf("egressd: %s %s: %s\n", verdictWord(code), c.host, c.decision.Reason)
+	body := refusalBody(code, c)
 	challenge := ""
 	if code == http.StatusProxyAuthRequired {
 		challenge = "Proxy-Authenticate: " + proxyRealm + "\r\n"
@@ -172,6 +172,12 @@ func (s *Server) denyStatus(d policy.Decision, user string) int {
 		return http.StatusProxyAuthRequired
 	}
 	return http.StatusForbidden
+}
+
+// refusalBody is the one-line text of a refusal, the same for CONNECT
+// and plain HTTP: "egressd: denied HOST: REASON".
+func refusalBody(code int, c *conn) string {
+	return "egressd: " + verdictWord(code) + " " + c.host + ": " + string(c.decision.Reason) + "\n"
 }
 
 func verdictWord(code int) string {

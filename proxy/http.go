@@ -36,16 +36,16 @@ func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.R
 	c.decision = s.policy().Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP, Client: c.client.Addr(), User: user})
 	if !c.decision.Allow {
 		s.logDecision(c)
-		if s.denyStatus(c.decision, user) == http.StatusProxyAuthRequired {
-			return challengeResponse(req, c)
+		if code := s.denyStatus(c.decision, user); code != http.StatusProxyAuthRequired {
+			return textResponse(req, code, refusalBody(code, c))
 		}
-		return textResponse(req, http.StatusForbidden, "egressd: denied "+c.host+": "+string(c.decision.Reason)+"\n")
+		return challengeResponse(req, c)
 	}
 	// The slot is held until the response body is closed (forward).
 	sl := s.acquireSlot(c)
 	if sl == nil {
 		s.logDecision(c)
-		return textResponse(req, http.StatusServiceUnavailable, "egressd: refused "+c.host+": "+string(c.decision.Reason)+"\n")
+		return textResponse(req, http.StatusServiceUnavailable, refusalBody(http.StatusServiceUnavailable, c))
 	}
 	up := s.dial(req.Context(), c, t, "tcp")
 	s.logDecision(c)
@@ -112,7 +112,7 @@ func (s *Server) refuseHTTP(req *http.Request, c *conn, code int, r policy.Reaso
 
 // challengeResponse is a 407 asking for proxy credentials.
 func challengeResponse(req *http.Request, c *conn) *http.Response {
-	resp := textResponse(req, http.StatusProxyAuthRequired, "egressd: authentication required for "+c.host+": "+string(c.decision.Reason)+"\n")
+	resp := textResponse(req, http.StatusProxyAuthRequired, refusalBody(http.StatusProxyAuthRequired, c))
 	resp.Header.Set("Proxy-Authenticate", proxyRealm)
 	return resp
 }
