@@ -77,10 +77,7 @@ func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
 	var first error
 	for range srvs {
 		err := <-errc
-		s.mu.Lock()
-		closing := s.closing
-		s.mu.Unlock()
-		if err != nil && !closing && first == nil {
+		if err != nil && !s.isClosing() && first == nil {
 			first = err
 			// One server failed: stop the other too.
 			for _, d := range srvs {

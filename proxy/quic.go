@@ -192,15 +192,11 @@ func (s *Server) ServeQUIC(pc *net.UDPConn) error {
 	for {
 		n, oobn, _, from, err := pc.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing || errors.Is(err, net.ErrClosed) {
+			if s.isClosing() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			if isTemporary(err) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
+				backoff(&delay)
 				continue
 			}
 			return fmt.Errorf("reading the QUIC listener %s: %w", pc.LocalAddr(), err)

@@ -286,6 +286,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return err
 }
 
+// isClosing reports whether Shutdown has begun.
+func (s *Server) isClosing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
 // track registers an open tunnel; it reports false once Shutdown began.
 func (s *Server) track(c net.Conn) bool {
 	s.mu.Lock()

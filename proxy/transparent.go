@@ -57,16 +57,12 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 	for {
 		client, err := ln.Accept()
 		if err != nil {
-			s.mu.Lock()
-			closing := s.closing
-			s.mu.Unlock()
-			if closing || errors.Is(err, net.ErrClosed) {
+			if s.isClosing() || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
+				backoff(&delay)
 				continue
 			}
 			return err
@@ -78,6 +74,13 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 		}
 		go s.handleTransparent(client, orig)
 	}
+}
+
+// backoff sleeps after a temporary accept or read error: 5 ms, doubling
+// to at most 1 s while errors continue (the caller resets delay to 0).
+func backoff(delay *time.Duration) {
+	*delay = min(max(2**delay, 5*time.Millisecond), time.Second)
+	time.Sleep(*delay)
 }
 
 func isTemporary(err error) bool {
