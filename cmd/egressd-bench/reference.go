@@ -154,6 +154,9 @@ func (p *referenceProc) stop() {
 // measureReference measures the reference relay beside direct: bulk
 // through 8 tunnels and the connection rate at concurrency 64, each with
 // the relay's CPU.
+// Direct is measured again right before the reference relay, not taken
+// from egressd's rows: this machine's rates drift by ±10% within minutes,
+// and each ratio is only meaningful against a direct run next to it.
 func (b *bench) measureReference(rows []*row, direct path, lp [3]int) error {
 	if !b.opt.measures("bulk") && !b.opt.measures("conn") {
 		return nil
