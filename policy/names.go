@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 
@@ -334,6 +335,27 @@ func parsePattern(s, attr string) (pattern, *patternError) {
 func isPublicSuffix(s string) bool {
 	ps, icann := publicsuffix.PublicSuffix(s)
 	return ps == s && (icann || strings.IndexByte(ps, '.') >= 0)
+}
+
+// ParseDestination parses a destination's host and port as egressd reads
+// CONNECT targets and test targets: a port from 1 to 65535, and a
+// canonical IP literal (no zone; IPv4-mapped addresses unmapped) or a
+// host name, which comes back normalized.
+func ParseDestination(host, port string) (name string, addr netip.Addr, p uint16, err error) {
+	n, perr := strconv.ParseUint(port, 10, 16)
+	if perr != nil || n == 0 {
+		return "", netip.Addr{}, 0, fmt.Errorf("port %s is not a number from 1 to 65535", quote(port))
+	}
+	if a, aerr := netip.ParseAddr(host); aerr == nil {
+		if a.Zone() != "" {
+			return "", netip.Addr{}, 0, errors.New("IPv6 zones are not allowed")
+		}
+		return "", a.Unmap(), uint16(n), nil
+	}
+	if name, err = NormalizeHost(host); err != nil {
+		return "", netip.Addr{}, 0, err
+	}
+	return name, netip.Addr{}, uint16(n), nil
 }
 
 // splitHostPort splits "host:port" or "[v6]:port" the way net.SplitHostPort

@@ -9,7 +9,6 @@ package policy
 import (
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -381,29 +380,14 @@ func validTestName(s string) bool {
 	return true
 }
 
-// parseTestTarget parses host:port with the proxy's rules (proxy.ParseTarget,
-// which policy cannot import): a port from 1 to 65535, a canonical IP
-// literal (IPv6 in brackets, no zone; IPv4-mapped addresses unmapped), or
-// a host name, normalized.
+// parseTestTarget parses a test's host:port as the proxy parses a CONNECT
+// target (ParseDestination).
 func parseTestTarget(s string) (host string, addr netip.Addr, port uint16, err error) {
 	h, p, err := splitHostPort(s)
 	if err != nil {
 		return "", netip.Addr{}, 0, err
 	}
-	n, perr := strconv.ParseUint(p, 10, 16)
-	if perr != nil || n == 0 || !allDigits(p) {
-		return "", netip.Addr{}, 0, fmt.Errorf("port %s is not a number from 1 to 65535", quote(p))
-	}
-	if a, aerr := netip.ParseAddr(h); aerr == nil {
-		if a.Zone() != "" {
-			return "", netip.Addr{}, 0, fmt.Errorf("IPv6 zones are not allowed")
-		}
-		return "", a.Unmap(), uint16(n), nil
-	}
-	if host, err = NormalizeHost(h); err != nil {
-		return "", netip.Addr{}, 0, err
-	}
-	return host, netip.Addr{}, uint16(n), nil
+	return ParseDestination(h, p)
 }
 
 // RunTests decides every test of the configuration, offline, in

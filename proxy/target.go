@@ -47,20 +47,9 @@ func ParseTarget(hostport string, defaultPort uint16) (Target, error) {
 			host = host[1 : len(host)-1]
 		}
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil || port == 0 {
-		return Target{}, fmt.Errorf("target %q: port must be 1-65535", hostport)
-	}
-	t := Target{Port: uint16(port)}
-	if a, err := netip.ParseAddr(host); err == nil {
-		if a.Zone() != "" {
-			return Target{}, fmt.Errorf("target %q: IPv6 zones are not allowed", hostport)
-		}
-		t.Addr = a.Unmap()
-		return t, nil
-	}
-	if t.Host, err = policy.NormalizeHost(host); err != nil {
+	name, addr, port, err := policy.ParseDestination(host, portStr)
+	if err != nil {
 		return Target{}, fmt.Errorf("target %q: %w", hostport, err)
 	}
-	return t, nil
+	return Target{Host: name, Addr: addr, Port: port}, nil
 }
