@@ -46,45 +46,27 @@ func compileServer(raw *rawServer) (Server, hcl.Diagnostics) {
 	}
 	var diags hcl.Diagnostics
 	var listeners []listener
-	if raw.httpListen != nil {
-		if _, _, err := splitListen(raw.httpListen.v); err != nil {
-			diags = append(diags, listenDiag("http_listen", raw.httpListen, err))
-		} else {
-			s.HTTPListen = raw.httpListen.v
+	for _, l := range []struct {
+		name    string
+		raw     *str
+		network int
+		dst     *string
+	}{
+		{"http_listen", raw.httpListen, netTCP, &s.HTTPListen},
+		{"transparent_listen", raw.transparentListen, netTCP, &s.TransparentListen},
+		{"dns_listen", raw.dnsListen, netTCP | netUDP, &s.DNSListen},
+		{"quic_listen", raw.quicListen, netUDP, &s.QUICListen},
+		{"admin_listen", raw.adminListen, netTCP, &s.AdminListen},
+	} {
+		if l.raw == nil {
+			continue
 		}
-		listeners = append(listeners, listener{name: "http_listen", network: netTCP, addr: raw.httpListen.v, rng: raw.httpListen.rng})
-	}
-	if raw.transparentListen != nil {
-		if _, _, err := splitListen(raw.transparentListen.v); err != nil {
-			diags = append(diags, listenDiag("transparent_listen", raw.transparentListen, err))
+		if _, _, err := splitListen(l.raw.v); err != nil {
+			diags = append(diags, listenDiag(l.name, l.raw, err))
 		} else {
-			s.TransparentListen = raw.transparentListen.v
+			*l.dst = l.raw.v
 		}
-		listeners = append(listeners, listener{name: "transparent_listen", network: netTCP, addr: raw.transparentListen.v, rng: raw.transparentListen.rng})
-	}
-	if raw.dnsListen != nil {
-		if _, _, err := splitListen(raw.dnsListen.v); err != nil {
-			diags = append(diags, listenDiag("dns_listen", raw.dnsListen, err))
-		} else {
-			s.DNSListen = raw.dnsListen.v
-		}
-		listeners = append(listeners, listener{name: "dns_listen", network: netTCP | netUDP, addr: raw.dnsListen.v, rng: raw.dnsListen.rng})
-	}
-	if raw.quicListen != nil {
-		if _, _, err := splitListen(raw.quicListen.v); err != nil {
-			diags = append(diags, listenDiag("quic_listen", raw.quicListen, err))
-		} else {
-			s.QUICListen = raw.quicListen.v
-		}
-		listeners = append(listeners, listener{name: "quic_listen", network: netUDP, addr: raw.quicListen.v, rng: raw.quicListen.rng})
-	}
-	if raw.adminListen != nil {
-		if _, _, err := splitListen(raw.adminListen.v); err != nil {
-			diags = append(diags, listenDiag("admin_listen", raw.adminListen, err))
-		} else {
-			s.AdminListen = raw.adminListen.v
-		}
-		listeners = append(listeners, listener{name: "admin_listen", network: netTCP, addr: raw.adminListen.v, rng: raw.adminListen.rng})
+		listeners = append(listeners, listener{name: l.name, network: l.network, addr: l.raw.v, rng: l.raw.rng})
 	}
 	diags = append(diags, checkListeners(listeners)...)
 
