@@ -308,6 +308,17 @@ func (e *env) waitLog(t *testing.T, msg string, want map[string]any) map[string]
 	}
 }
 
+// countLines counts the decision-log lines with message msg matching want.
+func (e *env) countLines(t *testing.T, msg string, want map[string]any) int {
+	n := 0
+	for _, l := range e.log.lines(t) {
+		if l["message"] == msg && matches(l, want) {
+			n++
+		}
+	}
+	return n
+}
+
 func matches(l, want map[string]any) bool {
 	for k, v := range want {
 		if fmt.Sprint(l[k]) != fmt.Sprint(v) {

@@ -55,17 +55,6 @@ func raiseNofile(t *testing.T, need uint64) uint64 {
 	return rl.Cur
 }
 
-// countLines counts the decision-log lines with message msg matching want.
-func (e *env) countLines(t *testing.T, msg string, want map[string]any) int {
-	n := 0
-	for _, l := range e.log.lines(t) {
-		if l["message"] == msg && matches(l, want) {
-			n++
-		}
-	}
-	return n
-}
-
 // waitCount waits until exactly want lines match, and fails if more do.
 func (e *env) waitCount(t *testing.T, msg string, match map[string]any, want int) {
 	t.Helper()

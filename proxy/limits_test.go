@@ -271,12 +271,7 @@ func TestQUICLimit(t *testing.T) {
 		t.Errorf("decision %v", d)
 	}
 	time.Sleep(100 * time.Millisecond)
-	n := 0
-	for _, l := range e.log.lines(t) {
-		if l["message"] == "decision" && l["conn"] == d["conn"] {
-			n++
-		}
-	}
+	n := e.countLines(t, "decision", map[string]any{"conn": d["conn"]})
 	if n != 1 {
 		t.Errorf("%d decision lines for the refused flow, want 1", n)
 	}

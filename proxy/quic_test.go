@@ -241,12 +241,7 @@ func TestQUICDenied(t *testing.T) {
 				t.Errorf("decision %v: dialed, or no QUIC JA4", d)
 			}
 			// Retransmitted Initials were dropped without more lines.
-			n := 0
-			for _, l := range e.log.lines(t) {
-				if l["message"] == "decision" && l["conn"] == d["conn"] {
-					n++
-				}
-			}
+			n := e.countLines(t, "decision", map[string]any{"conn": d["conn"]})
 			if n != 1 {
 				t.Errorf("%d decision lines for one flow", n)
 			}

@@ -415,7 +415,7 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 			case err == syscall.EINTR:
 				continue
 			default:
-				return false, orEOF(err)
+				return false, spliceOutErr(err)
 			}
 		}
 		if d.eof {
@@ -450,7 +450,10 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 	}
 }
 
-func orEOF(err error) error {
+// spliceOutErr is the error of a splice into dst that moved nothing: a
+// socket that takes no bytes without saying why is treated as a broken
+// pipe, so that the relay does not spin on it.
+func spliceOutErr(err error) error {
 	if err == nil {
 		return syscall.EPIPE
 	}
