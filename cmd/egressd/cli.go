@@ -104,8 +104,6 @@ func parseFlags(fs *flag.FlagSet, args []string) int {
 	return -1
 }
 
-// loadConfig reads path, or the embedded presets when path is empty, and
-// prints every diagnostic (warnings too) to stderr.
 // loadDiags loads the configuration at path (the embedded presets when
 // path is "").
 func loadDiags(path string) (*policy.Config, hcl.Diagnostics) {
@@ -115,6 +113,8 @@ func loadDiags(path string) (*policy.Config, hcl.Diagnostics) {
 	return policy.Load(path)
 }
 
+// loadConfig reads path, or the embedded presets when path is empty, and
+// prints every diagnostic (warnings too) to stderr.
 func loadConfig(path string, stderr io.Writer) (*policy.Config, bool) {
 	cfg, diags := loadDiags(path)
 	if len(diags) > 0 {
