@@ -161,6 +161,24 @@ func TestConnectLimitPerClient(t *testing.T) {
 	echoes(t, c2, br2, "still two")
 }
 
+// TestConnectLimitInAuditMode: audit mode lets policy denials through, not
+// the connection limit: a destination the policy would deny (audited) is
+// refused with 503 at the limit, logged as a real deny (no would_deny).
+func TestConnectLimitInAuditMode(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections_per_client = 1\n  mode = \"audit\""))
+	e.echoTunnel(t, "127.0.0.1")
+	c, _, resp := e.connectFrom(t, "127.0.0.1", "127.0.0.2:"+strconv.Itoa(e.echoPort)) // no rule: audited
+	c.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("audited CONNECT at the limit: %s, want 503", resp.Status)
+	}
+	d := e.waitLog(t, "decision", map[string]any{"host": "127.0.0.2", "reason": "connection_limit"})
+	if d["decision"] != "deny" || d["would_deny"] != nil {
+		t.Errorf("the refusal at the limit is logged as an audit allow: %v", d)
+	}
+}
+
 func TestConnectLimitTotal(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, limitConfig("max_connections = 3"))
