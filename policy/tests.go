@@ -405,7 +405,11 @@ func (c *Config) RunTests() []TestResult {
 }
 
 // RunTest decides one test. As in egressd check, an allowed IP target must
-// also pass AddrAllowed (private destinations).
+// also pass AddrAllowed (private destinations). Unlike check, which shows
+// what the running mode does, a test states the verdict with the policy
+// enforced: an audited allow (WouldDeny) keeps its policy reason
+// (no_rule, ...), the one enforcement would give, rather than
+// private_destination.
 func (p *Policy) RunTest(t *Test) TestResult {
 	r := t.Request
 	d := p.Decide(&r)
