@@ -275,7 +275,18 @@ func (e *env) client() *http.Client {
 // proxy's status line.
 func (e *env) connect(t *testing.T, authority string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	c, err := net.Dial("tcp", e.proxyAddr)
+	return e.connectFrom(t, "", authority)
+}
+
+// connectFrom is connect from local address from (a 127.0.0.x; "" for
+// any).
+func (e *env) connectFrom(t *testing.T, from, authority string) (net.Conn, *bufio.Reader, *http.Response) {
+	t.Helper()
+	var d net.Dialer
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	c, err := d.Dial("tcp", e.proxyAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -65,25 +65,6 @@ func (e *env) echoTunnel(t *testing.T, from string) (net.Conn, *bufio.Reader) {
 	return c, br
 }
 
-// connectFrom is env.connect from a given loopback address.
-func (e *env) connectFrom(t *testing.T, from, authority string) (net.Conn, *bufio.Reader, *http.Response) {
-	t.Helper()
-	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
-	c, err := d.Dial("tcp", e.proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		t.Fatalf("CONNECT %s: %v", authority, err)
-	}
-	return c, br, resp
-}
-
 func echoes(t *testing.T, c net.Conn, r io.Reader, msg string) {
 	t.Helper()
 	if _, err := c.Write([]byte(msg)); err != nil {
