@@ -11,6 +11,7 @@ import (
 	"github.com/elazarl/goproxy"
 
 	"github.com/egressd/egressd/policy"
+	"github.com/egressd/egressd/sni"
 )
 
 // handleConnect runs one CONNECT tunnel: pre-check the destination, answer
@@ -108,23 +109,15 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 		return false
 	}
 	r.Hello = policy.HelloNotTLS
+	var hello *sni.Hello
 	if f.tls {
 		c.helloWait = max(time.Since(helloStart), time.Nanosecond)
-		c.fingerprint(&f.hello, false)
-		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
+		hello = &f.hello
 	}
-	c.decision = s.policy().Decide(r)
-	if !c.decision.Allow {
+	t, ok := s.decideHello(c, r, hello, false, t)
+	if !ok {
 		s.logDecision(c)
 		return false
-	}
-	if r.Transparent {
-		sni, _ := policy.NormalizeHost(r.SNI)
-		var ok bool
-		if t, ok = s.verifyDst(c, t, sni); !ok {
-			s.logDecision(c)
-			return false
-		}
 	}
 	up := s.dial(context.Background(), c, t, "tcp")
 	s.logDecision(c)
@@ -150,6 +143,26 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 	})
 	s.relaying(client, abort)
 	return true
+}
+
+// decideHello decides r with the ClientHello (nil: the first bytes were not
+// one), fingerprinted for TLS over TCP or QUIC, and verifies a transparent
+// request's destination against the deciding rule. It returns the target
+// to dial and whether to dial it; c.decision says why not.
+func (s *Server) decideHello(c *conn, r *policy.Request, hello *sni.Hello, quic bool, t Target) (Target, bool) {
+	if hello != nil {
+		c.fingerprint(hello, quic)
+		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, hello.ServerName, c.ja3, c.ja4
+	}
+	c.decision = s.policy().Decide(r)
+	if !c.decision.Allow {
+		return t, false
+	}
+	if !r.Transparent {
+		return t, true
+	}
+	name, _ := policy.NormalizeHost(r.SNI)
+	return s.verifyDst(c, t, name)
 }
 
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.

@@ -360,18 +360,14 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	s, c := g.s, f.c
 	r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Hello: policy.HelloNotTLS,
 		Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
+	var hello *sni.Hello
 	if isQUIC {
-		c.fingerprint(&f.hello, true)
-		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, f.hello.ServerName, c.ja3, c.ja4
+		hello = &f.hello
 	}
-	c.decision = s.policy().Decide(&r)
 	var up *net.UDPConn
 	var reply quicReplier
-	if c.decision.Allow {
-		sniName, _ := policy.NormalizeHost(r.SNI)
-		if t, ok := s.verifyDst(c, Target{Addr: r.Addr, Port: r.Port}, sniName); ok {
-			up, reply = g.open(c, t, f.key.dst)
-		}
+	if t, ok := s.decideHello(c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
+		up, reply = g.open(c, t, f.key.dst)
 	}
 	s.logDecision(c)
 
