@@ -66,19 +66,24 @@ func getOrigDst(fd, level, opt int) (netip.AddrPort, error) {
 	return parseRawSockaddr((*[unsafe.Sizeof(info.Addr)]byte)(unsafe.Pointer(&info.Addr))[:])
 }
 
-// parseRawSockaddr decodes a sockaddr_in or sockaddr_in6 as the kernel
-// wrote it: family in host order, port in network order.
+// parseRawSockaddr decodes a sockaddr_in (16 bytes) or sockaddr_in6 (28)
+// as the kernel wrote it: family in host order, port in network order.
 func parseRawSockaddr(b []byte) (netip.AddrPort, error) {
-	if len(b) < 28 {
+	if len(b) < 2 {
 		return netip.AddrPort{}, errors.New("short sockaddr")
 	}
 	family := *(*uint16)(unsafe.Pointer(&b[0]))
-	port := binary.BigEndian.Uint16(b[2:4])
 	switch family {
 	case syscall.AF_INET:
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), port), nil
+		if len(b) < syscall.SizeofSockaddrInet4 {
+			return netip.AddrPort{}, errors.New("short sockaddr_in")
+		}
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), binary.BigEndian.Uint16(b[2:4])), nil
 	case syscall.AF_INET6:
-		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), port), nil
+		if len(b) < syscall.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, errors.New("short sockaddr_in6")
+		}
+		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])).Unmap(), binary.BigEndian.Uint16(b[2:4])), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("unexpected address family %d", family)
 }
@@ -169,7 +174,7 @@ func parseOrigDstCmsg(oob []byte) (netip.AddrPort, bool) {
 		}
 		if h.Level == syscall.SOL_IP && h.Type == ipRecvOrigDstAddr ||
 			h.Level == syscall.SOL_IPV6 && h.Type == ipv6RecvOrigDstAddr {
-			ap, err := parseSockaddr(oob[hdr:l])
+			ap, err := parseRawSockaddr(oob[hdr:l])
 			return ap, err == nil
 		}
 		next := syscall.CmsgSpace(l - hdr)
@@ -179,26 +184,6 @@ func parseOrigDstCmsg(oob []byte) (netip.AddrPort, bool) {
 		oob = oob[next:]
 	}
 	return netip.AddrPort{}, false
-}
-
-// parseSockaddr decodes a sockaddr_in (16 bytes) or sockaddr_in6 (28).
-func parseSockaddr(b []byte) (netip.AddrPort, error) {
-	if len(b) < 2 {
-		return netip.AddrPort{}, errors.New("short sockaddr")
-	}
-	switch *(*uint16)(unsafe.Pointer(&b[0])) {
-	case syscall.AF_INET:
-		if len(b) < syscall.SizeofSockaddrInet4 {
-			return netip.AddrPort{}, errors.New("short sockaddr_in")
-		}
-	case syscall.AF_INET6:
-		if len(b) < syscall.SizeofSockaddrInet6 {
-			return netip.AddrPort{}, errors.New("short sockaddr_in6")
-		}
-	}
-	var full [32]byte
-	copy(full[:], b)
-	return parseRawSockaddr(full[:])
 }
 
 // transparentReply opens the socket a QUIC flow answers its client from:
