@@ -70,6 +70,13 @@ then the ClientHello, then raw bytes):
               least a CONNECT proxy can (read the request head, answer 200,
               dial, io.Copy both ways; no policy, hello parsing or log), to
               show what any relay costs on this machine
+  peers       with --peers, bulk, CPU, conn/s at concurrency 64 and RSS
+              through the relays users would run instead, from this
+              machine's packages: HAProxy (req.ssl_sni) and nginx
+              (ssl_preread) routing on SNI, Squid and tinyproxy as CONNECT
+              proxies, each with a generated configuration that logs every
+              connection; a second table puts them beside egressd and says
+              on which figures egressd is ahead of all of them
 
 Each figure is the median of --runs runs (min-max in brackets), printed as a
 markdown table with the issue's targets and a met / NOT MET column. With
@@ -94,6 +101,7 @@ type options struct {
 	out         string
 	verbose     bool
 	only        map[string]bool // figures to measure; empty: all
+	peers       []peerSpec      // other relays to measure beside egressd
 }
 
 // figures are the names --only accepts.
@@ -122,6 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.BoolVar(&o.quick, "quick", false, "CI mode: 1 run, 300ms measurements, 200 tunnels (explicit flags still win)")
 	fs.StringVar(&o.out, "o", "", "also write the markdown table to this file")
 	fs.BoolVar(&o.verbose, "v", false, "print progress to stderr")
+	peers := fs.String("peers", "", "also measure these relays beside egressd, comma-separated: "+peerNames()+", or all (those installed)")
 	only := fs.String("only", "", "measure only these figures, comma-separated: bulk, conn, rss (for profiling one at a time); empty: all")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usageText)
@@ -155,6 +164,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 			o.only = map[string]bool{}
 		}
 		o.only[f] = true
+	}
+	peerList, missing, err := parsePeers(*peers)
+	if err != nil {
+		fmt.Fprintf(stderr, "egressd-bench: --peers %q: %v\n", *peers, err)
+		return 2
+	}
+	o.peers = peerList
+	for _, m := range missing {
+		fmt.Fprintf(stderr, "egressd-bench: --peers all: not installed, not measured: %s\n", m)
 	}
 	if o.runs < 1 || o.duration <= 0 || o.tunnels < 1 || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "egressd-bench: --runs, --duration and --tunnels must be positive; no arguments")
@@ -274,10 +292,10 @@ func (b *bench) run() (string, error) {
 		return "", err
 	}
 
-	var rows []*row
-	rows = append(rows, b.connectRuns()...)
-	rows = append(rows, b.transparentRuns()...)
-	return b.render(rows), nil
+	connect := b.connectRuns()
+	rows := append(connect, b.transparentRuns()...)
+	peers := b.peerRuns()
+	return b.render(rows) + b.renderPeers(connect, peers), nil
 }
 
 // ---- upstreams ----
@@ -564,36 +582,101 @@ func httpStatus(addr, path string) (int, error) {
 	return strconv.Atoi(f[1])
 }
 
-// cpuSeconds is utime+stime of pid.
+// cpuSeconds is utime+stime of pid and its descendants (nginx's workers).
 func (b *bench) cpuSeconds(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
+	var ticks float64
+	for _, p := range processTree(pid) {
+		f := procStat(p)
+		if len(f) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		ticks += ut + st
 	}
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / b.clkTck
+	return ticks / b.clkTck
 }
 
-// rssKiB is VmRSS of pid.
-func rssKiB(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// procStat returns the fields of /proc/PID/stat after the command name
+// (state is f[0], ppid f[1], utime f[11], stime f[12]), or nil.
+func procStat(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return nil
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			f := strings.Fields(l)
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
+	s := string(data)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+}
+
+// processTree returns pid and its descendants.
+func processTree(pid int) []int {
+	tree := []int{pid}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return tree
+	}
+	parent := map[int]int{}
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := procStat(p); len(f) > 1 {
+			parent[p], _ = strconv.Atoi(f[1])
 		}
 	}
-	return 0
+	for i := 0; i < len(tree); i++ {
+		for p, pp := range parent {
+			if pp == tree[i] {
+				tree = append(tree, p)
+			}
+		}
+	}
+	return tree
+}
+
+// threadSwitches is the number of times the threads of pid and its
+// descendants were switched out (voluntary_ctxt_switches +
+// nonvoluntary_ctxt_switches): each is a trip through the scheduler, which
+// some machines (hypervisor guests) charge dearly for.
+func threadSwitches(pid int) float64 {
+	var n float64
+	for _, p := range processTree(pid) {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
+		for _, t := range tasks {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", p, t.Name()))
+			if err != nil {
+				continue
+			}
+			for _, l := range strings.Split(string(data), "\n") {
+				if k, v, ok := strings.Cut(l, ":"); ok && strings.HasSuffix(k, "voluntary_ctxt_switches") {
+					c, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+					n += c
+				}
+			}
+		}
+	}
+	return n
+}
+
+// rssKiB is VmRSS of pid and its descendants.
+func rssKiB(pid int) float64 {
+	var kib float64
+	for _, p := range processTree(pid) {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				if f := strings.Fields(l); len(f) > 1 {
+					v, _ := strconv.ParseFloat(f[1], 64)
+					kib += v
+				}
+			}
+		}
+	}
+	return kib
 }
 
 // clockTicks reads AT_CLKTCK from the auxiliary vector (what
@@ -665,9 +748,9 @@ type path struct {
 	tls     string
 	idle    string
 	counted bool // through egressd: count the connections for the log check
-	// reference: proxy is the reference relay (not counted for the log
-	// check).
-	reference bool
+	// other: proxy is not egressd (the reference relay or a peer), so
+	// its connections are not counted for the log check.
+	other bool
 }
 
 // open dials addr over p and, through a proxy, sends CONNECT and reads the
@@ -685,7 +768,7 @@ func (b *bench) open(p path, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.reference {
+	if p.other {
 		return c, connectThrough(c, addr)
 	}
 	b.dialed.Add(1)
@@ -978,7 +1061,7 @@ func (b *bench) connectRuns() []*row {
 			}
 			rows[rowRSS].via = append(rows[rowRSS].via, rss)
 		}
-		if err := b.measure(rows, direct, via, e.pid); err != nil {
+		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
 			return failRows(rows, err)
 		}
 		if err := b.measureReference(rows, direct, lp); err != nil {
@@ -993,8 +1076,10 @@ func (b *bench) connectRuns() []*row {
 	return rows
 }
 
-// measure runs the bulk and conn/s figures once, direct then via egressd.
-func (b *bench) measure(rows []*row, direct, via path, pid int) error {
+// measure runs the bulk figures and the conn/s figures at the given
+// concurrencies (16, 64) once, each direct then via the relay whose
+// process is pid.
+func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) error {
 	d := b.opt.duration
 	for i, n := range []int{1, 8} {
 		if !b.opt.measures("bulk") {
@@ -1011,7 +1096,7 @@ func (b *bench) measure(rows []*row, direct, via path, pid int) error {
 		add(rows[rowBulk1+i], dm, vm, vm/dm)
 		add(rows[rowCPU1+i], 0, cpu, 0)
 	}
-	for i, conc := range []int{16, 64} {
+	for _, conc := range concs {
 		if !b.opt.measures("conn") {
 			break
 		}
@@ -1019,16 +1104,21 @@ func (b *bench) measure(rows []*row, direct, via path, pid int) error {
 		if err != nil {
 			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
 		}
-		cpu0 := b.cpuSeconds(pid)
+		cpu0, cs0 := b.cpuSeconds(pid), threadSwitches(pid)
 		vc, v50, v99, vf, err := b.connRate(via, conc, d)
 		if err != nil {
 			return fmt.Errorf("conn/s via egressd c=%d: %v", conc, err)
 		}
 		if conc == 64 && vc > 0 {
 			// CPU seconds over (conn/s × d) connections, in µs.
-			add(rows[rowCPUConn], 0, (b.cpuSeconds(pid)-cpu0)/(vc*d.Seconds())*1e6, 0)
+			conns := vc * d.Seconds()
+			add(rows[rowCPUConn], 0, (b.cpuSeconds(pid)-cpu0)/conns*1e6, 0)
+			add(rows[rowCSConn], 0, (threadSwitches(pid)-cs0)/conns, 0)
 		}
-		base := rowCPS16 + 3*i
+		base := rowCPS16
+		if conc == 64 {
+			base = rowCPS64
+		}
 		add(rows[base], dc, vc, vc/dc)
 		add(rows[base+1], d50, v50, v50/d50)
 		add(rows[base+2], d99, v99, v99/d99)
@@ -1057,6 +1147,7 @@ const (
 	rowP5064
 	rowP9964
 	rowCPUConn
+	rowCSConn
 	rowRSS
 	rowLog
 	rowRefBulk8 // CONNECT only, from here on
@@ -1078,6 +1169,7 @@ func newRows(mode string, withRSS bool) []*row {
 		{name: "latency p50, concurrency 64 (ms)", format: "%.2f", target: "—"},
 		{name: "latency p99, concurrency 64 (ms)", format: "%.2f", check: multipleAtMost, limit: 1.25, target: "≤ 1.25× direct"},
 		{name: "egressd CPU per connection, concurrency 64 (µs)", format: "%.0f", target: "—"},
+		{name: "egressd thread switches per connection, concurrency 64", format: "%.1f", target: "—"},
 		{name: "RSS per idle tunnel (KiB)", format: "%.1f", check: viaAtMost, limit: 8, target: "≤ 8 KiB"},
 		{name: "decision-log lines per connection (decision + close)", check: exact, target: "exactly 1 + 1"},
 		{name: "reference relay: bulk download, 8 tunnels (MB/s)", format: "%.0f", target: "—"},

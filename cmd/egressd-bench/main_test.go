@@ -2,7 +2,9 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -51,5 +53,91 @@ func TestQuickRun(t *testing.T) {
 	}
 	if written, err := os.ReadFile(out); err != nil || string(written) != table {
 		t.Errorf("-o file differs from stdout (%v)", err)
+	}
+}
+
+// TestPeersQuickRun measures every peer in --quick mode, so that the
+// configurations the bench generates for them keep working: each must
+// start, relay bulk, TLS and idle tunnels, and fill its column of the peer
+// table.
+func TestPeersQuickRun(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs egressd and the peers; skipped with -short")
+	}
+	for _, p := range peerSpecs {
+		if _, err := exec.LookPath(p.bin); err != nil {
+			msg := fmt.Sprintf("%s is not installed (Debian: apt-get install %s)", p.bin, debianPackages(p.name))
+			if os.Getenv("CI") == "true" {
+				t.Fatal(msg)
+			}
+			t.Skip(msg)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--quick", "--tunnels", "50", "--duration", "200ms", "--transparent=false", "--peers", "all"}, &stdout, &stderr)
+	table := stdout.String()
+	if code != 0 || strings.Contains(table, "FAILED") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, table, stderr.String())
+	}
+	_, peers, ok := strings.Cut(table, "Peers, measured in this run")
+	if !ok {
+		t.Fatalf("no peer table in:\n%s", table)
+	}
+	for _, p := range peerSpecs {
+		if !strings.Contains(peers, " | "+p.name+" (") {
+			t.Errorf("no column for %s in:\n%s", p.name, peers)
+		}
+	}
+	rows := 0
+	for _, l := range strings.Split(peers, "\n") {
+		if !strings.HasPrefix(l, "| ") || strings.HasPrefix(l, "| measurement") || strings.HasPrefix(l, "|---") {
+			continue
+		}
+		rows++
+		cells := strings.Split(strings.Trim(l, "| "), " | ")
+		// measurement, target, egressd, one per peer, verdict
+		if len(cells) != 4+len(peerSpecs) {
+			t.Errorf("row has %d cells, want %d: %q", len(cells), 4+len(peerSpecs), l)
+			continue
+		}
+		for i, c := range cells[2 : 3+len(peerSpecs)] {
+			if c == "—" || c == "" {
+				t.Errorf("row %q: column %d has no value", cells[0], i+2)
+			}
+		}
+	}
+	if rows != len(peerFigures) {
+		t.Errorf("peer table has %d rows, want %d:\n%s", rows, len(peerFigures), peers)
+	}
+}
+
+// TestRenderPeersVerdict checks the last column: "yes" only when egressd
+// is strictly better than every peer, with the direction of each figure.
+func TestRenderPeersVerdict(t *testing.T) {
+	b := &bench{opt: options{runs: 1}}
+	mk := func(bulk1Ratio, cpu1 float64) []*row {
+		rows := newRows("x", true)
+		add(rows[rowBulk1], 100, 100*bulk1Ratio, bulk1Ratio)
+		add(rows[rowCPU1], 0, cpu1, 0)
+		return rows
+	}
+	egressd := mk(0.5, 0.4)
+	peers := []*peerResult{
+		{spec: peerSpec{name: "fast"}, rows: mk(0.6, 0.5)}, // more throughput, more CPU
+		{spec: peerSpec{name: "lean"}, rows: mk(0.2, 0.4)}, // a tie on CPU counts against egressd
+	}
+	out := b.renderPeers(egressd, peers)
+	for _, want := range []string{
+		"| bulk download, 1 tunnel (MB/s) | ≥ 50% of direct | 50 % | 60 % | 20 % | no: fast |",
+		"| CPU per GB, 1 tunnel (s/GB) | ≤ 0.4 s/GB | 0.400 | 0.500 | 0.400 | no: lean |",
+		"| bulk download, 8 tunnels (MB/s) | ≥ 45% of direct | — | — | — | — |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	peers[0].rows[rowBulk1].ratio[0] = 0.4
+	if out := b.renderPeers(egressd, peers); !strings.Contains(out, "| 50 % | 40 % | 20 % | yes |") {
+		t.Errorf("egressd ahead of both, but:\n%s", out)
 	}
 }

@@ -168,7 +168,7 @@ func (b *bench) measureReference(rows []*row, direct path, lp [3]int) error {
 	defer ref.stop()
 	pid := ref.cmd.Process.Pid
 	d := b.opt.duration
-	via := path{proxy: ref.addr, reference: true,
+	via := path{proxy: ref.addr, other: true,
 		bulk: benchHost + ":" + strconv.Itoa(lp[0]), tls: benchHost + ":" + strconv.Itoa(lp[1])}
 	if b.opt.measures("bulk") {
 		dm, _, err := b.bulkRun(direct, 8, d, 0)

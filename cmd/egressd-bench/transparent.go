@@ -122,7 +122,7 @@ func (b *bench) transparentRuns() []*row {
 		if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
 			return failRows(rows, fmt.Errorf("warm-up through the gateway: %v\n%s", err, e.output()))
 		}
-		if err := b.measure(rows, direct, via, e.pid); err != nil {
+		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
 			return failRows(rows, err)
 		}
 		d, c := settle(e.logPath, b.tunnels.Load())

@@ -1,0 +1,407 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Peers are the relays egressd's users would run instead, measured with
+// --peers beside egressd on the same machine in the same run, each against
+// a direct run next to it and with logging of every connection on, as the
+// issue's figures were taken. They run from the machine's packages
+// (Debian: haproxy, nginx-light + libnginx-mod-stream, squid, tinyproxy)
+// with configurations generated here. CONNECT peers are asked for the
+// upstreams by address (they have no way to use the bench's DNS), which
+// spares them the lookup egressd makes.
+type peerSpec struct {
+	name    string
+	bin     string   // executable, looked up on PATH
+	version []string // arguments that print the version
+	// connect: an HTTP CONNECT proxy on one port. Otherwise it routes on
+	// the ClientHello's SNI, with one port per upstream (bulk, TLS, idle).
+	connect bool
+	// config returns the command line and the files to write into dir,
+	// given the listen addresses and the upstream ports (bulk, TLS, idle).
+	config func(dir string, listen []string, up [3]int) (args []string, files map[string]string)
+}
+
+// maxPeerConns is the connection limit set in each peer's configuration:
+// the RSS figure's 2,000 idle tunnels (two sockets each) must fit, and
+// HAProxy refuses to start when maxconn needs more descriptors than the
+// hard RLIMIT_NOFILE (20,000 on the machine the README table comes from).
+const maxPeerConns = 8000
+
+var peerSpecs = []peerSpec{
+	{name: "haproxy", bin: "haproxy", version: []string{"-v"}, config: haproxyConfig},
+	{name: "nginx", bin: "nginx", version: []string{"-v"}, config: nginxConfig},
+	{name: "squid", bin: "squid", version: []string{"-v"}, connect: true, config: squidConfig},
+	{name: "tinyproxy", bin: "tinyproxy", version: []string{"-v"}, connect: true, config: tinyproxyConfig},
+}
+
+// haproxyConfig: TCP mode, one frontend per upstream that waits for the
+// ClientHello and routes on req.ssl_sni, tcplog to stdout.
+func haproxyConfig(dir string, listen []string, up [3]int) ([]string, map[string]string) {
+	var s strings.Builder
+	fmt.Fprintf(&s, "global\n  maxconn %d\n  log stdout format raw local0\n", maxPeerConns)
+	s.WriteString("defaults\n  mode tcp\n  log global\n  option tcplog\n  timeout connect 10s\n  timeout client 10m\n  timeout server 10m\n")
+	for i, name := range []string{"bulk", "tls", "idle"} {
+		fmt.Fprintf(&s, "frontend %s\n  bind %s\n  tcp-request inspect-delay 10s\n  tcp-request content accept if { req.ssl_hello_type 1 }\n  use_backend %s if { req.ssl_sni -i %s }\n", name, listen[i], name, benchHost)
+		fmt.Fprintf(&s, "backend %s\n  server up 127.0.0.1:%d\n", name, up[i])
+	}
+	conf := filepath.Join(dir, "haproxy.cfg")
+	return []string{"-db", "-f", conf}, map[string]string{conf: s.String()}
+}
+
+// nginxConfig: the stream module with ssl_preread, routing on
+// $ssl_preread_server_name, one access-log line per session.
+func nginxConfig(dir string, listen []string, up [3]int) ([]string, map[string]string) {
+	var s strings.Builder
+	// Debian builds the stream module as a dynamic module.
+	if mod := "/usr/lib/nginx/modules/ngx_stream_module.so"; fileExists(mod) {
+		fmt.Fprintf(&s, "load_module %s;\n", mod)
+	}
+	fmt.Fprintf(&s, "daemon off;\nworker_processes auto;\npid %s;\nerror_log %s warn;\n", filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"))
+	fmt.Fprintf(&s, "events { worker_connections %d; }\nstream {\n", maxPeerConns)
+	s.WriteString("  log_format relay '$remote_addr [$time_local] $status $bytes_sent $bytes_received $session_time \"$ssl_preread_server_name\" \"$upstream_addr\"';\n")
+	fmt.Fprintf(&s, "  access_log %s relay;\n", filepath.Join(dir, "access.log"))
+	s.WriteString("  map \"$ssl_preread_server_name $server_port\" $up {\n")
+	for i, l := range listen {
+		_, p, _ := net.SplitHostPort(l)
+		fmt.Fprintf(&s, "    \"%s %s\" 127.0.0.1:%d;\n", benchHost, p, up[i])
+	}
+	s.WriteString("  }\n")
+	for _, l := range listen {
+		fmt.Fprintf(&s, "  server {\n    listen %s;\n    ssl_preread on;\n    preread_timeout 10s;\n    proxy_pass $up;\n    proxy_timeout 10m;\n  }\n", l)
+	}
+	s.WriteString("}\n")
+	conf := filepath.Join(dir, "nginx.conf")
+	return []string{"-c", conf, "-e", filepath.Join(dir, "error.log")}, map[string]string{conf: s.String()}
+}
+
+// squidConfig: a CONNECT proxy with no cache, an access log line per
+// tunnel, in the foreground (-N).
+func squidConfig(dir string, listen []string, _ [3]int) ([]string, map[string]string) {
+	var s strings.Builder
+	fmt.Fprintf(&s, "http_port %s\nhttp_access allow all\ncache deny all\ncache_mem 0 MB\ncache_store_log none\npinger_enable off\n", listen[0])
+	fmt.Fprintf(&s, "access_log stdio:%s\ncache_log %s\npid_filename %s\ncoredump_dir %s\n",
+		filepath.Join(dir, "access.log"), filepath.Join(dir, "cache.log"), filepath.Join(dir, "squid.pid"), dir)
+	fmt.Fprintf(&s, "visible_hostname egressd-bench\nmax_filedescriptors %d\nshutdown_lifetime 1 seconds\n", 2*maxPeerConns+100)
+	conf := filepath.Join(dir, "squid.conf")
+	return []string{"-N", "-f", conf}, map[string]string{conf: s.String()}
+}
+
+// tinyproxyConfig: a CONNECT proxy logging each connection, in the
+// foreground (-d).
+func tinyproxyConfig(dir string, listen []string, _ [3]int) ([]string, map[string]string) {
+	host, port, _ := net.SplitHostPort(listen[0])
+	var s strings.Builder
+	if os.Geteuid() == 0 {
+		s.WriteString("User nobody\nGroup nogroup\n")
+	}
+	fmt.Fprintf(&s, "Port %s\nListen %s\nTimeout 600\nMaxClients %d\nAllow 127.0.0.1\nLogLevel Connect\nDisableViaHeader Yes\n", port, host, maxPeerConns)
+	fmt.Fprintf(&s, "LogFile %q\n", filepath.Join(dir, "tinyproxy.log"))
+	conf := filepath.Join(dir, "tinyproxy.conf")
+	return []string{"-d", "-c", conf}, map[string]string{conf: s.String()}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// parsePeers resolves --peers: a comma-separated list of names, or "all"
+// for every peer whose binary is on PATH; missing lists those "all" left
+// out.
+func parsePeers(list string) (out []peerSpec, missing []string, err error) {
+	for _, name := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == ' ' }) {
+		if name == "all" {
+			for _, p := range peerSpecs {
+				if _, err := exec.LookPath(p.bin); err == nil {
+					out = append(out, p)
+				} else {
+					missing = append(missing, fmt.Sprintf("%s (Debian: apt-get install %s)", p.name, debianPackages(p.name)))
+				}
+			}
+			continue
+		}
+		found := false
+		for _, p := range peerSpecs {
+			if p.name == name {
+				out, found = append(out, p), true
+			}
+		}
+		if !found {
+			return nil, nil, fmt.Errorf("unknown peer %q; want some of %s, or all", name, peerNames())
+		}
+	}
+	return out, missing, nil
+}
+
+func peerNames() string {
+	var n []string
+	for _, p := range peerSpecs {
+		n = append(n, p.name)
+	}
+	return strings.Join(n, ", ")
+}
+
+type peerProc struct {
+	cmd    *exec.Cmd
+	out    *lockedWriter
+	exited chan struct{}
+}
+
+// startPeer writes p's configuration into its own directory under the
+// bench's, starts it and waits until its first port accepts.
+func (b *bench) startPeer(p peerSpec, name string, listen []string) (*peerProc, error) {
+	dir := filepath.Join(b.dir, name)
+	// Squid, nginx's workers and tinyproxy drop root for their own users,
+	// which must still reach their logs.
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{b.dir, dir} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			return nil, err
+		}
+	}
+	args, files := p.config(dir, listen, b.loopPorts)
+	for f, text := range files {
+		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+			return nil, err
+		}
+	}
+	bin, err := exec.LookPath(p.bin)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not installed (Debian: apt-get install %s)", p.bin, debianPackages(p.name))
+	}
+	pp := &peerProc{cmd: exec.Command(bin, args...), out: &lockedWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
+	pp.cmd.Stdout, pp.cmd.Stderr = pp.out, pp.out
+	pp.cmd.SysProcAttr = childAttr()
+	if err := pp.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %v", p.name, err)
+	}
+	go func() { pp.cmd.Wait(); close(pp.exited) }()
+	b.onCleanup(pp.stop)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", listen[0], time.Second)
+		if err == nil {
+			c.Close()
+			return pp, nil
+		}
+		select {
+		case <-pp.exited:
+			return nil, fmt.Errorf("%s %s exited: %s", bin, strings.Join(args, " "), pp.out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			pp.stop()
+			return nil, fmt.Errorf("%s not listening on %s after 15s: %s", p.name, listen[0], pp.out.String())
+		}
+	}
+}
+
+// stop sends SIGTERM (nginx's master takes its workers down) and waits,
+// with SIGKILL after 5 s.
+func (pp *peerProc) stop() {
+	select {
+	case <-pp.exited:
+		return
+	default:
+	}
+	pp.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-pp.exited:
+	case <-time.After(5 * time.Second):
+		pp.cmd.Process.Kill()
+		<-pp.exited
+	}
+}
+
+func debianPackages(name string) string {
+	if name == "nginx" {
+		return "nginx-light libnginx-mod-stream"
+	}
+	return name
+}
+
+// peerVersion is the first line the peer prints for its version flag.
+func peerVersion(p peerSpec) string {
+	out, _ := exec.Command(p.bin, p.version...).CombinedOutput()
+	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
+	return strings.TrimSpace(line)
+}
+
+// peerRuns measures each peer --runs times: bulk through 1 and 8 tunnels,
+// conn/s at concurrency 64, and RSS per idle tunnel, each with the peer's
+// CPU (its whole process tree).
+func (b *bench) peerRuns() []*peerResult {
+	var res []*peerResult
+	lp := b.loopPorts
+	direct := path{bulk: fmt.Sprintf("127.0.0.1:%d", lp[0]), tls: fmt.Sprintf("127.0.0.1:%d", lp[1]), idle: fmt.Sprintf("127.0.0.1:%d", lp[2])}
+	for _, p := range b.opt.peers {
+		pr := &peerResult{spec: p, version: peerVersion(p), rows: newRows(p.name, true)}
+		res = append(res, pr)
+		for r := range b.opt.runs {
+			b.logf("%s run %d/%d", p.name, r+1, b.opt.runs)
+			if err := b.peerRun(pr, r, direct); err != nil {
+				pr.err = err
+				break
+			}
+		}
+	}
+	return res
+}
+
+type peerResult struct {
+	spec    peerSpec
+	version string
+	rows    []*row
+	err     error
+}
+
+func (b *bench) peerRun(pr *peerResult, r int, direct path) error {
+	n := 1
+	if !pr.spec.connect {
+		n = 3
+	}
+	listen := make([]string, n)
+	for i := range listen {
+		a, err := freePort()
+		if err != nil {
+			return err
+		}
+		listen[i] = a
+	}
+	pp, err := b.startPeer(pr.spec, fmt.Sprintf("%s-%d", pr.spec.name, r), listen)
+	if err != nil {
+		return err
+	}
+	defer pp.stop()
+	via := path{bulk: listen[0], tls: listen[1%n], idle: listen[2%n]}
+	if pr.spec.connect {
+		via = direct
+		via.proxy, via.other = listen[0], true
+	}
+	pid := pp.cmd.Process.Pid
+	if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+		return fmt.Errorf("warm-up through %s: %v\n%s", pr.spec.name, err, pp.out.String())
+	}
+	if b.opt.measures("rss") {
+		rss, err := b.idleRSS(via, b.opt.tunnels, pid)
+		if err != nil {
+			return fmt.Errorf("idle tunnels through %s: %v", pr.spec.name, err)
+		}
+		pr.rows[rowRSS].via = append(pr.rows[rowRSS].via, rss)
+	}
+	if err := b.measure(pr.rows, direct, via, pid, 64); err != nil {
+		return fmt.Errorf("%s: %v", pr.spec.name, err)
+	}
+	select {
+	case <-pp.exited:
+		return errors.New(pr.spec.name + " exited during the measurement: " + pp.out.String())
+	default:
+	}
+	return nil
+}
+
+// peerFigures are the rows the peer table compares, and whether more is
+// better: ratios to direct for throughput, via values for the rest.
+var peerFigures = []struct {
+	row    int
+	higher bool
+}{
+	{rowBulk1, true}, {rowBulk8, true}, {rowCPU1, false}, {rowCPU8, false},
+	{rowCPS64, true}, {rowP9964, false}, {rowCPUConn, false}, {rowCSConn, false}, {rowRSS, false},
+}
+
+// renderPeers prints egressd's CONNECT figures beside each peer's, and
+// whether egressd is better than every peer on each.
+func (b *bench) renderPeers(egressd []*row, peers []*peerResult) string {
+	if len(peers) == 0 {
+		return ""
+	}
+	var s strings.Builder
+	s.WriteString("Peers, measured in this run, each against a direct run next to it:\n\n| measurement | target | egressd (CONNECT)")
+	for _, p := range peers {
+		kind := "SNI"
+		if p.spec.connect {
+			kind = "CONNECT"
+		}
+		fmt.Fprintf(&s, " | %s (%s)", p.spec.name, kind)
+	}
+	s.WriteString(" | egressd better than every peer |\n|---|---|---")
+	for range peers {
+		s.WriteString("|---")
+	}
+	s.WriteString("|---|\n")
+	for _, f := range peerFigures {
+		if len(egressd) <= f.row {
+			break
+		}
+		er := egressd[f.row]
+		ev, eok := figure(er)
+		fmt.Fprintf(&s, "| %s | %s | %s", strings.TrimPrefix(er.name, "egressd "), er.target, b.figureText(er))
+		var ahead []string // peers as good as egressd or better
+		for _, p := range peers {
+			if p.err != nil {
+				s.WriteString(" | FAILED")
+				continue
+			}
+			pr := p.rows[f.row]
+			fmt.Fprintf(&s, " | %s", b.figureText(pr))
+			if pv, ok := figure(pr); ok && eok && (f.higher && pv >= ev || !f.higher && pv <= ev) {
+				ahead = append(ahead, p.spec.name)
+			}
+		}
+		switch {
+		case !eok:
+			s.WriteString(" | — |\n")
+		case len(ahead) == 0:
+			s.WriteString(" | yes |\n")
+		default:
+			fmt.Fprintf(&s, " | no: %s |\n", strings.Join(ahead, ", "))
+		}
+	}
+	s.WriteString("\n")
+	for _, p := range peers {
+		if p.err != nil {
+			fmt.Fprintf(&s, "%s FAILED: %s\n", p.spec.name, strings.ReplaceAll(strings.TrimSpace(p.err.Error()), "\n", " "))
+		} else {
+			fmt.Fprintf(&s, "%s: %s\n", p.spec.name, p.version)
+		}
+	}
+	s.WriteString("Peers' CPU and RSS are those of their whole process tree; CONNECT peers are asked for upstreams by address, egressd by name.\n")
+	return s.String()
+}
+
+// figure is the value the peer table compares: the median ratio to direct
+// for rows that have one, the median via value otherwise.
+func figure(r *row) (float64, bool) {
+	if len(r.ratio) > 0 && r.ratio[0] != 0 {
+		m, _, _ := stats(r.ratio)
+		return m, true
+	}
+	if len(r.via) > 0 {
+		m, _, _ := stats(r.via)
+		return m, true
+	}
+	return 0, false
+}
+
+func (b *bench) figureText(r *row) string {
+	switch {
+	case len(r.ratio) > 0 && r.ratio[0] != 0 && strings.Contains(r.name, "latency"):
+		return b.fmtVals("%.2f", r.ratio, 1) + "×"
+	case len(r.ratio) > 0 && r.ratio[0] != 0:
+		return b.fmtVals("%.0f", r.ratio, 100) + " %"
+	default:
+		return b.fmtVals(r.format, r.via, 1)
+	}
+}
