@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // The event-driven relay. An established tunnel between two *net.TCPConn
@@ -94,7 +95,7 @@ func (r *epollRelay) loop() {
 	var woke []*etunnel
 	wait := func(uintptr) bool {
 		for {
-			n, err := syscall.EpollWait(r.epfd, evs[:], 0)
+			n, err := epollWait(r.epfd, evs[:])
 			if err == syscall.EINTR {
 				continue
 			}
@@ -250,7 +251,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	ctl := func(side int) func(uintptr) {
 		return func(fd uintptr) {
 			ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
-			if err := syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
+			if err := epollCtl(r.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
 				regErr = err
 			}
 		}
@@ -262,7 +263,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	if err1 != nil || err2 != nil || regErr != nil {
 		// Undo: the client socket may be registered; its events now miss
 		// the removed slot. The caller relays with goroutines instead.
-		_ = crc.Control(func(fd uintptr) { _ = syscall.EpollCtl(r.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+		_ = crc.Control(func(fd uintptr) { _ = epollCtl(r.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
 		r.remove(t)
 		return nil
 	}
@@ -460,9 +461,39 @@ func spliceOutErr(err error) error {
 	return err
 }
 
+// The relay's system calls cannot block: its descriptors are non-blocking
+// and its epoll_wait has a zero timeout. So they go through RawSyscall,
+// without the runtime's entersyscall/exitsyscall: the scheduler's monitor
+// then never hands this goroutine's P to another thread during a call,
+// and never has to be woken for one. Each such hand-off or wake-up is a
+// thread switch, which costs more than the call itself where switches
+// are expensive (under a hypervisor, every one re-enables interrupts
+// with a hypercall).
+
 func splice(in, out, n int) (int, error) {
-	m, err := syscall.Splice(in, nil, out, nil, n, spliceMove|spliceNonbl)
-	return int(m), err
+	m, _, e := syscall.RawSyscall6(syscall.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), spliceMove|spliceNonbl)
+	if e != 0 {
+		return 0, e
+	}
+	return int(m), nil
+}
+
+// epollWait collects ready events without waiting (epoll_pwait, which
+// every Linux architecture has, with no signal mask).
+func epollWait(epfd int, evs []syscall.EpollEvent) (int, error) {
+	n, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&evs[0])), uintptr(len(evs)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
+	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	if e != 0 {
+		return e
+	}
+	return nil
 }
 
 // putPipe returns the direction's pipe to the pool once it is empty.
