@@ -6,8 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"strings"
@@ -15,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
-	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/configs"
 	"github.com/egressd/egressd/policy"
@@ -157,8 +154,13 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	watch := func(ctx context.Context, srv *proxy.Server) { watchConfig(ctx, *path, cfg.Server.UsersFile, load, srv) }
-	if err := serve(ctx, cfg, stderr, watch); err != nil {
+	watch := func(ctx context.Context, srv *proxy.Server) {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		context.AfterFunc(ctx, func() { signal.Stop(hup) })
+		srv.WatchConfig(ctx, *path, cfg.Server.UsersFile, load, hup)
+	}
+	if err := proxy.Run(ctx, cfg, proxy.RunOptions{Version: version, Status: stderr, Watch: watch}); err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return exitFail
 	}
@@ -189,157 +191,6 @@ func applyServeFlags(cfg *policy.Config, listen, tlisten string, tproxy bool, ql
 	if grace > 0 {
 		cfg.Server.ShutdownGrace = grace
 	}
-}
-
-// serve runs the proxy until ctx is done, then stops accepting on every
-// listener and drains open tunnels for up to server.shutdown_grace before
-// closing the ones left.
-func serve(ctx context.Context, cfg *policy.Config, stderr io.Writer, watch func(context.Context, *proxy.Server)) error {
-	zerolog.TimeFieldFormat = time.RFC3339Nano
-	logger, closer, err := proxy.NewLogger(cfg.Log)
-	if err != nil {
-		return err
-	}
-	defer closer.Close()
-	srv, err := proxy.New(cfg, logger)
-	if err != nil {
-		return err
-	}
-	// Every listener is opened before any is served, so that a bad address
-	// fails the start instead of leaving a half-running gateway.
-	var opened []io.Closer
-	fail := func(what, addr, setting string, err error) error {
-		for _, c := range opened {
-			c.Close()
-		}
-		return fmt.Errorf("%s on %s: %w; change %s", what, addr, err, setting)
-	}
-	ln, err := proxy.Listen(cfg.Server.HTTPListen)
-	if err != nil {
-		return fail("listen", cfg.Server.HTTPListen, "server.http_listen or --http-listen", err)
-	}
-	opened = append(opened, ln)
-	var tln net.Listener
-	if a := cfg.Server.TransparentListen; a != "" {
-		if tln, err = proxy.ListenTransparent(a, cfg.Server.TransparentMode == policy.TransparentTProxy); err != nil {
-			return fail("transparent listen", a, "server.transparent_listen or --transparent-listen", err)
-		}
-		opened = append(opened, tln)
-	}
-	var qpc *net.UDPConn
-	if a := cfg.Server.QUICListen; a != "" {
-		if qpc, err = proxy.ListenQUIC(a); err != nil {
-			return fail("QUIC listen", a, "server.quic_listen or --quic-listen", err)
-		}
-		opened = append(opened, qpc)
-	}
-	var (
-		dpc net.PacketConn
-		dln net.Listener
-	)
-	if a := cfg.Server.DNSListen; a != "" {
-		if dpc, dln, err = listenDNS(a); err != nil {
-			return fail("DNS listen", a, "server.dns_listen or --dns-listen", err)
-		}
-		opened = append(opened, dpc, dln)
-	}
-	var aln net.Listener
-	if a := cfg.Server.AdminListen; a != "" {
-		if aln, err = net.Listen("tcp", a); err != nil {
-			return fail("admin listen", a, "server.admin_listen or --admin-listen", err)
-		}
-		opened = append(opened, aln)
-	}
-	if watch != nil {
-		// Watching starts before the first line announces the proxy, so
-		// no configuration change after it is missed.
-		wctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		watch(wctx, srv)
-	}
-	fmt.Fprintf(stderr, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
-	errc := make(chan error, 4)
-	n := 1
-	go func() { errc <- srv.Serve(ln) }()
-	if tln != nil {
-		fmt.Fprintf(stderr, "egressd %s: transparent gateway (%s) listening on %s\n", version, cfg.Server.TransparentMode, tln.Addr())
-		n++
-		go func() { errc <- srv.ServeTransparent(tln) }()
-	}
-	if qpc != nil {
-		fmt.Fprintf(stderr, "egressd %s: QUIC gateway (tproxy, udp) listening on %s\n", version, qpc.LocalAddr())
-		n++
-		go func() { errc <- srv.ServeQUIC(qpc) }()
-	}
-	if dpc != nil {
-		fmt.Fprintf(stderr, "egressd %s: DNS server (udp, tcp) listening on %s\n", version, dpc.LocalAddr())
-		n++
-		go func() { errc <- srv.ServeDNS(dpc, dln) }()
-	}
-	var admin *http.Server
-	if aln != nil {
-		srv.SetVersion(version)
-		admin = &http.Server{
-			Handler:           srv.AdminHandler(),
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    8 << 10,
-		}
-		fmt.Fprintf(stderr, "egressd %s: admin (metrics, health) listening on %s\n", version, aln.Addr())
-		go func() {
-			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				fmt.Fprintln(stderr, "egressd: admin server:", err)
-			}
-		}()
-	}
-	// Every listener is open and served: ready until Shutdown.
-	srv.SetReady(true)
-	var first error
-	select {
-	case first = <-errc:
-		n--
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownGrace)
-	defer cancel()
-	_ = srv.Shutdown(sctx) // unready first, then drains
-	if admin != nil {
-		// After the drain, so /metrics and /healthz answer until the end.
-		if err := admin.Shutdown(sctx); err != nil {
-			_ = admin.Close()
-		}
-	}
-	for ; n > 0; n-- {
-		if err := <-errc; first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// listenDNS opens the gateway DNS server's UDP socket and TCP listener on
-// one address. With port 0 the TCP listener takes the port the UDP socket
-// got (retried a few times, in case another program holds it on TCP).
-func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
-	var lastErr error
-	for range 5 {
-		pc, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
-		if err == nil {
-			return pc, ln, nil
-		}
-		pc.Close()
-		lastErr = err
-		if _, p, _ := net.SplitHostPort(addr); p != "0" {
-			break
-		}
-	}
-	return nil, nil, lastErr
 }
 
 func runValidate(args []string, stdout, stderr io.Writer) int {

@@ -9,12 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/proxy"
 )
 
 // connectTo opens a CONNECT tunnel through proxy and returns the status.
@@ -221,7 +222,7 @@ func TestReloadOnlyOnConfigChanges(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(3 * reloadDebounce)
+	time.Sleep(3 * proxy.ReloadDebounce)
 	if n := reloads(); n != 0 {
 		t.Fatalf("writes to other files in the configuration's directory reloaded it %d times:\n%s", n, p.stdout.String())
 	}
@@ -237,44 +238,4 @@ func TestReloadOnlyOnConfigChanges(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	p.stop(t)
-}
-
-func TestConfigWatchRelevant(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "egressd.hcl")
-	if err := os.WriteFile(file, []byte("policy \"p\" {}\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	const noUsers, withUsers = "", "secrets/users"
-	tests := []struct {
-		name, path string
-		usersFile  string
-		event      string
-		want       bool
-	}{
-		{"file itself", file, noUsers, file, true},
-		{"file, other .hcl beside it", file, noUsers, filepath.Join(dir, "other.hcl"), false},
-		{"file, log beside it", file, noUsers, filepath.Join(dir, "egressd.log"), false},
-		{"file, ConfigMap swap", file, noUsers, filepath.Join(dir, "..data"), true},
-		{"file, ConfigMap timestamp dir", file, noUsers, filepath.Join(dir, "..2026_11_23_01"), true},
-		{"dir, an .hcl file", dir, noUsers, filepath.Join(dir, "b.hcl"), true},
-		{"dir, a hidden .hcl file", dir, noUsers, filepath.Join(dir, ".b.hcl"), false},
-		{"dir, a log", dir, noUsers, filepath.Join(dir, "egressd.log"), false},
-		{"dir, .hcl in a subdirectory", dir, noUsers, filepath.Join(dir, "sub", "b.hcl"), false},
-		{"users file", dir, withUsers, filepath.Join(dir, "secrets", "users"), true},
-		{"beside the users file", dir, withUsers, filepath.Join(dir, "secrets", "other"), false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			cw := newConfigWatch(tt.path, tt.usersFile)
-			if got := cw.relevant(tt.event); got != tt.want {
-				t.Errorf("relevant(%q) with --config %q = %v, want %v", tt.event, tt.path, got, tt.want)
-			}
-		})
-	}
-	// A users file in another directory is watched there too.
-	cw := newConfigWatch(dir, withUsers)
-	if want := []string{dir, filepath.Join(dir, "secrets")}; !slices.Equal(cw.dirs, want) {
-		t.Errorf("watched directories %q, want %q", cw.dirs, want)
-	}
 }

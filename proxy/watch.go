@@ -1,50 +1,46 @@
-package main
+package proxy
 
 import (
 	"context"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/egressd/egressd/policy"
-	"github.com/egressd/egressd/proxy"
 )
 
-// reloadDebounce collects the burst of events one edit makes (an editor's
+// ReloadDebounce is how long WatchConfig waits after a file event before
+// it reloads. It collects the burst of events one edit makes (an editor's
 // write-rename, a ConfigMap update swapping the ..data symlink) into one
 // reload.
-const reloadDebounce = 300 * time.Millisecond
+const ReloadDebounce = 300 * time.Millisecond
 
-// watchConfig reloads the configuration on SIGHUP and, when path is set,
-// whenever one of its files changes (see configWatch; usersFile is the
-// loaded configuration's server.users_file), until ctx is done. load
-// reads and validates the configuration with the command-line overrides
-// applied. The signal handler and the
-// watches are in place when it returns; the reloading runs in its own
-// goroutine.
-func watchConfig(ctx context.Context, path, usersFile string, load func() (*policy.Config, hcl.Diagnostics), srv *proxy.Server) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-
+// WatchConfig reloads s's configuration with load whenever hup delivers
+// (the caller's SIGHUP) and, when path is set, whenever one of its files
+// changes (see configWatch; usersFile is the loaded configuration's
+// server.users_file), until ctx is done. load reads and validates the
+// configuration the way the running one was (same path, same
+// command-line overrides). The watches are in place when it returns; the
+// reloading runs in its own goroutine. A failed reload keeps the running
+// configuration and is logged (ReloadFailed).
+func (s *Server) WatchConfig(ctx context.Context, path, usersFile string, load func() (*policy.Config, hcl.Diagnostics), hup <-chan os.Signal) {
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	var watcher *fsnotify.Watcher
 	var cw configWatch
 	if path != "" {
 		if w, err := fsnotify.NewWatcher(); err != nil {
-			srv.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
+			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		} else {
 			watcher = w
 			cw = newConfigWatch(path, usersFile)
 			for _, dir := range cw.dirs {
 				if err := w.Add(dir); err != nil {
-					srv.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
+					s.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
 				}
 			}
 			events, errs = w.Events, w.Errors
@@ -53,21 +49,20 @@ func watchConfig(ctx context.Context, path, usersFile string, load func() (*poli
 	reload := func() {
 		cfg, diags := load()
 		if diags.HasErrors() {
-			srv.ReloadFailed(policy.FormatDiagnostics(diags))
+			s.ReloadFailed(policy.FormatDiagnostics(diags))
 			return
 		}
-		_ = srv.Reload(cfg) // logged by Reload
+		_ = s.Reload(cfg) // logged by Reload
 	}
 	go func() {
-		defer signal.Stop(hup)
 		if watcher != nil {
 			defer watcher.Close()
 		}
-		reloadLoop(ctx, hup, events, errs, cw.relevant, reload, srv)
+		s.reloadLoop(ctx, hup, events, errs, cw.relevant, reload)
 	}()
 }
 
-func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, relevant func(string) bool, reload func(), srv *proxy.Server) {
+func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, relevant func(string) bool, reload func()) {
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -77,10 +72,10 @@ func reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotif
 			reload()
 		case ev := <-events:
 			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 && relevant(ev.Name) {
-				debounce = time.After(reloadDebounce)
+				debounce = time.After(ReloadDebounce)
 			}
 		case err := <-errs:
-			srv.ReloadFailed("watching the configuration: " + err.Error())
+			s.ReloadFailed("watching the configuration: " + err.Error())
 		case <-debounce:
 			debounce = nil
 			reload()
