@@ -525,19 +525,22 @@ func (e *egressd) output() string {
 	return e.cmd.Stdout.(*lockedWriter).String()
 }
 
-// stop sends SIGTERM and waits (SIGKILL after 5 s).
-func (e *egressd) stop() {
+func (e *egressd) stop() { stopChild(e.cmd, e.exited) }
+
+// stopChild sends cmd SIGTERM and waits until exited is closed, with
+// SIGKILL after 5 s; it does nothing when the child has already exited.
+func stopChild(cmd *exec.Cmd, exited <-chan struct{}) {
 	select {
-	case <-e.exited:
+	case <-exited:
 		return
 	default:
 	}
-	e.cmd.Process.Signal(syscall.SIGTERM)
+	cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-e.exited:
+	case <-exited:
 	case <-time.After(5 * time.Second):
-		e.cmd.Process.Kill()
-		<-e.exited
+		cmd.Process.Kill()
+		<-exited
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -207,22 +206,8 @@ func (b *bench) startPeer(p peerSpec, name string, listen []string) (*peerProc, 
 	}
 }
 
-// stop sends SIGTERM (nginx's master takes its workers down) and waits,
-// with SIGKILL after 5 s.
-func (pp *peerProc) stop() {
-	select {
-	case <-pp.exited:
-		return
-	default:
-	}
-	pp.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-pp.exited:
-	case <-time.After(5 * time.Second):
-		pp.cmd.Process.Kill()
-		<-pp.exited
-	}
-}
+// stop: SIGTERM (nginx's master takes its workers down), then SIGKILL.
+func (pp *peerProc) stop() { stopChild(pp.cmd, pp.exited) }
 
 func debianPackages(name string) string {
 	if name == "nginx" {
