@@ -242,3 +242,53 @@ policy "p" {
 func writeFileForTest(dir, name, src string) error {
 	return os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600)
 }
+
+// TestDecoyHashMatchesFirstUser: an unknown user is checked against a
+// decoy with the first declared user's parameters (bcrypt cost, argon2id
+// time, memory, threads and key length), so that it costs the same, and
+// the decoy accepts no password.
+func TestDecoyHashMatchesFirstUser(t *testing.T) {
+	bcrypt11, err := bcrypt.GenerateFromPassword([]byte("s3cret"), 11)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bcrypt10, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.DefaultCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, hash string }{
+		{"bcrypt cost 11", string(bcrypt11)},
+		{"bcrypt default cost", string(bcrypt10)},
+		{"argon2id", argonHash},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h, err := parsePasswordHash(tc.hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := makeDecoy(h)
+			if d.argon != h.argon {
+				t.Fatalf("decoy argon=%v for argon=%v", d.argon, h.argon)
+			}
+			if h.argon {
+				if d.time != h.time || d.memory != h.memory || d.threads != h.threads || len(d.key) != len(h.key) {
+					t.Errorf("decoy parameters t=%d m=%d p=%d len=%d, want t=%d m=%d p=%d len=%d",
+						d.time, d.memory, d.threads, len(d.key), h.time, h.memory, h.threads, len(h.key))
+				}
+			} else {
+				want, _ := bcrypt.Cost([]byte(h.raw))
+				if got, err := bcrypt.Cost([]byte(d.raw)); err != nil || got != want {
+					t.Errorf("decoy cost %d (%v), want %d", got, err, want)
+				}
+			}
+			for _, pw := range []string{"s3cret", "", "anything"} {
+				if d.verify(pw) {
+					t.Errorf("decoy accepts %q", pw)
+				}
+			}
+			if !h.verify("s3cret") {
+				t.Error("the real hash refuses its password")
+			}
+		})
+	}
+}

@@ -331,3 +331,52 @@ func FuzzSuggest(f *testing.F) {
 		}
 	})
 }
+
+// TestSuggestLimits: lines past the rule and per-rule bounds are counted,
+// not kept, so a log of any size gives a bounded suggestion; a line past
+// the length bound is skipped whole.
+func TestSuggestLimits(t *testing.T) {
+	deny := func(host string, port int) string {
+		return line(fmt.Sprintf(`"mode":"connect","client":"10.0.0.1:1","host":%q,"port":%d,"decision":"deny","reason":"no_rule"`, host, port))
+	}
+	var b strings.Builder
+	for i := range suggestMaxRules + 5 {
+		b.WriteString(deny(fmt.Sprintf("h%d.example.com", i), 443))
+	}
+	out := suggest(t, b.String())
+	if n := strings.Count(out, "  allow \""); n != suggestMaxRules {
+		t.Errorf("%d rules, want the bound %d", n, suggestMaxRules)
+	}
+	if !strings.Contains(out, "skipped: 5 over the limits (") {
+		t.Errorf("the 5 lines past the rule bound are not counted:\n%s", out[strings.LastIndex(out, "\n#"):])
+	}
+
+	b.Reset()
+	for p := range suggestMaxSet + 3 {
+		b.WriteString(deny("one.example.com", 1000+p))
+	}
+	b.WriteString(`{"message":"decision","host":"` + strings.Repeat("a", suggestMaxLine) + `"}` + "\n")
+	b.WriteString(deny("two.example.com", 443))
+	out = suggest(t, b.String())
+	cfg := requireParses(t, out)
+	for _, tc := range []struct {
+		host  string
+		port  uint16
+		allow bool
+	}{
+		{"one.example.com", 1000, true},
+		{"one.example.com", 1000 + suggestMaxSet - 1, true},
+		{"one.example.com", 1000 + suggestMaxSet, false}, // past the per-rule bound
+		{"two.example.com", 443, true},                   // after the over-long line
+	} {
+		r := policy.Request{Host: tc.host, Port: tc.port, Hello: policy.HelloTLS, SNI: tc.host, Client: netip.MustParseAddr("10.0.0.1")}
+		if d := cfg.Policy.Decide(&r); d.Allow != tc.allow {
+			t.Errorf("%s:%d: %s, want allow=%v", tc.host, tc.port, policy.DescribeDecision(d), tc.allow)
+		}
+	}
+	for _, want := range []string{fmt.Sprintf("1 longer than %d bytes", suggestMaxLine), "3 over the limits ("} {
+		if !strings.Contains(out, want) {
+			t.Errorf("summary lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -21,6 +21,8 @@ func TestPasswd(t *testing.T) {
 	}{
 		{"user block", []string{"passwd", "ci"}, "s3cret pass\n", exitOK},
 		{"bare hash", []string{"passwd"}, "s3cret pass", exitOK},
+		{"CRLF line end (Windows clients)", []string{"passwd", "ci"}, "s3cret pass\r\n", exitOK},
+		{"only the first line", []string{"passwd", "ci"}, "s3cret pass\nsecond line\n", exitOK},
 		{"empty password", []string{"passwd", "ci"}, "\n", exitFail},
 		{"too many args", []string{"passwd", "a", "b"}, "x\n", exitUsage},
 	}

@@ -39,10 +39,10 @@ func startEchoServer(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// startShutdownServe runs serve with shutdown_grace = "3s" and a rule for
-// an echo upstream, and returns the process, the proxy address and an open
-// CONNECT tunnel to the echo upstream.
-func startShutdownServe(t *testing.T) (*serveProc, string, net.Conn, *bufio.Reader) {
+// startShutdownServe runs serve (with extra flags) with shutdown_grace =
+// "3s" and a rule for an echo upstream, and returns the process, the proxy
+// address and an open CONNECT tunnel to the echo upstream.
+func startShutdownServe(t *testing.T, flags ...string) (*serveProc, string, net.Conn, *bufio.Reader) {
 	t.Helper()
 	echo := startEchoServer(t)
 	cfg := writeFile(t, t.TempDir(), "shutdown.hcl", fmt.Sprintf(`
@@ -62,7 +62,7 @@ policy "t" {
 	// Under -race the child would sleep 1 s at exit (atexit_sleep_ms);
 	// the tests time the exit.
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	p := startServe(t, "serve", "--config", cfg)
+	p := startServe(t, append([]string{"serve", "--config", cfg}, flags...)...)
 	addr := p.await(t, "HTTP proxy listening on ")
 	target := fmt.Sprintf("127.0.0.1:%d", echo)
 	c, br, code := connectTo(t, addr, target)
@@ -179,5 +179,25 @@ func TestServeShutdownDrains(t *testing.T) {
 	t.Logf("decision log:\n%s", p.stdout.String())
 	if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
 		t.Errorf("no shutdown end line with drained 1: %q", out)
+	}
+}
+
+// TestServeShutdownGraceFlag: --shutdown-grace overrides the
+// configuration's shutdown_grace (3 s here).
+func TestServeShutdownGraceFlag(t *testing.T) {
+	const grace = 500 * time.Millisecond
+	p, _, c, br := startShutdownServe(t, "--shutdown-grace", grace.String())
+	done := p.terminate(t)
+	echoLine(t, c, br, "during the drain")
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("exit after the forced close: %v, want 0", r.err)
+		}
+		if r.elapsed < grace-100*time.Millisecond || r.elapsed > shutdownGraceTest-time.Second {
+			t.Errorf("exited %v after SIGTERM with a tunnel open, want about the flag's %v, not the configuration's %v", r.elapsed, grace, shutdownGraceTest)
+		}
+	case <-time.After(shutdownGraceTest + 2*time.Second):
+		t.Fatal("egressd did not exit")
 	}
 }
