@@ -25,6 +25,7 @@ import (
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -58,12 +59,7 @@ func inNS(t *testing.T, ns string, f func()) {
 	runtime.UnlockOSThread()
 }
 
-func setns(fd uintptr) error {
-	if _, _, e := syscall.RawSyscall(sysSetns, fd, syscall.CLONE_NEWNET, 0); e != 0 {
-		return e
-	}
-	return nil
-}
+func setns(fd uintptr) error { return unix.Setns(int(fd), unix.CLONE_NEWNET) }
 
 const (
 	gatewayChildEnv = "EGRESSD_GATEWAY_CHILD" // the decision log file

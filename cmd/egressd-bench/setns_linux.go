@@ -1,13 +1,13 @@
 package main
 
-import "syscall"
+import (
+	"syscall"
 
-func setns(fd uintptr) error {
-	if _, _, e := syscall.RawSyscall(sysSetns, fd, syscall.CLONE_NEWNET, 0); e != 0 {
-		return e
-	}
-	return nil
-}
+	"golang.org/x/sys/unix"
+)
+
+// setns moves the calling thread into the network namespace open as fd.
+func setns(fd uintptr) error { return unix.Setns(int(fd), unix.CLONE_NEWNET) }
 
 // childAttr kills egressd if the thread that started it goes away.
 func childAttr() *syscall.SysProcAttr { return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} }

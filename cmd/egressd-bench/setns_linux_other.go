@@ -1,7 +1,0 @@
-//go:build linux && !amd64 && !386
-
-package main
-
-import "syscall"
-
-const sysSetns = syscall.SYS_SETNS
