@@ -387,17 +387,6 @@ func quicThroughGateway(t *testing.T, cli string, ca *testCA, waitLog func(map[s
 	waitLog(map[string]any{"mode": "quic", "decision": "allow", "rule": "web", "sni": "allowed.egress.test", "dst": "10.77.2.2:443"})
 }
 
-// listenUDP opens a UDP socket on addr (in the calling thread's namespace).
-func listenUDP(t *testing.T, addr string) net.PacketConn {
-	t.Helper()
-	pc, err := net.ListenPacket("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	return pc
-}
-
 // TestTransparentGatewayChild is egressd inside the gateway namespace of
 // TestTransparentGatewayNamespaces.
 func TestTransparentGatewayChild(t *testing.T) {

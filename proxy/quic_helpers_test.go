@@ -105,11 +105,7 @@ func quicTestConfig() *quic.Config {
 // took.
 func captureQUICHello(t *testing.T, tlsConf *tls.Config) (sni.Hello, int) {
 	t.Helper()
-	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := listenUDP(t, "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	go func() {
@@ -142,4 +138,21 @@ func longALPN() []string {
 		out = append(out, fmt.Sprintf("egressd-padding-protocol-%02d", i))
 	}
 	return out
+}
+
+// listenUDP opens a UDP socket on addr ("127.0.0.1:0" for any free
+// port; in the calling thread's network namespace), closed when the test
+// ends.
+func listenUDP(t *testing.T, addr string) *net.UDPConn {
+	t.Helper()
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", ua)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }

@@ -42,10 +42,7 @@ func (listenerReply) Close() error { return nil }
 func (e *env) startQUIC(t *testing.T, hclSrc string, quicPort uint16) *quicGW {
 	t.Helper()
 	e.start(t, strings.ReplaceAll(hclSrc, "QUIC_PORT", fmt.Sprint(quicPort)))
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc := listenUDP(t, "127.0.0.1:0")
 	q := &quicGW{addr: pc.LocalAddr().(*net.UDPAddr)}
 	e.srv.quicHooks = func(g *quicGateway) {
 		g.origDst = func(from netip.AddrPort, _ []byte) (netip.AddrPort, bool) {
@@ -73,11 +70,7 @@ func (e *env) startQUIC(t *testing.T, hclSrc string, quicPort uint16) *quicGW {
 // to dst.
 func (q *quicGW) socket(t *testing.T, dst netip.AddrPort) *net.UDPConn {
 	t.Helper()
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	c := listenUDP(t, "127.0.0.1:0")
 	q.dsts.Store(c.LocalAddr().(*net.UDPAddr).AddrPort(), dst)
 	return c
 }
@@ -104,10 +97,7 @@ func (q *quicGW) flows() int {
 // quicUpstream is a QUIC echo server on loopback.
 func quicUpstream(t *testing.T, e *env) (netip.AddrPort, *atomic.Int32) {
 	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc := listenUDP(t, "127.0.0.1:0")
 	n := serveQUICEcho(t, pc, e.ca.leaf)
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort(), n
 }
@@ -116,11 +106,7 @@ func quicUpstream(t *testing.T, e *env) (netip.AddrPort, *atomic.Int32) {
 // none) and echoes them.
 func udpSink(t *testing.T) (netip.AddrPort, *atomic.Int32) {
 	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := listenUDP(t, "127.0.0.1:0")
 	var n atomic.Int32
 	go func() {
 		buf := make([]byte, 65536)
@@ -256,10 +242,7 @@ func TestQUICDenied(t *testing.T) {
 // for an allowed host.
 func TestQUICHTTP3(t *testing.T) {
 	e := newEnv(t)
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc := listenUDP(t, "127.0.0.1:0")
 	serveHTTP3(t, pc, e.ca.leaf)
 	dst := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 	q := e.startQUIC(t, quicTestPolicy, dst.Port())
@@ -360,11 +343,7 @@ func TestQUICHelloLimits(t *testing.T) {
 	c2.WriteToUDP(bad, q.addr)
 	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "hello_malformed"})
 
-	c3, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
+	c3 := listenUDP(t, "127.0.0.1:0")
 	c3.WriteToUDP(first, q.addr) // no original destination registered
 	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "bad_request", "client": c3.LocalAddr().String()})
 
@@ -388,11 +367,7 @@ func TestQUICHelloLimits(t *testing.T) {
 // firstInitial captures the first datagram a quic-go client sends.
 func firstInitial(t *testing.T, tlsConf *tls.Config) []byte {
 	t.Helper()
-	sink, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sink.Close()
+	sink := listenUDP(t, "127.0.0.1:0")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	go quic.DialAddr(ctx, sink.LocalAddr().String(), tlsConf, quicTestConfig())
