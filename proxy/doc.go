@@ -32,6 +32,11 @@
 // one "decision" line, and every allowed one a "close" line, to the
 // zerolog logger given to New.
 //
+// Run is what egressd serve runs: every listener the configuration names,
+// the admin server, and the shutdown sequence. WatchConfig reloads a
+// running Server when its files change or the caller's SIGHUP channel
+// delivers. Suggest turns a decision log back into allow rules.
+//
 // The package is not a library for other proxies: it has no MITM, no
 // caching and no upstream proxy chaining.
 //
