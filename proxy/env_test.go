@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -248,6 +249,7 @@ func (e *env) startLogger(t *testing.T, hclSrc string, logger zerolog.Logger) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	guardLoopbackDials(t, srv)
 	ln := listen(t)
 	go srv.Serve(ln)
 	t.Cleanup(func() {
@@ -256,6 +258,35 @@ func (e *env) startLogger(t *testing.T, hclSrc string, logger zerolog.Logger) {
 		srv.Shutdown(ctx)
 	})
 	e.srv, e.proxyAddr = srv, ln.Addr().String()
+}
+
+// guardLoopbackDials makes srv refuse, and the test fail on, any dial to
+// an address off loopback: the tests' DNS answers private and metadata
+// addresses (10.x, 169.254.169.254) that egressd must never dial, and a
+// regression must not send packets off the machine to find out. It wraps
+// srv.DialContext and checks after srv's shutdown (cleanups run last
+// first).
+func guardLoopbackDials(t *testing.T, srv *Server) {
+	t.Helper()
+	var mu sync.Mutex
+	var offLoopback []string
+	next := srv.DialContext
+	srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().IsLoopback() {
+			mu.Lock()
+			offLoopback = append(offLoopback, network+" "+addr)
+			mu.Unlock()
+			return nil, fmt.Errorf("test: refusing to dial %s off loopback", addr)
+		}
+		return next(ctx, network, addr)
+	}
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(offLoopback) > 0 {
+			t.Errorf("egressd dialed off loopback: %v", offLoopback)
+		}
+	})
 }
 
 // client is Go's net/http client configured with HTTPS_PROXY-style proxying
