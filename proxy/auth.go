@@ -77,7 +77,7 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 		return "", false
 	}
 	p := s.policy()
-	k := sha256.Sum256([]byte(s.authSalt + "\x00" + string(raw)))
+	k := s.authKey(raw)
 	if s.auth.get(p, k) {
 		return name, true
 	}
@@ -86,6 +86,12 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	}
 	s.auth.put(p, k)
 	return name, true
+}
+
+// authKey is the credential cache's key for the decoded "user:password":
+// a salted hash, so the cache holds no password.
+func (s *Server) authKey(raw []byte) [sha256.Size]byte {
+	return sha256.Sum256([]byte(s.authSalt + "\x00" + string(raw)))
 }
 
 // randomSalt keys one server's credential cache.

@@ -313,23 +313,35 @@ func (e *env) connect(t *testing.T, authority string) (net.Conn, *bufio.Reader, 
 // any).
 func (e *env) connectFrom(t *testing.T, from, authority string) (net.Conn, *bufio.Reader, *http.Response) {
 	t.Helper()
-	var d net.Dialer
+	c, br, resp, err := dialConnect(e.proxyAddr, from, authority)
+	if err != nil {
+		t.Fatalf("CONNECT %s: %v", authority, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, br, resp
+}
+
+// dialConnect dials the proxy at addr from local address from ("" for
+// any), sends CONNECT authority and reads the answer's head. The
+// connection has a 10 s deadline; it is closed on error.
+func dialConnect(addr, from, authority string) (net.Conn, *bufio.Reader, *http.Response, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
 	if from != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
 	}
-	c, err := d.Dial("tcp", e.proxyAddr)
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, nil, err
 	}
-	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
-		t.Fatalf("CONNECT %s: %v", authority, err)
+		c.Close()
+		return nil, nil, nil, err
 	}
-	return c, br, resp
+	return c, br, resp, nil
 }
 
 // waitLog waits for a decision-log line with the given message and conn

@@ -199,21 +199,8 @@ func echoOnce(c net.Conn, r io.Reader, msg string) error {
 // connectEcho makes one CONNECT tunnel to the echo upstream through addr
 // from local address from ("" for any) and checks that it carries msg.
 func connectEcho(addr, from string, echoPort int, msg string) (int, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
-	if from != "" {
-		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
-	}
-	c, err := d.Dial("tcp", addr)
+	c, br, resp, err := dialConnect(addr, from, "127.0.0.1:"+strconv.Itoa(echoPort))
 	if err != nil {
-		return 0, err
-	}
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	authority := "127.0.0.1:" + strconv.Itoa(echoPort)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
-	br := bufio.NewReader(c)
-	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-	if err != nil {
-		c.Close()
 		return 0, err
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -386,19 +373,9 @@ func TestExhaustPerClientFlood(t *testing.T) {
 	t0 := time.Now()
 	for range 8 {
 		wg.Go(func() {
-			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
 			for next.Add(1) <= attempts {
-				c, err := d.Dial("tcp", e.proxyAddr)
+				c, br, resp, err := dialConnect(e.proxyAddr, "127.0.0.2", authority)
 				if err != nil {
-					errs <- err
-					return
-				}
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
-				br := bufio.NewReader(c)
-				resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-				if err != nil {
-					c.Close()
 					errs <- err
 					return
 				}
@@ -466,7 +443,14 @@ func TestExhaustPerClientFlood(t *testing.T) {
 	}
 	// The held tunnels still work, and closing them frees the slots.
 	mu.Lock()
-	for _, c := range held {
+	for i, c := range held {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		var b [1]byte
+		if _, err := c.Write([]byte("y")); err != nil {
+			t.Errorf("held tunnel %d after the flood: %v", i, err)
+		} else if _, err := io.ReadFull(c, b[:]); err != nil || b[0] != 'y' {
+			t.Errorf("held tunnel %d after the flood: echoed %q, %v", i, b[:], err)
+		}
 		c.Close()
 	}
 	held = nil
@@ -894,6 +878,14 @@ func TestFloodQUICPendingInitials(t *testing.T) {
 		flood, took.Round(time.Millisecond), maxFlows, maxQUICFlows, float64(growth)/(1<<20), float64(growth)/1024/float64(maxQUICFlows), served.Round(time.Millisecond), attempts)
 	if maxFlows > maxQUICFlows {
 		t.Errorf("the flow table reached %d flows, limit %d", maxFlows, maxQUICFlows)
+	}
+	if maxFlows < maxQUICFlows {
+		t.Errorf("the flood filled the flow table only to %d of %d: the test proves nothing", maxFlows, maxQUICFlows)
+	}
+	// Nothing is evictable until the first flood flows time out, so the
+	// legitimate client cannot be served before hello_timeout.
+	if served < helloTimeout {
+		t.Errorf("the legitimate client was served %v after the flood began, before the flood's flows could time out (%v)", served, helloTimeout)
 	}
 	if growth > 160<<20 {
 		t.Errorf("the heap grew by %d bytes, want < 160 MiB (a reassembly buffer per pending flow)", growth)

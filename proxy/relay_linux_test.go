@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -138,7 +139,7 @@ func TestEpollRelayIdle(t *testing.T) {
 		t.Errorf("done%v, want [6 0]", n)
 	}
 	r.work.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := r.work.Read(buf); err == nil {
+	if _, err := r.work.Read(buf); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Error("the workload's connection is still open after the idle timeout")
 	}
 }
@@ -150,7 +151,7 @@ func TestEpollRelayAbortAndReset(t *testing.T) {
 	r.abort()
 	r.wait(t)
 	r.work.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := r.work.Read(make([]byte, 1)); errors.Is(err, io.ErrNoProgress) || err == nil {
+	if _, err := r.work.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Errorf("after abort the workload reads %v, want the end", err)
 	}
 

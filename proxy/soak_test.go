@@ -6,7 +6,6 @@ import (
 	"bufio"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -119,22 +118,8 @@ func TestSoak(t *testing.T) {
 	e := newEnv(t)
 	tally := newLogTally()
 	e.startLogger(t, strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"`, 1), zerolog.New(tally))
-	var dsts sync.Map // client address → original destination
-	e.srv.origDst = func(c net.Conn) (netip.AddrPort, error) {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if v, ok := dsts.Load(c.RemoteAddr().String()); ok {
-				return v.(netip.AddrPort), nil
-			}
-			if time.Now().After(deadline) {
-				return netip.AddrPort{}, errors.New("soak: no original destination registered")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
-	tln := listen(t)
-	go e.srv.ServeTransparent(tln)
-	transparentAddr := tln.Addr().String()
+	gw := e.serveGateway(t)
+	dsts, transparentAddr := &gw.dsts, gw.addr
 
 	echoDst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort))
 	tlsDst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.tlsPort))
@@ -144,16 +129,8 @@ func TestSoak(t *testing.T) {
 	denied := clientHelloBytes("nope.egress.test")
 
 	connect := func(authority string) (net.Conn, *bufio.Reader, int, error) {
-		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		c, br, resp, err := dialConnect(e.proxyAddr, "", authority)
 		if err != nil {
-			return nil, nil, 0, err
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
-		br := bufio.NewReader(c)
-		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
-		if err != nil {
-			c.Close()
 			return nil, nil, 0, err
 		}
 		return c, br, resp.StatusCode, nil

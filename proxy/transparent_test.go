@@ -32,6 +32,13 @@ type gateway struct {
 func (e *env) startTransparent(t *testing.T, hclSrc string) *gateway {
 	t.Helper()
 	e.start(t, hclSrc)
+	return e.serveGateway(t)
+}
+
+// serveGateway serves a transparent listener of the running e.srv on
+// loopback, with original destinations taken from the gateway's dsts.
+func (e *env) serveGateway(t *testing.T) *gateway {
+	t.Helper()
 	g := &gateway{}
 	e.srv.origDst = func(c net.Conn) (netip.AddrPort, error) {
 		deadline := time.Now().Add(5 * time.Second)
