@@ -375,8 +375,7 @@ func (p *Policy) policyApplies(ru *rule, client netip.Addr, user string) bool {
 	if !p.scoped {
 		return true
 	}
-	ok := p.pols[ru.pol].appliesTo(client, user)
-	return ok
+	return p.pols[ru.pol].appliesTo(client, user)
 }
 
 // anyApplies reports whether some policy covers the client.

@@ -227,6 +227,11 @@ policy "p" {
 	if out := FormatDiagnostics(diags); !strings.Contains(out, "Cannot read users_file") || cfg.Policy != nil {
 		t.Errorf("missing users file: policy %v, diagnostics %s", cfg.Policy != nil, out)
 	}
+	for _, d := range diags {
+		if d.Summary == "Cannot read users_file" && (d.Subject == nil || !strings.HasSuffix(d.Subject.Filename, ".hcl") || d.Subject.Start.Line < 1) {
+			t.Errorf("the unreadable users file's diagnostic does not point at users_file: %+v", d.Subject)
+		}
+	}
 
 	// LoadFS reads it from the same file system.
 	fsys := fstest.MapFS{

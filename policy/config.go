@@ -170,6 +170,7 @@ func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
 				Severity: hcl.DiagError,
 				Summary:  "Cannot read users_file",
 				Detail:   fmt.Sprintf("Reading %s (server.users_file): %v. Create it with NAME:PASSWORD_HASH lines (egressd passwd prints a hash), or remove users_file.", quote(name), err),
+				Subject:  raw.server.usersFile.rng.Ptr(),
 			})
 		} else {
 			files = append(files[:len(files):len(files)], File{Name: name, Src: src, Users: true})

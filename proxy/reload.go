@@ -67,6 +67,9 @@ func (s *Server) Reload(cfg *policy.Config) error {
 		{"max_connections_per_client", old.MaxConnectionsPerClient == neu.MaxConnectionsPerClient},
 		{"shutdown_grace", old.ShutdownGrace == neu.ShutdownGrace},
 		{"dns_refuse", old.DNSRefuse == neu.DNSRefuse},
+		// The new file's users apply now; WatchConfig keeps watching the
+		// file it started with until a restart.
+		{"users_file", old.UsersFile == neu.UsersFile},
 	} {
 		if !f.same {
 			restart = append(restart, f.name)

@@ -48,7 +48,7 @@ policy "p" {
 	if l := last(); l["outcome"] != "ok" || l[fieldRestart] != nil {
 		t.Errorf("reload of the same settings logged %v", l)
 	}
-	if err := s.Reload(parse("server {\n  hello_timeout = \"3s\"\n  shutdown_grace = \"5s\"\n}\n")); err != nil {
+	if err := s.Reload(parse("server {\n  hello_timeout = \"3s\"\n  shutdown_grace = \"5s\"\n  users_file = \"users\"\n}\n")); err != nil {
 		t.Fatal(err)
 	}
 	l := last()
@@ -57,7 +57,7 @@ policy "p" {
 	for _, g := range got {
 		names = append(names, g.(string))
 	}
-	if l["outcome"] != "ok" || !slices.Equal(names, []string{"hello_timeout", "shutdown_grace"}) {
-		t.Errorf("reload changing hello_timeout and shutdown_grace logged %v, want restart_needed [hello_timeout shutdown_grace]", l)
+	if l["outcome"] != "ok" || !slices.Equal(names, []string{"hello_timeout", "shutdown_grace", "users_file"}) {
+		t.Errorf("reload changing hello_timeout, shutdown_grace and users_file logged %v, want restart_needed [hello_timeout shutdown_grace users_file]", l)
 	}
 }

@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/egressd/egressd/policy"
 )
 
@@ -23,8 +21,10 @@ type RunOptions struct {
 	Status io.Writer
 	// Watch, when set, is called once every listener is open and before
 	// any is served, with a context that ends when Run stops serving. It
-	// must return promptly (WatchConfig does).
-	Watch func(context.Context, *Server)
+	// must return promptly (WatchConfig does) with a channel that is
+	// closed once it has stopped; Run waits for that before it closes the
+	// decision log.
+	Watch func(context.Context, *Server) <-chan struct{}
 }
 
 // Run opens every listener cfg names (all before serving any, so that a
@@ -37,7 +37,6 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 		status = io.Discard
 	}
 	version := o.Version
-	zerolog.TimeFieldFormat = time.RFC3339Nano
 	logger, closer, err := NewLogger(cfg.Log)
 	if err != nil {
 		return err
@@ -78,7 +77,7 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 		dln net.Listener
 	)
 	if a := cfg.Server.DNSListen; a != "" {
-		if dpc, dln, err = ListenDNS(a); err != nil {
+		if dpc, dln, err = listenDNS(a); err != nil {
 			return fail("DNS listen", a, "server.dns_listen or --dns-listen", err)
 		}
 		opened = append(opened, dpc, dln)
@@ -94,8 +93,8 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 		// Watching starts before the first line announces the proxy, so
 		// no configuration change after it is missed.
 		wctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		o.Watch(wctx, srv)
+		stopped := o.Watch(wctx, srv)
+		defer func() { cancel(); <-stopped }()
 	}
 	fmt.Fprintf(status, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
 	errc := make(chan error, 4)
@@ -159,10 +158,10 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 	return first
 }
 
-// ListenDNS opens the gateway DNS server's UDP socket and TCP listener on
+// listenDNS opens the gateway DNS server's UDP socket and TCP listener on
 // one address. With port 0 the TCP listener takes the port the UDP socket
 // got (retried a few times, in case another program holds it on TCP).
-func ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
+func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	var lastErr error
 	for range 5 {
 		pc, err := net.ListenPacket("udp", addr)

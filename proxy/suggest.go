@@ -177,7 +177,7 @@ func (s *suggestion) add(line []byte) {
 		s.notJSON++
 		return
 	}
-	if l.Message != "decision" || l.Mode == "dns" || (l.Decision != "allow" && l.Decision != "deny") {
+	if l.Message != msgDecision || l.Mode == ModeDNS || (l.Decision != "allow" && l.Decision != "deny") {
 		s.notDecided++
 		return
 	}
@@ -254,23 +254,14 @@ func (s *suggestion) destination(l *logLine) (destKey, string, bool) {
 	if !fixable[reason] {
 		return unfix(reason)
 	}
-	if l.Port < 1 || l.Port > 65535 || l.Host == "" {
-		return unfix(unfixNoDest)
-	}
 	var k destKey
-	if a, err := netip.ParseAddr(l.Host); err == nil {
-		if a.Zone() != "" {
-			return unfix(unfixNoDest)
-		}
-		k.addr = a.Unmap()
-	} else if h, err := policy.NormalizeHost(l.Host); err == nil {
-		k.host = h
-	} else {
+	var err error
+	if k.host, k.addr, _, err = policy.ParseDestination(l.Host, strconv.Itoa(l.Port)); err != nil {
 		return unfix(unfixNoDest)
 	}
-	k.quic = l.Mode == "quic"
+	k.quic = l.Mode == ModeQUIC
 	switch {
-	case l.Mode == "http":
+	case l.Mode == ModeHTTP:
 		k.cat = catHTTP
 	case reason == string(policy.ReasonNotTLS):
 		k.cat = catPlain

@@ -21,13 +21,13 @@ const ReloadDebounce = 300 * time.Millisecond
 
 // WatchConfig reloads s's configuration with load whenever hup delivers
 // (the caller's SIGHUP) and, when path is set, whenever one of its files
-// changes (see configWatch; usersFile is the loaded configuration's
-// server.users_file), until ctx is done. load reads and validates the
-// configuration the way the running one was (same path, same
-// command-line overrides). The watches are in place when it returns; the
-// reloading runs in its own goroutine. A failed reload keeps the running
-// configuration and is logged (ReloadFailed).
-func (s *Server) WatchConfig(ctx context.Context, path, usersFile string, load func() (*policy.Config, hcl.Diagnostics), hup <-chan os.Signal) {
+// or the server's users_file changes (see configWatch), until ctx is
+// done. load reads and validates the configuration the way the running
+// one was (same path, same command-line overrides). The watches are in
+// place when it returns; the reloading runs in its own goroutine, and the
+// returned channel is closed when that has ended. A failed reload keeps
+// the running configuration and is logged (ReloadFailed).
+func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*policy.Config, hcl.Diagnostics), hup <-chan os.Signal) (stopped <-chan struct{}) {
 	var events <-chan fsnotify.Event
 	var errs <-chan error
 	var watcher *fsnotify.Watcher
@@ -37,7 +37,7 @@ func (s *Server) WatchConfig(ctx context.Context, path, usersFile string, load f
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		} else {
 			watcher = w
-			cw = newConfigWatch(path, usersFile)
+			cw = newConfigWatch(path, s.cfg.UsersFile)
 			for _, dir := range cw.dirs {
 				if err := w.Add(dir); err != nil {
 					s.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
@@ -54,12 +54,15 @@ func (s *Server) WatchConfig(ctx context.Context, path, usersFile string, load f
 		}
 		_ = s.Reload(cfg) // logged by Reload
 	}
+	done := make(chan struct{})
 	go func() {
+		defer close(done)
 		if watcher != nil {
 			defer watcher.Close()
 		}
 		s.reloadLoop(ctx, hup, events, errs, cw.relevant, reload)
 	}()
+	return done
 }
 
 func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, relevant func(string) bool, reload func()) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/configs"
 	"github.com/egressd/egressd/policy"
@@ -154,12 +155,18 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	watch := func(ctx context.Context, srv *proxy.Server) {
+	// After the first SIGINT/SIGTERM a second one ends the process at
+	// once, without waiting for the drain.
+	context.AfterFunc(ctx, stop)
+	watch := func(ctx context.Context, srv *proxy.Server) <-chan struct{} {
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
 		context.AfterFunc(ctx, func() { signal.Stop(hup) })
-		srv.WatchConfig(ctx, *path, cfg.Server.UsersFile, load, hup)
+		return srv.WatchConfig(ctx, *path, load, hup)
 	}
+	// Decision-log timestamps to the nanosecond: a process-wide zerolog
+	// setting, so the process's owner sets it.
+	zerolog.TimeFieldFormat = time.RFC3339Nano
 	if err := proxy.Run(ctx, cfg, proxy.RunOptions{Version: version, Status: stderr, Watch: watch}); err != nil {
 		fmt.Fprintln(stderr, "egressd:", err)
 		return exitFail
