@@ -24,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -431,14 +432,97 @@ func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
 // ---- egressd ----
 
+// child is a process the bench runs: egressd, the reference relay or a
+// peer.
+type child struct {
+	cmd    *exec.Cmd
+	pid    int
+	out    *lockedWriter // its stdout and stderr
+	exited chan struct{}
+}
+
+// startChild starts cmd (in network namespace ns when set), registers its
+// stop as a cleanup, and polls ready every 50 ms until it returns nil, for
+// up to 15 s or until the child exits. The starting thread stays locked
+// until the child exits: the child inherits its network namespace, and
+// Pdeathsig follows that thread, not the process.
+func (b *bench) startChild(what string, cmd *exec.Cmd, ns string, ready func() error) (*child, error) {
+	c := &child{cmd: cmd, out: &lockedWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = c.out, c.out
+	cmd.SysProcAttr = childAttr()
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if ns != "" {
+			if err := enterNS(ns); err != nil {
+				started <- err
+				return
+			}
+		}
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		cmd.Wait()
+		close(c.exited)
+	}()
+	if err := <-started; err != nil {
+		return nil, fmt.Errorf("start %s: %v", what, err)
+	}
+	c.pid = cmd.Process.Pid
+	b.onCleanup(c.stop)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		err := ready()
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-c.exited:
+			return nil, fmt.Errorf("%s exited: %s", what, c.out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, fmt.Errorf("%s not ready after 15s (%v): %s", what, err, c.out.String())
+		}
+	}
+}
+
+// stop sends the child SIGTERM (nginx's master takes its workers down)
+// and waits, with SIGKILL after 5 s; it does nothing once the child has
+// exited.
+func (c *child) stop() {
+	select {
+	case <-c.exited:
+		return
+	default:
+	}
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(5 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.exited
+	}
+}
+
+// listening is a ready probe: addr accepts a TCP connection.
+func listening(addr string) func() error {
+	return func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+}
+
+// egressd is an egressd child and its decision log.
 type egressd struct {
-	cmd     *exec.Cmd
-	pid     int
+	*child
 	logPath string
-	admin   string
-	ns      string
-	out     *bytes.Buffer
-	exited  chan struct{}
 }
 
 // config returns an egressd configuration with 1,000 rules: 999 fillers
@@ -473,75 +557,20 @@ func (b *bench) startEgressd(name, cfg, adminAddr, ns string) (*egressd, error) 
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	e := &egressd{logPath: filepath.Join(b.dir, name+".log"), admin: adminAddr, ns: ns, out: &bytes.Buffer{}, exited: make(chan struct{})}
-	e.cmd = exec.Command(b.bin, "serve", "--config", cfgPath)
-	e.cmd.Stdout, e.cmd.Stderr = &lockedWriter{w: e.out}, &lockedWriter{w: e.out}
-	e.cmd.SysProcAttr = childAttr()
-	started := make(chan error, 1)
-	go func() {
-		// The starting thread stays alive until egressd exits: the child
-		// inherits its network namespace, and Pdeathsig follows it.
-		runtime.LockOSThread()
-		if ns != "" {
-			if err := enterNS(ns); err != nil {
-				started <- err
-				return // the thread dies with the goroutine
+	ready := func() (err error) {
+		inNSDo(ns, func() {
+			var code int
+			if code, err = httpStatus(adminAddr, "/readyz"); err == nil && code != 200 {
+				err = fmt.Errorf("/readyz answered %d", code)
 			}
-		}
-		if err := e.cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		e.cmd.Wait()
-		close(e.exited)
-	}()
-	if err := <-started; err != nil {
-		return nil, fmt.Errorf("start egressd: %v", err)
+		})
+		return err
 	}
-	e.pid = e.cmd.Process.Pid
-	b.onCleanup(func() { e.stop() })
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		var code int
-		var err error
-		inNSDo(ns, func() { code, err = httpStatus(adminAddr, "/readyz") })
-		if err == nil && code == 200 {
-			return e, nil
-		}
-		select {
-		case <-e.exited:
-			return nil, fmt.Errorf("egressd exited: %s", e.output())
-		default:
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("egressd not ready after 15s (%v, status %d): %s", err, code, e.output())
-		}
-		time.Sleep(50 * time.Millisecond)
+	c, err := b.startChild("egressd", exec.Command(b.bin, "serve", "--config", cfgPath), ns, ready)
+	if err != nil {
+		return nil, err
 	}
-}
-
-func (e *egressd) output() string {
-	return e.cmd.Stdout.(*lockedWriter).String()
-}
-
-func (e *egressd) stop() { stopChild(e.cmd, e.exited) }
-
-// stopChild sends cmd SIGTERM and waits until exited is closed, with
-// SIGKILL after 5 s; it does nothing when the child has already exited.
-func stopChild(cmd *exec.Cmd, exited <-chan struct{}) {
-	select {
-	case <-exited:
-		return
-	default:
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(5 * time.Second):
-		cmd.Process.Kill()
-		<-exited
-	}
+	return &egressd{child: c, logPath: filepath.Join(b.dir, name+".log")}, nil
 }
 
 type lockedWriter struct {
@@ -638,12 +667,13 @@ func processTree(pid int) []int {
 	return tree
 }
 
-// threadSwitches is the number of times the threads of pid and its
-// descendants were switched out (voluntary_ctxt_switches +
-// nonvoluntary_ctxt_switches): each is a trip through the scheduler, which
-// some machines (hypervisor guests) charge dearly for.
-func threadSwitches(pid int) float64 {
-	var n float64
+// threadSwitches returns, per thread ("pid/tid") of pid and its
+// descendants, how many times it was switched out
+// (voluntary_ctxt_switches + nonvoluntary_ctxt_switches). Each switch is
+// a trip through the scheduler, which some machines (hypervisor guests)
+// charge dearly for.
+func threadSwitches(pid int) map[string]float64 {
+	out := map[string]float64{}
 	for _, p := range processTree(pid) {
 		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		for _, t := range tasks {
@@ -651,15 +681,69 @@ func threadSwitches(pid int) float64 {
 			if err != nil {
 				continue
 			}
+			var n float64
 			for _, l := range strings.Split(string(data), "\n") {
 				if k, v, ok := strings.Cut(l, ":"); ok && strings.HasSuffix(k, "voluntary_ctxt_switches") {
 					c, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
 					n += c
 				}
 			}
+			out[fmt.Sprintf("%d/%s", p, t.Name())] = n
 		}
 	}
-	return n
+	return out
+}
+
+// switchSampleEvery is how often a switchCounter looks at the threads:
+// often enough to see a relay's per-connection threads (tinyproxy starts
+// one per connection) at least once during a TLS exchange.
+const switchSampleEvery = 10 * time.Millisecond
+
+// switchCounter follows a process tree's thread switches over a
+// measurement. Linux keeps an exited thread's counts only for getrusage
+// of its own process, so the counter samples the threads while the
+// measurement runs and keeps each thread's last count.
+type switchCounter struct {
+	pid        int
+	base, last map[string]float64
+	stop, done chan struct{}
+}
+
+func startSwitchCounter(pid int) *switchCounter {
+	c := &switchCounter{pid: pid, base: threadSwitches(pid), stop: make(chan struct{}), done: make(chan struct{})}
+	c.last = maps.Clone(c.base)
+	go func() {
+		defer close(c.done)
+		tick := time.NewTicker(switchSampleEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-c.stop:
+				return
+			case <-tick.C:
+				maps.Copy(c.last, threadSwitches(pid))
+			}
+		}
+	}()
+	return c
+}
+
+// finish returns the switches since the start, and whether that is only
+// a lower bound: a thread exited after it was last seen, taking the
+// switches it made since with it (threads shorter than a sample are
+// missed the same way).
+func (c *switchCounter) finish() (n float64, lowerBound bool) {
+	close(c.stop)
+	<-c.done
+	now := threadSwitches(c.pid)
+	maps.Copy(c.last, now)
+	for tid, v := range c.last {
+		n += v - c.base[tid]
+		if _, alive := now[tid]; !alive {
+			lowerBound = true
+		}
+	}
+	return n, lowerBound
 }
 
 // rssKiB is VmRSS of pid and its descendants.
@@ -745,15 +829,24 @@ func settle(path string, tunnels int64) (int64, int64) {
 
 // path is one way to reach the upstreams: direct, or through egressd.
 type path struct {
-	ns      string // dial from this network namespace ("": the bench's)
-	proxy   string // CONNECT through this proxy address ("": none)
-	bulk    string // upstream addresses (CONNECT: host:port to ask for)
-	tls     string
-	idle    string
-	counted bool // through egressd: count the connections for the log check
-	// other: proxy is not egressd (the reference relay or a peer), so
-	// its connections are not counted for the log check.
-	other bool
+	ns    string // dial from this network namespace ("": the bench's)
+	proxy string // CONNECT through this proxy address ("": none)
+	bulk  string // upstream addresses (CONNECT: host:port to ask for)
+	tls   string
+	idle  string
+	// counted: the path goes through egressd, whose log lines per
+	// connection are checked; count its connections.
+	counted bool
+}
+
+// loopPath reaches the loopback upstreams at host (127.0.0.1, or
+// benchHost for a proxy to resolve) through proxy ("": direct).
+func (b *bench) loopPath(host, proxy string, counted bool) path {
+	lp := b.loopPorts
+	return path{proxy: proxy, counted: counted,
+		bulk: net.JoinHostPort(host, strconv.Itoa(lp[0])),
+		tls:  net.JoinHostPort(host, strconv.Itoa(lp[1])),
+		idle: net.JoinHostPort(host, strconv.Itoa(lp[2]))}
 }
 
 // open dials addr over p and, through a proxy, sends CONNECT and reads the
@@ -771,7 +864,7 @@ func (b *bench) open(p path, addr string) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	if p.other {
+	if !p.counted {
 		return c, connectThrough(c, addr)
 	}
 	b.dialed.Add(1)
@@ -881,10 +974,15 @@ func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB 
 	return float64(total.Load()) / 1e6 / el, cpuPerGB, nil
 }
 
+// connStats is one connRate measurement.
+type connStats struct {
+	cps, p50, p99 float64 // connections per second; latency in ms
+	done, failed  int64   // connections completed and failed
+}
+
 // connRate runs conc workers, each looping connect (+ CONNECT) -> TLS
-// handshake -> ping/pong -> close for d; it returns connections per second,
-// p50 and p99 latency in ms, and the failures.
-func (b *bench) connRate(p path, conc int, d time.Duration) (cps, p50, p99 float64, failed int64, err error) {
+// handshake -> ping/pong -> close for d.
+func (b *bench) connRate(p path, conc int, d time.Duration) (connStats, error) {
 	conf := &tls.Config{ServerName: benchHost, RootCAs: b.pool}
 	var wg sync.WaitGroup
 	lat := make([][]time.Duration, conc)
@@ -920,15 +1018,23 @@ func (b *bench) connRate(p path, conc int, d time.Duration) (cps, p50, p99 float
 	for _, l := range lat {
 		all = append(all, l...)
 	}
+	st := connStats{done: int64(len(all)), failed: fails.Load()}
 	if len(all) == 0 {
 		e, _ := firstErr.Load().(error)
-		return 0, 0, 0, fails.Load(), fmt.Errorf("no connection completed: %v", e)
+		return st, fmt.Errorf("no connection completed: %v", e)
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	q := func(f float64) float64 {
 		return float64(all[min(len(all)-1, int(f*float64(len(all))))]) / 1e6
 	}
-	return float64(len(all)) / el, q(0.50), q(0.99), fails.Load(), nil
+	st.cps, st.p50, st.p99 = float64(len(all))/el, q(0.50), q(0.99)
+	return st, nil
+}
+
+// perConn is a counter's growth (after - before) per connection st
+// handled, completed or failed: all of them cost the relay.
+func perConn(before, after float64, st connStats) float64 {
+	return (after - before) / float64(st.done+st.failed)
 }
 
 func (b *bench) pingOnce(p path, conf *tls.Config) error {
@@ -1028,12 +1134,15 @@ type row struct {
 	text       string // for the log-lines row
 	met        *bool
 	note       string
+	// lowerBound: some value is only a lower bound (thread switches of a
+	// relay whose threads exited during the run); shown with "≥".
+	lowerBound bool
 }
 
 func (b *bench) connectRuns() []*row {
 	o := b.opt
 	lp := b.loopPorts
-	direct := path{bulk: fmt.Sprintf("127.0.0.1:%d", lp[0]), tls: fmt.Sprintf("127.0.0.1:%d", lp[1]), idle: fmt.Sprintf("127.0.0.1:%d", lp[2])}
+	direct := b.loopPath("127.0.0.1", "", false)
 	rows := newRows("CONNECT", true)
 	var dialed, tunnels, decisions, closes int64
 	for r := range o.runs {
@@ -1050,12 +1159,12 @@ func (b *bench) connectRuns() []*row {
 		if err != nil {
 			return failRows(rows, err)
 		}
-		via := path{proxy: proxyAddr, bulk: fmt.Sprintf("%s:%d", benchHost, lp[0]), tls: fmt.Sprintf("%s:%d", benchHost, lp[1]), idle: fmt.Sprintf("%s:%d", benchHost, lp[2])}
+		via := b.loopPath(benchHost, proxyAddr, true)
 		b.dialed.Store(0)
 		b.tunnels.Store(0)
 		// Warm-up: the resolver cache, the first goroutines.
-		if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-			return failRows(rows, fmt.Errorf("warm-up through egressd: %v\n%s", err, e.output()))
+		if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+			return failRows(rows, fmt.Errorf("warm-up through egressd: %v\n%s", err, e.out.String()))
 		}
 		if o.measures("rss") {
 			rss, err := b.idleRSS(via, o.tunnels, e.pid)
@@ -1067,7 +1176,7 @@ func (b *bench) connectRuns() []*row {
 		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
 			return failRows(rows, err)
 		}
-		if err := b.measureReference(rows, direct, lp); err != nil {
+		if err := b.measureReference(rows, direct); err != nil {
 			return failRows(rows, err)
 		}
 		d, c := settle(e.logPath, b.tunnels.Load())
@@ -1080,53 +1189,53 @@ func (b *bench) connectRuns() []*row {
 }
 
 // measure runs the bulk figures and the conn/s figures at the given
-// concurrencies (16, 64) once, each direct then via the relay whose
+// concurrencies (16 and/or 64) once, each direct then via the relay whose
 // process is pid.
 func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) error {
 	d := b.opt.duration
-	for i, n := range []int{1, 8} {
-		if !b.opt.measures("bulk") {
-			break
+	if b.opt.measures("bulk") {
+		for i, n := range []int{1, 8} {
+			dm, _, err := b.bulkRun(direct, n, d, 0)
+			if err != nil {
+				return fmt.Errorf("bulk direct x%d: %v", n, err)
+			}
+			vm, cpu, err := b.bulkRun(via, n, d, pid)
+			if err != nil {
+				return fmt.Errorf("bulk via the relay x%d: %v", n, err)
+			}
+			add(rows[rowBulk1+i], dm, vm, vm/dm)
+			add(rows[rowCPU1+i], 0, cpu, 0)
 		}
-		dm, _, err := b.bulkRun(direct, n, d, 0)
-		if err != nil {
-			return fmt.Errorf("bulk direct x%d: %v", n, err)
-		}
-		vm, cpu, err := b.bulkRun(via, n, d, pid)
-		if err != nil {
-			return fmt.Errorf("bulk via egressd x%d: %v", n, err)
-		}
-		add(rows[rowBulk1+i], dm, vm, vm/dm)
-		add(rows[rowCPU1+i], 0, cpu, 0)
+	}
+	if !b.opt.measures("conn") {
+		return nil
 	}
 	for _, conc := range concs {
-		if !b.opt.measures("conn") {
-			break
+		base := map[int]int{16: rowCPS16, 64: rowCPS64}[conc]
+		if base == 0 {
+			return fmt.Errorf("conn/s at concurrency %d: the table has rows for 16 and 64", conc)
 		}
-		dc, d50, d99, df, err := b.connRate(direct, conc, d)
+		dst, err := b.connRate(direct, conc, d)
 		if err != nil {
 			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
 		}
-		cpu0, cs0 := b.cpuSeconds(pid), threadSwitches(pid)
-		vc, v50, v99, vf, err := b.connRate(via, conc, d)
+		cpu0 := b.cpuSeconds(pid)
+		switches := startSwitchCounter(pid)
+		vst, err := b.connRate(via, conc, d)
+		cs, lower := switches.finish()
 		if err != nil {
-			return fmt.Errorf("conn/s via egressd c=%d: %v", conc, err)
+			return fmt.Errorf("conn/s via the relay c=%d: %v", conc, err)
 		}
-		if conc == 64 && vc > 0 {
-			// CPU seconds over (conn/s × d) connections, in µs.
-			conns := vc * d.Seconds()
-			add(rows[rowCPUConn], 0, (b.cpuSeconds(pid)-cpu0)/conns*1e6, 0)
-			add(rows[rowCSConn], 0, (threadSwitches(pid)-cs0)/conns, 0)
-		}
-		base := rowCPS16
 		if conc == 64 {
-			base = rowCPS64
+			add(rows[rowCPUConn], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
+			add(rows[rowCSConn], 0, perConn(0, cs, vst), 0)
+			rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || lower
 		}
-		add(rows[base], dc, vc, vc/dc)
-		add(rows[base+1], d50, v50, v50/d50)
-		add(rows[base+2], d99, v99, v99/d99)
-		if df+vf > 0 {
-			rows[base].note += fmt.Sprintf(" %d+%d failed", df, vf)
+		add(rows[base], dst.cps, vst.cps, vst.cps/dst.cps)
+		add(rows[base+1], dst.p50, vst.p50, vst.p50/dst.p50)
+		add(rows[base+2], dst.p99, vst.p99, vst.p99/dst.p99)
+		if dst.failed+vst.failed > 0 {
+			rows[base].note += fmt.Sprintf(" %d+%d failed", dst.failed, vst.failed)
 		}
 	}
 	return nil
@@ -1257,6 +1366,9 @@ func (b *bench) render(rows []*row) string {
 				}
 			}
 			via = b.fmtVals(r.format, r.via, 1)
+			if r.lowerBound {
+				via = "≥ " + via
+			}
 			if len(r.ratio) > 0 && r.ratio[0] != 0 {
 				if r.check == multipleAtMost || strings.Contains(r.name, "latency") {
 					rel = b.fmtVals("%.2f", r.ratio, 1) + "×"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,6 +43,12 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("no row %q in:\n%s", r.name, table)
 		}
 	}
+	for _, l := range strings.Split(table, "\n") {
+		// | mode | measurement | direct | via | ratio | target | met |
+		if cells := strings.Split(l, " | "); strings.HasPrefix(l, "| CONNECT | ") && (len(cells) != 7 || cells[3] == "—") {
+			t.Errorf("row without a value through the relay: %q", l)
+		}
+	}
 	var logLine string
 	for _, l := range strings.Split(table, "\n") {
 		if strings.Contains(l, "decision-log lines") {
@@ -65,8 +72,8 @@ func TestPeersQuickRun(t *testing.T) {
 		t.Skip("builds and runs egressd and the peers; skipped with -short")
 	}
 	for _, p := range peerSpecs {
-		if _, err := exec.LookPath(p.bin); err != nil {
-			msg := fmt.Sprintf("%s is not installed (Debian: apt-get install %s)", p.bin, debianPackages(p.name))
+		if _, err := exec.LookPath(p.name); err != nil {
+			msg := fmt.Sprintf("%s is not installed (Debian: apt-get install %s)", p.name, debianPackages(p.name))
 			if os.Getenv("CI") == "true" {
 				t.Fatal(msg)
 			}
@@ -115,21 +122,23 @@ func TestPeersQuickRun(t *testing.T) {
 // is strictly better than every peer, with the direction of each figure.
 func TestRenderPeersVerdict(t *testing.T) {
 	b := &bench{opt: options{runs: 1}}
-	mk := func(bulk1Ratio, cpu1 float64) []*row {
+	mk := func(bulk1Ratio, cpu1, p99Ratio float64) []*row {
 		rows := newRows("x", true)
 		add(rows[rowBulk1], 100, 100*bulk1Ratio, bulk1Ratio)
 		add(rows[rowCPU1], 0, cpu1, 0)
+		add(rows[rowP9964], 10, 10*p99Ratio, p99Ratio)
 		return rows
 	}
-	egressd := mk(0.5, 0.4)
+	egressd := mk(0.5, 0.4, 1.3)
 	peers := []*peerResult{
-		{spec: peerSpec{name: "fast"}, rows: mk(0.6, 0.5)}, // more throughput, more CPU
-		{spec: peerSpec{name: "lean"}, rows: mk(0.2, 0.4)}, // a tie on CPU counts against egressd
+		{spec: peerSpec{name: "fast"}, rows: mk(0.6, 0.5, 1.5)}, // more throughput, more CPU, worse p99
+		{spec: peerSpec{name: "lean"}, rows: mk(0.2, 0.4, 1.1)}, // a tie on CPU counts against egressd; better p99
 	}
 	out := b.renderPeers(egressd, peers)
 	for _, want := range []string{
 		"| bulk download, 1 tunnel (MB/s) | ≥ 50% of direct | 50 % | 60 % | 20 % | no: fast |",
 		"| CPU per GB, 1 tunnel (s/GB) | ≤ 0.4 s/GB | 0.400 | 0.500 | 0.400 | no: lean |",
+		"| latency p99, concurrency 64 (ms) | ≤ 1.25× direct | 1.30× | 1.50× | 1.10× | no: lean |", // lower is better
 		"| bulk download, 8 tunnels (MB/s) | ≥ 45% of direct | — | — | — | — |",
 	} {
 		if !strings.Contains(out, want) {
@@ -139,5 +148,40 @@ func TestRenderPeersVerdict(t *testing.T) {
 	peers[0].rows[rowBulk1].ratio[0] = 0.4
 	if out := b.renderPeers(egressd, peers); !strings.Contains(out, "| 50 % | 40 % | 20 % | yes |") {
 		t.Errorf("egressd ahead of both, but:\n%s", out)
+	}
+
+	// A peer that failed, or has no value, or only a lower bound that
+	// does not settle it, makes the verdict unknown, never "yes".
+	add(egressd[rowCSConn], 0, 5, 0)
+	bound := mk(0.1, 0.9, 2)
+	add(bound[rowCSConn], 0, 1, 0)
+	bound[rowCSConn].lowerBound = true
+	peers = []*peerResult{
+		{spec: peerSpec{name: "broken"}, err: errors.New("did not start")},
+		{spec: peerSpec{name: "bounded"}, rows: bound},
+	}
+	out = b.renderPeers(egressd, peers)
+	for _, want := range []string{
+		"| bulk download, 1 tunnel (MB/s) | ≥ 50% of direct | 50 % | FAILED | 10 % | unknown: broken |",
+		"| thread switches per connection, concurrency 64 | — | 5.0 | FAILED | ≥ 1.0 | unknown: broken, bounded |",
+		"broken FAILED: did not start",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %q in:\n%s", want, out)
+		}
+	}
+	if out := b.renderPeers(failRows(newRows("CONNECT", true), errors.New("x")), peers); !strings.Contains(out, "Peers not compared") {
+		t.Errorf("a failed egressd run still compared:\n%s", out)
+	}
+}
+
+// TestFlagErrors: unknown figures and peers are usage errors (exit 2),
+// before anything is built or started.
+func TestFlagErrors(t *testing.T) {
+	for _, args := range [][]string{{"--only", "bogus"}, {"--peers", "bogus"}, {"--runs", "0"}, {"extra"}} {
+		var stdout, stderr bytes.Buffer
+		if code := run(args, &stdout, &stderr); code != 2 {
+			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, stderr.String())
+		}
 	}
 }

@@ -1,13 +1,14 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -21,15 +22,17 @@ import (
 // upstreams by address (they have no way to use the bench's DNS), which
 // spares them the lookup egressd makes.
 type peerSpec struct {
-	name    string
-	bin     string   // executable, looked up on PATH
-	version []string // arguments that print the version
+	name string // also the executable, looked up on PATH; -v prints its version
 	// connect: an HTTP CONNECT proxy on one port. Otherwise it routes on
 	// the ClientHello's SNI, with one port per upstream (bulk, TLS, idle).
 	connect bool
+	// user is the account the peer switches to when started as root, which
+	// must be able to write its logs ("": it writes them as root).
+	user string
 	// config returns the command line and the files to write into dir,
-	// given the listen addresses and the upstream ports (bulk, TLS, idle).
-	config func(dir string, listen []string, up [3]int) (args []string, files map[string]string)
+	// given the directory for what the peer writes (logs, pid), the
+	// listen addresses and the upstream ports (bulk, TLS, idle).
+	config func(dir, logs string, listen []string, up [3]int) (args []string, files map[string]string)
 }
 
 // maxPeerConns is the connection limit set in each peer's configuration:
@@ -39,15 +42,15 @@ type peerSpec struct {
 const maxPeerConns = 8000
 
 var peerSpecs = []peerSpec{
-	{name: "haproxy", bin: "haproxy", version: []string{"-v"}, config: haproxyConfig},
-	{name: "nginx", bin: "nginx", version: []string{"-v"}, config: nginxConfig},
-	{name: "squid", bin: "squid", version: []string{"-v"}, connect: true, config: squidConfig},
-	{name: "tinyproxy", bin: "tinyproxy", version: []string{"-v"}, connect: true, config: tinyproxyConfig},
+	{name: "haproxy", config: haproxyConfig},
+	{name: "nginx", config: nginxConfig}, // the master (root) opens the logs
+	{name: "squid", connect: true, user: "proxy", config: squidConfig},
+	{name: "tinyproxy", connect: true, user: "nobody", config: tinyproxyConfig},
 }
 
 // haproxyConfig: TCP mode, one frontend per upstream that waits for the
 // ClientHello and routes on req.ssl_sni, tcplog to stdout.
-func haproxyConfig(dir string, listen []string, up [3]int) ([]string, map[string]string) {
+func haproxyConfig(dir, _ string, listen []string, up [3]int) ([]string, map[string]string) {
 	var s strings.Builder
 	fmt.Fprintf(&s, "global\n  maxconn %d\n  log stdout format raw local0\n", maxPeerConns)
 	s.WriteString("defaults\n  mode tcp\n  log global\n  option tcplog\n  timeout connect 10s\n  timeout client 10m\n  timeout server 10m\n")
@@ -61,16 +64,16 @@ func haproxyConfig(dir string, listen []string, up [3]int) ([]string, map[string
 
 // nginxConfig: the stream module with ssl_preread, routing on
 // $ssl_preread_server_name, one access-log line per session.
-func nginxConfig(dir string, listen []string, up [3]int) ([]string, map[string]string) {
+func nginxConfig(dir, logs string, listen []string, up [3]int) ([]string, map[string]string) {
 	var s strings.Builder
 	// Debian builds the stream module as a dynamic module.
 	if mod := "/usr/lib/nginx/modules/ngx_stream_module.so"; fileExists(mod) {
 		fmt.Fprintf(&s, "load_module %s;\n", mod)
 	}
-	fmt.Fprintf(&s, "daemon off;\nworker_processes auto;\npid %s;\nerror_log %s warn;\n", filepath.Join(dir, "nginx.pid"), filepath.Join(dir, "error.log"))
+	fmt.Fprintf(&s, "daemon off;\nworker_processes auto;\npid %s;\nerror_log %s warn;\n", filepath.Join(logs, "nginx.pid"), filepath.Join(logs, "error.log"))
 	fmt.Fprintf(&s, "events { worker_connections %d; }\nstream {\n", maxPeerConns)
 	s.WriteString("  log_format relay '$remote_addr [$time_local] $status $bytes_sent $bytes_received $session_time \"$ssl_preread_server_name\" \"$upstream_addr\"';\n")
-	fmt.Fprintf(&s, "  access_log %s relay;\n", filepath.Join(dir, "access.log"))
+	fmt.Fprintf(&s, "  access_log %s relay;\n", filepath.Join(logs, "access.log"))
 	s.WriteString("  map \"$ssl_preread_server_name $server_port\" $up {\n")
 	for i, l := range listen {
 		_, p, _ := net.SplitHostPort(l)
@@ -82,16 +85,16 @@ func nginxConfig(dir string, listen []string, up [3]int) ([]string, map[string]s
 	}
 	s.WriteString("}\n")
 	conf := filepath.Join(dir, "nginx.conf")
-	return []string{"-c", conf, "-e", filepath.Join(dir, "error.log")}, map[string]string{conf: s.String()}
+	return []string{"-c", conf, "-e", filepath.Join(logs, "error.log")}, map[string]string{conf: s.String()}
 }
 
 // squidConfig: a CONNECT proxy with no cache, an access log line per
 // tunnel, in the foreground (-N).
-func squidConfig(dir string, listen []string, _ [3]int) ([]string, map[string]string) {
+func squidConfig(dir, logs string, listen []string, _ [3]int) ([]string, map[string]string) {
 	var s strings.Builder
 	fmt.Fprintf(&s, "http_port %s\nhttp_access allow all\ncache deny all\ncache_mem 0 MB\ncache_store_log none\npinger_enable off\n", listen[0])
 	fmt.Fprintf(&s, "access_log stdio:%s\ncache_log %s\npid_filename %s\ncoredump_dir %s\n",
-		filepath.Join(dir, "access.log"), filepath.Join(dir, "cache.log"), filepath.Join(dir, "squid.pid"), dir)
+		filepath.Join(logs, "access.log"), filepath.Join(logs, "cache.log"), filepath.Join(logs, "squid.pid"), logs)
 	fmt.Fprintf(&s, "visible_hostname egressd-bench\nmax_filedescriptors %d\nshutdown_lifetime 1 seconds\n", 2*maxPeerConns+100)
 	conf := filepath.Join(dir, "squid.conf")
 	return []string{"-N", "-f", conf}, map[string]string{conf: s.String()}
@@ -99,14 +102,14 @@ func squidConfig(dir string, listen []string, _ [3]int) ([]string, map[string]st
 
 // tinyproxyConfig: a CONNECT proxy logging each connection, in the
 // foreground (-d).
-func tinyproxyConfig(dir string, listen []string, _ [3]int) ([]string, map[string]string) {
+func tinyproxyConfig(dir, logs string, listen []string, _ [3]int) ([]string, map[string]string) {
 	host, port, _ := net.SplitHostPort(listen[0])
 	var s strings.Builder
 	if os.Geteuid() == 0 {
 		s.WriteString("User nobody\nGroup nogroup\n")
 	}
 	fmt.Fprintf(&s, "Port %s\nListen %s\nTimeout 600\nMaxClients %d\nAllow 127.0.0.1\nLogLevel Connect\nDisableViaHeader Yes\n", port, host, maxPeerConns)
-	fmt.Fprintf(&s, "LogFile %q\n", filepath.Join(dir, "tinyproxy.log"))
+	fmt.Fprintf(&s, "LogFile %q\n", filepath.Join(logs, "tinyproxy.log"))
 	conf := filepath.Join(dir, "tinyproxy.conf")
 	return []string{"-d", "-c", conf}, map[string]string{conf: s.String()}
 }
@@ -120,7 +123,7 @@ func parsePeers(list string) (out []peerSpec, missing []string, err error) {
 	for _, name := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == ' ' }) {
 		if name == "all" {
 			for _, p := range peerSpecs {
-				if _, err := exec.LookPath(p.bin); err == nil {
+				if _, err := exec.LookPath(p.name); err == nil {
 					out = append(out, p)
 				} else {
 					missing = append(missing, fmt.Sprintf("%s (Debian: apt-get install %s)", p.name, debianPackages(p.name)))
@@ -149,65 +152,43 @@ func peerNames() string {
 	return strings.Join(n, ", ")
 }
 
-type peerProc struct {
-	cmd    *exec.Cmd
-	out    *lockedWriter
-	exited chan struct{}
-}
-
 // startPeer writes p's configuration into its own directory under the
 // bench's, starts it and waits until its first port accepts.
-func (b *bench) startPeer(p peerSpec, name string, listen []string) (*peerProc, error) {
+func (b *bench) startPeer(p peerSpec, name string, listen []string) (*child, error) {
+	bin, err := exec.LookPath(p.name)
+	if err != nil {
+		return nil, fmt.Errorf("%s is not installed (Debian: apt-get install %s)", p.name, debianPackages(p.name))
+	}
+	// The configuration is writable by the bench's user only; what the
+	// peer writes goes to logs/, owned by the account it switches to.
+	// The bench's directory lets that account through without listing it.
 	dir := filepath.Join(b.dir, name)
-	// Squid, nginx's workers and tinyproxy drop root for their own users,
-	// which must still reach their logs.
-	if err := os.MkdirAll(dir, 0o777); err != nil {
+	logs := filepath.Join(dir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return nil, err
 	}
-	for _, d := range []string{b.dir, dir} {
-		if err := os.Chmod(d, 0o777); err != nil {
+	if err := os.Chmod(b.dir, 0o711); err != nil {
+		return nil, err
+	}
+	if p.user != "" && os.Geteuid() == 0 {
+		u, err := user.Lookup(p.user)
+		if err != nil {
+			return nil, fmt.Errorf("%s runs as %s: %v", p.name, p.user, err)
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		if err := os.Chown(logs, uid, gid); err != nil {
 			return nil, err
 		}
 	}
-	args, files := p.config(dir, listen, b.loopPorts)
+	args, files := p.config(dir, logs, listen, b.loopPorts)
 	for f, text := range files {
 		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
 			return nil, err
 		}
 	}
-	bin, err := exec.LookPath(p.bin)
-	if err != nil {
-		return nil, fmt.Errorf("%s is not installed (Debian: apt-get install %s)", p.bin, debianPackages(p.name))
-	}
-	pp := &peerProc{cmd: exec.Command(bin, args...), out: &lockedWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
-	pp.cmd.Stdout, pp.cmd.Stderr = pp.out, pp.out
-	pp.cmd.SysProcAttr = childAttr()
-	if err := pp.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %v", p.name, err)
-	}
-	go func() { pp.cmd.Wait(); close(pp.exited) }()
-	b.onCleanup(pp.stop)
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", listen[0], time.Second)
-		if err == nil {
-			c.Close()
-			return pp, nil
-		}
-		select {
-		case <-pp.exited:
-			return nil, fmt.Errorf("%s %s exited: %s", bin, strings.Join(args, " "), pp.out.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			pp.stop()
-			return nil, fmt.Errorf("%s not listening on %s after 15s: %s", p.name, listen[0], pp.out.String())
-		}
-	}
+	return b.startChild(bin+" "+strings.Join(args, " "), exec.Command(bin, args...), "", listening(listen[0]))
 }
-
-// stop: SIGTERM (nginx's master takes its workers down), then SIGKILL.
-func (pp *peerProc) stop() { stopChild(pp.cmd, pp.exited) }
 
 func debianPackages(name string) string {
 	if name == "nginx" {
@@ -218,7 +199,7 @@ func debianPackages(name string) string {
 
 // peerVersion is the first line the peer prints for its version flag.
 func peerVersion(p peerSpec) string {
-	out, _ := exec.Command(p.bin, p.version...).CombinedOutput()
+	out, _ := exec.Command(p.name, "-v").CombinedOutput()
 	line, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
 	return strings.TrimSpace(line)
 }
@@ -228,8 +209,7 @@ func peerVersion(p peerSpec) string {
 // CPU (its whole process tree).
 func (b *bench) peerRuns() []*peerResult {
 	var res []*peerResult
-	lp := b.loopPorts
-	direct := path{bulk: fmt.Sprintf("127.0.0.1:%d", lp[0]), tls: fmt.Sprintf("127.0.0.1:%d", lp[1]), idle: fmt.Sprintf("127.0.0.1:%d", lp[2])}
+	direct := b.loopPath("127.0.0.1", "", false)
 	for _, p := range b.opt.peers {
 		pr := &peerResult{spec: p, version: peerVersion(p), rows: newRows(p.name, true)}
 		res = append(res, pr)
@@ -269,13 +249,12 @@ func (b *bench) peerRun(pr *peerResult, r int, direct path) error {
 		return err
 	}
 	defer pp.stop()
-	via := path{bulk: listen[0], tls: listen[1%n], idle: listen[2%n]}
-	if pr.spec.connect {
-		via = direct
-		via.proxy, via.other = listen[0], true
+	via := b.loopPath("127.0.0.1", listen[0], false)
+	if !pr.spec.connect {
+		via = path{bulk: listen[0], tls: listen[1], idle: listen[2]}
 	}
-	pid := pp.cmd.Process.Pid
-	if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+	pid := pp.pid
+	if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
 		return fmt.Errorf("warm-up through %s: %v\n%s", pr.spec.name, err, pp.out.String())
 	}
 	if b.opt.measures("rss") {
@@ -307,10 +286,14 @@ var peerFigures = []struct {
 }
 
 // renderPeers prints egressd's CONNECT figures beside each peer's, and
-// whether egressd is better than every peer on each.
+// whether egressd is better than every peer on each: "yes" only when
+// every peer has a comparable value and egressd's is strictly better.
 func (b *bench) renderPeers(egressd []*row, peers []*peerResult) string {
 	if len(peers) == 0 {
 		return ""
+	}
+	if len(egressd) <= rowRSS {
+		return "Peers not compared: egressd's CONNECT measurement failed.\n"
 	}
 	var s strings.Builder
 	s.WriteString("Peers, measured in this run, each against a direct run next to it:\n\n| measurement | target | egressd (CONNECT)")
@@ -327,31 +310,40 @@ func (b *bench) renderPeers(egressd []*row, peers []*peerResult) string {
 	}
 	s.WriteString("|---|\n")
 	for _, f := range peerFigures {
-		if len(egressd) <= f.row {
-			break
-		}
 		er := egressd[f.row]
 		ev, eok := figure(er)
 		fmt.Fprintf(&s, "| %s | %s | %s", strings.TrimPrefix(er.name, "egressd "), er.target, b.figureText(er))
-		var ahead []string // peers as good as egressd or better
+		var ahead, unknown []string // peers as good as egressd or better; peers with no comparable value
 		for _, p := range peers {
 			if p.err != nil {
 				s.WriteString(" | FAILED")
+				unknown = append(unknown, p.spec.name)
 				continue
 			}
 			pr := p.rows[f.row]
 			fmt.Fprintf(&s, " | %s", b.figureText(pr))
-			if pv, ok := figure(pr); ok && eok && (f.higher && pv >= ev || !f.higher && pv <= ev) {
-				ahead = append(ahead, p.spec.name)
+			pv, ok := figure(pr)
+			switch {
+			case !ok:
+				unknown = append(unknown, p.spec.name)
+			case f.higher && pv >= ev || !f.higher && pv <= ev:
+				if pr.lowerBound && !f.higher {
+					// At least pv: it may still be worse than egressd's.
+					unknown = append(unknown, p.spec.name)
+				} else {
+					ahead = append(ahead, p.spec.name)
+				}
 			}
 		}
 		switch {
 		case !eok:
 			s.WriteString(" | — |\n")
-		case len(ahead) == 0:
-			s.WriteString(" | yes |\n")
-		default:
+		case len(ahead) > 0:
 			fmt.Fprintf(&s, " | no: %s |\n", strings.Join(ahead, ", "))
+		case len(unknown) > 0:
+			fmt.Fprintf(&s, " | unknown: %s |\n", strings.Join(unknown, ", "))
+		default:
+			s.WriteString(" | yes |\n")
 		}
 	}
 	s.WriteString("\n")
@@ -363,6 +355,7 @@ func (b *bench) renderPeers(egressd []*row, peers []*peerResult) string {
 		}
 	}
 	s.WriteString("Peers' CPU and RSS are those of their whole process tree; CONNECT peers are asked for upstreams by address, egressd by name.\n")
+	s.WriteString("≥: a lower bound (threads of the relay exited during the run, taking their switch counts with them).\n")
 	return s.String()
 }
 
@@ -386,6 +379,8 @@ func (b *bench) figureText(r *row) string {
 		return b.fmtVals("%.2f", r.ratio, 1) + "×"
 	case len(r.ratio) > 0 && r.ratio[0] != 0:
 		return b.fmtVals("%.0f", r.ratio, 100) + " %"
+	case r.lowerBound:
+		return "≥ " + b.fmtVals(r.format, r.via, 1)
 	default:
 		return b.fmtVals(r.format, r.via, 1)
 	}

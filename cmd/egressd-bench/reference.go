@@ -2,15 +2,12 @@ package main
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -36,7 +33,6 @@ func referenceRelay(addr string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	fmt.Println("ready")
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -99,56 +95,16 @@ func referenceTunnel(c *net.TCPConn) {
 	<-done
 }
 
-type referenceProc struct {
-	cmd  *exec.Cmd
-	addr string
-}
-
-// startReference runs the reference relay as a child process.
-func (b *bench) startReference() (*referenceProc, error) {
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
+// startReference runs the reference relay as a child process (this
+// program with referenceEnv set) listening on addr.
+func (b *bench) startReference(addr string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), referenceEnv+"="+addr)
-	cmd.SysProcAttr = childAttr()
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &referenceProc{cmd: cmd, addr: addr}
-	b.onCleanup(p.stop)
-	ready := make(chan error, 1)
-	go func() {
-		line := make([]byte, 6)
-		_, err := io.ReadFull(out, line)
-		if err == nil && string(line) != "ready\n" {
-			err = fmt.Errorf("it printed %q", line)
-		}
-		ready <- err
-	}()
-	select {
-	case err = <-ready:
-	case <-time.After(10 * time.Second):
-		err = errors.New("no answer in 10s")
-	}
-	if err != nil {
-		return nil, fmt.Errorf("the reference relay (%s with %s set) did not start: %v", self, referenceEnv, err)
-	}
-	return p, nil
-}
-
-func (p *referenceProc) stop() {
-	p.cmd.Process.Signal(syscall.SIGKILL)
-	p.cmd.Wait()
+	return b.startChild("the reference relay ("+self+" with "+referenceEnv+" set)", cmd, "", listening(addr))
 }
 
 // measureReference measures the reference relay beside direct: bulk
@@ -157,19 +113,22 @@ func (p *referenceProc) stop() {
 // Direct is measured again right before the reference relay, not taken
 // from egressd's rows: this machine's rates drift by ±10% within minutes,
 // and each ratio is only meaningful against a direct run next to it.
-func (b *bench) measureReference(rows []*row, direct path, lp [3]int) error {
+func (b *bench) measureReference(rows []*row, direct path) error {
 	if !b.opt.measures("bulk") && !b.opt.measures("conn") {
 		return nil
 	}
-	ref, err := b.startReference()
+	addr, err := freePort()
+	if err != nil {
+		return err
+	}
+	ref, err := b.startReference(addr)
 	if err != nil {
 		return err
 	}
 	defer ref.stop()
-	pid := ref.cmd.Process.Pid
+	pid := ref.pid
 	d := b.opt.duration
-	via := path{proxy: ref.addr, other: true,
-		bulk: benchHost + ":" + strconv.Itoa(lp[0]), tls: benchHost + ":" + strconv.Itoa(lp[1])}
+	via := b.loopPath(benchHost, addr, false)
 	if b.opt.measures("bulk") {
 		dm, _, err := b.bulkRun(direct, 8, d, 0)
 		if err != nil {
@@ -183,19 +142,17 @@ func (b *bench) measureReference(rows []*row, direct path, lp [3]int) error {
 		add(rows[rowRefCPU8], 0, cpu, 0)
 	}
 	if b.opt.measures("conn") {
-		dc, _, _, _, err := b.connRate(direct, 64, d)
+		dst, err := b.connRate(direct, 64, d)
 		if err != nil {
 			return fmt.Errorf("conn/s direct (reference): %v", err)
 		}
 		cpu0 := b.cpuSeconds(pid)
-		vc, _, _, _, err := b.connRate(via, 64, d)
+		vst, err := b.connRate(via, 64, d)
 		if err != nil {
 			return fmt.Errorf("conn/s via the reference relay: %v", err)
 		}
-		add(rows[rowRefCPS], dc, vc, vc/dc)
-		if vc > 0 {
-			add(rows[rowRefCPU], 0, (b.cpuSeconds(pid)-cpu0)/(vc*d.Seconds())*1e6, 0)
-		}
+		add(rows[rowRefCPS], dst.cps, vst.cps, vst.cps/dst.cps)
+		add(rows[rowRefCPU], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
 	}
 	return nil
 }

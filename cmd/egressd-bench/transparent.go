@@ -119,8 +119,8 @@ func (b *bench) transparentRuns() []*row {
 		}
 		b.dialed.Store(0)
 		b.tunnels.Store(0)
-		if _, _, _, _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-			return failRows(rows, fmt.Errorf("warm-up through the gateway: %v\n%s", err, e.output()))
+		if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+			return failRows(rows, fmt.Errorf("warm-up through the gateway: %v\n%s", err, e.out.String()))
 		}
 		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
 			return failRows(rows, err)
