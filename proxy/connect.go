@@ -27,15 +27,13 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		}
 	}()
 	c := s.newConn(ModeConnect, client.RemoteAddr().String())
-	t, err := ParseTarget(req.URL.Host, 0)
-	if err == nil && req.RequestURI != req.URL.Host {
-		// net/http parses a CONNECT target as a URL: it drops userinfo
-		// ("user@host:443") and decodes %-escapes ("a%2eb"). The target
-		// must be the plain authority-form host:port (RFC 9110 §9.3.6).
-		err = fmt.Errorf("target %q: want authority-form host:port", req.RequestURI)
-	}
+	// The target as the client sent it, not net/http's URL parse of it,
+	// which drops userinfo ("user@host:443") and decodes %-escapes
+	// ("a%2eb"): it must be the plain authority-form host:port (RFC 9110
+	// §9.3.6).
+	t, err := ParseTarget(req.RequestURI, 0)
 	if err != nil {
-		c.host = req.URL.Host
+		c.host = req.RequestURI
 		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
 		c.detail = err.Error()
 		s.logDecision(c)

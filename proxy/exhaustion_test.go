@@ -795,6 +795,9 @@ func TestFloodQUICInitials(t *testing.T) {
 	if maxFlows > maxQUICFlows {
 		t.Errorf("the flow table reached %d flows, limit %d", maxFlows, maxQUICFlows)
 	}
+	if evicted == 0 {
+		t.Errorf("no held flow was evicted by %d new flows against a table of %d", flood, maxQUICFlows)
+	}
 	if growth > 48<<20 {
 		t.Errorf("the heap grew by %d bytes during the flood, want < 48 MiB", growth)
 	}

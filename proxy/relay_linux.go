@@ -468,7 +468,10 @@ func spliceOutErr(err error) error {
 // and never has to be woken for one. Each such hand-off or wake-up is a
 // thread switch, which costs more than the call itself where switches
 // are expensive (under a hypervisor, every one re-enables interrupts
-// with a hypercall).
+// with a hypercall). The price: a splice that the kernel makes wait
+// for memory (reclaim under pressure) holds its P meanwhile, and a
+// stop-the-world waits for it, as it would for a long loop without
+// preemption points.
 
 func splice(in, out, n int) (int, error) {
 	m, _, e := syscall.RawSyscall6(syscall.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), spliceMove|spliceNonbl)
@@ -544,7 +547,11 @@ func (p *relayPipe) close() {
 }
 
 // pipePool holds empty pipes; the pool drops them at garbage collection
-// and a cleanup closes their descriptors.
+// and a cleanup closes their descriptors. Until then it keeps up to the
+// peak number of pipes in flight, two descriptors each; an unprivileged
+// egressd past /proc/sys/fs/pipe-user-pages-soft gets the kernel's
+// default pipe size instead of 1 MiB (F_SETPIPE_SZ fails; the relay
+// still works, with smaller splices), as Go's own splice pool does.
 var pipePool sync.Pool
 
 func getPipe() (*relayPipe, error) {

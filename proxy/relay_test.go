@@ -111,3 +111,31 @@ func tcpPair(t testing.TB) (a, b *net.TCPConn) {
 	t.Cleanup(func() { d.Close(); r.c.Close() })
 	return d.(*net.TCPConn), r.c.(*net.TCPConn)
 }
+
+// TestRelayingAfterForcedShutdown: a tunnel whose relay starts after
+// Shutdown's grace ran out (Shutdown saw no abort yet and closed the
+// client socket, which leaves the epoll set without an event) is aborted
+// by relaying, not left to its idle timeout.
+func TestRelayingAfterForcedShutdown(t *testing.T) {
+	s := &Server{tunnels: map[net.Conn]func(){}}
+	_, client := tcpPair(t)
+	up, _ := tcpPair(t)
+	if !s.track(client) {
+		t.Fatal("track refused before Shutdown")
+	}
+	done := make(chan struct{})
+	abort := startRelay(client, up, time.Minute, func(int64, int64) { up.Close(); s.untrack(client); close(done) })
+	time.Sleep(50 * time.Millisecond) // the relay's first step found nothing to move: idle
+	// Shutdown's grace runs out now, between startRelay and relaying: it
+	// finds no abort and closes the client socket.
+	s.mu.Lock()
+	s.closing, s.forcing = true, true
+	s.mu.Unlock()
+	client.Close()
+	s.relaying(client, abort)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the relay that started after the forced shutdown is still running")
+	}
+}

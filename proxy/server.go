@@ -73,6 +73,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	closing bool                // set by Shutdown; no tunnel starts after it
+	forcing bool                // set by Shutdown when the grace ran out: a tunnel that starts relaying is aborted at once
 	tunnels map[net.Conn]func() // open tunnels' client connections → abort (nil: close it)
 	wg      sync.WaitGroup
 	// listeners are the transparent (and DNS TCP) listeners, closed by
@@ -270,6 +271,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// not close active connections, Close does.
 		_ = s.httpSrv.Close()
 		s.mu.Lock()
+		s.forcing = true
 		for c, abort := range s.tunnels {
 			if abort != nil {
 				abort() // a relaying tunnel: its relay closes both sides
@@ -306,12 +308,21 @@ func (s *Server) track(c net.Conn) bool {
 }
 
 // relaying records how Shutdown aborts a tracked tunnel that is relaying.
+// A tunnel whose relay started after Shutdown gave up waiting is aborted
+// here: Shutdown closed its client socket, which took it out of the
+// relay's epoll set without an event, so only abort ends it before the
+// idle timeout.
 func (s *Server) relaying(c net.Conn, abort func()) {
 	s.mu.Lock()
-	if _, ok := s.tunnels[c]; ok {
+	_, tracked := s.tunnels[c]
+	if tracked {
 		s.tunnels[c] = abort
 	}
+	forcing := s.forcing
 	s.mu.Unlock()
+	if tracked && forcing {
+		abort()
+	}
 }
 
 func (s *Server) untrack(c net.Conn) {

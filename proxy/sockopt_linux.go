@@ -129,9 +129,8 @@ func markControl(mark uint32) func(string, string, syscall.RawConn) error {
 	if mark == 0 {
 		return nil
 	}
-	return func(_, _ string, rc syscall.RawConn) error {
-		return setsockopts(rc, sockopt{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", mark)})
-	}
+	opts := []sockopt{{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", mark)}}
+	return func(_, _ string, rc syscall.RawConn) error { return setsockopts(rc, opts...) }
 }
 
 // Socket options for the QUIC listener (linux/in.h, linux/in6.h). The
