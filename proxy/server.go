@@ -382,20 +382,62 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 	return nil
 }
 
-// isOwnListener reports whether dialing dst would connect egressd to one
-// of its own listeners (a loop): dst is a listener's address, or a
-// loopback or unspecified address on the port of a listener bound to all
-// addresses.
+// isOwnListener reports whether a dial to dst would reach one of
+// egressd's own listeners (a proxy loop). A listener on the unspecified
+// address is reached on loopback, on the unspecified address and on this
+// host's own interface addresses, not on another host's same port.
 func (s *Server) isOwnListener(dst netip.AddrPort) bool {
+	return s.listensOn(dst, func(a netip.Addr) bool {
+		return a.IsLoopback() || a.IsUnspecified() || isLocalAddr(a)
+	})
+}
+
+// isSelf reports whether a transparent connection's original destination
+// ap is one of egressd's own listeners (not redirected, or a redirect
+// loop): a listener on the unspecified address matches ap's port on any
+// address, since whatever reached it on that port was sent to egressd.
+func (s *Server) isSelf(ap netip.AddrPort) bool {
+	return s.listensOn(ap, func(netip.Addr) bool { return true })
+}
+
+// listensOn reports whether egressd listens on dst: a listener on exactly
+// dst, or on the unspecified address at dst's port when onAny(dst's
+// address) says that listener is reached there.
+func (s *Server) listensOn(dst netip.AddrPort, onAny func(netip.Addr) bool) bool {
 	dst = unmapAddrPort(dst)
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var unspecified bool
 	for _, l := range s.selfAddrs {
 		if l.Port() != dst.Port() {
 			continue
 		}
-		if l.Addr() == dst.Addr() || l.Addr().IsUnspecified() && (dst.Addr().IsLoopback() || dst.Addr().IsUnspecified()) {
+		if l.Addr() == dst.Addr() {
+			s.mu.Unlock()
 			return true
+		}
+		unspecified = unspecified || l.Addr().IsUnspecified()
+	}
+	s.mu.Unlock()
+	return unspecified && onAny(dst.Addr())
+}
+
+// interfaceAddrs lists this host's addresses; tests replace it.
+var interfaceAddrs = net.InterfaceAddrs
+
+// isLocalAddr reports whether a is one of this host's interface
+// addresses. It asks the kernel each time: it runs only for a dial to a
+// port egressd listens on with an unspecified address, and interfaces
+// change.
+func isLocalAddr(a netip.Addr) bool {
+	addrs, err := interfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, ia := range addrs {
+		if p, ok := ia.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(p.IP); ok && ip.Unmap() == a {
+				return true
+			}
 		}
 	}
 	return false

@@ -149,18 +149,6 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	})
 }
 
-// isSelf reports whether ap is the address of one of egressd's own listeners.
-func (s *Server) isSelf(ap netip.AddrPort) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, l := range s.selfAddrs {
-		if l.Port() == ap.Port() && (l.Addr() == ap.Addr() || l.Addr().IsUnspecified()) {
-			return true
-		}
-	}
-	return false
-}
-
 // verifyDst checks a transparent connection's original destination after
 // an allow (see policy's "Transparent gateway"): in the deciding rule's
 // cidrs, or answered by the resolver for the SNI name or one of the rule's
