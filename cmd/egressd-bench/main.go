@@ -667,14 +667,14 @@ func processTree(pid int) []int {
 	return tree
 }
 
-// threadSwitches returns, per thread ("pid/tid") of pid and its
-// descendants, how many times it was switched out
+// threadSwitches returns, per thread ("pid/tid") of the processes pids,
+// how many times it was switched out
 // (voluntary_ctxt_switches + nonvoluntary_ctxt_switches). Each switch is
 // a trip through the scheduler, which some machines (hypervisor guests)
 // charge dearly for.
-func threadSwitches(pid int) map[string]float64 {
+func threadSwitches(pids []int) map[string]float64 {
 	out := map[string]float64{}
-	for _, p := range processTree(pid) {
+	for _, p := range pids {
 		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", p))
 		for _, t := range tasks {
 			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", p, t.Name()))
@@ -703,14 +703,18 @@ const switchSampleEvery = 10 * time.Millisecond
 // measurement. Linux keeps an exited thread's counts only for getrusage
 // of its own process, so the counter samples the threads while the
 // measurement runs and keeps each thread's last count.
+// The process tree is looked up once, at the start: scanning every
+// process in /proc at each sample would load the CPUs the measurement
+// shares.
 type switchCounter struct {
-	pid        int
+	pids       []int
 	base, last map[string]float64
 	stop, done chan struct{}
 }
 
 func startSwitchCounter(pid int) *switchCounter {
-	c := &switchCounter{pid: pid, base: threadSwitches(pid), stop: make(chan struct{}), done: make(chan struct{})}
+	pids := processTree(pid)
+	c := &switchCounter{pids: pids, base: threadSwitches(pids), stop: make(chan struct{}), done: make(chan struct{})}
 	c.last = maps.Clone(c.base)
 	go func() {
 		defer close(c.done)
@@ -721,7 +725,7 @@ func startSwitchCounter(pid int) *switchCounter {
 			case <-c.stop:
 				return
 			case <-tick.C:
-				maps.Copy(c.last, threadSwitches(pid))
+				maps.Copy(c.last, threadSwitches(pids))
 			}
 		}
 	}()
@@ -735,7 +739,7 @@ func startSwitchCounter(pid int) *switchCounter {
 func (c *switchCounter) finish() (n float64, lowerBound bool) {
 	close(c.stop)
 	<-c.done
-	now := threadSwitches(c.pid)
+	now := threadSwitches(c.pids)
 	maps.Copy(c.last, now)
 	for tid, v := range c.last {
 		n += v - c.base[tid]
