@@ -86,9 +86,9 @@ func BenchmarkNeedMore(b *testing.B) {
 }
 
 // TestAllocs pins the allocation bound: ParseRecords into a reused Hello
-// allocates only for the strings it returns: one for ServerName, plus one per
-// ALPN name other than the common ones (h2, http/1.1, h3, http/1.0,
-// acme-tls/1), which are interned. The reassembly buffer for multi-record
+// allocates only for the strings it returns: one for ServerName, plus one
+// that all ALPN names other than the common ones (h2, http/1.1, h3,
+// http/1.0, acme-tls/1, which are interned) share, however many there are. The reassembly buffer for multi-record
 // hellos lives in the Hello and is reused. JA4 allocates its result string,
 // JA3 its two strings, for hellos whose lists fit the stack buffers (all real
 // ones do).
@@ -100,14 +100,14 @@ func TestAllocs(t *testing.T) {
 		file        string
 		parseAllocs float64
 	}{
-		{"chrome-cloudflare-tcp.clienthello.bin", 1},       // SNI; ALPN h2, http/1.1 interned
-		{"go1.26-pq-2segments.bin", 1},                     // SNI; ALPN interned
-		{"curl-7.88.1-split-2records.bin", 1},              // two records: reassembly buffer reused
-		{"https-connect.clienthello.bin", 0},               // no SNI, no ALPN
-		{"openssl-3.0.19-maxfrag512-2records.bin", 1 + 33}, // SNI + 33 of its 37 ALPN names (h2, http/1.1, h3, acme-tls/1 are interned)
-		{"tls-non-ascii-alpn.clienthello.bin", 1 + 1},      // SNI + ALPN "\xba\xad"
-		{"openssl-3.0.19-nosni.bin", 0},                    // ALPN only
-		{"https3-301-get.clienthello.bin", 1},              // no extensions but SNI
+		{"chrome-cloudflare-tcp.clienthello.bin", 1},      // SNI; ALPN h2, http/1.1 interned
+		{"go1.26-pq-2segments.bin", 1},                    // SNI; ALPN interned
+		{"curl-7.88.1-split-2records.bin", 1},             // two records: reassembly buffer reused
+		{"https-connect.clienthello.bin", 0},              // no SNI, no ALPN
+		{"openssl-3.0.19-maxfrag512-2records.bin", 1 + 1}, // SNI + 33 of its 37 ALPN names in one string (h2, http/1.1, h3, acme-tls/1 are interned)
+		{"tls-non-ascii-alpn.clienthello.bin", 1 + 1},     // SNI + ALPN "\xba\xad"
+		{"openssl-3.0.19-nosni.bin", 0},                   // ALPN only, all interned
+		{"https3-301-get.clienthello.bin", 1},             // no extensions but SNI
 	} {
 		in := readVector(t, vector{File: tc.file})
 		var h Hello
@@ -132,9 +132,22 @@ func TestAllocs(t *testing.T) {
 			t.Errorf("%s: JA3String allocs = %v, want 1", tc.file, got)
 		}
 	}
-	// ErrNeedMore does not allocate.
-	in := readVector(t, vector{File: "go1.26-pq-2segments.bin"})[:1000]
+	// A hello can list thousands of short protocol names: still one string
+	// for them all.
+	var many []string
+	for i := range 2000 {
+		many = append(many, string([]byte{'a' + byte(i%26), 'a' + byte(i/26%26)}), "h2")
+	}
+	in := withExts(testExt{0, sniData(0, "a.example")}, testExt{16, alpnData(many...)}).records()
 	var h Hello
+	if _, err := ParseRecords(in, &h); err != nil || len(h.ALPN) != len(many) {
+		t.Fatalf("%d ALPN names: got %d, %v", len(many), len(h.ALPN), err)
+	}
+	if got := testing.AllocsPerRun(100, func() { _, _ = ParseRecords(in, &h) }); got != 1+1 {
+		t.Errorf("%d ALPN names: ParseRecords allocs = %v, want 2 (SNI, one string for the names)", len(many), got)
+	}
+	// ErrNeedMore does not allocate.
+	in = readVector(t, vector{File: "go1.26-pq-2segments.bin"})[:1000]
 	if got := testing.AllocsPerRun(100, func() { _, _ = ParseRecords(in, &h) }); got != 0 {
 		t.Errorf("ErrNeedMore allocs = %v, want 0", got)
 	}

@@ -3,6 +3,7 @@ package sni
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -290,6 +291,11 @@ func TestValidVariants(t *testing.T) {
 		{"name kept exactly as sent", withExts(testExt{0, sniData(0, "ExAmPle.COM.\x00\xff")}), func(t *testing.T, h *Hello) {
 			if h.ServerName != "ExAmPle.COM.\x00\xff" {
 				t.Errorf("%q", h.ServerName)
+			}
+		}},
+		{"ALPN names kept in order, common and rare", withExts(testExt{16, alpnData("x", "h2", "spdy/3", "http/1.1", "\x00", "h3")}), func(t *testing.T, h *Hello) {
+			if want := []string{"x", "h2", "spdy/3", "http/1.1", "\x00", "h3"}; !slices.Equal(h.ALPN, want) {
+				t.Errorf("ALPN %q, want %q", h.ALPN, want)
 			}
 		}},
 		{"ECH", appendExt(baseHello(), testExt{0xfe0d, []byte{0, 0, 1, 0, 1, 7}}), func(t *testing.T, h *Hello) {

@@ -3,6 +3,7 @@ package sni
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
 )
@@ -302,15 +303,34 @@ func parseClientHello(body []byte, h *Hello) error {
 			if list.Empty() {
 				return malformed("alpn: empty list")
 			}
-			for !list.Empty() {
+			// Names other than the common ones are copied into one string
+			// that they share: a hello listing many protocols costs one
+			// allocation, not one per name.
+			var rare strings.Builder
+			for names := list; !names.Empty(); {
 				var proto cryptobyte.String
-				if !list.ReadUint8LengthPrefixed(&proto) {
+				if !names.ReadUint8LengthPrefixed(&proto) {
 					return malformed("alpn: truncated protocol name")
 				}
 				if proto.Empty() {
 					return malformed("alpn: empty protocol name")
 				}
-				h.ALPN = append(h.ALPN, alpnString(proto))
+				if commonALPN(proto) == "" {
+					if rare.Cap() == 0 {
+						rare.Grow(len(proto) + len(names)) // all that is left to copy
+					}
+					rare.Write(proto)
+				}
+			}
+			all := rare.String()
+			for !list.Empty() {
+				var proto cryptobyte.String
+				list.ReadUint8LengthPrefixed(&proto) // checked above
+				name := commonALPN(proto)
+				if name == "" {
+					name, all = all[:len(proto)], all[len(proto):]
+				}
+				h.ALPN = append(h.ALPN, name)
 			}
 		case extSupportedVersions:
 			// RFC 8446 §4.2.1: ClientHello form,
@@ -406,9 +426,10 @@ func parseClientHello(body []byte, h *Hello) error {
 	return nil
 }
 
-// alpnString returns p as a string, without allocating for the common
-// protocol names (the compiler does not allocate for a switch on string(p)).
-func alpnString(p []byte) string {
+// commonALPN returns p as a string constant if it is one of the common
+// protocol names, else "" (the compiler does not allocate for a switch on
+// string(p)).
+func commonALPN(p []byte) string {
 	switch string(p) {
 	case "h2":
 		return "h2"
@@ -421,5 +442,5 @@ func alpnString(p []byte) string {
 	case "acme-tls/1":
 		return "acme-tls/1"
 	}
-	return string(p)
+	return ""
 }
