@@ -7,7 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/hashicorp/hcl/v2"
 
 	"github.com/egressd/egressd/policy"
@@ -28,22 +27,16 @@ const ReloadDebounce = 300 * time.Millisecond
 // returned channel is closed when that has ended. A failed reload keeps
 // the running configuration and is logged (ReloadFailed).
 func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*policy.Config, hcl.Diagnostics), hup <-chan os.Signal) (stopped <-chan struct{}) {
-	var events <-chan fsnotify.Event
+	var names <-chan string
 	var errs <-chan error
-	var watcher *fsnotify.Watcher
+	var watcher *dirWatcher
 	var cw configWatch
 	if path != "" {
-		if w, err := fsnotify.NewWatcher(); err != nil {
+		cw = newConfigWatch(path, s.cfg.UsersFile)
+		if w, err := watchDirs(cw.dirs); err != nil {
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		} else {
-			watcher = w
-			cw = newConfigWatch(path, s.cfg.UsersFile)
-			for _, dir := range cw.dirs {
-				if err := w.Add(dir); err != nil {
-					s.ReloadFailed("watching " + dir + ": " + err.Error() + "; reload with SIGHUP")
-				}
-			}
-			events, errs = w.Events, w.Errors
+			watcher, names, errs = w, w.Names(), w.Errors()
 		}
 	}
 	reload := func() {
@@ -60,12 +53,14 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 		if watcher != nil {
 			defer watcher.Close()
 		}
-		s.reloadLoop(ctx, hup, events, errs, cw.relevant, reload)
+		s.reloadLoop(ctx, hup, names, errs, cw.relevant, reload)
 	}()
 	return done
 }
 
-func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-chan fsnotify.Event, errs <-chan error, relevant func(string) bool, reload func()) {
+// reloadLoop reloads on hup, and ReloadDebounce after the last relevant
+// name from names ("" means events were lost: anything may have changed).
+func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, names <-chan string, errs <-chan error, relevant func(string) bool, reload func()) {
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -73,8 +68,12 @@ func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, events <-
 			return
 		case <-hup:
 			reload()
-		case ev := <-events:
-			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 && relevant(ev.Name) {
+		case name, ok := <-names:
+			if !ok {
+				names = nil // the watcher ended (its error comes on errs)
+				continue
+			}
+			if name == "" || relevant(name) {
 				debounce = time.After(ReloadDebounce)
 			}
 		case err := <-errs:

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// On Linux the configuration watcher uses inotify directly, not fsnotify:
+// fsnotify always asks for IN_MODIFY, so a decision log written in the
+// configuration's directory woke the watcher (a read and two goroutine
+// hand-offs) for every line. Asking for IN_CLOSE_WRITE instead sees an
+// edit once it is complete and never sees a file that stays open for
+// appending.
+
+// inotifyMask: a file written and closed, or created, removed or renamed
+// in the directory (an editor's write-rename, a ConfigMap's ..data swap).
+const inotifyMask = unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE |
+	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ONLYDIR
+
+// inotifyBufSize is the read buffer: room for 16 events with a maximal
+// name (16 bytes of header + NAME_MAX 255 + NUL, rounded up by the
+// kernel), more than one edit produces. A burst larger than that is read
+// in several calls.
+const inotifyBufSize = 16 * (unix.SizeofInotifyEvent + unix.NAME_MAX + 1)
+
+type dirWatcher struct {
+	f     *os.File // the inotify descriptor, in Go's netpoller
+	dirs  map[int32]string
+	names chan string
+	errs  chan error
+	done  chan struct{} // closed by Close: the reader stops sending
+}
+
+// watchDirs watches dirs (not recursively) and delivers the path of every
+// entry that was written and closed, created, removed or renamed in them,
+// and "" when the kernel dropped events (its queue overflowed), so that
+// the reader assumes anything may have changed.
+func watchDirs(dirs []string) (*dirWatcher, error) {
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("inotify_init1: %w", err)
+	}
+	w := &dirWatcher{dirs: make(map[int32]string, len(dirs)), names: make(chan string, 16), errs: make(chan error, 1), done: make(chan struct{})}
+	for _, dir := range dirs {
+		wd, err := unix.InotifyAddWatch(fd, dir, inotifyMask)
+		if err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("watching %s: %w", dir, err)
+		}
+		w.dirs[int32(wd)] = dir
+	}
+	// A non-blocking descriptor given to os.NewFile goes into the
+	// netpoller: Read parks the goroutine, and Close wakes it.
+	w.f = os.NewFile(uintptr(fd), "inotify")
+	go w.read()
+	return w, nil
+}
+
+func (w *dirWatcher) Names() <-chan string { return w.names }
+func (w *dirWatcher) Errors() <-chan error { return w.errs }
+
+// Close stops the watcher; Names is closed once the reader has ended.
+func (w *dirWatcher) Close() error {
+	close(w.done)
+	return w.f.Close()
+}
+
+// send delivers name unless the watcher is being closed.
+func (w *dirWatcher) send(name string) bool {
+	select {
+	case w.names <- name:
+		return true
+	case <-w.done:
+		return false
+	}
+}
+
+func (w *dirWatcher) read() {
+	defer close(w.names)
+	buf := make([]byte, inotifyBufSize)
+	for {
+		n, err := w.f.Read(buf)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				w.errs <- err
+			}
+			return
+		}
+		for ev := range inotifyEvents(buf[:n]) {
+			name, ok := "", ev.mask&unix.IN_Q_OVERFLOW != 0
+			if dir, known := w.dirs[ev.wd]; known && ev.name != "" {
+				name, ok = filepath.Join(dir, ev.name), true
+			}
+			if ok && !w.send(name) {
+				return
+			}
+		}
+	}
+}
+
+type inotifyEvent struct {
+	wd   int32
+	mask uint32
+	name string // "" for events on the watched directory itself
+}
+
+// inotifyEvents yields the events in b, the bytes of one read from an
+// inotify descriptor: each a struct inotify_event (wd, mask, cookie, len)
+// followed by len bytes of NUL-padded name. It stops at the first event
+// that does not fit, which a kernel never returns.
+func inotifyEvents(b []byte) func(yield func(inotifyEvent) bool) {
+	return func(yield func(inotifyEvent) bool) {
+		for len(b) >= unix.SizeofInotifyEvent {
+			ev := inotifyEvent{
+				wd:   int32(binary.NativeEndian.Uint32(b[0:4])),
+				mask: binary.NativeEndian.Uint32(b[4:8]),
+			}
+			nameLen := binary.NativeEndian.Uint32(b[12:16])
+			b = b[unix.SizeofInotifyEvent:]
+			if uint64(nameLen) > uint64(len(b)) {
+				return
+			}
+			name := b[:nameLen]
+			b = b[nameLen:]
+			for len(name) > 0 && name[len(name)-1] == 0 {
+				name = name[:len(name)-1]
+			}
+			ev.name = string(name)
+			if !yield(ev) {
+				return
+			}
+		}
+	}
+}
