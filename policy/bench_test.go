@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -184,5 +185,29 @@ func TestDecideZeroAllocs(t *testing.T) {
 				t.Errorf("Decide(%+v) allocates %v times per run, want 0", r, n)
 			}
 		}
+	}
+}
+
+// TestConfigKeepsNoSyntax: a parsed Config holds its compiled rules, not
+// the HCL syntax trees they came from, which are four times their size and
+// would stay in the heap of a running server for as long as the
+// configuration does.
+func TestConfigKeepsNoSyntax(t *testing.T) {
+	src := []byte(genConfig(10000))
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	cfg, diags := Parse([]File{{Name: "big.hcl", Src: src}})
+	if diags.HasErrors() {
+		t.Fatal(FormatDiagnostics(diags))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	runtime.KeepAlive(cfg)
+	// Measured: 4.4 MB for these 667 KB of source; with the syntax trees
+	// kept, 21.5 MB.
+	retained := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if limit := int64(10 * len(src)); retained > limit {
+		t.Errorf("a Config of %d rules retains %d KB of heap, more than %d KB (10x its %d KB of source)", 10000, retained>>10, limit>>10, len(src)>>10)
 	}
 }

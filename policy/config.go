@@ -32,9 +32,6 @@ type Config struct {
 	Resolver Resolver
 	Log      Log
 	Policy   *Policy // compiled rules; nil when the configuration has errors
-	// Files holds the parsed files by name, for rendering diagnostics with
-	// source snippets (hcl.NewDiagnosticTextWriter).
-	Files map[string]*hcl.File
 	// Tests are the test blocks of every file, in configuration order
 	// (RunTests decides them).
 	Tests []Test
@@ -106,15 +103,17 @@ type Log struct {
 // its arguments.
 //
 // The returned diagnostics hold every problem found, errors and warnings,
-// sorted by file and position. When diags.HasErrors(), Config.Policy is nil
-// and only Config.Files should be used (to print diagnostics); the Config
-// itself is never nil.
+// sorted by file and position, each with its file:line:col
+// (FormatDiagnostics). When diags.HasErrors(), Config.Policy is nil; the
+// Config itself is never nil. The Config keeps nothing of the parsed
+// syntax: a running server holds only what it decides with (the syntax
+// trees of 10,000 rules are 17 MB of heap, the compiled rules 4 MB).
 func Parse(files []File) (*Config, hcl.Diagnostics) { return parse(files, nil) }
 
 // parse is Parse; with read set (Load, LoadFS) it also reads the users
 // file the server block names, unless files already hold one.
 func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
-	cfg := &Config{Files: make(map[string]*hcl.File, len(files))}
+	cfg := &Config{}
 	var diags hcl.Diagnostics
 	if len(files) == 0 {
 		diags = append(diags, &hcl.Diagnostic{
@@ -151,7 +150,6 @@ func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
 		if hf == nil {
 			continue
 		}
-		cfg.Files[f.Name] = hf
 		if d.HasErrors() {
 			// A file with syntax errors has an incomplete body; decoding it
 			// would report problems that are only echoes of the syntax
@@ -314,7 +312,7 @@ func IsConfigName(name string) bool {
 
 func finishLoad(dir string, files []File, diags hcl.Diagnostics, readUsers usersReader) (*Config, hcl.Diagnostics) {
 	if diags.HasErrors() {
-		return &Config{Files: map[string]*hcl.File{}}, diags
+		return &Config{}, diags
 	}
 	if len(files) == 0 {
 		return emptyConfig(&hcl.Diagnostic{
@@ -358,7 +356,7 @@ func fsUsersReader(fsys fs.FS, base string) usersReader {
 
 // nil0 returns an empty Config (never nil) with one diagnostic.
 func emptyConfig(d *hcl.Diagnostic) (*Config, hcl.Diagnostics) {
-	return &Config{Files: map[string]*hcl.File{}}, hcl.Diagnostics{d}
+	return &Config{}, hcl.Diagnostics{d}
 }
 
 func readDiag(p string, err error) *hcl.Diagnostic {
