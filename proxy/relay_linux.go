@@ -179,25 +179,22 @@ func (r *epollRelay) remove(t *etunnel) {
 // ready, state, expired and aborted is touched only by the goroutine
 // running the tunnel, and run never runs twice at once.
 type etunnel struct {
-	rcs       [2]syscall.RawConn // client, upstream
-	fds       [2]int             // valid inside control
-	slot      int32
-	gen       uint32
-	ready     atomic.Uint32 // epoll events not yet looked at: client's in the low 16 bits
-	state     atomic.Int32  // tunnelIdle, tunnelRunning, tunnelAgain
-	expired   atomic.Bool   // the idle timer fired
-	aborted   atomic.Bool
-	dirs      [2]edir // client→upstream, upstream→client
-	last      int64   // unix nanoseconds of the last byte moved
-	idle      time.Duration
-	timer     *time.Timer
-	finished  bool
-	onLoop    bool  // running on the relay loop's goroutine
-	err       error // why the tunnel is being torn down
-	done      func(up, down int64)
-	ctlClient func(uintptr)
-	ctlUp     func(uintptr)
-	runFn     func()
+	fds      [2]int // client, upstream: the relay's own descriptors, closed by teardown
+	slot     int32
+	gen      uint32
+	ready    atomic.Uint32 // epoll events not yet looked at: client's in the low 16 bits
+	state    atomic.Int32  // tunnelIdle, tunnelRunning, tunnelAgain
+	expired  atomic.Bool   // the idle timer fired
+	aborted  atomic.Bool
+	dirs     [2]edir // client→upstream, upstream→client
+	last     int64   // unix nanoseconds of the last byte moved
+	idle     time.Duration
+	timer    *time.Timer
+	finished bool
+	onLoop   bool  // running on the relay loop's goroutine
+	err      error // why the tunnel is being torn down
+	done     func(up, down int64)
+	runFn    func()
 }
 
 const (
@@ -217,7 +214,16 @@ type edir struct {
 }
 
 // epollRelayStart relays client and upstream with the epoll relay and
-// returns its abort function, or nil when it cannot (no epoll, not TCP).
+// returns its abort function, or nil when it cannot (no epoll, not TCP, no
+// descriptor left), leaving both connections as they were.
+//
+// The relay takes the sockets over: it duplicates their descriptors and
+// closes the two *net.TCPConn, so that an idle tunnel holds neither Go's
+// poll descriptors (about 650 bytes each, outside the heap and never
+// returned to the system) nor the conns' heap objects, only its own
+// descriptors and state. Closing a conn whose descriptor has a duplicate
+// leaves the socket open; teardown closes the duplicates, which ends the
+// connections (done's Close calls on the conns are then no-ops).
 func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up, down int64)) func() {
 	cc, ok1 := client.(*net.TCPConn)
 	uc, ok2 := upstream.(*net.TCPConn)
@@ -228,45 +234,34 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	if r == nil {
 		return nil
 	}
-	crc, err1 := cc.SyscallConn()
-	urc, err2 := uc.SyscallConn()
-	if err1 != nil || err2 != nil {
+	cfd, err := dupConn(cc)
+	if err != nil {
 		return nil
 	}
-	t := &etunnel{rcs: [2]syscall.RawConn{crc, urc}, idle: idle, done: done, last: time.Now().UnixNano()}
-	t.ctlClient = func(fd uintptr) {
-		t.fds[0] = int(fd)
-		if err := t.rcs[1].Control(t.ctlUp); err != nil {
-			t.err = err
-		}
+	ufd, err := dupConn(uc)
+	if err != nil {
+		syscall.Close(cfd)
+		return nil
 	}
-	t.ctlUp = func(fd uintptr) {
-		t.fds[1] = int(fd)
-		t.pump()
-	}
+	t := &etunnel{fds: [2]int{cfd, ufd}, idle: idle, done: done, last: time.Now().UnixNano()}
 	t.runFn = t.run
 	r.add(t)
-	var regErr error
 	t.state.Store(tunnelRunning) // no run until registered
-	ctl := func(side int) func(uintptr) {
-		return func(fd uintptr) {
-			ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
-			if err := epollCtl(r.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ev); err != nil {
-				regErr = err
-			}
+	for side, fd := range t.fds {
+		ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
+		if err := epollCtl(r.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+			// Undo. A registration outlives the close of a duplicate while
+			// the original descriptor is open, so remove it first. The
+			// caller relays the untouched conns with goroutines instead.
+			_ = epollCtl(r.epfd, syscall.EPOLL_CTL_DEL, t.fds[0], nil)
+			syscall.Close(cfd)
+			syscall.Close(ufd)
+			r.remove(t)
+			return nil
 		}
 	}
-	err1 = crc.Control(ctl(0))
-	if err1 == nil && regErr == nil {
-		err2 = urc.Control(ctl(1))
-	}
-	if err1 != nil || err2 != nil || regErr != nil {
-		// Undo: the client socket may be registered; its events now miss
-		// the removed slot. The caller relays with goroutines instead.
-		_ = crc.Control(func(fd uintptr) { _ = epollCtl(r.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
-		r.remove(t)
-		return nil
-	}
+	cc.Close()
+	uc.Close()
 	relayTunnels.Add(1)
 	t.timer = time.AfterFunc(idle, func() {
 		t.expired.Store(true)
@@ -284,6 +279,27 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 		t.aborted.Store(true)
 		t.kick()
 	}
+}
+
+// dupConn duplicates c's descriptor (close-on-exec). The duplicate shares
+// the socket and its non-blocking mode.
+func dupConn(c *net.TCPConn) (int, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := rc.Control(func(s uintptr) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, s, syscall.F_DUPFD_CLOEXEC, 0)
+		if e != 0 {
+			derr = e
+			return
+		}
+		fd = int(r)
+	}); err != nil {
+		return -1, err
+	}
+	return fd, derr
 }
 
 // kick makes sure the tunnel runs after this call.
@@ -356,15 +372,13 @@ func (t *etunnel) step() {
 		t.timer.Reset(t.idle - quiet)
 	}
 	t.err = nil
-	if err := t.rcs[0].Control(t.ctlClient); err != nil {
-		t.err = err
-	}
+	t.pump()
 	if t.err != nil || (t.dirs[0].shut && t.dirs[1].shut) {
 		t.teardown()
 	}
 }
 
-// pump runs with both descriptors held (t.fds): it moves each direction
+// pump moves each direction
 // that has something to do until the kernel says EAGAIN. An error on
 // either socket ends the whole tunnel (t.err). A hang-up is not an error:
 // a socket whose peer closed after our half-close reports EPOLLHUP with
@@ -512,9 +526,8 @@ func (d *edir) putPipe() {
 	d.p, d.inPipe = nil, 0
 }
 
-// teardown ends the tunnel once: no more runs, the slot is freed (the
-// sockets leave the epoll set when done closes them), pipes are released
-// and done gets the byte counts.
+// teardown ends the tunnel once: no more runs, the slot is freed, pipes are
+// released, the sockets are closed and done gets the byte counts.
 func (t *etunnel) teardown() {
 	if t.finished {
 		return
@@ -524,6 +537,9 @@ func (t *etunnel) teardown() {
 	relay.remove(t)
 	for i := range t.dirs {
 		t.dirs[i].putPipe()
+	}
+	for _, fd := range t.fds {
+		syscall.Close(fd) // the last descriptor of the socket: it leaves the epoll set
 	}
 	if t.onLoop {
 		// done logs and closes: a decision log that blocks (a full pipe

@@ -16,6 +16,7 @@ import (
 // dest the destination's end.
 type relayed struct {
 	work, dest *net.TCPConn
+	client, up *net.TCPConn // egressd's ends, handed to startRelay
 	abort      func()
 	done       chan [2]int64
 }
@@ -24,7 +25,7 @@ func startRelayed(t testing.TB, idle time.Duration) *relayed {
 	t.Helper()
 	work, client := tcpPair(t)
 	up, dest := tcpPair(t)
-	r := &relayed{work: work, dest: dest, done: make(chan [2]int64, 1)}
+	r := &relayed{work: work, dest: dest, client: client, up: up, done: make(chan [2]int64, 1)}
 	before := relayTunnels.Load()
 	r.abort = startRelay(client, up, idle, func(u, d int64) {
 		client.Close()
@@ -45,6 +46,42 @@ func (r *relayed) wait(t testing.TB) [2]int64 {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the relay did not end within 10s")
 		return [2]int64{}
+	}
+}
+
+// TestEpollRelayTakesSocketsOver: the relay works on descriptors of its
+// own, so the two conns handed to it are closed at once (their poll
+// descriptors and heap objects freed while the tunnel idles), bytes still
+// flow both ways, and teardown closes the sockets themselves.
+func TestEpollRelayTakesSocketsOver(t *testing.T) {
+	r := startRelayed(t, time.Minute)
+	for _, c := range []*net.TCPConn{r.client, r.up} {
+		if err := c.SetDeadline(time.Time{}); !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("conn handed to the relay: SetDeadline = %v, want net.ErrClosed", err)
+		}
+	}
+	echo := func(from, to *net.TCPConn, msg string) {
+		t.Helper()
+		if _, err := from.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(to, got); err != nil || string(got) != msg {
+			t.Fatalf("%q arrived as %q, %v", msg, got, err)
+		}
+	}
+	echo(r.work, r.dest, "up")
+	echo(r.dest, r.work, "down")
+	r.abort()
+	if n := r.wait(t); n != [2]int64{2, 4} {
+		t.Errorf("done counted %v, want [2 4]", n)
+	}
+	for _, c := range []*net.TCPConn{r.work, r.dest} {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("after teardown, a peer's read = %v, want EOF or reset", err)
+		}
 	}
 }
 
