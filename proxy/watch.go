@@ -131,3 +131,44 @@ func (cw configWatch) relevant(name string) bool {
 	}
 	return false
 }
+
+// dirWatcher delivers the names that watchDirs (watch_linux.go,
+// watch_other.go) sees change, until Close.
+type dirWatcher struct {
+	names chan string
+	errs  chan error
+	done  chan struct{} // closed by Close: the reader stops sending
+	stop  func() error  // ends the platform's watch, which ends the reader
+}
+
+func newDirWatcher(stop func() error) *dirWatcher {
+	return &dirWatcher{names: make(chan string, 16), errs: make(chan error, 1), done: make(chan struct{}), stop: stop}
+}
+
+func (w *dirWatcher) Names() <-chan string { return w.names }
+func (w *dirWatcher) Errors() <-chan error { return w.errs }
+
+// Close stops the watcher; Names is closed once the reader has ended.
+func (w *dirWatcher) Close() error {
+	close(w.done)
+	return w.stop()
+}
+
+// send delivers name unless the watcher is being closed.
+func (w *dirWatcher) send(name string) bool {
+	select {
+	case w.names <- name:
+		return true
+	case <-w.done:
+		return false
+	}
+}
+
+// fail reports the error that ended the reader, if no earlier one is
+// waiting to be read.
+func (w *dirWatcher) fail(err error) {
+	select {
+	case w.errs <- err:
+	default:
+	}
+}

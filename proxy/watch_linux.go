@@ -28,14 +28,6 @@ const inotifyMask = unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE |
 // in several calls.
 const inotifyBufSize = 16 * (unix.SizeofInotifyEvent + unix.NAME_MAX + 1)
 
-type dirWatcher struct {
-	f     *os.File // the inotify descriptor, in Go's netpoller
-	dirs  map[int32]string
-	names chan string
-	errs  chan error
-	done  chan struct{} // closed by Close: the reader stops sending
-}
-
 // watchDirs watches dirs (not recursively) and delivers the path of every
 // entry that was written and closed, created, removed or renamed in them,
 // and "" when the kernel dropped events (its queue overflowed), so that
@@ -45,55 +37,37 @@ func watchDirs(dirs []string) (*dirWatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
-	w := &dirWatcher{dirs: make(map[int32]string, len(dirs)), names: make(chan string, 16), errs: make(chan error, 1), done: make(chan struct{})}
+	wds := make(map[int32]string, len(dirs))
 	for _, dir := range dirs {
 		wd, err := unix.InotifyAddWatch(fd, dir, inotifyMask)
 		if err != nil {
 			unix.Close(fd)
 			return nil, fmt.Errorf("watching %s: %w", dir, err)
 		}
-		w.dirs[int32(wd)] = dir
+		wds[int32(wd)] = dir
 	}
 	// A non-blocking descriptor given to os.NewFile goes into the
 	// netpoller: Read parks the goroutine, and Close wakes it.
-	w.f = os.NewFile(uintptr(fd), "inotify")
-	go w.read()
+	f := os.NewFile(uintptr(fd), "inotify")
+	w := newDirWatcher(f.Close)
+	go readInotify(w, f, wds)
 	return w, nil
 }
 
-func (w *dirWatcher) Names() <-chan string { return w.names }
-func (w *dirWatcher) Errors() <-chan error { return w.errs }
-
-// Close stops the watcher; Names is closed once the reader has ended.
-func (w *dirWatcher) Close() error {
-	close(w.done)
-	return w.f.Close()
-}
-
-// send delivers name unless the watcher is being closed.
-func (w *dirWatcher) send(name string) bool {
-	select {
-	case w.names <- name:
-		return true
-	case <-w.done:
-		return false
-	}
-}
-
-func (w *dirWatcher) read() {
+func readInotify(w *dirWatcher, f *os.File, wds map[int32]string) {
 	defer close(w.names)
 	buf := make([]byte, inotifyBufSize)
 	for {
-		n, err := w.f.Read(buf)
+		n, err := f.Read(buf)
 		if err != nil {
 			if !errors.Is(err, os.ErrClosed) {
-				w.errs <- err
+				w.fail(err)
 			}
 			return
 		}
 		for ev := range inotifyEvents(buf[:n]) {
 			name, ok := "", ev.mask&unix.IN_Q_OVERFLOW != 0
-			if dir, known := w.dirs[ev.wd]; known && ev.name != "" {
+			if dir, known := wds[ev.wd]; known && ev.name != "" {
 				name, ok = filepath.Join(dir, ev.name), true
 			}
 			if ok && !w.send(name) {

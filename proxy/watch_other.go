@@ -12,13 +12,6 @@ import (
 // out plain writes: a decision log kept in the configuration's directory
 // wakes it for every line (and is then ignored).
 
-type dirWatcher struct {
-	w     *fsnotify.Watcher
-	names chan string
-	errs  chan error
-	done  chan struct{} // closed by Close: the reader stops sending
-}
-
 // watchDirs watches dirs (not recursively) and delivers the path of every
 // entry that was written, created, removed or renamed in them, and "" when
 // events were dropped, so that the reader assumes anything may have
@@ -34,42 +27,23 @@ func watchDirs(dirs []string) (*dirWatcher, error) {
 			return nil, err
 		}
 	}
-	w := &dirWatcher{w: fw, names: make(chan string, 16), errs: make(chan error, 1), done: make(chan struct{})}
-	go w.read()
+	w := newDirWatcher(fw.Close)
+	go readFsnotify(w, fw)
 	return w, nil
 }
 
-func (w *dirWatcher) Names() <-chan string { return w.names }
-func (w *dirWatcher) Errors() <-chan error { return w.errs }
-
-// Close stops the watcher; Names is closed once the reader has ended.
-func (w *dirWatcher) Close() error {
-	close(w.done)
-	return w.w.Close()
-}
-
-// send delivers name unless the watcher is being closed.
-func (w *dirWatcher) send(name string) bool {
-	select {
-	case w.names <- name:
-		return true
-	case <-w.done:
-		return false
-	}
-}
-
-func (w *dirWatcher) read() {
+func readFsnotify(w *dirWatcher, fw *fsnotify.Watcher) {
 	defer close(w.names)
 	for {
 		select {
-		case ev, ok := <-w.w.Events:
+		case ev, ok := <-fw.Events:
 			if !ok {
 				return
 			}
 			if ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 && !w.send(ev.Name) {
 				return
 			}
-		case err, ok := <-w.w.Errors:
+		case err, ok := <-fw.Errors:
 			if !ok {
 				return
 			}
@@ -79,10 +53,7 @@ func (w *dirWatcher) read() {
 				}
 				continue
 			}
-			select {
-			case w.errs <- err:
-			default: // one unread error is enough to report
-			}
+			w.fail(err)
 		}
 	}
 }
