@@ -378,11 +378,11 @@ func (t *etunnel) step() {
 	}
 }
 
-// pump moves each direction
-// that has something to do until the kernel says EAGAIN. An error on
-// either socket ends the whole tunnel (t.err). A hang-up is not an error:
-// a socket whose peer closed after our half-close reports EPOLLHUP with
-// bytes still to read, and reading them tells the rest.
+// pump moves each direction that has something to do until the kernel
+// says EAGAIN. An error on either socket ends the whole tunnel (t.err). A
+// hang-up is not an error: a socket whose peer closed after our
+// half-close reports EPOLLHUP with bytes still to read, and reading them
+// tells the rest.
 func (t *etunnel) pump() {
 	ev := t.ready.Swap(0)
 	before := t.dirs[0].n + t.dirs[1].n
@@ -542,8 +542,8 @@ func (t *etunnel) teardown() {
 		syscall.Close(fd) // the last descriptor of the socket: it leaves the epoll set
 	}
 	if t.onLoop {
-		// done logs and closes: a decision log that blocks (a full pipe
-		// on stdout) must not stall every other tunnel with the loop.
+		// done writes the close line: a decision log that blocks (a full
+		// pipe on stdout) must not stall every other tunnel with the loop.
 		go t.done(t.dirs[0].n, t.dirs[1].n)
 		return
 	}

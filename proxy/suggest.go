@@ -300,10 +300,7 @@ func (s *suggestion) destination(l *logLine) (destKey, string, bool) {
 // format renders the suggestion as HCL, deterministically.
 func (s *suggestion) format() []byte {
 	var b strings.Builder
-	groups := make([]*clientGroup, 0, len(s.groups))
-	for _, g := range s.groups {
-		groups = append(groups, g)
-	}
+	groups := slices.Collect(maps.Values(s.groups))
 	sort.Slice(groups, func(i, j int) bool {
 		if groups[i].count != groups[j].count {
 			return groups[i].count > groups[j].count
@@ -315,10 +312,7 @@ func (s *suggestion) format() []byte {
 	}
 	policyNames := map[string]bool{}
 	for _, g := range groups {
-		dests := make([]*destAgg, 0, len(g.dests))
-		for _, d := range g.dests {
-			dests = append(dests, d)
-		}
+		dests := slices.Collect(maps.Values(g.dests))
 		sort.Slice(dests, func(i, j int) bool {
 			if dests[i].count != dests[j].count {
 				return dests[i].count > dests[j].count
