@@ -249,7 +249,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	t.state.Store(tunnelRunning) // no run until registered
 	for side, fd := range t.fds {
 		ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
-		if err := epollCtl(r.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		if err := epollAdd(r.epfd, fd, &ev); err != nil {
 			// Undo. A registration outlives the close of a duplicate while
 			// the original descriptor is open, so remove it first. The
 			// caller relays the untouched conns with goroutines instead.
@@ -436,7 +436,7 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 		if d.eof {
 			d.putPipe()
 			d.shut = true
-			if err := syscall.Shutdown(dst, syscall.SHUT_WR); err != nil && err != syscall.ENOTCONN {
+			if err := shutdownWrite(dst); err != nil && err != syscall.ENOTCONN {
 				return false, err
 			}
 			return false, nil
@@ -505,6 +505,27 @@ func epollWait(epfd int, evs []syscall.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
+// shutdownWrite sends a FIN on a non-blocking socket.
+func shutdownWrite(fd int) error {
+	if _, _, e := syscall.RawSyscall(syscall.SYS_SHUTDOWN, uintptr(fd), syscall.SHUT_WR, 0); e != 0 {
+		return e
+	}
+	return nil
+}
+
+// closeFd closes a relay socket's descriptor. No socket of the relay has
+// SO_LINGER set, so the close does not wait for unsent bytes.
+func closeFd(fd int) {
+	_, _, _ = syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// epollAdd registers a tunnel's socket. It can fail (ENOSPC past
+// fs.epoll.max_user_watches, ENOMEM); a test replaces it to take the undo
+// path.
+var epollAdd = func(epfd, fd int, ev *syscall.EpollEvent) error {
+	return epollCtl(epfd, syscall.EPOLL_CTL_ADD, fd, ev)
+}
+
 func epollCtl(epfd, op, fd int, ev *syscall.EpollEvent) error {
 	_, _, e := syscall.RawSyscall6(syscall.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
 	if e != 0 {
@@ -539,7 +560,7 @@ func (t *etunnel) teardown() {
 		t.dirs[i].putPipe()
 	}
 	for _, fd := range t.fds {
-		syscall.Close(fd) // the last descriptor of the socket: it leaves the epoll set
+		closeFd(fd) // the last descriptor of the socket: it leaves the epoll set
 	}
 	if t.onLoop {
 		// done writes the close line: a decision log that blocks (a full

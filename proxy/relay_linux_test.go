@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -254,4 +258,126 @@ func BenchmarkEpollRelayRoundTrip(b *testing.B) {
 	b.StopTimer()
 	r.abort()
 	r.wait(b)
+}
+
+// TestEpollRelayRegistrationFails: when the destination's socket cannot
+// join the epoll set (ENOSPC past fs.epoll.max_user_watches), startRelay
+// undoes the client's registration, leaves both conns untouched and relays
+// them with goroutines; the epoll set keeps no entry for either socket,
+// and the next tunnel takes the epoll relay again.
+func TestEpollRelayRegistrationFails(t *testing.T) {
+	work, client := tcpPair(t)
+	up, dest := tcpPair(t)
+	upIno := inode(t, up)
+	orig := epollAdd
+	t.Cleanup(func() { epollAdd = orig })
+	epollAdd = func(epfd, fd int, ev *syscall.EpollEvent) error {
+		var st syscall.Stat_t
+		if syscall.Fstat(fd, &st) == nil && st.Ino == upIno {
+			return syscall.ENOSPC // only this test's destination socket
+		}
+		return orig(epfd, fd, ev)
+	}
+	before := relayTunnels.Load()
+	done := make(chan [2]int64, 1)
+	startRelay(client, up, time.Minute, func(u, d int64) {
+		client.Close()
+		up.Close()
+		done <- [2]int64{u, d}
+	})
+	if relayTunnels.Load() != before {
+		t.Fatal("the epoll relay counted a tunnel whose registration failed")
+	}
+	registered := epollInodes(t)
+	for _, c := range []*net.TCPConn{client, up} {
+		if registered[inode(t, c)] {
+			t.Errorf("socket %v is still in the relay's epoll set after the undo", c.LocalAddr())
+		}
+	}
+	for _, m := range []struct {
+		from, to *net.TCPConn
+		msg      string
+	}{{work, dest, "up"}, {dest, work, "down"}} {
+		if _, err := m.from.Write([]byte(m.msg)); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(m.msg))
+		m.to.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(m.to, got); err != nil || string(got) != m.msg {
+			t.Fatalf("through the goroutine relay, %q arrived as %q, %v", m.msg, got, err)
+		}
+	}
+	work.CloseWrite()
+	dest.CloseWrite()
+	select {
+	case n := <-done:
+		if n != [2]int64{2, 4} {
+			t.Errorf("done counted %v, want [2 4]", n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the goroutine relay did not end within 10s of both half-closes")
+	}
+	epollAdd = orig
+	_, client2 := tcpPair(t)
+	up2, _ := tcpPair(t)
+	inos := []uint64{inode(t, client2), inode(t, up2)}
+	done2 := make(chan struct{})
+	abort := startRelay(client2, up2, time.Minute, func(int64, int64) { close(done2) })
+	if relayTunnels.Load() != before+1 {
+		t.Fatal("the next tunnel did not take the epoll relay")
+	}
+	registered = epollInodes(t)
+	for _, ino := range inos {
+		if !registered[ino] {
+			t.Errorf("a relayed socket (inode %d) is not in the epoll set %v: fdinfo not read right", ino, registered)
+		}
+	}
+	abort()
+	select {
+	case <-done2:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the aborted tunnel did not end within 10s")
+	}
+}
+
+// inode is the socket inode of c's descriptor (shared by its duplicates).
+func inode(t *testing.T, c *net.TCPConn) uint64 {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st syscall.Stat_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = syscall.Fstat(int(fd), &st) }); err != nil || serr != nil {
+		t.Fatalf("fstat: %v %v", err, serr)
+	}
+	return st.Ino
+}
+
+// epollInodes reads the relay's epoll set from /proc/self/fdinfo: the
+// inodes of the files registered in it.
+func epollInodes(t *testing.T) map[uint64]bool {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", getRelay().epfd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inos := map[uint64]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		// tfd:        9 events: 8000201d data: ... pos:0 ino:2a1b sdev:8
+		if !strings.HasPrefix(line, "tfd:") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if h, ok := strings.CutPrefix(f, "ino:"); ok {
+				ino, err := strconv.ParseUint(h, 16, 64)
+				if err != nil {
+					t.Fatalf("fdinfo line %q: %v", line, err)
+				}
+				inos[ino] = true
+			}
+		}
+	}
+	return inos
 }
