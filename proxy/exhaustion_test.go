@@ -46,14 +46,17 @@ func raiseNofile(t *testing.T, need uint64) uint64 {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 		t.Fatal(err)
 	}
-	if rl.Cur < need {
-		rl.Cur = min(need, rl.Max)
+	if uint64(rl.Cur) < need {
+		setLimit(&rl.Cur, min(need, uint64(rl.Max)))
 		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return rl.Cur
+	return uint64(rl.Cur)
 }
+
+// setLimit sets an Rlimit field, which is int64 on the BSDs.
+func setLimit[T int64 | uint64](f *T, v uint64) { *f = T(v) }
 
 // waitCount waits until exactly want lines match, and fails if more do.
 func (e *env) waitCount(t *testing.T, msg string, match map[string]any, want int) {

@@ -1431,14 +1431,6 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-func raiseNofile() {
-	var r syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &r) == nil && r.Cur < r.Max {
-		r.Cur = r.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &r)
-	}
-}
-
 // moduleRoot walks up from the working directory to go.mod.
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()

@@ -1,0 +1,6 @@
+//go:build !unix
+
+package main
+
+// raiseNofile: there is no RLIMIT_NOFILE to raise.
+func raiseNofile() {}
