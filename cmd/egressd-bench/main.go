@@ -293,10 +293,25 @@ func (b *bench) run() (string, error) {
 		return "", err
 	}
 
-	connect := b.connectRuns()
-	rows := append(connect, b.transparentRuns()...)
-	peers := b.peerRuns()
-	return b.render(rows) + b.renderPeers(connect, peers), nil
+	// egressd's CONNECT runs and the peers' runs take turns, so that a
+	// machine whose speed drifts over minutes (a shared or virtual host)
+	// weighs on all of them alike, not on whichever is measured last.
+	connect := &connectSeries{rows: newRows("CONNECT", true)}
+	peers := b.newPeerResults()
+	for r := range b.opt.runs {
+		if connect.err == nil {
+			connect.err = b.connectRun(connect, r)
+		}
+		for _, pr := range peers {
+			if pr.err == nil {
+				b.logf("%s run %d/%d", pr.spec.name, r+1, b.opt.runs)
+				pr.err = b.peerRun(pr, r)
+			}
+		}
+	}
+	connectRows := connect.result()
+	rows := append(slices.Clip(connectRows), b.transparentRuns()...)
+	return b.render(rows) + b.renderPeers(connectRows, peers), nil
 }
 
 // ---- upstreams ----
@@ -1143,53 +1158,70 @@ type row struct {
 	lowerBound bool
 }
 
-func (b *bench) connectRuns() []*row {
+// connectSeries is the CONNECT rows over the runs, with the log-line
+// counts; err ends the series.
+type connectSeries struct {
+	rows                               []*row
+	err                                error
+	dialed, tunnels, decisions, closes int64
+}
+
+// result is the series' rows, with the log-line row filled in, or one
+// FAILED row.
+func (s *connectSeries) result() []*row {
+	if s.err != nil {
+		return failRows(s.rows, s.err)
+	}
+	logRow(s.rows[rowLog], s.dialed, s.tunnels, s.decisions, s.closes)
+	return s.rows
+}
+
+// connectRun is run r of the CONNECT mode: a fresh egressd, the RSS,
+// bulk and conn/s figures through it, and the reference relay.
+func (b *bench) connectRun(s *connectSeries, r int) error {
 	o := b.opt
 	lp := b.loopPorts
 	direct := b.loopPath("127.0.0.1", "", false)
-	rows := newRows("CONNECT", true)
-	var dialed, tunnels, decisions, closes int64
-	for r := range o.runs {
-		b.logf("CONNECT run %d/%d", r+1, o.runs)
-		proxyAddr, err1 := freePort()
-		adminAddr, err2 := freePort()
-		if err := errors.Join(err1, err2); err != nil {
-			return failRows(rows, err)
-		}
-		rule := fmt.Sprintf("  allow \"bench\" {\n    hosts = [%q]\n    ports = [%d, %d, %d]\n  }\n", benchHost, lp[0], lp[1], lp[2])
-		cfg := benchConfig(fmt.Sprintf("  http_listen = %q\n  admin_listen = %q\n", proxyAddr, adminAddr),
-			filepath.Join(b.dir, fmt.Sprintf("connect-%d.log", r)), b.dnsAddr, rule)
-		e, err := b.startEgressd(fmt.Sprintf("connect-%d", r), cfg, adminAddr, "")
-		if err != nil {
-			return failRows(rows, err)
-		}
-		via := b.loopPath(benchHost, proxyAddr, true)
-		b.dialed.Store(0)
-		b.tunnels.Store(0)
-		// Warm-up: the resolver cache, the first goroutines.
-		if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-			return failRows(rows, fmt.Errorf("warm-up through egressd: %v\n%s", err, e.out.String()))
-		}
-		if o.measures("rss") {
-			rss, err := b.idleRSS(via, o.tunnels, e.pid)
-			if err != nil {
-				return failRows(rows, fmt.Errorf("idle tunnels: %v", err))
-			}
-			rows[rowRSS].via = append(rows[rowRSS].via, rss)
-		}
-		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
-			return failRows(rows, err)
-		}
-		if err := b.measureReference(rows, direct); err != nil {
-			return failRows(rows, err)
-		}
-		d, c := settle(e.logPath, b.tunnels.Load())
-		e.stop()
-		dialed, tunnels = dialed+b.dialed.Load(), tunnels+b.tunnels.Load()
-		decisions, closes = decisions+d, closes+c
+	rows := s.rows
+	b.logf("CONNECT run %d/%d", r+1, o.runs)
+	proxyAddr, err1 := freePort()
+	adminAddr, err2 := freePort()
+	if err := errors.Join(err1, err2); err != nil {
+		return err
 	}
-	logRow(rows[rowLog], dialed, tunnels, decisions, closes)
-	return rows
+	rule := fmt.Sprintf("  allow \"bench\" {\n    hosts = [%q]\n    ports = [%d, %d, %d]\n  }\n", benchHost, lp[0], lp[1], lp[2])
+	cfg := benchConfig(fmt.Sprintf("  http_listen = %q\n  admin_listen = %q\n", proxyAddr, adminAddr),
+		filepath.Join(b.dir, fmt.Sprintf("connect-%d.log", r)), b.dnsAddr, rule)
+	e, err := b.startEgressd(fmt.Sprintf("connect-%d", r), cfg, adminAddr, "")
+	if err != nil {
+		return err
+	}
+	defer e.stop() // at once on an error: the peers' runs come next
+	via := b.loopPath(benchHost, proxyAddr, true)
+	b.dialed.Store(0)
+	b.tunnels.Store(0)
+	// Warm-up: the resolver cache, the first goroutines.
+	if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+		return fmt.Errorf("warm-up through egressd: %v\n%s", err, e.out.String())
+	}
+	if o.measures("rss") {
+		rss, err := b.idleRSS(via, o.tunnels, e.pid)
+		if err != nil {
+			return fmt.Errorf("idle tunnels: %v", err)
+		}
+		rows[rowRSS].via = append(rows[rowRSS].via, rss)
+	}
+	if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
+		return err
+	}
+	if err := b.measureReference(rows, direct); err != nil {
+		return err
+	}
+	d, c := settle(e.logPath, b.tunnels.Load())
+	e.stop()
+	s.dialed, s.tunnels = s.dialed+b.dialed.Load(), s.tunnels+b.tunnels.Load()
+	s.decisions, s.closes = s.decisions+d, s.closes+c
+	return nil
 }
 
 // measure runs the bulk figures and the conn/s figures at the given

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -81,10 +82,26 @@ func TestPeersQuickRun(t *testing.T) {
 		}
 	}
 	var stdout, stderr bytes.Buffer
-	code := run([]string{"--quick", "--tunnels", "50", "--duration", "200ms", "--transparent=false", "--peers", "all"}, &stdout, &stderr)
+	code := run([]string{"--quick", "--runs", "2", "-v", "--tunnels", "50", "--duration", "200ms", "--transparent=false", "--peers", "all"}, &stdout, &stderr)
 	table := stdout.String()
 	if code != 0 || strings.Contains(table, "FAILED") {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, table, stderr.String())
+	}
+	// egressd's runs and the peers' take turns.
+	var want, got []string
+	for r := 1; r <= 2; r++ {
+		want = append(want, fmt.Sprintf("CONNECT run %d/2", r))
+		for _, p := range peerSpecs {
+			want = append(want, fmt.Sprintf("%s run %d/2", p.name, r))
+		}
+	}
+	for _, l := range strings.Split(stderr.String(), "\n") {
+		if m, ok := strings.CutPrefix(l, "egressd-bench: "); ok && strings.Contains(m, " run ") {
+			got = append(got, m)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("runs in the order\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	_, peers, ok := strings.Cut(table, "Peers, measured in this run")
 	if !ok {

@@ -204,22 +204,14 @@ func peerVersion(p peerSpec) string {
 	return strings.TrimSpace(line)
 }
 
-// peerRuns measures each peer --runs times: bulk through 1 and 8 tunnels,
-// conn/s at concurrency 64, and RSS per idle tunnel, each with the peer's
-// CPU (its whole process tree).
-func (b *bench) peerRuns() []*peerResult {
+// newPeerResults has a result per peer to measure. Each run of a peer
+// (peerRun) measures bulk through 1 and 8 tunnels, conn/s at concurrency
+// 64 and RSS per idle tunnel, with the peer's CPU (its whole process
+// tree).
+func (b *bench) newPeerResults() []*peerResult {
 	var res []*peerResult
-	direct := b.loopPath("127.0.0.1", "", false)
 	for _, p := range b.opt.peers {
-		pr := &peerResult{spec: p, version: peerVersion(p), rows: newRows(p.name, true)}
-		res = append(res, pr)
-		for r := range b.opt.runs {
-			b.logf("%s run %d/%d", p.name, r+1, b.opt.runs)
-			if err := b.peerRun(pr, r, direct); err != nil {
-				pr.err = err
-				break
-			}
-		}
+		res = append(res, &peerResult{spec: p, version: peerVersion(p), rows: newRows(p.name, true)})
 	}
 	return res
 }
@@ -231,7 +223,10 @@ type peerResult struct {
 	err     error
 }
 
-func (b *bench) peerRun(pr *peerResult, r int, direct path) error {
+// peerRun is run r of one peer: the peer started afresh, its figures
+// each beside a direct run.
+func (b *bench) peerRun(pr *peerResult, r int) error {
+	direct := b.loopPath("127.0.0.1", "", false)
 	n := 1
 	if !pr.spec.connect {
 		n = 3
