@@ -94,7 +94,12 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 		// no configuration change after it is missed.
 		wctx, cancel := context.WithCancel(ctx)
 		stopped := o.Watch(wctx, srv)
-		defer func() { cancel(); <-stopped }()
+		defer func() {
+			cancel()
+			if stopped != nil {
+				<-stopped
+			}
+		}()
 	}
 	fmt.Fprintf(status, "egressd %s: HTTP proxy listening on %s\n", version, ln.Addr())
 	errc := make(chan error, 4)

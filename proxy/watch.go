@@ -33,9 +33,11 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	var cw configWatch
 	if path != "" {
 		cw = newConfigWatch(path, s.cfg.UsersFile)
-		if w, err := watchDirs(cw.dirs); err != nil {
+		w, err := watchDirs(cw.dirs)
+		if err != nil {
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
-		} else {
+		}
+		if w != nil {
 			watcher, names, errs = w, w.Names(), w.Errors()
 		}
 	}

@@ -31,27 +31,34 @@ const inotifyBufSize = 16 * (unix.SizeofInotifyEvent + unix.NAME_MAX + 1)
 // watchDirs watches dirs (not recursively) and delivers the path of every
 // entry that was written and closed, created, removed or renamed in them,
 // and "" when the kernel dropped events (its queue overflowed), so that
-// the reader assumes anything may have changed.
+// the reader assumes anything may have changed. A directory that cannot
+// be watched is named in the error, and the others are watched all the
+// same: the watcher is nil only when none can be.
 func watchDirs(dirs []string) (*dirWatcher, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
 	wds := make(map[int32]string, len(dirs))
+	var errs []error
 	for _, dir := range dirs {
 		wd, err := unix.InotifyAddWatch(fd, dir, inotifyMask)
 		if err != nil {
-			unix.Close(fd)
-			return nil, fmt.Errorf("watching %s: %w", dir, err)
+			errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
+			continue
 		}
 		wds[int32(wd)] = dir
+	}
+	if len(wds) == 0 {
+		unix.Close(fd)
+		return nil, errors.Join(errs...)
 	}
 	// A non-blocking descriptor given to os.NewFile goes into the
 	// netpoller: Read parks the goroutine, and Close wakes it.
 	f := os.NewFile(uintptr(fd), "inotify")
 	w := newDirWatcher(f.Close)
 	go readInotify(w, f, wds)
-	return w, nil
+	return w, errors.Join(errs...)
 }
 
 func readInotify(w *dirWatcher, f *os.File, wds map[int32]string) {
@@ -66,8 +73,15 @@ func readInotify(w *dirWatcher, f *os.File, wds map[int32]string) {
 			return
 		}
 		for ev := range inotifyEvents(buf[:n]) {
+			dir, known := wds[ev.wd]
+			if known && ev.mask&unix.IN_IGNORED != 0 {
+				// The directory was removed or unmounted: its watch is gone.
+				w.fail(fmt.Errorf("%s is no longer watched (removed or unmounted); reload with SIGHUP", dir))
+				delete(wds, ev.wd)
+				continue
+			}
 			name, ok := "", ev.mask&unix.IN_Q_OVERFLOW != 0
-			if dir, known := wds[ev.wd]; known && ev.name != "" {
+			if known && ev.name != "" {
 				name, ok = filepath.Join(dir, ev.name), true
 			}
 			if ok && !w.send(name) {

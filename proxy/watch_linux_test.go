@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,14 +58,49 @@ func FuzzInotifyEvents(f *testing.F) {
 	f.Add(inotifyRecord(1, unix.IN_CLOSE_WRITE, "egressd.hcl", 5))
 	f.Add(slices.Concat(inotifyRecord(1, unix.IN_CREATE, "a", 3), inotifyRecord(-1, unix.IN_Q_OVERFLOW, "", 0)))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		total := 0
+		// Each event must be the record at its offset, its name that
+		// record's name without the NUL padding; the events stop only
+		// where the next record does not fit.
+		off := 0
 		for ev := range inotifyEvents(b) {
-			total += unix.SizeofInotifyEvent + len(ev.name)
+			r := b[off:]
+			nameLen := int(binary.NativeEndian.Uint32(r[12:16]))
+			name := strings.TrimRight(string(r[unix.SizeofInotifyEvent:unix.SizeofInotifyEvent+nameLen]), "\x00")
+			want := inotifyEvent{int32(binary.NativeEndian.Uint32(r[0:4])), binary.NativeEndian.Uint32(r[4:8]), name}
+			if ev != want {
+				t.Fatalf("event at offset %d: %+v, want %+v", off, ev, want)
+			}
+			off += unix.SizeofInotifyEvent + nameLen
 		}
-		if total > len(b) {
-			t.Fatalf("events span %d bytes of %d", total, len(b))
+		if r := b[off:]; len(r) >= unix.SizeofInotifyEvent && uint64(binary.NativeEndian.Uint32(r[12:16])) <= uint64(len(r)-unix.SizeofInotifyEvent) {
+			t.Fatalf("events stopped at offset %d of %d before a record that fits", off, len(b))
 		}
 	})
+}
+
+// TestWatchDirsRemoved: when a watched directory goes away its watch ends,
+// and the watcher says so instead of falling silent.
+func TestWatchDirsRemoved(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "conf")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	w, err := watchDirs([]string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-w.Errors():
+		if !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "no longer watched") {
+			t.Errorf("error %q, want one saying %s is no longer watched", err, dir)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no error within 5s of removing the watched directory")
+	}
 }
 
 // TestWatchDirsSkipsAppends: a file kept open for appending (a decision

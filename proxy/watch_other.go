@@ -4,6 +4,7 @@ package proxy
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/fsnotify/fsnotify"
 )
@@ -15,21 +16,27 @@ import (
 // watchDirs watches dirs (not recursively) and delivers the path of every
 // entry that was written, created, removed or renamed in them, and "" when
 // events were dropped, so that the reader assumes anything may have
-// changed.
+// changed. A directory that cannot be watched is named in the error, and
+// the others are watched all the same: the watcher is nil only when none
+// can be.
 func watchDirs(dirs []string) (*dirWatcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
+	var errs []error
 	for _, dir := range dirs {
 		if err := fw.Add(dir); err != nil {
-			fw.Close()
-			return nil, err
+			errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
 		}
+	}
+	if len(errs) == len(dirs) {
+		fw.Close()
+		return nil, errors.Join(errs...)
 	}
 	w := newDirWatcher(fw.Close)
 	go readFsnotify(w, fw)
-	return w, nil
+	return w, errors.Join(errs...)
 }
 
 func readFsnotify(w *dirWatcher, fw *fsnotify.Watcher) {

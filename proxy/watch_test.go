@@ -1,10 +1,21 @@
 package proxy
 
 import (
+	"bytes"
+	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/policy"
 )
 
 func TestConfigWatchRelevant(t *testing.T) {
@@ -44,5 +55,104 @@ func TestConfigWatchRelevant(t *testing.T) {
 	cw := newConfigWatch(dir, withUsers)
 	if want := []string{dir, filepath.Join(dir, "secrets")}; !slices.Equal(cw.dirs, want) {
 		t.Errorf("watched directories %q, want %q", cw.dirs, want)
+	}
+}
+
+// TestWatchDirsPartial: a directory that cannot be watched is named in
+// the error while the others are still watched; with none watchable there
+// is no watcher.
+func TestWatchDirsPartial(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	w, err := watchDirs([]string{dir, missing})
+	if w == nil {
+		t.Fatalf("no watcher for %s beside an unwatchable directory: %v", dir, err)
+	}
+	defer w.Close()
+	if err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("error %v, want one naming %s", err, missing)
+	}
+	cfg := filepath.Join(dir, "egressd.hcl")
+	if err := os.WriteFile(cfg, []byte("# 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-w.Names():
+		if got != cfg {
+			t.Errorf("event %q, want %q", got, cfg)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no event for %s within 5s", cfg)
+	}
+	if w, err := watchDirs([]string{missing}); w != nil || err == nil {
+		t.Errorf("watchDirs of a missing directory only = %v, %v; want no watcher and an error", w, err)
+	}
+}
+
+// TestReloadLoop: reloadLoop reloads once per burst of relevant names,
+// ReloadDebounce after the last; on "" (events lost); on hup; never for
+// irrelevant names nor for a watcher that ended; and logs watcher errors.
+func TestReloadLoop(t *testing.T) {
+	relevant := func(n string) bool { return strings.HasSuffix(n, ".hcl") }
+	for _, tc := range []struct {
+		name        string
+		names       []string
+		closeNames  bool
+		hup         bool
+		err         error
+		wantReloads int
+	}{
+		{"one relevant name", []string{"a.hcl"}, false, false, nil, 1},
+		{"a burst, one reload", []string{"a.hcl", "b.hcl", "x.log", "a.hcl"}, false, false, nil, 1},
+		{"irrelevant only", []string{"x.log", "y.swp"}, false, false, nil, 0},
+		{"events lost", []string{""}, false, false, nil, 1},
+		{"watcher ended", nil, true, false, nil, 0},
+		{"watcher ended, hup still reloads", nil, true, true, nil, 1},
+		{"hup", nil, false, true, nil, 1},
+		{"watcher error", nil, false, false, errors.New("inotify read: EIO"), 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var buf bytes.Buffer
+			cfg, diags := policy.Parse([]policy.File{{Name: "r.hcl", Src: []byte(`policy "p" {}`)}})
+			if diags.HasErrors() {
+				t.Fatal(policy.FormatDiagnostics(diags))
+			}
+			s, err := New(cfg, zerolog.New(&buf)) // buf is read once the loop has ended
+			if err != nil {
+				t.Fatal(err)
+			}
+			names, errs := make(chan string, len(tc.names)), make(chan error, 1)
+			hup := make(chan os.Signal, 1)
+			var reloads atomic.Int32
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				s.reloadLoop(ctx, hup, names, errs, relevant, func() { reloads.Add(1) })
+			}()
+			for _, n := range tc.names {
+				names <- n
+			}
+			if tc.closeNames {
+				close(names)
+			}
+			if tc.hup {
+				hup <- syscall.SIGHUP
+			}
+			if tc.err != nil {
+				errs <- tc.err
+			}
+			time.Sleep(ReloadDebounce + 200*time.Millisecond)
+			cancel()
+			<-done
+			if got := int(reloads.Load()); got != tc.wantReloads {
+				t.Errorf("%d reloads, want %d", got, tc.wantReloads)
+			}
+			logged := buf.String()
+			if tc.err != nil && !strings.Contains(logged, tc.err.Error()) {
+				t.Errorf("watcher error not logged; log:\n%s", logged)
+			}
+		})
 	}
 }
