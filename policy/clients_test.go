@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -253,17 +254,19 @@ func writeFileForTest(dir, name, src string) error {
 // time, memory, threads and key length), so that it costs the same, and
 // the decoy accepts no password.
 func TestDecoyHashMatchesFirstUser(t *testing.T) {
-	bcrypt11, err := bcrypt.GenerateFromPassword([]byte("s3cret"), 11)
-	if err != nil {
-		t.Fatal(err)
+	bcryptHash := func(cost int) string {
+		t.Helper()
+		h, err := bcrypt.GenerateFromPassword([]byte("s3cret"), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
 	}
-	bcrypt10, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.DefaultCost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// egressd refuses costs below 10 (bcrypt.DefaultCost).
+	bcrypt10, bcrypt11 := bcryptHash(bcrypt.DefaultCost), bcryptHash(bcrypt.DefaultCost+1)
 	for _, tc := range []struct{ name, hash string }{
-		{"bcrypt cost 11", string(bcrypt11)},
-		{"bcrypt default cost", string(bcrypt10)},
+		{"bcrypt cost 11", bcrypt11},
+		{"bcrypt default cost", bcrypt10},
 		{"argon2id", argonHash},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -286,14 +289,21 @@ func TestDecoyHashMatchesFirstUser(t *testing.T) {
 					t.Errorf("decoy cost %d (%v), want %d", got, err, want)
 				}
 			}
-			for _, pw := range []string{"s3cret", "", "anything"} {
-				if d.verify(pw) {
-					t.Errorf("decoy accepts %q", pw)
-				}
-			}
-			if !h.verify("s3cret") {
-				t.Error("the real hash refuses its password")
+			if d.verify("s3cret") {
+				t.Error("the decoy accepts the real hash's password")
 			}
 		})
+	}
+	// The decoy follows the first user declared, not any other.
+	for _, order := range [][2]string{{bcrypt10, bcrypt11}, {bcrypt11, bcrypt10}} {
+		cfg, diags := Parse([]File{{Name: "users.hcl", Src: []byte(fmt.Sprintf(
+			"user \"a\" {\n  password_hash = %q\n}\nuser \"b\" {\n  password_hash = %q\n}\npolicy \"p\" {}\n", order[0], order[1]))}})
+		if diags.HasErrors() {
+			t.Fatal(FormatDiagnostics(diags))
+		}
+		want, _ := bcrypt.Cost([]byte(order[0]))
+		if got, err := bcrypt.Cost([]byte(cfg.Policy.decoy.raw)); err != nil || got != want {
+			t.Errorf("users of cost %s then %s: decoy cost %d (%v), want the first's %d", order[0][4:6], order[1][4:6], got, err, want)
+		}
 	}
 }

@@ -169,6 +169,9 @@ func TestDiagnostics(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, diags := Parse(tt.files)
+			if cfg == nil {
+				t.Fatal("Config must not be nil, even on error")
+			}
 			out := FormatDiagnostics(diags)
 			prefix := tt.pos + ": " + tt.sev + ": "
 			found := false
@@ -189,9 +192,6 @@ func TestDiagnostics(t *testing.T) {
 				}
 			} else if cfg.Policy != nil {
 				t.Error("Config.Policy must be nil when there are errors")
-			}
-			if cfg == nil {
-				t.Error("Config must not be nil, even on error")
 			}
 		})
 	}

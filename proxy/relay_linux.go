@@ -240,7 +240,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	}
 	ufd, err := dupConn(uc)
 	if err != nil {
-		syscall.Close(cfd)
+		closeFd(cfd)
 		return nil
 	}
 	t := &etunnel{fds: [2]int{cfd, ufd}, idle: idle, done: done, last: time.Now().UnixNano()}
@@ -254,8 +254,8 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 			// the original descriptor is open, so remove it first. The
 			// caller relays the untouched conns with goroutines instead.
 			_ = epollCtl(r.epfd, syscall.EPOLL_CTL_DEL, t.fds[0], nil)
-			syscall.Close(cfd)
-			syscall.Close(ufd)
+			closeFd(cfd)
+			closeFd(ufd)
 			r.remove(t)
 			return nil
 		}

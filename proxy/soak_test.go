@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"bufio"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -119,7 +118,6 @@ func TestSoak(t *testing.T) {
 	tally := newLogTally()
 	e.startLogger(t, strings.Replace(baseConfig, `hello_timeout = "2s"`, `hello_timeout = "5s"`, 1), zerolog.New(tally))
 	gw := e.serveGateway(t)
-	dsts, transparentAddr := &gw.dsts, gw.addr
 
 	echoDst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort))
 	tlsDst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.tlsPort))
@@ -128,22 +126,15 @@ func TestSoak(t *testing.T) {
 	hello := clientHelloBytes("allowed.egress.test")
 	denied := clientHelloBytes("nope.egress.test")
 
-	connect := func(authority string) (net.Conn, *bufio.Reader, int, error) {
-		c, br, resp, err := dialConnect(e.proxyAddr, "", authority)
-		if err != nil {
-			return nil, nil, 0, err
-		}
-		return c, br, resp.StatusCode, nil
-	}
 	transparent := func(dst netip.AddrPort, first []byte, wantBack bool) error {
-		c, err := net.DialTimeout("tcp", transparentAddr, 5*time.Second)
+		c, err := net.DialTimeout("tcp", gw.addr, 5*time.Second)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
 		key := c.LocalAddr().String()
-		dsts.Store(key, dst)
-		defer dsts.Delete(key)
+		gw.dsts.Store(key, dst)
+		defer gw.dsts.Delete(key)
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		go func() {
 			c.Write(first)
@@ -172,13 +163,13 @@ func TestSoak(t *testing.T) {
 	}
 	ops := []soakOp{
 		{"connect allowed", true, func() error {
-			c, br, code, err := connect(echoAuthority)
+			c, br, resp, err := dialConnect(e.proxyAddr, "", echoAuthority)
 			if err != nil {
 				return err
 			}
-			if code != http.StatusOK {
+			if resp.StatusCode != http.StatusOK {
 				c.Close()
-				return fmt.Errorf("CONNECT echo: %d", code)
+				return fmt.Errorf("CONNECT echo: %d", resp.StatusCode)
 			}
 			msg := make([]byte, 4096)
 			rand.Read(msg)
@@ -188,24 +179,24 @@ func TestSoak(t *testing.T) {
 			return echoOnce(c, br, string(msg))
 		}},
 		{"connect denied", false, func() error {
-			c, _, code, err := connect("nope.egress.test:" + strconv.Itoa(e.tlsPort))
+			c, _, resp, err := dialConnect(e.proxyAddr, "", "nope.egress.test:"+strconv.Itoa(e.tlsPort))
 			if err != nil {
 				return err
 			}
 			c.Close()
-			if code != http.StatusForbidden {
-				return fmt.Errorf("CONNECT nope: %d, want 403", code)
+			if resp.StatusCode != http.StatusForbidden {
+				return fmt.Errorf("CONNECT nope: %d, want 403", resp.StatusCode)
 			}
 			return nil
 		}},
 		{"connect aborted mid-hello", false, func() error {
-			c, _, code, err := connect("allowed.egress.test:" + strconv.Itoa(e.tlsPort))
+			c, _, resp, err := dialConnect(e.proxyAddr, "", "allowed.egress.test:"+strconv.Itoa(e.tlsPort))
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			if code != http.StatusOK {
-				return fmt.Errorf("CONNECT allowed: %d", code)
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("CONNECT allowed: %d", resp.StatusCode)
 			}
 			_, err = c.Write(hello[:len(hello)/2])
 			return err
