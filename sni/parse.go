@@ -3,7 +3,6 @@ package sni
 import (
 	"fmt"
 	"slices"
-	"strings"
 
 	"golang.org/x/crypto/cryptobyte"
 )
@@ -303,32 +302,26 @@ func parseClientHello(body []byte, h *Hello) error {
 			if list.Empty() {
 				return malformed("alpn: empty list")
 			}
-			// Names other than the common ones are copied into one string
-			// that they share: a hello listing many protocols costs one
-			// allocation, not one per name.
-			var rare strings.Builder
-			for names := list; !names.Empty(); {
+			// Names other than the common ones share one copy of the list
+			// from the first of them on: a hello listing many protocols
+			// costs one allocation, not one per name.
+			var rest string
+			for !list.Empty() {
+				entry := list
 				var proto cryptobyte.String
-				if !names.ReadUint8LengthPrefixed(&proto) {
+				if !list.ReadUint8LengthPrefixed(&proto) {
 					return malformed("alpn: truncated protocol name")
 				}
 				if proto.Empty() {
 					return malformed("alpn: empty protocol name")
 				}
-				if commonALPN(proto) == "" {
-					if rare.Cap() == 0 {
-						rare.Grow(len(proto) + len(names)) // all that is left to copy
-					}
-					rare.Write(proto)
-				}
-			}
-			all := rare.String()
-			for !list.Empty() {
-				var proto cryptobyte.String
-				list.ReadUint8LengthPrefixed(&proto) // checked above
 				name := commonALPN(proto)
 				if name == "" {
-					name, all = all[:len(proto)], all[len(proto):]
+					if rest == "" {
+						rest = string(entry)
+					}
+					at := len(rest) - len(entry) + 1 // past the length byte
+					name = rest[at : at+len(proto)]
 				}
 				h.ALPN = append(h.ALPN, name)
 			}
