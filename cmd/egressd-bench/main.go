@@ -299,8 +299,8 @@ func (b *bench) run() (string, error) {
 	connect := &connectSeries{rows: newRows("CONNECT", true)}
 	peers := b.newPeerResults()
 	for r := range b.opt.runs {
-		if connect.err == nil {
-			connect.err = b.connectRun(connect, r)
+		if connect.err = b.connectRun(connect, r); connect.err != nil {
+			break // the peers are compared with egressd: without it, not at all
 		}
 		for _, pr := range peers {
 			if pr.err == nil {
@@ -465,6 +465,9 @@ func (b *bench) startChild(what string, cmd *exec.Cmd, ns string, ready func() e
 	c := &child{cmd: cmd, out: &lockedWriter{w: &bytes.Buffer{}}, exited: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = c.out, c.out
 	cmd.SysProcAttr = childAttr()
+	// Wait returns once the child has exited, even while a worker it left
+	// behind still holds the output pipe.
+	cmd.WaitDelay = 2 * time.Second
 	started := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
@@ -505,22 +508,23 @@ func (b *bench) startChild(what string, cmd *exec.Cmd, ns string, ready func() e
 	}
 }
 
-// stop sends the child SIGTERM (nginx's master takes its workers down)
-// and waits, with SIGKILL after 5 s; it does nothing once the child has
-// exited.
+// stop sends the child's process group SIGTERM and waits, with SIGKILL
+// after 5 s; then it kills what is left of the group (a worker that
+// outlived its master). It does nothing once the child has exited.
 func (c *child) stop() {
 	select {
 	case <-c.exited:
 		return
 	default:
 	}
-	c.cmd.Process.Signal(syscall.SIGTERM)
+	signalGroup(c.pid, syscall.SIGTERM)
 	select {
 	case <-c.exited:
 	case <-time.After(5 * time.Second):
-		c.cmd.Process.Kill()
+		signalGroup(c.pid, syscall.SIGKILL)
 		<-c.exited
 	}
+	signalGroup(c.pid, syscall.SIGKILL)
 }
 
 // listening is a ready probe: addr accepts a TCP connection.
@@ -573,12 +577,14 @@ func (b *bench) startEgressd(name, cfg, adminAddr, ns string) (*egressd, error) 
 		return nil, err
 	}
 	ready := func() (err error) {
-		inNSDo(ns, func() {
+		if nserr := inNSDo(ns, func() {
 			var code int
 			if code, err = httpStatus(adminAddr, "/readyz"); err == nil && code != 200 {
 				err = fmt.Errorf("/readyz answered %d", code)
 			}
-		})
+		}); nserr != nil {
+			return nserr
+		}
 		return err
 	}
 	c, err := b.startChild("egressd", exec.Command(b.bin, "serve", "--config", cfgPath), ns, ready)
@@ -593,13 +599,19 @@ type lockedWriter struct {
 	w  *bytes.Buffer
 }
 
+// childOutputKeep is how much of a child's output is kept: its last
+// 64 KiB, where the reason it failed is, and not a peer's access log that
+// fills the start.
+const childOutputKeep = 64 << 10
+
 func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.w.Len() > 1<<20 {
-		return len(p), nil
+	l.w.Write(p)
+	if l.w.Len() > 2*childOutputKeep {
+		l.w.Next(l.w.Len() - childOutputKeep)
 	}
-	return l.w.Write(p)
+	return len(p), nil
 }
 
 func (l *lockedWriter) String() string {
@@ -1255,17 +1267,25 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 		if err != nil {
 			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
 		}
-		cpu0 := b.cpuSeconds(pid)
-		switches := startSwitchCounter(pid)
+		// CPU and thread switches are figures at concurrency 64 only: the
+		// switch counter's sampling costs CPU of its own, so it runs only
+		// when its count is kept.
+		var cpu0 float64
+		var switches *switchCounter
+		if conc == 64 {
+			cpu0, switches = b.cpuSeconds(pid), startSwitchCounter(pid)
+		}
 		vst, err := b.connRate(via, conc, d)
-		cs, lower := switches.finish()
+		if switches != nil {
+			cs, lower := switches.finish()
+			if err == nil {
+				add(rows[rowCPUConn], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
+				add(rows[rowCSConn], 0, perConn(0, cs, vst), 0)
+				rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || lower
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("conn/s via the relay c=%d: %v", conc, err)
-		}
-		if conc == 64 {
-			add(rows[rowCPUConn], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
-			add(rows[rowCSConn], 0, perConn(0, cs, vst), 0)
-			rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || lower
 		}
 		add(rows[base], dst.cps, vst.cps, vst.cps/dst.cps)
 		add(rows[base+1], dst.p50, vst.p50, vst.p50/dst.p50)

@@ -3,7 +3,6 @@ package main
 import (
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -46,22 +45,24 @@ func enterNS(ns string) error {
 	return nil
 }
 
-// inNSDo runs f on a thread in network namespace ns ("": here), and waits.
-func inNSDo(ns string, f func()) {
+// inNSDo runs f on a thread in network namespace ns ("": here), and waits;
+// it fails without running f when the thread cannot enter ns.
+func inNSDo(ns string, f func()) error {
 	if ns == "" {
 		f()
-		return
+		return nil
 	}
-	done := make(chan struct{})
+	done := make(chan error, 1)
 	go func() {
-		defer close(done)
 		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 		if err := enterNS(ns); err != nil {
+			done <- err
 			return
 		}
 		f()
+		done <- nil
 	}()
-	<-done
+	return <-done
 }
 
 func (b *bench) transparentRuns() []*row {
@@ -190,8 +191,7 @@ func (b *bench) buildNamespaces(ipTool, script, backend string) (cli, gw string,
 		}
 	}
 	var lerr error
-	inNSDo(up, func() {
-		lerr = errors.New("could not enter the upstream namespace")
+	nserr := inNSDo(up, func() {
 		var lns []net.Listener
 		for _, p := range []int{tPorts.bulk, tPorts.bulkDirect, tPorts.tls, tPorts.tlsDirect} {
 			ln, err := net.Listen("tcp", net.JoinHostPort(tUpstream, fmt.Sprint(p)))
@@ -206,7 +206,9 @@ func (b *bench) buildNamespaces(ipTool, script, backend string) (cli, gw string,
 		go b.bulk.serve(lns[1])
 		go b.tlsUp.serve(lns[2])
 		go b.tlsUp.serve(lns[3])
-		lerr = nil
 	})
+	if nserr != nil {
+		return "", "", fmt.Errorf("upstream namespace: %v", nserr)
+	}
 	return cli, gw, lerr
 }
