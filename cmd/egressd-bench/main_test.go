@@ -202,3 +202,19 @@ func TestFlagErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestParsePeersOnce: a peer named twice, or by name and through "all", is
+// measured once, in the order first named.
+func TestParsePeersOnce(t *testing.T) {
+	out, _, err := parsePeers("nginx,haproxy,nginx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range out {
+		names = append(names, p.name)
+	}
+	if want := []string{"nginx", "haproxy"}; !slices.Equal(names, want) {
+		t.Errorf("parsePeers(nginx,haproxy,nginx) = %v, want %v", names, want)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -141,6 +142,13 @@ func parsePeers(list string) (out []peerSpec, missing []string, err error) {
 			return nil, nil, fmt.Errorf("unknown peer %q; want some of %s, or all", name, peerNames())
 		}
 	}
+	// A peer named twice ("all,nginx") is measured once.
+	seen := map[string]bool{}
+	out = slices.DeleteFunc(out, func(p peerSpec) bool {
+		dup := seen[p.name]
+		seen[p.name] = true
+		return dup
+	})
 	return out, missing, nil
 }
 
