@@ -98,6 +98,7 @@ type options struct {
 	tunnels     int
 	transparent bool
 	egressd     string
+	egressdEnv  []string // KEY=VALUE added to egressd's environment (--egressd-env)
 	quick       bool
 	out         string
 	verbose     bool
@@ -128,6 +129,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.tunnels, "tunnels", 2000, "idle tunnels opened for the RSS-per-tunnel figure")
 	fs.BoolVar(&o.transparent, "transparent", os.Geteuid() == 0, "also measure the transparent gateway in network namespaces (needs root, ip, nft or iptables)")
 	fs.StringVar(&o.egressd, "egressd", "", "egressd binary to measure; empty: go build ./cmd/egressd into a temp dir (run from the module root)")
+	fs.Func("egressd-env", "`KEY=VALUE` added to egressd's environment, repeatable (e.g. GOMAXPROCS=1, to measure a runtime setting); the table's footer lists them", func(kv string) error {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", kv)
+		}
+		o.egressdEnv = append(o.egressdEnv, kv)
+		return nil
+	})
 	fs.BoolVar(&o.quick, "quick", false, "CI mode: 1 run, 300ms measurements, 200 tunnels (explicit flags still win)")
 	fs.StringVar(&o.out, "o", "", "also write the markdown table to this file")
 	fs.BoolVar(&o.verbose, "v", false, "print progress to stderr")
@@ -587,11 +595,21 @@ func (b *bench) startEgressd(name, cfg, adminAddr, ns string) (*egressd, error) 
 		}
 		return err
 	}
-	c, err := b.startChild("egressd", exec.Command(b.bin, "serve", "--config", cfgPath), ns, ready)
+	c, err := b.startChild("egressd", b.egressdCmd(cfgPath), ns, ready)
 	if err != nil {
 		return nil, err
 	}
 	return &egressd{child: c, logPath: filepath.Join(b.dir, name+".log")}, nil
+}
+
+// egressdCmd is the command that serves cfgPath, with --egressd-env's
+// settings added to the bench's environment.
+func (b *bench) egressdCmd(cfgPath string) *exec.Cmd {
+	cmd := exec.Command(b.bin, "serve", "--config", cfgPath)
+	if len(b.opt.egressdEnv) > 0 {
+		cmd.Env = append(os.Environ(), b.opt.egressdEnv...)
+	}
+	return cmd
 }
 
 type lockedWriter struct {
@@ -1465,6 +1483,9 @@ func (b *bench) render(rows []*row) string {
 	s.WriteString("\n")
 	fmt.Fprintf(&s, "CPU: utime+stime of the egressd process from /proc/PID/stat; %s.\n", b.tickNote)
 	fmt.Fprintf(&s, "Machine: %s. The bench's clients and upstreams share these CPUs with egressd.\n", machine())
+	if len(b.opt.egressdEnv) > 0 {
+		fmt.Fprintf(&s, "egressd's environment adds: %s.\n", strings.Join(b.opt.egressdEnv, " "))
+	}
 	for _, n := range b.notes {
 		s.WriteString(n + "\n")
 	}

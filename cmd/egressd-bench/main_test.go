@@ -195,7 +195,7 @@ func TestRenderPeersVerdict(t *testing.T) {
 // TestFlagErrors: unknown figures and peers are usage errors (exit 2),
 // before anything is built or started.
 func TestFlagErrors(t *testing.T) {
-	for _, args := range [][]string{{"--only", "bogus"}, {"--peers", "bogus"}, {"--runs", "0"}, {"extra"}} {
+	for _, args := range [][]string{{"--only", "bogus"}, {"--peers", "bogus"}, {"--runs", "0"}, {"extra"}, {"--egressd-env", "GOMAXPROCS"}, {"--egressd-env", "=1"}} {
 		var stdout, stderr bytes.Buffer
 		if code := run(args, &stdout, &stderr); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, stderr.String())
@@ -216,5 +216,23 @@ func TestParsePeersOnce(t *testing.T) {
 	}
 	if want := []string{"nginx", "haproxy"}; !slices.Equal(names, want) {
 		t.Errorf("parsePeers(nginx,haproxy,nginx) = %v, want %v", names, want)
+	}
+}
+
+// TestEgressdEnv: --egressd-env settings reach egressd's command, after
+// the bench's own environment so that they win, and only egressd's.
+func TestEgressdEnv(t *testing.T) {
+	b := &bench{bin: "/bin/true"}
+	if cmd := b.egressdCmd("x.hcl"); cmd.Env != nil {
+		t.Errorf("no --egressd-env: Env = %q, want nil (the bench's environment)", cmd.Env)
+	}
+	t.Setenv("GOMAXPROCS", "7")
+	b.opt.egressdEnv = []string{"GOMAXPROCS=1", "GODEBUG=x=1"}
+	env := b.egressdCmd("x.hcl").Env
+	if len(env) < 2 || !slices.Equal(env[len(env)-2:], b.opt.egressdEnv) {
+		t.Fatalf("Env ends %q, want %q", env[max(0, len(env)-2):], b.opt.egressdEnv)
+	}
+	if !slices.Contains(env, "GOMAXPROCS=7") {
+		t.Errorf("the bench's own environment is not passed on: %q", env)
 	}
 }
