@@ -67,9 +67,8 @@ func (s *Server) Reload(cfg *policy.Config) error {
 		{"max_connections_per_client", old.MaxConnectionsPerClient == neu.MaxConnectionsPerClient},
 		{"shutdown_grace", old.ShutdownGrace == neu.ShutdownGrace},
 		{"dns_refuse", old.DNSRefuse == neu.DNSRefuse},
-		// The new file's users apply now; WatchConfig keeps watching the
-		// file it started with until a restart.
-		{"users_file", old.UsersFile == neu.UsersFile},
+		// users_file is not among them: the new file's users are in the
+		// new policy, and WatchConfig moves its watch to the new file.
 	} {
 		if !f.same {
 			restart = append(restart, f.name)

@@ -25,21 +25,29 @@ const ReloadDebounce = 300 * time.Millisecond
 // one was (same path, same command-line overrides). The watches are in
 // place when it returns; the reloading runs in its own goroutine, and the
 // returned channel is closed when that has ended. A failed reload keeps
-// the running configuration and is logged (ReloadFailed).
+// the running configuration and is logged (ReloadFailed). A reload that
+// names another users_file moves the watch to it.
 func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*policy.Config, hcl.Diagnostics), hup <-chan os.Signal) (stopped <-chan struct{}) {
-	var names <-chan string
-	var errs <-chan error
+	var ws watchSet
 	var watcher *dirWatcher
-	var cw configWatch
-	if path != "" {
-		cw = newConfigWatch(path, s.cfg.UsersFile)
+	users := s.cfg.UsersFile
+	watch := func() {
+		if watcher != nil {
+			watcher.Close()
+			watcher = nil
+		}
+		cw := newConfigWatch(path, users)
+		ws = watchSet{relevant: cw.relevant}
 		w, err := watchDirs(cw.dirs)
 		if err != nil {
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		}
 		if w != nil {
-			watcher, names, errs = w, w.Names(), w.Errors()
+			watcher, ws.names, ws.errs = w, w.Names(), w.Errors()
 		}
+	}
+	if path != "" {
+		watch()
 	}
 	reload := func() {
 		cfg, diags := load()
@@ -47,22 +55,39 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 			s.ReloadFailed(policy.FormatDiagnostics(diags))
 			return
 		}
-		_ = s.Reload(cfg) // logged by Reload
+		// Reload logs its outcome. The new users file's users are in the
+		// new policy; its changes must reload too.
+		if s.Reload(cfg) == nil && path != "" && cfg.Server.UsersFile != users {
+			users = cfg.Server.UsersFile
+			watch()
+		}
 	}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if watcher != nil {
-			defer watcher.Close()
-		}
-		s.reloadLoop(ctx, hup, names, errs, cw.relevant, reload)
+		defer func() {
+			if watcher != nil {
+				watcher.Close()
+			}
+		}()
+		s.reloadLoop(ctx, hup, &ws, reload)
 	}()
 	return done
 }
 
+// watchSet is what reloadLoop listens to: a watcher's names and errors
+// (nil channels when nothing is watched) and which names matter. reload
+// may replace it.
+type watchSet struct {
+	names    <-chan string
+	errs     <-chan error
+	relevant func(string) bool
+}
+
 // reloadLoop reloads on hup, and ReloadDebounce after the last relevant
-// name from names ("" means events were lost: anything may have changed).
-func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, names <-chan string, errs <-chan error, relevant func(string) bool, reload func()) {
+// name from ws.names ("" means events were lost: anything may have
+// changed). It reads ws afresh after every reload.
+func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, ws *watchSet, reload func()) {
 	var debounce <-chan time.Time
 	for {
 		select {
@@ -70,15 +95,15 @@ func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, names <-c
 			return
 		case <-hup:
 			reload()
-		case name, ok := <-names:
+		case name, ok := <-ws.names:
 			if !ok {
-				names = nil // the watcher ended (its error comes on errs)
+				ws.names = nil // the watcher ended (its error comes on errs)
 				continue
 			}
-			if name == "" || relevant(name) {
+			if name == "" || ws.relevant(name) {
 				debounce = time.After(ReloadDebounce)
 			}
-		case err := <-errs:
+		case err := <-ws.errs:
 			s.ReloadFailed("watching the configuration: " + err.Error())
 		case <-debounce:
 			debounce = nil

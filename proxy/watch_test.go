@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
@@ -129,7 +130,7 @@ func TestReloadLoop(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				s.reloadLoop(ctx, hup, names, errs, relevant, func() { reloads.Add(1) })
+				s.reloadLoop(ctx, hup, &watchSet{names: names, errs: errs, relevant: relevant}, func() { reloads.Add(1) })
 			}()
 			for _, n := range tc.names {
 				names <- n
@@ -155,4 +156,66 @@ func TestReloadLoop(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWatchConfigFollowsUsersFile: a reload that names another users_file
+// watches the new file, whose edits then reload, and no longer the old
+// one.
+func TestWatchConfigFollowsUsersFile(t *testing.T) {
+	h, err := policy.HashPassword("s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
+	path := filepath.Join(cfgDir, "egressd.hcl")
+	write := func(name, src string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := func(usersDir string) string {
+		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
+			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
+	}
+	write(filepath.Join(dirA, "users"), "alice:"+h+"\n")
+	write(filepath.Join(dirB, "users"), "alice:"+h+"\n")
+	write(path, config(dirA))
+	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
+	cfg, diags := load()
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	var logBuf syncBuffer
+	s, err := New(cfg, zerolog.New(&logBuf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := s.WatchConfig(ctx, path, load, nil)
+	defer func() { cancel(); <-stopped }()
+	reloads := func() int { return strings.Count(logBuf.String(), `"outcome":"ok"`) }
+	waitReloads := func(want int, after string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for reloads() < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, reloads(), want, logBuf.String())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	write(path, config(dirB))
+	waitReloads(1, "the configuration moved users_file")
+	if l := logBuf.String(); strings.Contains(l, fieldRestart) {
+		t.Errorf("a users_file change is said to need a restart: %s", l)
+	}
+	write(filepath.Join(dirA, "users"), "alice:"+h+"\n# old file\n")
+	time.Sleep(3 * ReloadDebounce)
+	if n := reloads(); n != 1 {
+		t.Errorf("the old users file's edit reloaded (%d reloads, want 1): it is still watched", n)
+	}
+	write(filepath.Join(dirB, "users"), "alice:"+h+"\n# new file\n")
+	waitReloads(2, "an edit of the new users file")
 }
