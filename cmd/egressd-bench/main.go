@@ -181,7 +181,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	o.peers = peerList
 	for _, m := range missing {
-		fmt.Fprintf(stderr, "egressd-bench: --peers all: not installed, not measured: %s\n", m)
+		fmt.Fprintf(stderr, "egressd-bench: --peers all: not measured: %s\n", m)
 	}
 	if o.runs < 1 || o.duration <= 0 || o.tunnels < 1 || fs.NArg() > 0 {
 		fmt.Fprintln(stderr, "egressd-bench: --runs, --duration and --tunnels must be positive; no arguments")

@@ -74,7 +74,7 @@ func TestPeersQuickRun(t *testing.T) {
 	}
 	for _, p := range peerSpecs {
 		if _, err := exec.LookPath(p.name); err != nil {
-			msg := fmt.Sprintf("%s is not installed (Debian: apt-get install %s)", p.name, debianPackages(p.name))
+			msg := notInstalled(p.name)
 			if os.Getenv("CI") == "true" {
 				t.Fatal(msg)
 			}

@@ -118,8 +118,8 @@ func tinyproxyConfig(dir, logs string, listen []string, _ [3]int) ([]string, map
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // parsePeers resolves --peers: a comma-separated list of names, or "all"
-// for every peer whose binary is on PATH; missing lists those "all" left
-// out.
+// for every peer whose binary is on PATH; missing says which "all" left
+// out and how to install them.
 func parsePeers(list string) (out []peerSpec, missing []string, err error) {
 	for _, name := range strings.FieldsFunc(list, func(r rune) bool { return r == ',' || r == ' ' }) {
 		if name == "all" {
@@ -127,7 +127,7 @@ func parsePeers(list string) (out []peerSpec, missing []string, err error) {
 				if _, err := exec.LookPath(p.name); err == nil {
 					out = append(out, p)
 				} else {
-					missing = append(missing, fmt.Sprintf("%s (Debian: apt-get install %s)", p.name, debianPackages(p.name)))
+					missing = append(missing, notInstalled(p.name))
 				}
 			}
 			continue
@@ -165,7 +165,7 @@ func peerNames() string {
 func (b *bench) startPeer(p peerSpec, name string, listen []string) (*child, error) {
 	bin, err := exec.LookPath(p.name)
 	if err != nil {
-		return nil, fmt.Errorf("%s is not installed (Debian: apt-get install %s)", p.name, debianPackages(p.name))
+		return nil, errors.New(notInstalled(p.name))
 	}
 	// The configuration is writable by the bench's user only; what the
 	// peer writes goes to logs/, owned by the account it switches to.
@@ -198,11 +198,13 @@ func (b *bench) startPeer(p peerSpec, name string, listen []string) (*child, err
 	return b.startChild(bin+" "+strings.Join(args, " "), exec.Command(bin, args...), "", listening(listen[0]))
 }
 
-func debianPackages(name string) string {
+// notInstalled says that the peer name is missing and how to install it.
+func notInstalled(name string) string {
+	pkgs := name
 	if name == "nginx" {
-		return "nginx-light libnginx-mod-stream"
+		pkgs = "nginx-light libnginx-mod-stream"
 	}
-	return name
+	return name + " is not installed (Debian: apt-get install " + pkgs + ")"
 }
 
 // peerVersion is the first line the peer prints for its version flag.
