@@ -31,19 +31,20 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	var ws watchSet
 	var watcher *dirWatcher
 	users := s.cfg.UsersFile
+	// watch (re)builds the watch; the new one is in place before the old
+	// one goes, so no edit falls between them.
 	watch := func() {
-		if watcher != nil {
-			watcher.Close()
-			watcher = nil
-		}
 		cw := newConfigWatch(path, users)
-		ws = watchSet{relevant: cw.relevant}
 		w, err := watchDirs(cw.dirs)
 		if err != nil {
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		}
+		if watcher != nil {
+			watcher.Close()
+		}
+		watcher, ws = w, watchSet{relevant: cw.relevant}
 		if w != nil {
-			watcher, ws.names, ws.errs = w, w.Names(), w.Errors()
+			ws.names, ws.errs = w.Names(), w.Errors()
 		}
 	}
 	if path != "" {

@@ -159,8 +159,8 @@ func TestReloadLoop(t *testing.T) {
 }
 
 // TestWatchConfigFollowsUsersFile: a reload that names another users_file
-// watches the new file, whose edits then reload, and no longer the old
-// one.
+// applies its users and watches the new file, whose edits then reload,
+// and no longer the old one.
 func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	h, err := policy.HashPassword("s3cret")
 	if err != nil {
@@ -178,8 +178,12 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
 			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
 	}
+	hB, err := policy.HashPassword("n3w")
+	if err != nil {
+		t.Fatal(err)
+	}
 	write(filepath.Join(dirA, "users"), "alice:"+h+"\n")
-	write(filepath.Join(dirB, "users"), "alice:"+h+"\n")
+	write(filepath.Join(dirB, "users"), "alice:"+hB+"\n")
 	write(path, config(dirA))
 	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
 	cfg, diags := load()
@@ -211,11 +215,14 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	if l := logBuf.String(); strings.Contains(l, fieldRestart) {
 		t.Errorf("a users_file change is said to need a restart: %s", l)
 	}
+	if p := s.policy(); !p.Authenticate("alice", "n3w") || p.Authenticate("alice", "s3cret") {
+		t.Errorf("after the reload alice's password is not the new users file's")
+	}
 	write(filepath.Join(dirA, "users"), "alice:"+h+"\n# old file\n")
 	time.Sleep(3 * ReloadDebounce)
 	if n := reloads(); n != 1 {
 		t.Errorf("the old users file's edit reloaded (%d reloads, want 1): it is still watched", n)
 	}
-	write(filepath.Join(dirB, "users"), "alice:"+h+"\n# new file\n")
+	write(filepath.Join(dirB, "users"), "alice:"+hB+"\n# new file\n")
 	waitReloads(2, "an edit of the new users file")
 }
