@@ -1281,13 +1281,22 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 		if base == 0 {
 			return fmt.Errorf("conn/s at concurrency %d: the table has rows for 16 and 64", conc)
 		}
+		// CPU and thread switches are figures at concurrency 64 only: the
+		// switch counter's sampling costs CPU of its own, taken from the
+		// workers, so it runs only when its count is kept, and then during
+		// the direct run as well (sampling the idle relay), so that both
+		// rates pay for it.
+		var load *switchCounter
+		if conc == 64 {
+			load = startSwitchCounter(pid)
+		}
 		dst, err := b.connRate(direct, conc, d)
+		if load != nil {
+			load.finish()
+		}
 		if err != nil {
 			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
 		}
-		// CPU and thread switches are figures at concurrency 64 only: the
-		// switch counter's sampling costs CPU of its own, so it runs only
-		// when its count is kept.
 		var cpu0 float64
 		var switches *switchCounter
 		if conc == 64 {
