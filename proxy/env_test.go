@@ -48,7 +48,7 @@ type testCA struct {
 	pemPath string // the CA certificate as a PEM file, for curl --cacert
 }
 
-func newTestCA(t *testing.T) *testCA {
+func newTestCA(t testing.TB) *testCA {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -94,7 +94,7 @@ func newTestCA(t *testing.T) *testCA {
 }
 
 // listen opens a loopback listener on a port the kernel picks.
-func listen(t *testing.T) net.Listener {
+func listen(t testing.TB) net.Listener {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -107,7 +107,7 @@ func listen(t *testing.T) net.Listener {
 func port(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
 // startTLSUpstream serves HTTPS answering "hello <sni>" on every path.
-func startTLSUpstream(t *testing.T, ca *testCA) int {
+func startTLSUpstream(t testing.TB, ca *testCA) int {
 	ln := listen(t)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -123,7 +123,7 @@ func startTLSUpstream(t *testing.T, ca *testCA) int {
 }
 
 // startHTTPUpstream serves plain HTTP answering "plain <host>".
-func startHTTPUpstream(t *testing.T) int {
+func startHTTPUpstream(t testing.TB) int {
 	ln := listen(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "plain %s", r.Host)
@@ -134,7 +134,7 @@ func startHTTPUpstream(t *testing.T) int {
 }
 
 // startEcho echoes every byte back and half-closes when the client does.
-func startEcho(t *testing.T) int {
+func startEcho(t testing.TB) int {
 	ln := listen(t)
 	go func() {
 		for {
@@ -154,7 +154,7 @@ func startEcho(t *testing.T) int {
 
 // startDNS answers A queries for testNames with 127.0.0.1, AAAA with
 // nothing, and everything else with NXDOMAIN.
-func startDNS(t *testing.T) string {
+func startDNS(t testing.TB) string {
 	t.Helper()
 	known := map[string]bool{}
 	for _, n := range testNames {
@@ -221,7 +221,7 @@ type env struct {
 	srv       *Server
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	e := &env{ca: newTestCA(t), dnsAddr: startDNS(t), log: &syncBuffer{}}
 	e.tlsPort = startTLSUpstream(t, e.ca)
@@ -232,14 +232,14 @@ func newEnv(t *testing.T) *env {
 
 // start runs egressd with the given HCL, after replacing TLS_PORT,
 // HTTP_PORT, ECHO_PORT and DNS_ADDR in it; e.log is its decision log.
-func (e *env) start(t *testing.T, hclSrc string) {
+func (e *env) start(t testing.TB, hclSrc string) {
 	t.Helper()
 	e.log = &syncBuffer{}
 	e.startLogger(t, hclSrc, zerolog.New(e.log).With().Timestamp().Logger())
 }
 
 // startLogger is start with the decision log going to logger.
-func (e *env) startLogger(t *testing.T, hclSrc string, logger zerolog.Logger) {
+func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
 	t.Helper()
 	src := strings.NewReplacer(
 		"TLS_PORT", fmt.Sprint(e.tlsPort),
@@ -272,7 +272,7 @@ func (e *env) startLogger(t *testing.T, hclSrc string, logger zerolog.Logger) {
 // regression must not send packets off the machine to find out. It wraps
 // srv.DialContext and checks after srv's shutdown (cleanups run last
 // first).
-func guardLoopbackDials(t *testing.T, srv *Server) {
+func guardLoopbackDials(t testing.TB, srv *Server) {
 	t.Helper()
 	var mu sync.Mutex
 	var offLoopback []string
@@ -407,7 +407,7 @@ func connOf(rw any) *net.TCPConn { return rw.(*net.TCPConn) }
 
 // serveTestDNS serves h over UDP at addr ("127.0.0.1:0": a free loopback
 // port) until the test ends, and returns the address it listens on.
-func serveTestDNS(t *testing.T, addr string, h dns.HandlerFunc) string {
+func serveTestDNS(t testing.TB, addr string, h dns.HandlerFunc) string {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", addr)
 	if err != nil {

@@ -1023,15 +1023,30 @@ func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB 
 	return float64(total.Load()) / 1e6 / el, cpuPerGB, nil
 }
 
-// connStats is one connRate measurement.
+// connStats is one side of a connection-rate measurement.
 type connStats struct {
 	cps, p50, p99 float64 // connections per second; latency in ms
 	done, failed  int64   // connections completed and failed
 }
 
+// connTurns accumulates a connection-rate measurement over its turns.
+type connTurns struct {
+	lat      []time.Duration
+	failed   int64
+	elapsed  time.Duration
+	firstErr error
+}
+
 // connRate runs conc workers, each looping connect (+ CONNECT) -> TLS
 // handshake -> ping/pong -> close for d.
 func (b *bench) connRate(p path, conc int, d time.Duration) (connStats, error) {
+	var acc connTurns
+	b.connTurn(p, conc, d, &acc)
+	return acc.stats()
+}
+
+// connTurn is one turn of conc workers for d, added to acc.
+func (b *bench) connTurn(p path, conc int, d time.Duration, acc *connTurns) {
 	conf := &tls.Config{ServerName: benchHost, RootCAs: b.pool}
 	var wg sync.WaitGroup
 	lat := make([][]time.Duration, conc)
@@ -1062,22 +1077,90 @@ func (b *bench) connRate(p path, conc int, d time.Duration) (connStats, error) {
 		}()
 	}
 	wg.Wait()
-	el := time.Since(t0).Seconds()
-	var all []time.Duration
+	acc.elapsed += time.Since(t0)
 	for _, l := range lat {
-		all = append(all, l...)
+		acc.lat = append(acc.lat, l...)
 	}
-	st := connStats{done: int64(len(all)), failed: fails.Load()}
+	acc.failed += fails.Load()
+	if e, ok := firstErr.Load().(error); ok && acc.firstErr == nil {
+		acc.firstErr = e
+	}
+}
+
+// stats is the rate over all turns, and the latency percentiles of all
+// their connections.
+func (acc *connTurns) stats() (connStats, error) {
+	all := acc.lat
+	st := connStats{done: int64(len(all)), failed: acc.failed}
 	if len(all) == 0 {
-		e, _ := firstErr.Load().(error)
-		return st, fmt.Errorf("no connection completed: %v", e)
+		return st, fmt.Errorf("no connection completed: %v", acc.firstErr)
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	slices.Sort(all)
 	q := func(f float64) float64 {
 		return float64(all[min(len(all)-1, int(f*float64(len(all))))]) / 1e6
 	}
-	st.cps, st.p50, st.p99 = float64(len(all))/el, q(0.50), q(0.99)
+	st.cps, st.p50, st.p99 = float64(len(all))/acc.elapsed.Seconds(), q(0.50), q(0.99)
 	return st, nil
+}
+
+// connTurnsEach is how many turns direct and the relay each take in one
+// connection-rate measurement: direct, relay, relay, direct, ... (each
+// side first in every other pair), d/connTurnsEach each. This machine's
+// rates drift by ±10 % within seconds; measured in one block each, the
+// two sides would see different machines, and their ratio would carry
+// the drift.
+const connTurnsEach = 4
+
+// isViaTurn reports whether turn i of a connPair is the relay's: direct,
+// via, via, direct, direct, via, via, direct, ... so that a steady drift
+// favours neither side.
+func isViaTurn(i int) bool { return (i+i/2)%2 == 1 }
+
+// connPair is a connection-rate measurement at concurrency conc of direct
+// and of via, in alternating turns, with the relay's CPU seconds over its
+// turns and, when counted, its thread switches. The switch sampler then
+// runs during direct's turns too, so that both rates pay for its CPU.
+type connPair struct {
+	direct, via     connStats
+	cpu, switches   float64
+	switchesAtLeast bool // a thread exited between samples (see switchCounter.finish)
+}
+
+// measureConns measures a connPair; pid is the relay's process.
+func (b *bench) measureConns(direct, via path, conc int, d time.Duration, pid int, counted bool) (connPair, error) {
+	var res connPair
+	var dAcc, vAcc connTurns
+	turn := d / connTurnsEach
+	for i := range 2 * connTurnsEach {
+		viaTurn := isViaTurn(i)
+		var sampler *switchCounter
+		if counted {
+			sampler = startSwitchCounter(pid)
+		}
+		if viaTurn {
+			cpu0 := b.cpuSeconds(pid)
+			b.connTurn(via, conc, turn, &vAcc)
+			res.cpu += b.cpuSeconds(pid) - cpu0
+		} else {
+			b.connTurn(direct, conc, turn, &dAcc)
+		}
+		if sampler == nil {
+			continue
+		}
+		n, lower := sampler.finish()
+		if viaTurn {
+			res.switches += n
+			res.switchesAtLeast = res.switchesAtLeast || lower
+		}
+	}
+	var err error
+	if res.direct, err = dAcc.stats(); err != nil {
+		return res, fmt.Errorf("direct: %v", err)
+	}
+	if res.via, err = vAcc.stats(); err != nil {
+		return res, fmt.Errorf("via the relay: %v", err)
+	}
+	return res, nil
 }
 
 // perConn is a counter's growth (after - before) per connection st
@@ -1283,37 +1366,17 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 		}
 		// CPU and thread switches are figures at concurrency 64 only: the
 		// switch counter's sampling costs CPU of its own, taken from the
-		// workers, so it runs only when its count is kept, and then during
-		// the direct run as well (sampling the idle relay), so that both
-		// rates pay for it.
-		var load *switchCounter
-		if conc == 64 {
-			load = startSwitchCounter(pid)
-		}
-		dst, err := b.connRate(direct, conc, d)
-		if load != nil {
-			load.finish()
-		}
+		// workers, so it runs only when its count is kept.
+		m, err := b.measureConns(direct, via, conc, d, pid, conc == 64)
 		if err != nil {
-			return fmt.Errorf("conn/s direct c=%d: %v", conc, err)
+			return fmt.Errorf("conn/s c=%d: %v", conc, err)
 		}
-		var cpu0 float64
-		var switches *switchCounter
 		if conc == 64 {
-			cpu0, switches = b.cpuSeconds(pid), startSwitchCounter(pid)
+			add(rows[rowCPUConn], 0, perConn(0, m.cpu, m.via)*1e6, 0)
+			add(rows[rowCSConn], 0, perConn(0, m.switches, m.via), 0)
+			rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || m.switchesAtLeast
 		}
-		vst, err := b.connRate(via, conc, d)
-		if switches != nil {
-			cs, lower := switches.finish()
-			if err == nil {
-				add(rows[rowCPUConn], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
-				add(rows[rowCSConn], 0, perConn(0, cs, vst), 0)
-				rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || lower
-			}
-		}
-		if err != nil {
-			return fmt.Errorf("conn/s via the relay c=%d: %v", conc, err)
-		}
+		dst, vst := m.direct, m.via
 		add(rows[base], dst.cps, vst.cps, vst.cps/dst.cps)
 		add(rows[base+1], dst.p50, vst.p50, vst.p50/dst.p50)
 		add(rows[base+2], dst.p99, vst.p99, vst.p99/dst.p99)
@@ -1432,7 +1495,7 @@ func (b *bench) fmtVals(format string, v []float64, scale float64) string {
 
 func (b *bench) render(rows []*row) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "egressd-bench: %d run(s) of %v per measurement, %d idle tunnels; median (min–max)\n\n", b.opt.runs, b.opt.duration, b.opt.tunnels)
+	fmt.Fprintf(&s, "egressd-bench: %d run(s) of %v per measurement (conn/s: direct and via in %d alternating turns each), %d idle tunnels; median (min–max)\n\n", b.opt.runs, b.opt.duration, connTurnsEach, b.opt.tunnels)
 	s.WriteString("| mode | measurement | direct | via egressd | egressd vs direct | target | met |\n")
 	s.WriteString("|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {

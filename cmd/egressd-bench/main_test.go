@@ -236,3 +236,24 @@ func TestEgressdEnv(t *testing.T) {
 		t.Errorf("the bench's own environment is not passed on: %q", env)
 	}
 }
+
+// TestTurnOrder: direct and the relay take connTurnsEach turns each, in
+// pairs that alternate which side goes first.
+func TestTurnOrder(t *testing.T) {
+	var got strings.Builder
+	via := 0
+	for i := range 2 * connTurnsEach {
+		if isViaTurn(i) {
+			got.WriteByte('V')
+			via++
+		} else {
+			got.WriteByte('D')
+		}
+	}
+	if want := "DVVDDVVD"; got.String() != want {
+		t.Errorf("turns %s, want %s", got.String(), want)
+	}
+	if via != connTurnsEach {
+		t.Errorf("%d turns via the relay, want %d", via, connTurnsEach)
+	}
+}

@@ -142,17 +142,12 @@ func (b *bench) measureReference(rows []*row, direct path) error {
 		add(rows[rowRefCPU8], 0, cpu, 0)
 	}
 	if b.opt.measures("conn") {
-		dst, err := b.connRate(direct, 64, d)
+		m, err := b.measureConns(direct, via, 64, d, pid, false)
 		if err != nil {
-			return fmt.Errorf("conn/s direct (reference): %v", err)
+			return fmt.Errorf("conn/s (reference): %v", err)
 		}
-		cpu0 := b.cpuSeconds(pid)
-		vst, err := b.connRate(via, 64, d)
-		if err != nil {
-			return fmt.Errorf("conn/s via the reference relay: %v", err)
-		}
-		add(rows[rowRefCPS], dst.cps, vst.cps, vst.cps/dst.cps)
-		add(rows[rowRefCPU], 0, perConn(cpu0, b.cpuSeconds(pid), vst)*1e6, 0)
+		add(rows[rowRefCPS], m.direct.cps, m.via.cps, m.via.cps/m.direct.cps)
+		add(rows[rowRefCPU], 0, perConn(0, m.cpu, m.via)*1e6, 0)
 	}
 	return nil
 }
