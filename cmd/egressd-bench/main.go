@@ -1313,18 +1313,7 @@ func (b *bench) connectRun(s *connectSeries, r int) error {
 	via := b.loopPath(benchHost, proxyAddr, true)
 	b.dialed.Store(0)
 	b.tunnels.Store(0)
-	// Warm-up: the resolver cache, the first goroutines.
-	if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-		return fmt.Errorf("warm-up through egressd: %v\n%s", err, e.out.String())
-	}
-	if o.measures("rss") {
-		rss, err := b.idleRSS(via, o.tunnels, e.pid)
-		if err != nil {
-			return fmt.Errorf("idle tunnels: %v", err)
-		}
-		rows[rowRSS].via = append(rows[rowRSS].via, rss)
-	}
-	if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
+	if err := b.relayFigures(rows, direct, via, e.child, "egressd", true, 16, 64); err != nil {
 		return err
 	}
 	if err := b.measureReference(rows, direct); err != nil {
@@ -1340,6 +1329,26 @@ func (b *bench) connectRun(s *connectSeries, r int) error {
 // measure runs the bulk figures and the conn/s figures at the given
 // concurrencies (16 and/or 64) once, each direct then via the relay whose
 // process is pid.
+// relayFigures warms the relay up (its resolver cache, its first
+// goroutines), then measures its RSS per idle tunnel (with idle, when
+// --only asks for it) and the figures of measure.
+func (b *bench) relayFigures(rows []*row, direct, via path, relay *child, name string, idle bool, concs ...int) error {
+	if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
+		return fmt.Errorf("warm-up through %s: %v\n%s", name, err, relay.out.String())
+	}
+	if idle && b.opt.measures("rss") {
+		rss, err := b.idleRSS(via, b.opt.tunnels, relay.pid)
+		if err != nil {
+			return fmt.Errorf("idle tunnels through %s: %v", name, err)
+		}
+		rows[rowRSS].via = append(rows[rowRSS].via, rss)
+	}
+	if err := b.measure(rows, direct, via, relay.pid, concs...); err != nil {
+		return fmt.Errorf("%s: %v", name, err)
+	}
+	return nil
+}
+
 func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) error {
 	d := b.opt.duration
 	if b.opt.measures("bulk") {

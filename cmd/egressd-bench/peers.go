@@ -11,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Peers are the relays egressd's users would run instead, measured with
@@ -46,7 +45,7 @@ var peerSpecs = []peerSpec{
 	{name: "haproxy", config: haproxyConfig},
 	{name: "nginx", config: nginxConfig}, // the master (root) opens the logs
 	{name: "squid", connect: true, user: "proxy", config: squidConfig},
-	{name: "tinyproxy", connect: true, user: "nobody", config: tinyproxyConfig},
+	{name: "tinyproxy", connect: true, user: tinyproxyUser, config: tinyproxyConfig},
 }
 
 // haproxyConfig: TCP mode, one frontend per upstream that waits for the
@@ -101,13 +100,18 @@ func squidConfig(dir, logs string, listen []string, _ [3]int) ([]string, map[str
 	return []string{"-N", "-f", conf}, map[string]string{conf: s.String()}
 }
 
+// tinyproxyUser and tinyproxyGroup are the account tinyproxy switches to
+// when started as root (Debian's; the peer's logs directory is given to
+// the user).
+const tinyproxyUser, tinyproxyGroup = "nobody", "nogroup"
+
 // tinyproxyConfig: a CONNECT proxy logging each connection, in the
 // foreground (-d).
 func tinyproxyConfig(dir, logs string, listen []string, _ [3]int) ([]string, map[string]string) {
 	host, port, _ := net.SplitHostPort(listen[0])
 	var s strings.Builder
 	if os.Geteuid() == 0 {
-		s.WriteString("User nobody\nGroup nogroup\n")
+		fmt.Fprintf(&s, "User %s\nGroup %s\n", tinyproxyUser, tinyproxyGroup)
 	}
 	fmt.Fprintf(&s, "Port %s\nListen %s\nTimeout 600\nMaxClients %d\nAllow 127.0.0.1\nLogLevel Connect\nDisableViaHeader Yes\n", port, host, maxPeerConns)
 	fmt.Fprintf(&s, "LogFile %q\n", filepath.Join(logs, "tinyproxy.log"))
@@ -258,19 +262,8 @@ func (b *bench) peerRun(pr *peerResult, r int) error {
 	if !pr.spec.connect {
 		via = path{bulk: listen[0], tls: listen[1], idle: listen[2]}
 	}
-	pid := pp.pid
-	if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-		return fmt.Errorf("warm-up through %s: %v\n%s", pr.spec.name, err, pp.out.String())
-	}
-	if b.opt.measures("rss") {
-		rss, err := b.idleRSS(via, b.opt.tunnels, pid)
-		if err != nil {
-			return fmt.Errorf("idle tunnels through %s: %v", pr.spec.name, err)
-		}
-		pr.rows[rowRSS].via = append(pr.rows[rowRSS].via, rss)
-	}
-	if err := b.measure(pr.rows, direct, via, pid, 64); err != nil {
-		return fmt.Errorf("%s: %v", pr.spec.name, err)
+	if err := b.relayFigures(pr.rows, direct, via, pp, pr.spec.name, true, 64); err != nil {
+		return err
 	}
 	select {
 	case <-pp.exited:

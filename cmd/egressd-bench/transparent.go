@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 )
 
 // The transparent part's addresses: 10.78.0.0/16 (the proxy tests use
@@ -120,10 +119,7 @@ func (b *bench) transparentRuns() []*row {
 		}
 		b.dialed.Store(0)
 		b.tunnels.Store(0)
-		if _, err := b.connRate(via, 4, 100*time.Millisecond); err != nil {
-			return failRows(rows, fmt.Errorf("warm-up through the gateway: %v\n%s", err, e.out.String()))
-		}
-		if err := b.measure(rows, direct, via, e.pid, 16, 64); err != nil {
+		if err := b.relayFigures(rows, direct, via, e.child, "the gateway", false, 16, 64); err != nil {
 			return failRows(rows, err)
 		}
 		d, c := settle(e.logPath, b.tunnels.Load())
