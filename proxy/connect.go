@@ -62,24 +62,19 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		writeStatus(client, req, http.StatusServiceUnavailable, c)
 		return
 	}
-	if !s.track(client) {
+	tr := s.track(client)
+	if tr == nil {
 		sl.free()
 		return // shutting down: close without a 200
 	}
 	end := func() {
-		client.Close()
-		s.untrack(client)
+		s.untrack(tr)
 		sl.free()
 	}
-	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+	handed = true
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil || !s.tunnel(c, client, t, &r, tr, end) {
+		client.Close()
 		end()
-		handed = true
-		return
-	}
-	handed = s.tunnel(c, client, t, &r, end)
-	if !handed {
-		end()
-		handed = true
 	}
 }
 
@@ -88,12 +83,13 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 // transparent connection (r.Transparent) an allow is followed by
 // destination verification, which may refuse or re-point the dial.
 //
-// When the tunnel is relaying, tunnel hands it to two fresh goroutines and
-// returns true at once: the goroutine that read the hello (with its grown
-// stack and, for CONNECT, net/http's buffers) ends, so an idle tunnel
-// costs only the relay. end then runs when the relay is over; when tunnel
-// returns false (refused, failed) the caller runs end itself.
-func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, end func()) bool {
+// When the tunnel is relaying, tunnel hands it to the relay and returns
+// true at once: the goroutine that read the hello (with its grown stack
+// and, for CONNECT, net/http's buffers) ends, so an idle tunnel costs only
+// the relay. The relay closes client, and end then runs; when tunnel
+// returns false (refused, failed) the caller closes client and runs end
+// itself. tr is client's entry in s.tunnels.
+func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, tr *tracked, end func()) bool {
 	var f firstBytes
 	defer f.release()
 	helloStart := time.Now()
@@ -134,12 +130,11 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, e
 	// A CONNECT client's bytes buffered with its request were all read
 	// with the hello: relay on the socket itself (splice).
 	abort := startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, func(upBytes, down int64) {
-		up.Close()
 		s.metrics.relaying(c.mode, -1)
 		s.logClose(c, sent+upBytes, down)
 		end()
 	})
-	s.relaying(client, abort)
+	s.relaying(tr, abort)
 	return true
 }
 

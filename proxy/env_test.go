@@ -219,6 +219,8 @@ type env struct {
 	proxyAddr string
 	log       *syncBuffer
 	srv       *Server
+	// wrapListener, when set before start, wraps egressd's listener.
+	wrapListener func(net.Listener) net.Listener
 }
 
 func newEnv(t testing.TB) *env {
@@ -257,6 +259,9 @@ func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
 	}
 	guardLoopbackDials(t, srv)
 	ln := listen(t)
+	if e.wrapListener != nil {
+		ln = e.wrapListener(ln)
+	}
 	go srv.Serve(ln)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -33,8 +33,9 @@ type tunnelState struct {
 // directions have ended or the tunnel has been idle for idle; a direction
 // that ends with EOF half-closes its destination so the peer sees it, an
 // error tears down both. It returns at once, with a function that aborts
-// the tunnel; done runs once, when the relay is over, with the bytes moved
-// each way.
+// the tunnel. When the relay is over it closes both connections and runs
+// done once, with the bytes moved each way; done need not keep either
+// connection (an idle tunnel in the epoll relay keeps neither).
 //
 // Two *net.TCPConn go to the epoll relay (relay_linux.go), which holds no
 // goroutine while the tunnel is quiet; anything else (another OS, a
@@ -43,7 +44,11 @@ func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, dow
 	if abort := epollRelayStart(client, upstream, idle, done); abort != nil {
 		return abort
 	}
-	ts := &tunnelState{done: done}
+	ts := &tunnelState{done: func(up, down int64) {
+		_ = client.Close()
+		_ = upstream.Close()
+		done(up, down)
+	}}
 	ts.last.Store(time.Now().UnixNano())
 	ts.left.Store(2)
 	go ts.run(upstream, client, idle, &ts.up)

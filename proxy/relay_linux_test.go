@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -11,9 +12,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+	"weak"
 )
 
 // relayed is a tunnel through startRelay: work is the workload's end,
@@ -380,4 +383,96 @@ func epollInodes(t *testing.T) map[uint64]bool {
 		}
 	}
 	return inos
+}
+
+// recordingListener keeps a weak pointer to every connection it accepts.
+type recordingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []weak.Pointer[net.TCPConn]
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		l.mu.Lock()
+		l.conns = append(l.conns, weak.Make(tc))
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// TestIdleTunnelKeepsNoConns: once the epoll relay has taken a tunnel's
+// sockets over, nothing in egressd keeps either *net.TCPConn (the
+// accepted client, the dialed upstream) or what hangs off it (poll and
+// netFD state, addresses): an idle tunnel costs only the relay's state.
+func TestIdleTunnelKeepsNoConns(t *testing.T) {
+	e := newEnv(t)
+	rl := &recordingListener{}
+	e.wrapListener = func(ln net.Listener) net.Listener { rl.Listener = ln; return rl }
+	e.start(t, baseConfig)
+	var dialed []weak.Pointer[net.TCPConn]
+	var mu sync.Mutex
+	next := e.srv.DialContext
+	e.srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := next(ctx, network, addr)
+		if tc, ok := c.(*net.TCPConn); ok {
+			mu.Lock()
+			dialed = append(dialed, weak.Make(tc))
+			mu.Unlock()
+		}
+		return c, err
+	}
+	before := relayTunnels.Load()
+	const n = 3
+	for range n {
+		c, br, resp := e.connect(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+		if resp.StatusCode != 200 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		c.Write([]byte("x"))
+		if b, err := br.ReadByte(); err != nil || b != 'x' {
+			t.Fatalf("echo: %q %v", b, err)
+		}
+	}
+	if got := relayTunnels.Load() - before; got != n {
+		t.Fatalf("the epoll relay took %d tunnels, want %d", got, n)
+	}
+	live := func() (clients, ups int) {
+		runtime.GC()
+		rl.mu.Lock()
+		defer rl.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, w := range rl.conns {
+			if w.Value() != nil {
+				clients++
+			}
+		}
+		for _, w := range dialed {
+			if w.Value() != nil {
+				ups++
+			}
+		}
+		return clients, ups
+	}
+	rl.mu.Lock()
+	mu.Lock()
+	accepted, dials := len(rl.conns), len(dialed)
+	mu.Unlock()
+	rl.mu.Unlock()
+	if accepted != n || dials != n {
+		t.Fatalf("recorded %d accepted and %d dialed conns, want %d each", accepted, dials, n)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		clients, ups := live()
+		if clients == 0 && ups == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d idle tunnels still keep %d client and %d upstream *net.TCPConn", n, clients, ups)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

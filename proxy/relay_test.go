@@ -117,14 +117,15 @@ func tcpPair(t testing.TB) (a, b *net.TCPConn) {
 // client socket, which leaves the epoll set without an event) is aborted
 // by relaying, not left to its idle timeout.
 func TestRelayingAfterForcedShutdown(t *testing.T) {
-	s := &Server{tunnels: map[net.Conn]func(){}}
+	s := &Server{tunnels: map[*tracked]struct{}{}}
 	_, client := tcpPair(t)
 	up, _ := tcpPair(t)
-	if !s.track(client) {
+	tr := s.track(client)
+	if tr == nil {
 		t.Fatal("track refused before Shutdown")
 	}
 	done := make(chan struct{})
-	abort := startRelay(client, up, time.Minute, func(int64, int64) { up.Close(); s.untrack(client); close(done) })
+	abort := startRelay(client, up, time.Minute, func(int64, int64) { s.untrack(tr); close(done) })
 	time.Sleep(50 * time.Millisecond) // the relay's first step found nothing to move: idle
 	// Shutdown's grace runs out now, between startRelay and relaying: it
 	// finds no abort and closes the client socket.
@@ -132,7 +133,7 @@ func TestRelayingAfterForcedShutdown(t *testing.T) {
 	s.closing, s.forcing = true, true
 	s.mu.Unlock()
 	client.Close()
-	s.relaying(client, abort)
+	s.relaying(tr, abort)
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):

@@ -72,9 +72,9 @@ type Server struct {
 	limits *limiter
 
 	mu      sync.Mutex
-	closing bool                // set by Shutdown; no tunnel starts after it
-	forcing bool                // set by Shutdown when the grace ran out: a tunnel that starts relaying is aborted at once
-	tunnels map[net.Conn]func() // open tunnels' client connections → abort (nil: close it)
+	closing bool                  // set by Shutdown; no tunnel starts after it
+	forcing bool                  // set by Shutdown when the grace ran out: a tunnel that starts relaying is aborted at once
+	tunnels map[*tracked]struct{} // open tunnels
 	wg      sync.WaitGroup
 	// listeners are the transparent (and DNS TCP) listeners, closed by
 	// Shutdown; selfAddrs are their addresses, parsed once for isSelf.
@@ -103,7 +103,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		log:         logger,
 		resolver:    res,
 		DialContext: d.DialContext,
-		tunnels:     make(map[net.Conn]func()),
+		tunnels:     make(map[*tracked]struct{}),
 		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
 		metrics:     newMetrics(res),
 		authSalt:    randomSalt(),
@@ -272,11 +272,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		_ = s.httpSrv.Close()
 		s.mu.Lock()
 		s.forcing = true
-		for c, abort := range s.tunnels {
-			if abort != nil {
-				abort() // a relaying tunnel: its relay closes both sides
+		for t := range s.tunnels {
+			if t.abort != nil {
+				t.abort() // a relaying tunnel: its relay closes both sides
 			} else {
-				_ = c.Close()
+				_ = t.client.Close()
 			}
 		}
 		s.mu.Unlock()
@@ -295,16 +295,26 @@ func (s *Server) isClosing() bool {
 	return s.closing
 }
 
-// track registers an open tunnel; it reports false once Shutdown began.
-func (s *Server) track(c net.Conn) bool {
+// tracked is an open tunnel as Shutdown sees it. Until its relay starts,
+// closing client ends it; from then on abort does, and client is dropped:
+// the epoll relay took its socket over, and an idle tunnel keeps no net
+// objects.
+type tracked struct {
+	client net.Conn
+	abort  func()
+}
+
+// track registers an open tunnel; it returns nil once Shutdown began.
+func (s *Server) track(c net.Conn) *tracked {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
-		return false
+		return nil
 	}
 	s.wg.Add(1)
-	s.tunnels[c] = nil
-	return true
+	t := &tracked{client: c}
+	s.tunnels[t] = struct{}{}
+	return t
 }
 
 // relaying records how Shutdown aborts a tracked tunnel that is relaying.
@@ -312,22 +322,22 @@ func (s *Server) track(c net.Conn) bool {
 // here: Shutdown closed its client socket, which took it out of the
 // relay's epoll set without an event, so only abort ends it before the
 // idle timeout.
-func (s *Server) relaying(c net.Conn, abort func()) {
+func (s *Server) relaying(t *tracked, abort func()) {
 	s.mu.Lock()
-	_, tracked := s.tunnels[c]
-	if tracked {
-		s.tunnels[c] = abort
+	_, open := s.tunnels[t]
+	if open {
+		t.client, t.abort = nil, abort
 	}
 	forcing := s.forcing
 	s.mu.Unlock()
-	if tracked && forcing {
+	if open && forcing {
 		abort()
 	}
 }
 
-func (s *Server) untrack(c net.Conn) {
+func (s *Server) untrack(t *tracked) {
 	s.mu.Lock()
-	delete(s.tunnels, c)
+	delete(s.tunnels, t)
 	s.mu.Unlock()
 	s.wg.Done()
 }

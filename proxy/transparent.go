@@ -68,11 +68,12 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 			return err
 		}
 		delay = 0
-		if !s.track(client) {
+		tr := s.track(client)
+		if tr == nil {
 			_ = client.Close()
 			return nil
 		}
-		go s.handleTransparent(client, orig)
+		go s.handleTransparent(client, tr, orig)
 	}
 }
 
@@ -99,14 +100,14 @@ func localDst(c net.Conn) (netip.AddrPort, error) {
 
 // handleTransparent runs one transparent connection: original destination,
 // then the same hello, decision, dial and relay as a CONNECT tunnel.
-// It owns client, which ServeTransparent tracked: it closes and untracks it
-// when done, or hands that to the relay.
-func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.AddrPort, error)) {
+// It owns client, which ServeTransparent tracked as tr: it closes and
+// untracks it when done, or hands that to the relay.
+func (s *Server) handleTransparent(client net.Conn, tr *tracked, orig func(net.Conn) (netip.AddrPort, error)) {
 	handed := false
 	defer func() {
 		if !handed {
 			client.Close()
-			s.untrack(client)
+			s.untrack(tr)
 		}
 	}()
 	c := s.newConn(ModeTransparent, client.RemoteAddr().String())
@@ -142,9 +143,8 @@ func (s *Server) handleTransparent(client net.Conn, orig func(net.Conn) (netip.A
 	}
 	t := Target{Addr: a, Port: dst.Port()}
 	r := policy.Request{Addr: a, Port: t.Port, Transparent: true, Client: c.client.Addr()}
-	handed = s.tunnel(c, client, t, &r, func() {
-		client.Close()
-		s.untrack(client)
+	handed = s.tunnel(c, client, t, &r, tr, func() {
+		s.untrack(tr)
 		sl.free()
 	})
 }
