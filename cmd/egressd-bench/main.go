@@ -1163,10 +1163,10 @@ func (b *bench) measureConns(direct, via path, conc int, d time.Duration, pid in
 	return res, nil
 }
 
-// perConn is a counter's growth (after - before) per connection st
-// handled, completed or failed: all of them cost the relay.
-func perConn(before, after float64, st connStats) float64 {
-	return (after - before) / float64(st.done+st.failed)
+// perConn is a counter's growth n per connection st handled, completed
+// or failed: all of them cost the relay.
+func perConn(n float64, st connStats) float64 {
+	return n / float64(st.done+st.failed)
 }
 
 func (b *bench) pingOnce(p path, conf *tls.Config) error {
@@ -1326,9 +1326,6 @@ func (b *bench) connectRun(s *connectSeries, r int) error {
 	return nil
 }
 
-// measure runs the bulk figures and the conn/s figures at the given
-// concurrencies (16 and/or 64) once, each direct then via the relay whose
-// process is pid.
 // relayFigures warms the relay up (its resolver cache, its first
 // goroutines), then measures its RSS per idle tunnel (with idle, when
 // --only asks for it) and the figures of measure.
@@ -1349,6 +1346,9 @@ func (b *bench) relayFigures(rows []*row, direct, via path, relay *child, name s
 	return nil
 }
 
+// measure runs the bulk figures (direct, then via the relay whose process
+// is pid) and the conn/s figures at the given concurrencies (16 and/or 64;
+// direct and via in alternating turns, measureConns) once.
 func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) error {
 	d := b.opt.duration
 	if b.opt.measures("bulk") {
@@ -1381,8 +1381,8 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 			return fmt.Errorf("conn/s c=%d: %v", conc, err)
 		}
 		if conc == 64 {
-			add(rows[rowCPUConn], 0, perConn(0, m.cpu, m.via)*1e6, 0)
-			add(rows[rowCSConn], 0, perConn(0, m.switches, m.via), 0)
+			add(rows[rowCPUConn], 0, perConn(m.cpu, m.via)*1e6, 0)
+			add(rows[rowCSConn], 0, perConn(m.switches, m.via), 0)
 			rows[rowCSConn].lowerBound = rows[rowCSConn].lowerBound || m.switchesAtLeast
 		}
 		dst, vst := m.direct, m.via

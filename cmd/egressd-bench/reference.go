@@ -147,7 +147,7 @@ func (b *bench) measureReference(rows []*row, direct path) error {
 			return fmt.Errorf("conn/s (reference): %v", err)
 		}
 		add(rows[rowRefCPS], m.direct.cps, m.via.cps, m.via.cps/m.direct.cps)
-		add(rows[rowRefCPU], 0, perConn(0, m.cpu, m.via)*1e6, 0)
+		add(rows[rowRefCPU], 0, perConn(m.cpu, m.via)*1e6, 0)
 	}
 	return nil
 }
