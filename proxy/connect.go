@@ -113,6 +113,15 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, t
 		s.logDecision(c)
 		return false
 	}
+	return s.dialAndRelay(c, client, &f, t, tr, end)
+}
+
+// dialAndRelay is the end of an allowed tunnel, whose first bytes f were
+// read: dial t, log the decision, send f upstream and hand client and the
+// upstream conn to the relay (see tunnel for client, tr and end). It
+// releases f.
+func (s *Server) dialAndRelay(c *conn, client net.Conn, f *firstBytes, t Target, tr *tracked, end func()) bool {
+	defer f.release()
 	up := s.dial(context.Background(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
@@ -143,19 +152,30 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, t
 // request's destination against the deciding rule. It returns the target
 // to dial and whether to dial it; c.decision says why not.
 func (s *Server) decideHello(c *conn, r *policy.Request, hello *sni.Hello, quic bool, t Target) (Target, bool) {
-	if hello != nil {
-		c.fingerprint(hello, quic)
-		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, hello.ServerName, c.ja3, c.ja4
-	}
-	c.decision = s.policy().Decide(r)
-	if !c.decision.Allow {
+	if !s.decide(c, r, hello, quic) {
 		return t, false
 	}
 	if !r.Transparent {
 		return t, true
 	}
+	return s.verifyDst(c, t, helloName(r))
+}
+
+// decide fingerprints hello (nil: none) into c and r and records the
+// policy's decision on r in c; it reports whether r is allowed.
+func (s *Server) decide(c *conn, r *policy.Request, hello *sni.Hello, quic bool) bool {
+	if hello != nil {
+		c.fingerprint(hello, quic)
+		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, hello.ServerName, c.ja3, c.ja4
+	}
+	c.decision = s.policy().Decide(r)
+	return c.decision.Allow
+}
+
+// helloName is r's SNI as a policy host name ("" when it is none).
+func helloName(r *policy.Request) string {
 	name, _ := policy.NormalizeHost(r.SNI)
-	return s.verifyDst(c, t, name)
+	return name
 }
 
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.

@@ -221,11 +221,19 @@ type env struct {
 	srv       *Server
 	// wrapListener, when set before start, wraps egressd's listener.
 	wrapListener func(net.Listener) net.Listener
+	// noFront, when set before start, serves transparent listeners on the
+	// goroutine path instead of the front loop (front_linux.go).
+	noFront bool
 }
+
+// goroutinePath makes newEnv's servers use the goroutine path for
+// transparent listeners (TestTransparentGoroutinePath sets it while its
+// sequential subtests run).
+var goroutinePath bool
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	e := &env{ca: newTestCA(t), dnsAddr: startDNS(t), log: &syncBuffer{}}
+	e := &env{ca: newTestCA(t), dnsAddr: startDNS(t), log: &syncBuffer{}, noFront: goroutinePath}
 	e.tlsPort = startTLSUpstream(t, e.ca)
 	e.httpPort = startHTTPUpstream(t)
 	e.echoPort = startEcho(t)
@@ -258,6 +266,7 @@ func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
 		t.Fatal(err)
 	}
 	guardLoopbackDials(t, srv)
+	srv.noFront = e.noFront
 	ln := listen(t)
 	if e.wrapListener != nil {
 		ln = e.wrapListener(ln)
@@ -274,22 +283,21 @@ func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
 // guardLoopbackDials makes srv refuse, and the test fail on, any dial to
 // an address off loopback: the tests' DNS answers private and metadata
 // addresses (10.x, 169.254.169.254) that egressd must never dial, and a
-// regression must not send packets off the machine to find out. It wraps
-// srv.DialContext and checks after srv's shutdown (cleanups run last
-// first).
+// regression must not send packets off the machine to find out. It sets
+// srv's checkDial hook, which both transparent paths and every dial ask,
+// and checks after srv's shutdown (cleanups run last first).
 func guardLoopbackDials(t testing.TB, srv *Server) {
 	t.Helper()
 	var mu sync.Mutex
 	var offLoopback []string
-	next := srv.DialContext
-	srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().IsLoopback() {
+	srv.checkDial = func(network string, dst netip.AddrPort) error {
+		if !dst.Addr().IsLoopback() {
 			mu.Lock()
-			offLoopback = append(offLoopback, network+" "+addr)
+			offLoopback = append(offLoopback, network+" "+dst.String())
 			mu.Unlock()
-			return nil, fmt.Errorf("test: refusing to dial %s off loopback", addr)
+			return fmt.Errorf("test: refusing to dial %s off loopback", dst)
 		}
-		return next(ctx, network, addr)
+		return nil
 	}
 	t.Cleanup(func() {
 		mu.Lock()

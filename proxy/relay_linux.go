@@ -243,6 +243,22 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 		closeFd(cfd)
 		return nil
 	}
+	abort, err := r.start(cfd, ufd, idle, done)
+	if err != nil {
+		// The caller relays the untouched conns with goroutines instead.
+		closeFd(cfd)
+		closeFd(ufd)
+		return nil
+	}
+	cc.Close()
+	uc.Close()
+	return abort
+}
+
+// start relays the sockets cfd and ufd, which the relay then owns, and
+// returns the abort function. When it cannot register them it returns the
+// error and leaves both open, for the caller to close or relay otherwise.
+func (r *epollRelay) start(cfd, ufd int, idle time.Duration, done func(up, down int64)) (func(), error) {
 	t := &etunnel{fds: [2]int{cfd, ufd}, idle: idle, done: done, last: time.Now().UnixNano()}
 	t.runFn = t.run
 	r.add(t)
@@ -251,17 +267,12 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 		ev := syscall.EpollEvent{Events: relayEvMask, Fd: t.slot, Pad: int32(t.gen<<1 | uint32(side))}
 		if err := epollAdd(r.epfd, fd, &ev); err != nil {
 			// Undo. A registration outlives the close of a duplicate while
-			// the original descriptor is open, so remove it first. The
-			// caller relays the untouched conns with goroutines instead.
+			// the original descriptor is open, so remove it first.
 			_ = epollCtl(r.epfd, syscall.EPOLL_CTL_DEL, t.fds[0], nil)
-			closeFd(cfd)
-			closeFd(ufd)
 			r.remove(t)
-			return nil
+			return nil, err
 		}
 	}
-	cc.Close()
-	uc.Close()
 	relayTunnels.Add(1)
 	t.timer = time.AfterFunc(idle, func() {
 		t.expired.Store(true)
@@ -278,7 +289,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 	return func() {
 		t.aborted.Store(true)
 		t.kick()
-	}
+	}, nil
 }
 
 // dupConn duplicates c's descriptor (close-on-exec). The duplicate shares

@@ -415,9 +415,8 @@ func TestIdleTunnelKeepsNoConns(t *testing.T) {
 	e.start(t, baseConfig)
 	var dialed []weak.Pointer[net.TCPConn]
 	var mu sync.Mutex
-	next := e.srv.DialContext
 	e.srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := next(ctx, network, addr)
+		c, err := e.srv.dialer.DialContext(ctx, network, addr)
 		if tc, ok := c.(*net.TCPConn); ok {
 			mu.Lock()
 			dialed = append(dialed, weak.Make(tc))

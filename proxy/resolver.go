@@ -153,6 +153,13 @@ func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool,
 	return false, nil
 }
 
+// Knows reports whether a is remembered for name within its TTL, without
+// asking the servers: Verify's answer when it needs no query.
+func (r *Resolver) Knows(name string, a netip.Addr) bool {
+	ok, _, _ := r.known(name, a.Unmap())
+	return ok
+}
+
 // known reports whether a is remembered for name, and when the latest
 // answer was fetched (fresh: that answer is still within its TTL).
 func (r *Resolver) known(name string, a netip.Addr) (ok bool, fetched time.Time, fresh bool) {

@@ -49,14 +49,24 @@ type Server struct {
 	auth     authCache
 	authSalt string
 
-	// DialContext dials an already checked address; tests and embedders
-	// may replace it before Serve.
+	// DialContext, when set before Serve, dials every already checked
+	// address instead of egressd's own dialer (dial_timeout, TCP
+	// keepalive, upstream_mark). Setting it also turns off the transparent
+	// front loop (front_linux.go), which connects with raw system calls.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	dialer      *net.Dialer
 
-	// origDst returns a transparent connection's original destination;
-	// nil means getsockopt SO_ORIGINAL_DST (or the local address on a
-	// TPROXY listener). Tests replace it.
-	origDst func(net.Conn) (netip.AddrPort, error)
+	// Test hooks, nil in egressd. origDst returns a transparent
+	// connection's original destination from its local and peer
+	// addresses instead of getsockopt SO_ORIGINAL_DST (or the local
+	// address on a TPROXY listener); it must not block. checkDial is asked
+	// before every dial of a checked address, on both transparent paths;
+	// an error refuses the dial with dial_error.
+	origDst   func(local, peer netip.AddrPort) (netip.AddrPort, error)
+	checkDial func(network string, dst netip.AddrPort) error
+	// noFront turns the transparent front loop off (a test hook: the
+	// goroutine path is the one non-Linux systems run).
+	noFront bool
 
 	gp      *goproxy.ProxyHttpServer
 	httpSrv *http.Server
@@ -99,14 +109,14 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAliveConfig: tunnelKeepAlive,
 		Control: markControl(cfg.Server.UpstreamMark)}
 	s := &Server{
-		cfg:         cfg.Server,
-		log:         logger,
-		resolver:    res,
-		DialContext: d.DialContext,
-		tunnels:     make(map[*tracked]struct{}),
-		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
-		metrics:     newMetrics(res),
-		authSalt:    randomSalt(),
+		cfg:      cfg.Server,
+		log:      logger,
+		resolver: res,
+		dialer:   d,
+		tunnels:  make(map[*tracked]struct{}),
+		limits:   newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
+		metrics:  newMetrics(res),
+		authSalt: randomSalt(),
 	}
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
@@ -274,8 +284,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.forcing = true
 		for t := range s.tunnels {
 			if t.abort != nil {
-				t.abort() // a relaying tunnel: its relay closes both sides
-			} else {
+				t.abort() // a relaying tunnel (or the front loop): it closes its sockets
+			} else if t.client != nil {
 				_ = t.client.Close()
 			}
 		}
@@ -309,6 +319,22 @@ func (s *Server) track(c net.Conn) *tracked {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closing {
+		return nil
+	}
+	s.wg.Add(1)
+	t := &tracked{client: c}
+	s.tunnels[t] = struct{}{}
+	return t
+}
+
+// adopt registers a connection the transparent front loop accepted: it
+// may come after Shutdown began (the loop's own entry kept Shutdown
+// waiting), but not after Shutdown gave up waiting (nil: close it). c is
+// nil when the tunnel goes straight to relaying.
+func (s *Server) adopt(c net.Conn) *tracked {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.forcing {
 		return nil
 	}
 	s.wg.Add(1)
@@ -369,13 +395,18 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 		}
 		dst := netip.AddrPortFrom(a, t.Port)
 		if s.isOwnListener(dst) {
-			c.refuse(policy.ReasonBadRequest, fmt.Sprintf("%s is egressd's own listener", dst))
+			c.refuse(policy.ReasonBadRequest, ownListenerDetail(dst))
 			return nil
 		}
 		tried++
+		if s.checkDial != nil {
+			if lastErr = s.checkDial(network, dst); lastErr != nil {
+				continue
+			}
+		}
 		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 		t0 := time.Now()
-		up, err := s.DialContext(dctx, network, dst.String())
+		up, err := s.dialContext(dctx, network, dst.String())
 		cancel()
 		if err == nil {
 			s.metrics.dialed(c.mode, time.Since(t0))
@@ -385,11 +416,30 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 		lastErr = err
 	}
 	if tried == 0 {
-		c.refuse(policy.ReasonPrivateDestination, fmt.Sprintf("every address of %s is private: %v", t.Name(), addrs))
+		c.refuse(policy.ReasonPrivateDestination, privateDetail(t, addrs))
 		return nil
 	}
 	c.refuse(policy.ReasonDialError, lastErr.Error())
 	return nil
+}
+
+// dialContext dials with DialContext when an embedder set it, else with
+// egressd's dialer.
+func (s *Server) dialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	if s.DialContext != nil {
+		return s.DialContext(ctx, network, addr)
+	}
+	return s.dialer.DialContext(ctx, network, addr)
+}
+
+// privateDetail is the detail of a private_destination refusal.
+func privateDetail(t Target, addrs []netip.Addr) string {
+	return fmt.Sprintf("every address of %s is private: %v", t.Name(), addrs)
+}
+
+// ownListenerDetail is the detail of a refused dial to egressd itself.
+func ownListenerDetail(dst netip.AddrPort) string {
+	return fmt.Sprintf("%s is egressd's own listener", dst)
 }
 
 // isOwnListener reports whether a dial to dst would reach one of

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -127,18 +126,16 @@ func TestSoak(t *testing.T) {
 	denied := clientHelloBytes("nope.egress.test")
 
 	transparent := func(dst netip.AddrPort, first []byte, wantBack bool) error {
-		c, err := net.DialTimeout("tcp", gw.addr, 5*time.Second)
+		c, err := gw.connect(dst)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		key := c.LocalAddr().String()
-		gw.dsts.Store(key, dst)
-		defer gw.dsts.Delete(key)
+		defer gw.dsts.Delete(c.LocalAddr().String())
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		go func() {
 			c.Write(first)
-			c.(*net.TCPConn).CloseWrite()
+			c.CloseWrite()
 		}()
 		got, err := io.ReadAll(c)
 		if err != nil {

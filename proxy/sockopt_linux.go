@@ -23,10 +23,6 @@ const (
 // sent to, from the conntrack entry: getsockopt SO_ORIGINAL_DST for IPv4,
 // IP6T_SO_ORIGINAL_DST for IPv6 (the listener's family decides which one
 // answers; an IPv4 connection on a dual-stack socket uses the IPv4 one).
-//
-// syscall.GetsockoptIPv6MTUInfo is used as a getsockopt into a 32-byte
-// buffer that starts with a RawSockaddrInet6: room for a sockaddr_in (16
-// bytes) or a sockaddr_in6 (28), which is what the kernel writes.
 func originalDst(c net.Conn) (netip.AddrPort, error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
@@ -43,11 +39,11 @@ func originalDst(c net.Conn) (netip.AddrPort, error) {
 	)
 	cerr := rc.Control(func(fd uintptr) {
 		if !local.Addr().Unmap().Is4() {
-			if ap, serr = getOrigDst(int(fd), syscall.SOL_IPV6, ip6tSoOriginalDst); serr == nil {
+			if ap, serr = rawSockaddr(int(fd), syscall.SYS_GETSOCKOPT, syscall.SOL_IPV6, ip6tSoOriginalDst); serr == nil {
 				return
 			}
 		}
-		ap, serr = getOrigDst(int(fd), syscall.SOL_IP, soOriginalDst)
+		ap, serr = rawSockaddr(int(fd), syscall.SYS_GETSOCKOPT, syscall.SOL_IP, soOriginalDst)
 	})
 	if cerr != nil {
 		return netip.AddrPort{}, cerr
@@ -56,14 +52,6 @@ func originalDst(c net.Conn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w (was the connection redirected by iptables/nft REDIRECT or DNAT?)", serr)
 	}
 	return ap, nil
-}
-
-func getOrigDst(fd, level, opt int) (netip.AddrPort, error) {
-	info, err := syscall.GetsockoptIPv6MTUInfo(fd, level, opt)
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	return parseRawSockaddr((*[unsafe.Sizeof(info.Addr)]byte)(unsafe.Pointer(&info.Addr))[:])
 }
 
 // parseRawSockaddr decodes a sockaddr_in (16 bytes) or sockaddr_in6 (28)
@@ -234,4 +222,53 @@ func keepAliveControl(rc syscall.RawConn) error {
 		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
 		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
 		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"})
+}
+
+func setIntOpt(fd, level, name, v int) syscall.Errno {
+	iv := int32(v)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&iv)), 4, 0)
+	return e
+}
+
+func getIntOpt(fd, level, name int) (int, syscall.Errno) {
+	var v int32
+	l := uint32(4)
+	_, _, e := syscall.RawSyscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(name), uintptr(unsafe.Pointer(&v)), uintptr(unsafe.Pointer(&l)), 0)
+	return int(v), e
+}
+
+// rawSockaddr reads a socket address: getsockname (level and opt unused)
+// or getsockopt SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST, which write a
+// sockaddr_in or sockaddr_in6 into a buffer with room for either.
+func rawSockaddr(fd int, call uintptr, level, opt int) (netip.AddrPort, error) {
+	var b [syscall.SizeofSockaddrInet6 + 4]byte
+	l := uint32(len(b))
+	var e syscall.Errno
+	if call == syscall.SYS_GETSOCKNAME {
+		_, _, e = syscall.RawSyscall(call, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)))
+	} else {
+		_, _, e = syscall.RawSyscall6(call, uintptr(fd), uintptr(level), uintptr(opt), uintptr(unsafe.Pointer(&b[0])), uintptr(unsafe.Pointer(&l)), 0)
+	}
+	if e != 0 {
+		return netip.AddrPort{}, e
+	}
+	ap, err := parseRawSockaddr(b[:min(int(l), len(b))])
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+}
+
+// putRawSockaddr writes ap as a sockaddr_in (IPv4) or sockaddr_in6 into b
+// (at least SizeofSockaddrInet6 bytes) and returns its length.
+func putRawSockaddr(b []byte, ap netip.AddrPort) int {
+	port := ap.Port()
+	b[2], b[3] = byte(port>>8), byte(port)
+	if a := ap.Addr(); a.Is4() {
+		*(*uint16)(unsafe.Pointer(&b[0])) = syscall.AF_INET
+		a4 := a.As4()
+		copy(b[4:8], a4[:])
+		return syscall.SizeofSockaddrInet4
+	}
+	*(*uint16)(unsafe.Pointer(&b[0])) = syscall.AF_INET6
+	a16 := ap.Addr().As16()
+	copy(b[8:24], a16[:])
+	return syscall.SizeofSockaddrInet6
 }

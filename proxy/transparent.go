@@ -6,10 +6,17 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/egressd/egressd/policy"
 )
+
+// frontAccepted and frontHandOffs count connections the front loops
+// (front_linux.go) accepted and handed to a goroutine, for tests that
+// check which path served them; frontAcceptFails counts their failed
+// accepts (EMFILE, ...).
+var frontAccepted, frontHandOffs, frontAcceptFails atomic.Int64
 
 // verifyTimeout bounds the DNS work of one destination verification.
 const verifyTimeout = 5 * time.Second
@@ -38,21 +45,32 @@ func ListenTransparent(addr string, tproxy bool) (net.Listener, error) {
 // ListenTransparent) until Shutdown: each is decided from its original
 // destination and ClientHello, verified, dialed and relayed.
 func (s *Server) ServeTransparent(ln net.Listener) error {
-	orig := s.origDst
-	if orig == nil {
-		orig = originalDst
-		if _, ok := ln.(tproxyListener); ok {
-			orig = localDst
-		}
-	}
+	_, tproxy := ln.(tproxyListener)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
 		_ = ln.Close()
 		return nil
 	}
+	fl, run := s.newFront(ln, tproxy)
+	if run != nil {
+		ln = fl // Shutdown's Close stops the loop too
+	}
 	s.addListenerLocked(ln)
 	s.mu.Unlock()
+	if run != nil {
+		run() // until Shutdown, on the front loop (front_linux.go)
+		return nil
+	}
+	orig := func(c net.Conn) (netip.AddrPort, error) {
+		if s.origDst != nil {
+			return s.origDst(addrPort(c.LocalAddr()), addrPort(c.RemoteAddr()))
+		}
+		if tproxy {
+			return localDst(c)
+		}
+		return originalDst(c)
+	}
 	var delay time.Duration
 	for {
 		client, err := ln.Accept()
@@ -75,6 +93,14 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 		}
 		go s.handleTransparent(client, tr, orig)
 	}
+}
+
+// addrPort is a TCP address as a netip.AddrPort (zero for other kinds).
+func addrPort(a net.Addr) netip.AddrPort {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	return netip.AddrPort{}
 }
 
 // backoff sleeps after a temporary accept or read error: 5 ms, doubling
@@ -134,10 +160,7 @@ func (s *Server) handleTransparent(client net.Conn, tr *tracked, orig func(net.C
 		}
 	}()
 	if s.isSelf(netip.AddrPortFrom(a, dst.Port())) {
-		// The connection was addressed to egressd itself (no redirect, or a
-		// redirect loop): relaying it would connect egressd to itself.
-		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
-		c.detail = "original destination is egressd's own listener (not redirected, or a redirect loop)"
+		c.refuse(policy.ReasonBadRequest, selfDetail)
 		s.logDecision(c)
 		return
 	}
@@ -147,6 +170,27 @@ func (s *Server) handleTransparent(client net.Conn, tr *tracked, orig func(net.C
 		s.untrack(tr)
 		sl.free()
 	})
+}
+
+// selfDetail explains the refusal of a transparent connection addressed
+// to egressd itself (no redirect, or a redirect loop): relaying it would
+// connect egressd to itself.
+const selfDetail = "original destination is egressd's own listener (not redirected, or a redirect loop)"
+
+// dstKnown reports whether verifyDst would accept t.Addr without asking
+// the DNS: it is in the deciding rule's cidrs, or remembered for the SNI
+// name or one of the rule's exact hosts.
+func (s *Server) dstKnown(d policy.Decision, a netip.Addr, sni string) bool {
+	p := s.policy()
+	if p.RuleHasCIDR(d, a) || sni != "" && s.resolver.Knows(sni, a) {
+		return true
+	}
+	for _, h := range p.RuleHosts(d) {
+		if s.resolver.Knows(h, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // verifyDst checks a transparent connection's original destination after

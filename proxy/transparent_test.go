@@ -24,7 +24,28 @@ import (
 // destinations are injected by the test instead of read with getsockopt.
 type gateway struct {
 	addr string
-	dsts sync.Map // client address (as the server sees it) → netip.AddrPort
+	dsts sync.Map   // client address (as the server sees it) → netip.AddrPort
+	done chan error // ServeTransparent's result
+}
+
+// connect opens a connection to the gateway as if it had been sent to dst
+// and redirected. The client socket is bound before it connects, so that
+// its original destination is registered before egressd accepts it (the
+// hook must not wait: the front loop calls it).
+func (g *gateway) connect(dst netip.AddrPort) (*net.TCPConn, error) {
+	var key string
+	d := net.Dialer{Timeout: 5 * time.Second, Control: bindLoopback(func(local netip.AddrPort) {
+		key = local.String()
+		g.dsts.Store(key, dst)
+	})}
+	c, err := d.Dial("tcp4", g.addr)
+	if err != nil {
+		if key != "" {
+			g.dsts.Delete(key)
+		}
+		return nil, err
+	}
+	return c.(*net.TCPConn), nil
 }
 
 // startTransparent starts egressd with hclSrc (see env.start) and serves a
@@ -40,20 +61,15 @@ func (e *env) startTransparent(t *testing.T, hclSrc string) *gateway {
 func (e *env) serveGateway(t *testing.T) *gateway {
 	t.Helper()
 	g := &gateway{}
-	e.srv.origDst = func(c net.Conn) (netip.AddrPort, error) {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			if v, ok := g.dsts.Load(c.RemoteAddr().String()); ok {
-				return v.(netip.AddrPort), nil
-			}
-			if time.Now().After(deadline) {
-				return netip.AddrPort{}, errors.New("test: no original destination registered")
-			}
-			time.Sleep(time.Millisecond)
+	e.srv.origDst = func(_, peer netip.AddrPort) (netip.AddrPort, error) {
+		if v, ok := g.dsts.Load(peer.String()); ok {
+			return v.(netip.AddrPort), nil
 		}
+		return netip.AddrPort{}, errors.New("test: no original destination registered")
 	}
 	ln := listen(t)
-	go e.srv.ServeTransparent(ln)
+	g.done = make(chan error, 1)
+	go func() { g.done <- e.srv.ServeTransparent(ln) }()
 	g.addr = ln.Addr().String()
 	return g
 }
@@ -62,14 +78,13 @@ func (e *env) serveGateway(t *testing.T) *gateway {
 // redirected.
 func (g *gateway) dial(t *testing.T, dst string) *net.TCPConn {
 	t.Helper()
-	c, err := net.Dial("tcp", g.addr)
+	c, err := g.connect(netip.MustParseAddrPort(dst))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	g.dsts.Store(c.LocalAddr().String(), netip.MustParseAddrPort(dst))
-	return c.(*net.TCPConn)
+	return c
 }
 
 // listenOn listens on a given loopback address (127.0.0.x:port).
@@ -510,7 +525,7 @@ func TestTransparentSelfDestination(t *testing.T) {
 	e.start(t, transparentConfig)
 	ln := listen(t)
 	self := netip.MustParseAddrPort(ln.Addr().String())
-	e.srv.origDst = func(net.Conn) (netip.AddrPort, error) { return self, nil }
+	e.srv.origDst = func(_, _ netip.AddrPort) (netip.AddrPort, error) { return self, nil }
 	go e.srv.ServeTransparent(ln)
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {

@@ -1,0 +1,251 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// frontConfig opens loopback (IPv4 and IPv6) by cidr, so that no dial
+// needs the DNS, and a name whose addresses the resolver must be asked for.
+const frontConfig = `
+server {
+  allow_private_destinations = true
+  hello_timeout = "300ms"
+  dial_timeout = "500ms"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "named" {
+    hosts = ["allowed.egress.test"]
+    ports = [ECHO_PORT]
+  }
+  allow "loopback" {
+    cidrs = ["127.0.0.0/8", "::1/128"]
+    sni   = ["x.egress.test"]
+    ports = ["1-65535"]
+  }
+  allow "plain" {
+    cidrs       = ["127.0.0.0/8"]
+    ports       = ["1-65535"]
+    require_tls = false
+  }
+}
+`
+
+// TestFrontPaths runs what the front loop does with its own code (accept,
+// the hello's reads and deadline, the decision, connect, the hello's
+// write, the hand-off to the relay or to a goroutine) on the front loop
+// and on the goroutine path, which must behave the same; "front" also
+// checks that the loop served the connections.
+func TestFrontPaths(t *testing.T) {
+	for _, path := range []string{"front", "goroutines"} {
+		t.Run(path, func(t *testing.T) {
+			e := newEnv(t)
+			e.noFront = path == "goroutines"
+			before := frontAccepted.Load()
+			g := e.startTransparent(t, frontConfig)
+			cases := frontCases(t, e)
+			for _, tc := range cases {
+				t.Run(tc.name, func(t *testing.T) { tc.run(t, e, g) })
+			}
+			served := frontAccepted.Load() - before
+			if e.noFront && served != 0 {
+				t.Errorf("the front loop served %d connections with noFront", served)
+			}
+			if !e.noFront && served < int64(len(cases)) {
+				t.Errorf("the front loop served %d connections, want at least %d", served, len(cases))
+			}
+		})
+	}
+}
+
+type frontCase struct {
+	name string
+	run  func(t *testing.T, e *env, g *gateway)
+}
+
+func frontCases(t *testing.T, e *env) []frontCase {
+	echo4 := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	payload := append(clientHelloBytes("x.egress.test"), bytes.Repeat([]byte("relayed "), 1<<14)...)
+	relays := func(t *testing.T, g *gateway, dst string) {
+		t.Helper()
+		c := g.dial(t, dst)
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("log:\n%s", e.log.buf.String())
+			}
+		})
+		if got := exchange(t, c, payload); !bytes.Equal(got, payload) {
+			t.Fatalf("relayed %d bytes, want the %d sent", len(got), len(payload))
+		}
+		d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "dst": dst})
+		if d["decision"] != "allow" || d["sni"] != "x.egress.test" || d["ja4"] == nil {
+			t.Errorf("decision %v", d)
+		}
+		cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"]})
+		if cl["bytes_up"] != float64(len(payload)) || cl["bytes_down"] != float64(len(payload)) {
+			t.Errorf("close %v: want %d bytes each way", cl, len(payload))
+		}
+	}
+	refused := func(t *testing.T, g *gateway, dst, reason, detail string, first []byte, minWait time.Duration) {
+		t.Helper()
+		start := time.Now()
+		c := g.dial(t, dst)
+		if first != nil {
+			c.Write(first)
+		}
+		if got, _ := io.ReadAll(c); len(got) != 0 {
+			t.Errorf("got %q back", got)
+		}
+		el := time.Since(start)
+		ap := netip.MustParseAddrPort(dst)
+		d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "host": ap.Addr(), "port": ap.Port(), "reason": reason})
+		if d["decision"] != "deny" || !strings.Contains(fmt.Sprint(d["detail"]), detail) {
+			t.Errorf("decision %v: want a deny naming %q", d, detail)
+		}
+		if el < minWait || el > minWait+3*time.Second {
+			t.Errorf("closed after %v, want %v or a little more", el, minWait)
+		}
+	}
+	return []frontCase{
+		{"relay IPv4", func(t *testing.T, e *env, g *gateway) { relays(t, g, echo4) }},
+		{"relay IPv6", func(t *testing.T, e *env, g *gateway) {
+			ln, err := net.Listen("tcp6", "[::1]:0")
+			if err != nil {
+				needIPv6(t, err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			serveEcho(ln)
+			relays(t, g, ln.Addr().String())
+		}},
+		{"verified by DNS on a goroutine", func(t *testing.T, e *env, g *gateway) {
+			// The name is not in the resolver's cache: the front loop hands
+			// the connection off to verify it.
+			handOffs := frontHandOffs.Load()
+			c := g.dial(t, echo4)
+			hello := clientHelloBytes("allowed.egress.test")
+			if got := exchange(t, c, hello); !bytes.Equal(got, hello) {
+				t.Fatalf("relayed %d bytes, want %d", len(got), len(hello))
+			}
+			d := e.waitLog(t, "decision", map[string]any{"sni": "allowed.egress.test"})
+			if d["decision"] != "allow" || d["rule"] != "named" || d["dst"] != echo4 {
+				t.Errorf("decision %v", d)
+			}
+			if n := frontHandOffs.Load() - handOffs; n != 1 && !e.noFront {
+				t.Errorf("the front loop handed %d connections to a goroutine, want 1", n)
+			}
+		}},
+		{"hello timeout", func(t *testing.T, e *env, g *gateway) {
+			refused(t, g, echo4, "hello_timeout", "", clientHelloBytes("x.egress.test")[:40], 300*time.Millisecond)
+		}},
+		{"connection refused", func(t *testing.T, e *env, g *gateway) {
+			ln := listen(t)
+			dst := ln.Addr().String()
+			ln.Close()
+			refused(t, g, dst, "dial_error", "connection refused", clientHelloBytes("x.egress.test"), 0)
+		}},
+		{"dial timeout", func(t *testing.T, e *env, g *gateway) {
+			hole := fullBacklog(t)
+			refused(t, g, hole.String(), "dial_error", "timeout", clientHelloBytes("x.egress.test"), 500*time.Millisecond)
+		}},
+		{"not TLS", func(t *testing.T, e *env, g *gateway) {
+			c := g.dial(t, echo4)
+			if got := exchange(t, c, []byte("SSH-2.0-test\r\n")); string(got) != "SSH-2.0-test\r\n" {
+				t.Fatalf("got %q", got)
+			}
+			d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "rule": "plain", "sni": nil})
+			if d["decision"] != "allow" {
+				t.Errorf("decision %v", d)
+			}
+		}},
+	}
+}
+
+// needIPv6 skips a test on a machine without IPv6 on loopback, except
+// under CI=true, where it fails.
+func needIPv6(t *testing.T, err error) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and no IPv6 loopback (::1): %v", err)
+	}
+	t.Skipf("no IPv6 loopback (::1): %v", err)
+}
+
+// TestFrontShutdown: Shutdown waits for a connection in the front loop's
+// hello phase, and when its grace runs out the loop closes it with a
+// decision line and ServeTransparent returns.
+func TestFrontShutdown(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, strings.Replace(frontConfig, `"300ms"`, `"10s"`, 1))
+	g := e.serveGateway(t)
+	c := g.dial(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+	c.Write([]byte{0x16, 0x03, 0x01}) // a hello that never completes
+	for deadline := time.Now().Add(5 * time.Second); e.srv.limits.open() != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open, want the 1 in its hello", e.srv.limits.open())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	e.srv.Shutdown(ctx)
+	if el := time.Since(start); el < 250*time.Millisecond {
+		t.Errorf("Shutdown returned after %v, before its grace: it did not wait for the connection", el)
+	}
+	select {
+	case err := <-g.done:
+		if err != nil {
+			t.Fatalf("ServeTransparent: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("ServeTransparent did not return after Shutdown")
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "reason": "client_closed"})
+	if !strings.Contains(fmt.Sprint(d["detail"]), "shutdown") {
+		t.Errorf("decision %v: want the shutdown named", d)
+	}
+	if n := e.srv.limits.open(); n != 0 {
+		t.Errorf("%d slots still held", n)
+	}
+}
+
+// TestTransparentGoroutinePath runs the transparent tests on the goroutine
+// path: the one non-Linux systems and embedders with their own DialContext
+// use, and the one the front loop hands connections to.
+func TestTransparentGoroutinePath(t *testing.T) {
+	goroutinePath = true
+	defer func() { goroutinePath = false }()
+	before := frontAccepted.Load()
+	for _, tc := range []struct {
+		name string
+		f    func(*testing.T)
+	}{
+		{"AllowedSNIByteExact", TestTransparentAllowedSNIByteExact},
+		{"RealTLS", TestTransparentRealTLS},
+		{"Denied", TestTransparentDenied},
+		{"SNISpoofing", TestTransparentSNISpoofing},
+		{"RotatingDNS", TestTransparentRotatingDNS},
+		{"CloudflareTunnel", TestTransparentCloudflareTunnel},
+		{"NotTLS", TestTransparentNotTLS},
+		{"PrivateDestination", TestTransparentPrivateDestination},
+		{"OriginalDstError", TestTransparentOriginalDstError},
+		{"Shutdown", TestTransparentShutdown},
+		{"VerifiedByRuleHosts", TestTransparentVerifiedByRuleHosts},
+		{"SelfDestination", TestTransparentSelfDestination},
+		{"Limit", TestTransparentLimit},
+	} {
+		t.Run(tc.name, tc.f)
+	}
+	if n := frontAccepted.Load() - before; n != 0 {
+		t.Errorf("the front loop served %d connections on the goroutine path", n)
+	}
+}
