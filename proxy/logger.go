@@ -19,15 +19,15 @@ func NewLogger(l policy.Log) (zerolog.Logger, io.Closer, error) {
 	var closer io.Closer = io.NopCloser(nil)
 	switch l.Output {
 	case "", "stdout":
-		w = os.Stdout
+		w = fileWriter(os.Stdout)
 	case "stderr":
-		w = os.Stderr
+		w = fileWriter(os.Stderr)
 	default:
 		f, err := os.OpenFile(l.Output, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
 		if err != nil {
 			return zerolog.Nop(), nil, fmt.Errorf("open decision log: %w; check log { output = %q }", err, l.Output)
 		}
-		w, closer = f, f
+		w, closer = fileWriter(f), f
 	}
 	if l.Format == "console" {
 		w = consoleWriter(w, isTerminal(w))
