@@ -9,7 +9,7 @@ import (
 )
 
 // bindLoopback: the transparent tests run on Linux (bind_linux_test.go).
-func bindLoopback(func(netip.AddrPort)) func(string, string, syscall.RawConn) error {
+func bindLoopback(netip.Addr, func(netip.AddrPort)) func(string, string, syscall.RawConn) error {
 	return func(string, string, syscall.RawConn) error {
 		return errors.New("test: transparent gateway tests need Linux")
 	}

@@ -24,17 +24,24 @@ import (
 // destinations are injected by the test instead of read with getsockopt.
 type gateway struct {
 	addr string
+	src  netip.Addr // the loopback address its clients connect from
 	dsts sync.Map   // client address (as the server sees it) → netip.AddrPort
 	done chan error // ServeTransparent's result
 }
 
+// gatewaySrcs numbers the gateways' client addresses, 127.77.0.1 on.
+var gatewaySrcs atomic.Uint32
+
 // connect opens a connection to the gateway as if it had been sent to dst
 // and redirected. The client socket is bound before it connects, so that
 // its original destination is registered before egressd accepts it (the
-// hook must not wait: the front loop calls it).
+// hook must not wait: the front loop calls it). It binds to the gateway's
+// own loopback address: a port bound on 127.0.0.1 must be free of every
+// socket there, TIME_WAIT ones included, and a long run of upstream
+// connections from egressd would exhaust them.
 func (g *gateway) connect(dst netip.AddrPort) (*net.TCPConn, error) {
 	var key string
-	d := net.Dialer{Timeout: 5 * time.Second, Control: bindLoopback(func(local netip.AddrPort) {
+	d := net.Dialer{Timeout: 5 * time.Second, Control: bindLoopback(g.src, func(local netip.AddrPort) {
 		key = local.String()
 		g.dsts.Store(key, dst)
 	})}
@@ -58,9 +65,10 @@ func (e *env) startTransparent(t *testing.T, hclSrc string) *gateway {
 
 // serveGateway serves a transparent listener of the running e.srv on
 // loopback, with original destinations taken from the gateway's dsts.
-func (e *env) serveGateway(t *testing.T) *gateway {
+func (e *env) serveGateway(t testing.TB) *gateway {
 	t.Helper()
-	g := &gateway{}
+	n := gatewaySrcs.Add(1)
+	g := &gateway{src: netip.AddrFrom4([4]byte{127, 77, byte(n >> 8), byte(n)})}
 	e.srv.origDst = func(_, peer netip.AddrPort) (netip.AddrPort, error) {
 		if v, ok := g.dsts.Load(peer.String()); ok {
 			return v.(netip.AddrPort), nil
