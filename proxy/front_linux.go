@@ -466,6 +466,10 @@ func (f *front) accepted(cfd int, peer []byte) {
 	if f.timerAt == 0 {
 		f.armTimer()
 	}
+	// Clients send the hello as soon as they are connected, so it is often
+	// here already: reading now saves a round through the netpoller for
+	// the event that the registration queued.
+	f.readHello(p)
 }
 
 // origDst is the connection's original destination: the test hook's, the

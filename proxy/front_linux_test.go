@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // frontConfig opens loopback (IPv4 and IPv6) by cidr, so that no dial
@@ -108,7 +110,7 @@ func frontCases(t *testing.T, e *env) []frontCase {
 		}
 		el := time.Since(start)
 		ap := netip.MustParseAddrPort(dst)
-		d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "host": ap.Addr(), "port": ap.Port(), "reason": reason})
+		d := e.waitLog(t, "decision", map[string]any{"client": c.LocalAddr(), "host": ap.Addr(), "port": ap.Port(), "reason": reason})
 		if d["decision"] != "deny" || !strings.Contains(fmt.Sprint(d["detail"]), detail) {
 			t.Errorf("decision %v: want a deny naming %q", d, detail)
 		}
@@ -247,5 +249,55 @@ func TestTransparentGoroutinePath(t *testing.T) {
 	}
 	if n := frontAccepted.Load() - before; n != 0 {
 		t.Errorf("the front loop served %d connections on the goroutine path", n)
+	}
+}
+
+// BenchmarkTransparentTunnel runs one whole transparent connection on
+// loopback without TLS crypto, on the front loop and on the goroutine
+// path: accept, original destination, hello, decision, dial, the hello
+// upstream, its echo and a half-close (client and echo upstream included).
+func BenchmarkTransparentTunnel(b *testing.B) {
+	for _, path := range []string{"front", "goroutines"} {
+		b.Run(path, func(b *testing.B) {
+			e := newEnv(b)
+			e.noFront = path == "goroutines"
+			e.startLogger(b, frontConfig, zerolog.New(io.Discard).With().Timestamp().Logger())
+			g := e.serveGateway(b)
+			dst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort))
+			hello := clientHelloBytes("x.egress.test")
+			buf := make([]byte, len(hello))
+			once := func() error {
+				c, err := g.connect(dst)
+				if err != nil {
+					return err
+				}
+				// A reset, not a FIN, at the end: the client's ports, which
+				// connect binds before it connects, are not left in
+				// TIME_WAIT for the next sub-benchmark to run out of.
+				c.SetLinger(0)
+				defer c.Close()
+				defer g.dsts.Delete(c.LocalAddr().String())
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write(hello); err != nil {
+					return err
+				}
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return fmt.Errorf("reading the echoed hello: %v", err)
+				}
+				if err := c.CloseWrite(); err != nil {
+					return err
+				}
+				if m, err := c.Read(buf); err != io.EOF {
+					return fmt.Errorf("after the half-close: %d bytes, %v; want the end", m, err)
+				}
+				return nil
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := once(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
