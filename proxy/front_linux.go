@@ -644,13 +644,13 @@ func (f *front) upstreamOpts(fd int) error {
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
 		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"},
+		{syscall.SOL_SOCKET, syscall.SO_SNDBUF, f.s.frontSndBuf, "SO_SNDBUF"},
 		{syscall.SOL_SOCKET, syscall.SO_MARK, int(f.s.cfg.UpstreamMark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", f.s.cfg.UpstreamMark)},
 	}
-	n := len(opts)
-	if f.s.cfg.UpstreamMark == 0 {
-		n-- // SO_MARK is last
-	}
-	for _, o := range opts[:n] {
+	for _, o := range opts {
+		if o.v == 0 && (o.name == syscall.SO_MARK || o.name == syscall.SO_SNDBUF) {
+			continue // not asked for
+		}
 		if e := setIntOpt(fd, o.level, o.name, o.v); e != 0 {
 			return fmt.Errorf("setting %s: %w", o.what, e)
 		}
@@ -690,6 +690,7 @@ func (f *front) upstreamReady(p *frontConn, events uint32) {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
+			frontShortWrites.Add(1)
 			return // the next EPOLLOUT edge, before the dial deadline
 		}
 		f.closeRelaying(p)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -299,5 +301,49 @@ func BenchmarkTransparentTunnel(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestFrontHelloShortWrite: a hello the upstream socket cannot take at once
+// (a small send buffer, an upstream that does not read for a while) is
+// written in parts as room comes, and arrives whole.
+func TestFrontHelloShortWrite(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, frontConfig)
+	e.srv.frontSndBuf = 4096
+	g := e.serveGateway(t)
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return setsockopts(rc, sockopt{syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048, "SO_RCVBUF"})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		time.Sleep(300 * time.Millisecond) // let egressd's write fill both buffers
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	var protos []string
+	for i := range 44 {
+		protos = append(protos, fmt.Sprintf("%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	hello := capturedHello(&tls.Config{ServerName: "x.egress.test", NextProtos: protos})
+	if len(hello) < 10<<10 {
+		t.Fatalf("hello of %d bytes, want a large one", len(hello))
+	}
+	short := frontShortWrites.Load()
+	c := g.dial(t, ln.Addr().String())
+	if got := exchange(t, c, hello); !bytes.Equal(got, hello) {
+		t.Fatalf("relayed %d bytes, want the %d-byte hello", len(got), len(hello))
+	}
+	if frontShortWrites.Load() == short {
+		t.Error("the hello's write never waited for room: the test did not exercise the short write")
 	}
 }

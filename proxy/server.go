@@ -67,6 +67,10 @@ type Server struct {
 	// noFront turns the transparent front loop off (a test hook: the
 	// goroutine path is the one non-Linux systems run).
 	noFront bool
+	// frontSndBuf, when not 0, is the SO_SNDBUF of the front loop's
+	// upstream sockets (a test hook: a small one makes the hello's write
+	// wait for room).
+	frontSndBuf int
 
 	gp      *goproxy.ProxyHttpServer
 	httpSrv *http.Server

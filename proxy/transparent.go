@@ -15,8 +15,9 @@ import (
 // frontAccepted and frontHandOffs count connections the front loops
 // (front_linux.go) accepted and handed to a goroutine, for tests that
 // check which path served them; frontAcceptFails counts their failed
-// accepts (EMFILE, ...).
-var frontAccepted, frontHandOffs, frontAcceptFails atomic.Int64
+// accepts (EMFILE, ...), and frontShortWrites the hellos whose write
+// upstream had to wait for room.
+var frontAccepted, frontHandOffs, frontAcceptFails, frontShortWrites atomic.Int64
 
 // verifyTimeout bounds the DNS work of one destination verification.
 const verifyTimeout = 5 * time.Second
