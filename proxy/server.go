@@ -319,26 +319,20 @@ type tracked struct {
 }
 
 // track registers an open tunnel; it returns nil once Shutdown began.
-func (s *Server) track(c net.Conn) *tracked {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closing {
-		return nil
-	}
-	s.wg.Add(1)
-	t := &tracked{client: c}
-	s.tunnels[t] = struct{}{}
-	return t
-}
+func (s *Server) track(c net.Conn) *tracked { return s.register(c, &s.closing) }
 
 // adopt registers a connection the transparent front loop accepted: it
 // may come after Shutdown began (the loop's own entry kept Shutdown
 // waiting), but not after Shutdown gave up waiting (nil: close it). c is
 // nil when the tunnel goes straight to relaying.
-func (s *Server) adopt(c net.Conn) *tracked {
+func (s *Server) adopt(c net.Conn) *tracked { return s.register(c, &s.forcing) }
+
+// register adds c to the open tunnels unless *stop, a flag s.mu guards,
+// is set.
+func (s *Server) register(c net.Conn, stop *bool) *tracked {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.forcing {
+	if *stop {
 		return nil
 	}
 	s.wg.Add(1)
