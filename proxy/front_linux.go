@@ -41,6 +41,9 @@ import (
 const (
 	// frontEvents is how many epoll events one epoll_wait collects.
 	frontEvents = 128
+	// frontAcceptBatch is how many connections one pass under the
+	// listener's Control accepts before the loop handles them.
+	frontAcceptBatch = 32
 	// maxAcceptBackoff bounds the pause after a failed accept (EMFILE,
 	// ENFILE, ENOBUFS): the same 1 s as the goroutine path's backoff.
 	maxAcceptBackoff = time.Second
@@ -63,6 +66,11 @@ type front struct {
 	lrc      syscall.RawConn
 	lfd      int
 	acceptFn func(uintptr) // f.acceptAll, made once
+	// batch holds what one pass of acceptAll accepted; more says the
+	// batch filled up.
+	batch  [frontAcceptBatch]acceptedSock
+	nbatch int
+	more   bool
 
 	wakeMu sync.Mutex
 	efd    int // eventfd that wakes the loop (timer, stop, abort); -1 once closed
@@ -79,6 +87,13 @@ type front struct {
 
 	stopping, aborting atomic.Bool
 	tr                 *tracked // the loop's entry for Shutdown
+}
+
+// acceptedSock is a descriptor accept4 returned, with its peer address.
+type acceptedSock struct {
+	fd   int
+	peer [syscall.SizeofSockaddrInet6 + 4]byte
+	n    uint32
 }
 
 // frontConn is a connection in the front loop.
@@ -383,26 +398,40 @@ func (f *front) armTimer() {
 }
 
 // accept takes every queued connection, or stops accepting once the
-// listener was closed.
+// listener was closed. The connections are handled outside the listener's
+// Control: Shutdown closes the listener holding s.mu, Close waits for every
+// Control to return, and handling a connection takes s.mu.
 func (f *front) accept() {
-	if f.lfd < 0 || f.acceptAt != 0 {
-		return
-	}
-	if err := f.lrc.Control(f.acceptFn); err != nil {
-		f.stopAccepting()
+	for f.lfd >= 0 && f.acceptAt == 0 {
+		f.nbatch, f.more = 0, false
+		err := f.lrc.Control(f.acceptFn)
+		for i := range f.batch[:f.nbatch] {
+			a := &f.batch[i]
+			f.accepted(a.fd, a.peer[:min(int(a.n), len(a.peer))])
+		}
+		if err != nil {
+			f.stopAccepting()
+			return
+		}
+		if !f.more {
+			return
+		}
 	}
 }
 
+// acceptAll accepts into f.batch until the queue is empty, the batch is
+// full, or accept fails (then it sets the backoff).
 func (f *front) acceptAll(lfd uintptr) {
-	for f.acceptAt == 0 {
-		var sa [syscall.SizeofSockaddrInet6 + 4]byte
-		l := uint32(len(sa))
-		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, lfd, uintptr(unsafe.Pointer(&sa[0])), uintptr(unsafe.Pointer(&l)),
+	for f.nbatch < len(f.batch) {
+		a := &f.batch[f.nbatch]
+		a.n = uint32(len(a.peer))
+		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, lfd, uintptr(unsafe.Pointer(&a.peer[0])), uintptr(unsafe.Pointer(&a.n)),
 			syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
 			f.acceptWait = 0
-			f.accepted(int(r), sa[:min(int(l), len(sa))])
+			a.fd = int(r)
+			f.nbatch++
 			continue
 		case syscall.EAGAIN:
 			return
@@ -417,6 +446,7 @@ func (f *front) acceptAll(lfd uintptr) {
 		f.armTimer()
 		return
 	}
+	f.more = true
 }
 
 // accepted starts the hello phase of a new connection, or refuses it.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -345,5 +346,117 @@ func TestFrontHelloShortWrite(t *testing.T) {
 	}
 	if frontShortWrites.Load() == short {
 		t.Error("the hello's write never waited for room: the test did not exercise the short write")
+	}
+}
+
+// TestFrontShutdownUnderLoad: Shutdown, which closes the listener while
+// holding the server's lock, returns while connections keep arriving (the
+// loop must not hold the listener's descriptor while it handles them, which
+// takes that lock), and every accepted connection gets its decision line.
+func TestFrontShutdownUnderLoad(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, frontConfig)
+	g := e.serveGateway(t)
+	dst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort))
+	hello := clientHelloBytes("x.egress.test")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 5000 { // bounded; stop ends it well before
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := g.connect(dst)
+				if err != nil {
+					continue // refused once the listener is closed
+				}
+				c.SetLinger(0)
+				c.SetDeadline(time.Now().Add(2 * time.Second))
+				c.Write(hello)
+				io.ReadFull(c, make([]byte, 1))
+				c.Close()
+			}
+		})
+	}
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+	time.Sleep(300 * time.Millisecond)
+	done := make(chan struct{})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		e.srv.Shutdown(ctx)
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return within 5 s of a 1 s grace while connections arrived")
+	}
+	select {
+	case err := <-g.done:
+		if err != nil {
+			t.Fatalf("ServeTransparent: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("ServeTransparent did not return after Shutdown")
+	}
+}
+
+// TestFrontListenerCloseWhileLocked: Shutdown closes the listeners holding
+// the server's lock, and a listener's Close waits for every use of its
+// descriptor to end; handling an accepted connection takes that lock, so
+// the loop must not handle connections while it uses the descriptor.
+// Here the test holds the lock while a connection arrives and the listener
+// is closed.
+func TestFrontListenerCloseWhileLocked(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, frontConfig)
+	g := e.serveGateway(t)
+	var fl net.Listener
+	for deadline := time.Now().Add(5 * time.Second); fl == nil; time.Sleep(5 * time.Millisecond) {
+		e.srv.mu.Lock()
+		for _, ln := range e.srv.listeners {
+			if ln.Addr().String() == g.addr {
+				fl = ln
+			}
+		}
+		e.srv.mu.Unlock()
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway's listener was never registered")
+		}
+	}
+	if _, ok := fl.(frontListener); !ok {
+		t.Fatalf("the gateway's listener is a %T, not the front loop's", fl)
+	}
+	e.srv.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			e.srv.mu.Unlock()
+		}
+	}()
+	c, err := g.connect(netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(100 * time.Millisecond) // the loop accepts it and waits for the lock
+	closed := make(chan error, 1)
+	go func() { closed <- fl.Close() }()
+	select {
+	case <-closed:
+		e.srv.mu.Unlock()
+		locked = false
+	case <-time.After(2 * time.Second):
+		t.Error("closing the listener waited for the loop, which waited for the server's lock: Shutdown would hang")
+		e.srv.mu.Unlock()
+		locked = false
+		<-closed
 	}
 }
