@@ -135,16 +135,22 @@ func (s *Server) dialAndRelay(c *conn, client net.Conn, f *firstBytes, t Target,
 	sent := int64(f.n)
 	f.release()
 	c.dropHello() // the log lines are written; the relay keeps only what logClose needs
-	s.metrics.relaying(c.mode, 1)
 	// A CONNECT client's bytes buffered with its request were all read
 	// with the hello: relay on the socket itself (splice).
-	abort := startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, func(upBytes, down int64) {
-		s.metrics.relaying(c.mode, -1)
-		s.logClose(c, sent+upBytes, down)
-		end()
-	})
+	abort := startRelay(unwrapConn(client), up, s.cfg.IdleTimeout, s.relayDone(c, sent, end))
 	s.relaying(tr, abort)
 	return true
+}
+
+// relayDone counts c as relaying and returns the relay's done callback:
+// c's close line, with the sent bytes of the hello phase added, then end.
+func (s *Server) relayDone(c *conn, sent int64, end func()) func(up, down int64) {
+	s.metrics.relaying(c.mode, 1)
+	return func(up, down int64) {
+		s.metrics.relaying(c.mode, -1)
+		s.logClose(c, sent+up, down)
+		end()
+	}
 }
 
 // decideHello decides r with the ClientHello (nil: the first bytes were not

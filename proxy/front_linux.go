@@ -55,6 +55,7 @@ type front struct {
 	s      *Server
 	ln     net.Listener // the caller's; Close stops the loop
 	tproxy bool         // the original destination is the local address
+	upOpts []sockopt    // s.upstreamOpts()
 	v6     bool         // an IPv6 (or dual-stack) listener: try IP6T_SO_ORIGINAL_DST first
 
 	file *os.File        // keeps epfd open
@@ -176,7 +177,7 @@ func (s *Server) newFront(ln net.Listener, tproxy bool) (net.Listener, func()) {
 	if !ok {
 		return nil, nil
 	}
-	f := &front{s: s, ln: ln, tproxy: tproxy, lfd: -1, efd: -1, conns: make(map[int32]*frontConn)}
+	f := &front{s: s, ln: ln, tproxy: tproxy, upOpts: s.upstreamOpts(), lfd: -1, efd: -1, conns: make(map[int32]*frontConn)}
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && a.IP.To4() == nil {
 		f.v6 = true
 	}
@@ -453,8 +454,8 @@ func (f *front) acceptAll(lfd uintptr) {
 func (f *front) accepted(cfd int, peer []byte) {
 	s := f.s
 	frontAccepted.Add(1)
-	c := &conn{id: s.ids.Add(1), mode: ModeTransparent, start: time.Now()}
-	c.client, _ = parseRawSockaddr(peer)
+	client, _ := parseRawSockaddr(peer)
+	c := s.newConnFrom(ModeTransparent, client)
 	setIntOpt(cfd, syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1) // as Go's net does
 	dst, err := f.origDst(cfd, c.client)
 	if err == nil && (!dst.Addr().IsValid() || dst.Port() == 0) {
@@ -632,10 +633,12 @@ func (f *front) connect(p *frontConn) {
 		return
 	}
 	p.ufd = int(r)
-	if err := f.upstreamOpts(p.ufd); err != nil {
-		c.refuse(policy.ReasonDialError, err.Error())
-		f.fail(p)
-		return
+	for _, o := range f.upOpts {
+		if e := setIntOpt(p.ufd, o.level, o.name, o.v); e != 0 {
+			c.refuse(policy.ReasonDialError, fmt.Sprintf("setting %s: %s", o.what, e))
+			f.fail(p)
+			return
+		}
 	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLOUT | epollET, Fd: int32(p.ufd), Pad: int32(p.gen)}
 	if err := epollCtl(f.epfd, syscall.EPOLL_CTL_ADD, p.ufd, &ev); err != nil {
@@ -664,28 +667,18 @@ func (f *front) connect(p *frontConn) {
 	// Connected or not, the registration's EPOLLOUT edge says when.
 }
 
-// upstreamOpts gives an upstream socket what egressd's dialer gives it:
-// TCP_NODELAY, the tunnels' keepalive, and upstream_mark.
-func (f *front) upstreamOpts(fd int) error {
-	ka := tunnelKeepAlive
-	opts := [...]sockopt{
-		{syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1, "TCP_NODELAY"},
-		{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
-		{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"},
-		{syscall.SOL_SOCKET, syscall.SO_SNDBUF, f.s.frontSndBuf, "SO_SNDBUF"},
-		{syscall.SOL_SOCKET, syscall.SO_MARK, int(f.s.cfg.UpstreamMark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", f.s.cfg.UpstreamMark)},
+// upstreamOpts are what egressd's dialer gives an upstream socket:
+// TCP_NODELAY, the tunnels' keepalive and upstream_mark (and the test
+// hook's SO_SNDBUF). The loop sets them on every upstream socket.
+func (s *Server) upstreamOpts() []sockopt {
+	opts := append([]sockopt{{syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1, "TCP_NODELAY"}}, keepAliveOpts[:]...)
+	if s.frontSndBuf != 0 {
+		opts = append(opts, sockopt{syscall.SOL_SOCKET, syscall.SO_SNDBUF, s.frontSndBuf, "SO_SNDBUF"})
 	}
-	for _, o := range opts {
-		if o.v == 0 && (o.name == syscall.SO_MARK || o.name == syscall.SO_SNDBUF) {
-			continue // not asked for
-		}
-		if e := setIntOpt(fd, o.level, o.name, o.v); e != 0 {
-			return fmt.Errorf("setting %s: %w", o.what, e)
-		}
+	if m := s.cfg.UpstreamMark; m != 0 {
+		opts = append(opts, markOpt(m))
 	}
-	return nil
+	return opts
 }
 
 // upstreamReady handles an upstream event: the connect's outcome, then the
@@ -747,13 +740,10 @@ func (f *front) relay(p *frontConn) {
 		sl.free()
 		return
 	}
-	s.metrics.relaying(c.mode, 1)
-	done := func(up, down int64) {
-		s.metrics.relaying(c.mode, -1)
-		s.logClose(c, sent+up, down)
+	done := s.relayDone(c, sent, func() {
 		s.untrack(tr)
 		sl.free()
-	}
+	})
 	abort, err := getRelay().start(p.cfd, p.ufd, s.cfg.IdleTimeout, done)
 	if err != nil {
 		abort = relayGoroutines(p.cfd, p.ufd, s.cfg.IdleTimeout, done)

@@ -367,9 +367,13 @@ func (s *Server) untrack(t *tracked) {
 }
 
 func (s *Server) newConn(mode string, remote string) *conn {
-	c := &conn{id: s.ids.Add(1), mode: mode, start: time.Now()}
-	c.client, _ = netip.ParseAddrPort(remote)
-	return c
+	client, _ := netip.ParseAddrPort(remote)
+	return s.newConnFrom(mode, client)
+}
+
+// newConnFrom starts the record of a connection from client.
+func (s *Server) newConnFrom(mode string, client netip.AddrPort) *conn {
+	return &conn{id: s.ids.Add(1), mode: mode, start: time.Now(), client: client}
 }
 
 // dial resolves t when it is a name, keeps the addresses the decision

@@ -117,8 +117,12 @@ func markControl(mark uint32) func(string, string, syscall.RawConn) error {
 	if mark == 0 {
 		return nil
 	}
-	opts := []sockopt{{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", mark)}}
-	return func(_, _ string, rc syscall.RawConn) error { return setsockopts(rc, opts...) }
+	opt := markOpt(mark)
+	return func(_, _ string, rc syscall.RawConn) error { return setsockopts(rc, opt) }
+}
+
+func markOpt(mark uint32) sockopt {
+	return sockopt{syscall.SOL_SOCKET, syscall.SO_MARK, int(mark), fmt.Sprintf("SO_MARK %d (needs CAP_NET_ADMIN)", mark)}
 }
 
 // Socket options for the QUIC listener (linux/in.h, linux/in6.h). The
@@ -216,12 +220,15 @@ func listenKeepAlive(lc *net.ListenConfig) {
 
 // keepAliveControl sets tunnelKeepAlive on a socket.
 func keepAliveControl(rc syscall.RawConn) error {
-	ka := tunnelKeepAlive
-	return setsockopts(rc,
-		sockopt{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
-		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second), "TCP_KEEPIDLE"},
-		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second), "TCP_KEEPINTVL"},
-		sockopt{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count, "TCP_KEEPCNT"})
+	return setsockopts(rc, keepAliveOpts[:]...)
+}
+
+// keepAliveOpts are tunnelKeepAlive as socket options.
+var keepAliveOpts = [...]sockopt{
+	{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1, "SO_KEEPALIVE"},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(tunnelKeepAlive.Idle / time.Second), "TCP_KEEPIDLE"},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(tunnelKeepAlive.Interval / time.Second), "TCP_KEEPINTVL"},
+	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, tunnelKeepAlive.Count, "TCP_KEEPCNT"},
 }
 
 func setIntOpt(fd, level, name, v int) syscall.Errno {
