@@ -674,40 +674,31 @@ func TestExhaustFileDescriptors(t *testing.T) {
 	conns = nil
 	t0 := time.Now()
 	deadline = time.Now().Add(10 * time.Second)
-	for {
+	// resumed retries serve until it succeeds and returns how long after
+	// the release that was.
+	resumed := func(what string, serve func() error) time.Duration {
+		for {
+			err := serve()
+			if err == nil {
+				return time.Since(t0)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s after the connections closed: %v", what, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	connectBack := resumed("CONNECT", func() error {
 		code, err := connectEcho(connectAddr, "", echoLn.Addr().(*net.TCPAddr).Port, "back")
-		if err == nil && code == http.StatusOK {
-			break
+		if err == nil && code != http.StatusOK {
+			err = fmt.Errorf("status %d", code)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("CONNECT after the connections closed: %d %v", code, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	connectBack := time.Since(t0)
-	for {
-		err := transparentEcho(transparentAddr, "back")
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("transparent after the connections closed: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	transparentBack := time.Since(t0)
-	for {
-		err := transparentEcho(frontAddr, "back")
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("transparent (front loop) after the connections closed: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err
+	})
+	transparentBack := resumed("transparent", func() error { return transparentEcho(transparentAddr, "back") })
+	frontBack := resumed("transparent (front loop)", func() error { return transparentEcho(frontAddr, "back") })
 	t.Logf("service resumed: CONNECT after %v, transparent after %v, front loop after %v; upstream dials %d",
-		connectBack.Round(time.Millisecond), transparentBack.Round(time.Millisecond), time.Since(t0).Round(time.Millisecond), dials.Load())
+		connectBack.Round(time.Millisecond), transparentBack.Round(time.Millisecond), frontBack.Round(time.Millisecond), dials.Load())
 	if dials.Load() != 3 {
 		t.Errorf("the upstream accepted %d connections, want the 3 after the release", dials.Load())
 	}

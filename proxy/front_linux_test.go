@@ -206,14 +206,7 @@ func TestFrontShutdown(t *testing.T) {
 	if el := time.Since(start); el < 250*time.Millisecond {
 		t.Errorf("Shutdown returned after %v, before its grace: it did not wait for the connection", el)
 	}
-	select {
-	case err := <-g.done:
-		if err != nil {
-			t.Fatalf("ServeTransparent: %v", err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("ServeTransparent did not return after Shutdown")
-	}
+	g.waitServed(t)
 	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "reason": "client_closed"})
 	if !strings.Contains(fmt.Sprint(d["detail"]), "shutdown") {
 		t.Errorf("decision %v: want the shutdown named", d)
@@ -398,14 +391,7 @@ func TestFrontShutdownUnderLoad(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return within 5 s of a 1 s grace while connections arrived")
 	}
-	select {
-	case err := <-g.done:
-		if err != nil {
-			t.Fatalf("ServeTransparent: %v", err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatal("ServeTransparent did not return after Shutdown")
-	}
+	g.waitServed(t)
 }
 
 // TestFrontListenerCloseWhileLocked: Shutdown closes the listeners holding
@@ -458,5 +444,69 @@ func TestFrontListenerCloseWhileLocked(t *testing.T) {
 		e.srv.mu.Unlock()
 		locked = false
 		<-closed
+	}
+}
+
+// TestFrontRelayFallback: when the epoll relay cannot take a connection's
+// descriptors (its epoll set is full), the loop relays them with
+// goroutines instead, and the tunnel works and closes as any other.
+func TestFrontRelayFallback(t *testing.T) {
+	e := newEnv(t)
+	g := e.startTransparent(t, frontConfig)
+	orig := epollAdd
+	t.Cleanup(func() { epollAdd = orig })
+	epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
+	accepted, relayed := frontAccepted.Load(), relayTunnels.Load()
+	dst := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	payload := append(clientHelloBytes("x.egress.test"), bytes.Repeat([]byte("fallback "), 1<<12)...)
+	if got := exchange(t, g.dial(t, dst), payload); !bytes.Equal(got, payload) {
+		t.Fatalf("relayed %d bytes, want the %d sent", len(got), len(payload))
+	}
+	d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "dst": dst})
+	cl := e.waitLog(t, "close", map[string]any{"conn": d["conn"]})
+	if cl["bytes_up"] != float64(len(payload)) || cl["bytes_down"] != float64(len(payload)) {
+		t.Errorf("close %v: want %d bytes each way", cl, len(payload))
+	}
+	if frontAccepted.Load() == accepted || relayTunnels.Load() != relayed {
+		t.Errorf("front loop accepted %d, epoll relay took %d: want the loop's connection relayed by goroutines",
+			frontAccepted.Load()-accepted, relayTunnels.Load()-relayed)
+	}
+}
+
+// TestFrontTProxyLocalDst: on a TPROXY listener the original destination
+// is the connection's local address, on both paths. Without a TPROXY rule
+// the only local addresses are this host's, so the connection is refused
+// as addressed to egressd itself, with the address it was sent to.
+func TestFrontTProxyLocalDst(t *testing.T) {
+	needRoot(t, "IP_TRANSPARENT")
+	for _, path := range []string{"front", "goroutines"} {
+		t.Run(path, func(t *testing.T) {
+			e := newEnv(t)
+			e.noFront = path == "goroutines"
+			e.start(t, frontConfig)
+			ln, err := ListenTransparent("0.0.0.0:0", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			go e.srv.ServeTransparent(ln)
+			before := frontAccepted.Load()
+			to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.5"), uint16(port(ln)))
+			c, err := net.DialTimeout("tcp", to.String(), 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			if got, _ := io.ReadAll(c); len(got) != 0 {
+				t.Errorf("got %q back", got)
+			}
+			d := e.waitLog(t, "decision", map[string]any{"client": c.LocalAddr(), "host": to.Addr(), "port": to.Port()})
+			if d["reason"] != "bad_request" || !strings.Contains(fmt.Sprint(d["detail"]), "own listener") {
+				t.Errorf("decision %v: want a bad_request naming egressd's own listener", d)
+			}
+			if served := frontAccepted.Load() - before; (served > 0) != (path == "front") {
+				t.Errorf("the front loop served %d connections (noFront %v)", served, e.noFront)
+			}
+		})
 	}
 }

@@ -29,6 +29,20 @@ type gateway struct {
 	done chan error // ServeTransparent's result
 }
 
+// waitServed waits for the gateway's ServeTransparent to return nil, as
+// it must after Shutdown.
+func (g *gateway) waitServed(t *testing.T) {
+	t.Helper()
+	select {
+	case err := <-g.done:
+		if err != nil {
+			t.Fatalf("ServeTransparent: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("ServeTransparent did not return after Shutdown")
+	}
+}
+
 // gatewaySrcs numbers the gateways' client addresses, 127.77.0.1 on.
 var gatewaySrcs atomic.Uint32
 
