@@ -68,7 +68,8 @@ type front struct {
 	lfd      int
 	acceptFn func(uintptr) // f.acceptAll, made once
 	// batch holds what one pass of acceptAll accepted; more says the
-	// batch filled up.
+	// batch filled up, so the loop accepts again after the events at
+	// hand (the listener is edge-triggered: no new edge says so).
 	batch  [frontAcceptBatch]acceptedSock
 	nbatch int
 	more   bool
@@ -81,9 +82,14 @@ type front struct {
 	hello   frontQueue           // waiting for their ClientHello, by deadline
 	dialing frontQueue           // connecting or writing the hello, by deadline
 
+	// Deadlines are nanoseconds since base on the monotonic clock (as
+	// the timer's are): a step of the wall clock must neither expire
+	// every connection at once nor leave the timer set for a time that
+	// never comes.
+	base       time.Time
 	timer      *time.Timer
-	timerAt    int64 // unix nanoseconds the timer is set for; 0: not set
-	acceptAt   int64 // unix nanoseconds of the next accept after an error; 0: none
+	timerAt    int64 // when the timer is set for; 0: not set
+	acceptAt   int64 // when to accept again after an error; 0: not waiting
 	acceptWait time.Duration
 
 	stopping, aborting atomic.Bool
@@ -109,7 +115,7 @@ type frontConn struct {
 	written  int       // bytes of f written upstream
 	up       bool      // connected
 
-	deadline   int64 // unix nanoseconds
+	deadline   int64 // since the loop's base (front.at)
 	q          *frontQueue
 	prev, next *frontConn
 }
@@ -177,7 +183,7 @@ func (s *Server) newFront(ln net.Listener, tproxy bool) (net.Listener, func()) {
 	if !ok {
 		return nil, nil
 	}
-	f := &front{s: s, ln: ln, tproxy: tproxy, upOpts: s.upstreamOpts(), lfd: -1, efd: -1, conns: make(map[int32]*frontConn)}
+	f := &front{s: s, ln: ln, tproxy: tproxy, upOpts: s.upstreamOpts(), lfd: -1, efd: -1, conns: make(map[int32]*frontConn), base: time.Now()}
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && a.IP.To4() == nil {
 		f.v6 = true
 	}
@@ -281,17 +287,18 @@ func (f *front) run() {
 			if err == syscall.EINTR {
 				continue
 			}
-			if n <= 0 {
-				return false // drained: park until the epoll fd is readable
-			}
+			n = max(n, 0)
 			for i := range evs[:n] {
 				f.event(&evs[i])
+			}
+			if f.more {
+				f.accept() // the next batch, after the events at hand
 			}
 			if f.finished() {
 				return true
 			}
-			if n < len(evs) {
-				return false
+			if n < len(evs) && !f.more {
+				return false // drained: park until the epoll fd is readable
 			}
 		}
 	}
@@ -349,10 +356,10 @@ func (f *front) woken() {
 	if f.stopping.Load() {
 		f.stopAccepting()
 	}
-	now := time.Now().UnixNano()
-	if f.timerAt != 0 && now >= f.timerAt {
-		f.timerAt = 0
-	}
+	// Whatever woke the loop, the timer is set anew below for the
+	// earliest deadline left.
+	f.timerAt = 0
+	now := f.at(time.Now())
 	for p := f.hello.head; p != nil && p.deadline <= now; p = f.hello.head {
 		p.c.refuse(policy.ReasonHelloTimeout, fmt.Sprintf("no complete ClientHello within hello_timeout (%s)", f.s.cfg.HelloTimeout))
 		f.fail(p)
@@ -382,6 +389,10 @@ func (f *front) stopAccepting() {
 	f.acceptAt = 0
 }
 
+// at is t as a deadline of the loop: nanoseconds since its base, on the
+// monotonic clock.
+func (f *front) at(t time.Time) int64 { return int64(t.Sub(f.base)) }
+
 // armTimer sets the timer for the earliest deadline, unless it is set
 // for an earlier one already.
 func (f *front) armTimer() {
@@ -395,28 +406,30 @@ func (f *front) armTimer() {
 		return
 	}
 	f.timerAt = next
-	f.timer.Reset(time.Duration(next - time.Now().UnixNano()))
+	f.timer.Reset(time.Duration(next - f.at(time.Now())))
 }
 
-// accept takes every queued connection, or stops accepting once the
-// listener was closed. The connections are handled outside the listener's
-// Control: Shutdown closes the listener holding s.mu, Close waits for every
-// Control to return, and handling a connection takes s.mu.
+// accept takes one batch of queued connections, or stops accepting once
+// the listener was closed. When the batch filled up (f.more) the loop
+// calls it again after the events at hand, so that a flood of new
+// connections cannot starve the hellos, connects and deadlines of those
+// already in the loop. The connections are handled outside the
+// listener's Control: Shutdown closes the listener holding s.mu, Close
+// waits for every Control to return, and handling a connection takes
+// s.mu.
 func (f *front) accept() {
-	for f.lfd >= 0 && f.acceptAt == 0 {
-		f.nbatch, f.more = 0, false
-		err := f.lrc.Control(f.acceptFn)
-		for i := range f.batch[:f.nbatch] {
-			a := &f.batch[i]
-			f.accepted(a.fd, a.peer[:min(int(a.n), len(a.peer))])
-		}
-		if err != nil {
-			f.stopAccepting()
-			return
-		}
-		if !f.more {
-			return
-		}
+	f.more = false
+	if f.lfd < 0 || f.acceptAt != 0 {
+		return
+	}
+	f.nbatch = 0
+	err := f.lrc.Control(f.acceptFn)
+	for i := range f.batch[:f.nbatch] {
+		a := &f.batch[i]
+		f.accepted(a.fd, a.peer[:min(int(a.n), len(a.peer))])
+	}
+	if err != nil {
+		f.stopAccepting()
 	}
 }
 
@@ -443,7 +456,7 @@ func (f *front) acceptAll(lfd uintptr) {
 		// path's backoff does, without spinning on the queued connections.
 		frontAcceptFails.Add(1)
 		f.acceptWait = min(max(2*f.acceptWait, 5*time.Millisecond), maxAcceptBackoff)
-		f.acceptAt = time.Now().Add(f.acceptWait).UnixNano()
+		f.acceptAt = f.at(time.Now().Add(f.acceptWait))
 		f.armTimer()
 		return
 	}
@@ -493,10 +506,8 @@ func (f *front) accepted(cfd int, peer []byte) {
 		return
 	}
 	f.conns[int32(cfd)] = p
-	f.hello.push(p, c.start.Add(s.cfg.HelloTimeout).UnixNano())
-	if f.timerAt == 0 {
-		f.armTimer()
-	}
+	f.hello.push(p, f.at(c.start.Add(s.cfg.HelloTimeout)))
+	f.armTimer() // this deadline may come before the one the timer is set for
 	// Clients send the hello as soon as they are connected, so it is often
 	// here already: reading now saves a round through the netpoller for
 	// the event that the registration queued.
@@ -648,10 +659,8 @@ func (f *front) connect(p *frontConn) {
 	}
 	f.conns[int32(p.ufd)] = p
 	p.start = time.Now()
-	f.dialing.push(p, p.start.Add(s.cfg.DialTimeout).UnixNano())
-	if f.timerAt == 0 {
-		f.armTimer()
-	}
+	f.dialing.push(p, f.at(p.start.Add(s.cfg.DialTimeout)))
+	f.armTimer() // this deadline may come before the one the timer is set for
 	var sa [syscall.SizeofSockaddrInet6]byte
 	n := putRawSockaddr(sa[:], dst)
 	for {

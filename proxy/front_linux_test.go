@@ -510,3 +510,86 @@ func TestFrontTProxyLocalDst(t *testing.T) {
 		})
 	}
 }
+
+// TestFrontMixedDeadlines: a hello deadline that falls before the dial
+// deadline the loop's timer is set for must still fire on time. A is
+// connecting (to a full backlog) until dial_timeout, 3 s; B, silent,
+// arrives meanwhile and must be closed after hello_timeout, 300 ms, not
+// when A's dial times out.
+func TestFrontMixedDeadlines(t *testing.T) {
+	for _, path := range []string{"front", "goroutines"} {
+		t.Run(path, func(t *testing.T) {
+			e := newEnv(t)
+			e.noFront = path == "goroutines"
+			g := e.startTransparent(t, strings.Replace(frontConfig, `dial_timeout = "500ms"`, `dial_timeout = "3s"`, 1))
+			a := g.dial(t, fullBacklog(t).String())
+			a.Write(clientHelloBytes("x.egress.test"))
+			// A's hello deadline passes while it connects: the loop's
+			// timer is then set for A's dial deadline.
+			time.Sleep(500 * time.Millisecond)
+			start := time.Now()
+			b := g.dial(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+			io.ReadAll(b)
+			if el := time.Since(start); el > 1500*time.Millisecond {
+				t.Errorf("a silent client was closed after %v, want about hello_timeout (300ms)", el.Round(time.Millisecond))
+			}
+			e.waitLog(t, "decision", map[string]any{"mode": "transparent", "reason": "hello_timeout"})
+		})
+	}
+}
+
+// TestFrontAcceptBatches: the loop accepts one batch at a time and
+// handles the events of the connections it holds in between, so that a
+// flood of new connections cannot starve their hellos, connects and
+// deadlines; and it serves every queued connection, although the
+// edge-triggered listener gives no new edge for those left in its queue.
+func TestFrontAcceptBatches(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, frontConfig)
+	// Connections queued before anything serves the listener.
+	n := gatewaySrcs.Add(1)
+	g := &gateway{src: netip.AddrFrom4([4]byte{127, 77, byte(n >> 8), byte(n)})}
+	e.srv.origDst = func(_, peer netip.AddrPort) (netip.AddrPort, error) {
+		if v, ok := g.dsts.Load(peer.String()); ok {
+			return v.(netip.AddrPort), nil
+		}
+		return netip.AddrPort{}, fmt.Errorf("test: no original destination registered for %s", peer)
+	}
+	ln := listen(t)
+	g.addr = ln.Addr().String()
+	hello := clientHelloBytes("x.egress.test")
+	const queued = 3*frontAcceptBatch + 5
+	var cs []*net.TCPConn
+	for range queued {
+		c := g.dial(t, "127.0.0.1:"+strconv.Itoa(e.echoPort))
+		c.Write(hello)
+		cs = append(cs, c)
+	}
+
+	e.srv.mu.Lock()
+	fl, run := e.srv.newFront(ln, false)
+	if run != nil {
+		e.srv.addListenerLocked(fl)
+	}
+	e.srv.mu.Unlock()
+	if run == nil {
+		t.Fatal("no front loop for the listener")
+	}
+	f := fl.(frontListener).f
+	before := frontAccepted.Load()
+	f.accept() // the loop is not running yet: the test may step it
+	if got := frontAccepted.Load() - before; got != frontAcceptBatch || !f.more {
+		t.Errorf("one accept took %d of %d queued connections (more: %v), want one batch of %d and more", got, queued, f.more, frontAcceptBatch)
+	}
+	go run()
+
+	for i, c := range cs {
+		got := make([]byte, len(hello))
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, hello) {
+			t.Fatalf("queued connection %d of %d: no echo of its hello: %v", i+1, queued, err)
+		}
+	}
+	if got := frontAccepted.Load() - before; got != queued {
+		t.Errorf("the loop accepted %d connections, want %d", got, queued)
+	}
+}

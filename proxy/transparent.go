@@ -44,7 +44,10 @@ func ListenTransparent(addr string, tproxy bool) (net.Listener, error) {
 
 // ServeTransparent accepts connections redirected to egressd on ln (from
 // ListenTransparent) until Shutdown: each is decided from its original
-// destination and ClientHello, verified, dialed and relayed.
+// destination and ClientHello, verified, dialed and relayed. Stop it with
+// Shutdown: on Linux, closing ln alone stops the accepting but not the
+// front loop (front_linux.go), and ServeTransparent returns only at
+// Shutdown.
 func (s *Server) ServeTransparent(ln net.Listener) error {
 	_, tproxy := ln.(tproxyListener)
 	s.mu.Lock()
