@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/elazarl/goproxy"
@@ -33,9 +34,14 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	// §9.3.6).
 	t, err := ParseTarget(req.RequestURI, 0)
 	if err != nil {
-		c.host = req.RequestURI
+		c.host, c.detail = req.RequestURI, err.Error()
+		if i := strings.LastIndexByte(c.host, '@'); i >= 0 {
+			// Userinfo ("user:password@host:port"): its password must not
+			// reach the log, in the host or in the parse error.
+			c.host = c.host[i+1:]
+			c.detail = "CONNECT target with userinfo (user:password@host:port): send credentials in Proxy-Authorization"
+		}
 		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
-		c.detail = err.Error()
 		s.logDecision(c)
 		writeStatus(client, req, http.StatusBadRequest, c)
 		return

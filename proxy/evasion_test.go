@@ -488,6 +488,7 @@ type connectCase struct {
 	reason  string // "" when net/http refuses before egressd decides (no decision line)
 	echo    []byte // what comes back through the tunnel; nil for none
 	extra   map[string]any
+	secret  string // must be in no log line
 }
 
 func TestEvasionConnectLine(t *testing.T) {
@@ -500,6 +501,10 @@ func TestEvasionConnectLine(t *testing.T) {
 		{name: "port 0", request: "CONNECT allowed.egress.test:0 HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request"},
 		{name: "port 65536", request: "CONNECT allowed.egress.test:65536 HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request"},
 		{name: "userinfo", request: "CONNECT user@allowed.egress.test:P HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request"},
+		{name: "userinfo with a password", request: "CONNECT alice:Hunter2secret@allowed.egress.test:P HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request",
+			secret: "Hunter2secret"},
+		{name: "userinfo with a password, no port", request: "CONNECT alice:Hunter2@secret@allowed.egress.test HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request",
+			secret: "Hunter2"},
 		{name: "percent-encoded dot", request: "CONNECT allowed%2eegress.test:P HTTP/1.1\r\n\r\n", status: 400},
 		{name: "percent-encoded letter", request: "CONNECT allowed%2Eegress.tes%74:P HTTP/1.1\r\n\r\n", status: 400},
 		{name: "absolute-form uri", request: "CONNECT http://allowed.egress.test:P/ HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request"},
@@ -567,6 +572,13 @@ func (ev *evEnv) runConnect(t *testing.T, tc connectCase) {
 		ev.checkDecision(t, "connect", d, tc.reason, tc.extra)
 		if n := len(ev.decisionsOf(t, c)); n != 1 {
 			t.Errorf("%d decision lines for one connection", n)
+		}
+	}
+	if tc.secret != "" {
+		for _, l := range ev.log.lines(t) {
+			if strings.Contains(fmt.Sprint(l), tc.secret) {
+				t.Errorf("a log line holds the client's password %q: %v", tc.secret, l)
+			}
 		}
 	}
 	wantUp := int32(0)

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/egressd/egressd/policy"
@@ -67,6 +68,8 @@ func (s *Server) Reload(cfg *policy.Config) error {
 		{"max_connections_per_client", old.MaxConnectionsPerClient == neu.MaxConnectionsPerClient},
 		{"shutdown_grace", old.ShutdownGrace == neu.ShutdownGrace},
 		{"dns_refuse", old.DNSRefuse == neu.DNSRefuse},
+		{"resolver", slices.Equal(s.resolverCfg.Servers, cfg.Resolver.Servers)},
+		{"log", s.logCfg == cfg.Log},
 		// users_file is not among them: the new file's users are in the
 		// new policy, and WatchConfig moves its watch to the new file.
 	} {

@@ -48,16 +48,26 @@ policy "p" {
 	if l := last(); l["outcome"] != "ok" || l[fieldRestart] != nil {
 		t.Errorf("reload of the same settings logged %v", l)
 	}
-	if err := s.Reload(parse("server {\n  hello_timeout = \"3s\"\n  shutdown_grace = \"5s\"\n  users_file = \"users\"\n}\n")); err != nil {
-		t.Fatal(err)
-	}
-	l := last()
-	got, _ := l[fieldRestart].([]any)
-	var names []string
-	for _, g := range got {
-		names = append(names, g.(string))
-	}
-	if l["outcome"] != "ok" || !slices.Equal(names, []string{"hello_timeout", "shutdown_grace"}) {
-		t.Errorf("reload changing hello_timeout, shutdown_grace and users_file logged %v, want restart_needed [hello_timeout shutdown_grace] (users_file takes effect)", l)
+	for _, tc := range []struct {
+		name, src string
+		want      []string
+	}{
+		{"timeouts and users_file", "server {\n  hello_timeout = \"3s\"\n  shutdown_grace = \"5s\"\n  users_file = \"users\"\n}\n",
+			[]string{"hello_timeout", "shutdown_grace"}}, // users_file takes effect
+		{"log block", "log {\n  output = \"stderr\"\n}\n", []string{"log"}},
+		{"resolver block", "resolver {\n  servers = [\"127.0.0.1:53\"]\n}\n", []string{"resolver"}},
+	} {
+		if err := s.Reload(parse(tc.src)); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		l := last()
+		got, _ := l[fieldRestart].([]any)
+		var names []string
+		for _, g := range got {
+			names = append(names, g.(string))
+		}
+		if l["outcome"] != "ok" || !slices.Equal(names, tc.want) {
+			t.Errorf("reload changing the %s logged %v, want restart_needed %v", tc.name, l, tc.want)
+		}
 	}
 }

@@ -40,6 +40,10 @@ const (
 // dialed. Create it with New.
 type Server struct {
 	cfg policy.Server
+	// resolverCfg and logCfg are the configuration's resolver and log
+	// blocks, for Reload to name when a new configuration changes them.
+	resolverCfg policy.Resolver
+	logCfg      policy.Log
 	// pol is the policy in force; Reload swaps it. Read it with policy().
 	pol      atomic.Pointer[policy.Policy]
 	log      zerolog.Logger
@@ -113,14 +117,16 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	d := &net.Dialer{Timeout: cfg.Server.DialTimeout, KeepAliveConfig: tunnelKeepAlive,
 		Control: markControl(cfg.Server.UpstreamMark)}
 	s := &Server{
-		cfg:      cfg.Server,
-		log:      logger,
-		resolver: res,
-		dialer:   d,
-		tunnels:  make(map[*tracked]struct{}),
-		limits:   newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
-		metrics:  newMetrics(res),
-		authSalt: randomSalt(),
+		cfg:         cfg.Server,
+		resolverCfg: cfg.Resolver,
+		logCfg:      cfg.Log,
+		log:         logger,
+		resolver:    res,
+		dialer:      d,
+		tunnels:     make(map[*tracked]struct{}),
+		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
+		metrics:     newMetrics(res),
+		authSalt:    randomSalt(),
 	}
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
