@@ -70,3 +70,67 @@ func TestFileWriter(t *testing.T) {
 		t.Errorf("write to a read-only file: error %v, want one naming the file", err)
 	}
 }
+
+// TestFileWriterClosed: a write after the file was closed fails and does
+// not reach the file that reused its descriptor number.
+func TestFileWriterClosed(t *testing.T) {
+	dir := t.TempDir()
+	f, err := os.Create(filepath.Join(dir, "decisions.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := fileWriter(f)
+	if _, ok := w.(*rawFile); !ok {
+		t.Fatalf("fileWriter(regular file) = %T, want *rawFile", w)
+	}
+	fd := f.Fd()
+	f.Close()
+	other, err := os.Create(filepath.Join(dir, "other"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if other.Fd() != fd {
+		t.Logf("the other file got descriptor %d, not the log's %d: the write is checked all the same", other.Fd(), fd)
+	}
+	if _, err := w.Write([]byte("{\"message\":\"decision\"}\n")); err == nil || !strings.Contains(err.Error(), "decisions.log") {
+		t.Errorf("write after close: error %v, want one naming the closed file", err)
+	}
+	if b, _ := os.ReadFile(other.Name()); len(b) != 0 {
+		t.Errorf("the line went to the file that reused the descriptor: %q", b)
+	}
+}
+
+// TestFileWriterFilesystems: raw writes only on the local filesystems
+// listed, by statfs type; a regular file elsewhere (here procfs) is
+// written through os.File.
+func TestFileWriterFilesystems(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		typ   int64
+		local bool
+	}{
+		{"ext4", 0xEF53, true},
+		{"xfs", 0x58465342, true},
+		{"btrfs", 0x9123683E, true},
+		{"tmpfs", 0x01021994, true},
+		{"overlayfs", 0x794C7630, true},
+		{"nfs", 0x6969, false},
+		{"smb2", 0xFE534D42, false},
+		{"fuse", 0x65735546, false},
+		{"9p", 0x01021997, false},
+		{"proc", 0x9FA0, false},
+	} {
+		if got := localFS(tc.typ); got != tc.local {
+			t.Errorf("localFS(%s, %#x) = %v, want %v", tc.name, tc.typ, got, tc.local)
+		}
+	}
+	f, err := os.OpenFile("/proc/self/comm", os.O_WRONLY, 0)
+	if err != nil {
+		t.Skipf("no writable regular file on procfs: %v", err)
+	}
+	defer f.Close()
+	if w := fileWriter(f); w != f {
+		t.Errorf("fileWriter(a regular file on procfs) = %T, want the *os.File", w)
+	}
+}
