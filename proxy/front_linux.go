@@ -82,11 +82,10 @@ type front struct {
 	hello   frontQueue           // waiting for their ClientHello, by deadline
 	dialing frontQueue           // connecting or writing the hello, by deadline
 
-	// Deadlines are nanoseconds since base on the monotonic clock (as
+	// Deadlines are nanoseconds since epoch on the monotonic clock (as
 	// the timer's are): a step of the wall clock must neither expire
 	// every connection at once nor leave the timer set for a time that
 	// never comes.
-	base       time.Time
 	timer      *time.Timer
 	timerAt    int64 // when the timer is set for; 0: not set
 	acceptAt   int64 // when to accept again after an error; 0: not waiting
@@ -115,7 +114,7 @@ type frontConn struct {
 	written  int       // bytes of f written upstream
 	up       bool      // connected
 
-	deadline   int64 // since the loop's base (front.at)
+	deadline   int64 // front.at
 	q          *frontQueue
 	prev, next *frontConn
 }
@@ -183,7 +182,7 @@ func (s *Server) newFront(ln net.Listener, tproxy bool) (net.Listener, func()) {
 	if !ok {
 		return nil, nil
 	}
-	f := &front{s: s, ln: ln, tproxy: tproxy, upOpts: s.upstreamOpts(), lfd: -1, efd: -1, conns: make(map[int32]*frontConn), base: time.Now()}
+	f := &front{s: s, ln: ln, tproxy: tproxy, upOpts: s.upstreamOpts(), lfd: -1, efd: -1, conns: make(map[int32]*frontConn)}
 	if a, ok := tl.Addr().(*net.TCPAddr); ok && a.IP.To4() == nil {
 		f.v6 = true
 	}
@@ -389,9 +388,9 @@ func (f *front) stopAccepting() {
 	f.acceptAt = 0
 }
 
-// at is t as a deadline of the loop: nanoseconds since its base, on the
+// at is t as a deadline of the loop: nanoseconds since epoch, on the
 // monotonic clock.
-func (f *front) at(t time.Time) int64 { return int64(t.Sub(f.base)) }
+func (f *front) at(t time.Time) int64 { return int64(t.Sub(epoch)) }
 
 // armTimer sets the timer for the earliest deadline, unless it is set
 // for an earlier one already.

@@ -109,12 +109,12 @@ type flow struct {
 	up        *net.UDPConn
 	reply     quicReplier
 
-	last      atomic.Int64 // unix nanoseconds of the last datagram either way
+	last      atomic.Int64 // monoNow of the last datagram either way
 	bytesUp   atomic.Int64
 	bytesDown atomic.Int64
 }
 
-func (f *flow) touch() { f.last.Store(time.Now().UnixNano()) }
+func (f *flow) touch() { f.last.Store(monoNow()) }
 
 // buffer keeps a copy of b for relaying after the decision; false when the
 // flow's buffer is full.
@@ -472,7 +472,7 @@ func (g *quicGateway) expire(now time.Time) {
 	g.mu.Lock()
 	for k, f := range g.flows {
 		f.mu.Lock()
-		last := time.Unix(0, f.last.Load())
+		last := epoch.Add(time.Duration(f.last.Load())) // with epoch's monotonic reading
 		switch f.state {
 		case flowPending:
 			if now.Sub(f.c.start) >= hello {

@@ -16,16 +16,26 @@ import (
 // 4 MiB keeps the per-round overhead far below 0.1% of the bytes moved.
 const relayChunk = 4 << 20
 
-// idleChecks is how many times per idle timeout a quiet direction wakes up
-// to ask whether the other direction moved data meanwhile.
+// idleChecks is how many times per idle timeout a direction of the
+// goroutine relay ends a round of reading to note the bytes it moved.
 const idleChecks = 4
+
+// epoch is the reference of the relays' and the QUIC flows' idle times,
+// which are nanoseconds since it (monoNow): they are read from the
+// monotonic clock, as timers count, so that a step of the wall clock
+// neither ends quiet tunnels early nor keeps them open late.
+var epoch = time.Now()
+
+// monoNow is the monotonic time now, in nanoseconds since epoch.
+func monoNow() int64 { return int64(time.Since(epoch)) }
 
 // tunnelState is what a tunnel in the goroutine relay keeps besides its
 // two connections and two goroutines.
 type tunnelState struct {
-	last     atomic.Int64 // unix nanoseconds of the last byte moved
+	last     atomic.Int64 // monoNow of the last byte moved
 	up, down int64
 	left     atomic.Int32 // directions still running
+	timer    *time.Timer  // the idle watchdog
 	done     func(up, down int64)
 }
 
@@ -44,33 +54,47 @@ func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, dow
 	if abort := epollRelayStart(client, upstream, idle, done); abort != nil {
 		return abort
 	}
-	ts := &tunnelState{done: func(up, down int64) {
+	closeBoth := func() {
 		_ = client.Close()
 		_ = upstream.Close()
+	}
+	ts := &tunnelState{done: func(up, down int64) {
+		closeBoth()
 		done(up, down)
 	}}
-	ts.last.Store(time.Now().UnixNano())
+	ts.last.Store(monoNow())
 	ts.left.Store(2)
+	// The watchdog, not the directions, ends an idle tunnel: a direction
+	// can be stuck in a write to a peer that does not read (after the
+	// other direction ended), where no read deadline reaches it.
+	var watch func()
+	watch = func() {
+		quiet := time.Duration(monoNow() - ts.last.Load())
+		if quiet >= idle {
+			closeBoth()
+			return
+		}
+		ts.timer.Reset(idle - quiet)
+	}
+	ts.timer = time.AfterFunc(idle, watch)
 	go ts.run(upstream, client, idle, &ts.up)
 	go ts.run(client, upstream, idle, &ts.down)
-	return func() {
-		client.Close()
-		upstream.Close()
-	}
+	return closeBoth
 }
 
 func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
 	*n = pipe(dst, src, idle, &ts.last)
 	if ts.left.Add(-1) == 0 {
+		ts.timer.Stop()
 		ts.done(ts.up, ts.down)
 	}
 }
 
 // pipe moves src→dst in rounds of relayChunk bytes with io.CopyN, which
 // for two *net.TCPConn is splice(2): no user-space copy. Each round has a
-// read deadline of a fraction of idle; a round that times out without
-// moving data ends the tunnel only when the other direction has been quiet
-// too for the whole idle period.
+// read deadline of a fraction of idle, so that bytes moved are noted in
+// last at least that often (the tunnel's watchdog ends it once last is
+// idle old); a round that times out just starts the next.
 func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 	var total int64
 	tick := max(idle/idleChecks, time.Millisecond)
@@ -78,20 +102,12 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
 		n, err := io.CopyN(dst, src, relayChunk)
 		total += n
-		now := time.Now()
 		if n > 0 {
-			last.Store(now.UnixNano())
+			last.Store(monoNow())
 		}
 		switch {
-		case err == nil:
+		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 			continue
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			if n > 0 || now.Sub(time.Unix(0, last.Load())) < idle {
-				continue
-			}
-			// Idle in both directions: end the whole tunnel.
-			_ = dst.Close()
-			_ = src.Close()
 		case errors.Is(err, io.EOF):
 			closeWrite(dst)
 		default:

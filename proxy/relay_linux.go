@@ -187,7 +187,7 @@ type etunnel struct {
 	expired  atomic.Bool   // the idle timer fired
 	aborted  atomic.Bool
 	dirs     [2]edir // client→upstream, upstream→client
-	last     int64   // unix nanoseconds of the last byte moved
+	last     int64   // monoNow of the last byte moved
 	idle     time.Duration
 	timer    *time.Timer
 	finished bool
@@ -259,7 +259,7 @@ func epollRelayStart(client, upstream net.Conn, idle time.Duration, done func(up
 // returns the abort function. When it cannot register them it returns the
 // error and leaves both open, for the caller to close or relay otherwise.
 func (r *epollRelay) start(cfd, ufd int, idle time.Duration, done func(up, down int64)) (func(), error) {
-	t := &etunnel{fds: [2]int{cfd, ufd}, idle: idle, done: done, last: time.Now().UnixNano()}
+	t := &etunnel{fds: [2]int{cfd, ufd}, idle: idle, done: done, last: monoNow()}
 	t.runFn = t.run
 	r.add(t)
 	t.state.Store(tunnelRunning) // no run until registered
@@ -375,7 +375,7 @@ func (t *etunnel) step() {
 		return
 	}
 	if t.expired.Swap(false) {
-		quiet := time.Duration(time.Now().UnixNano() - t.last)
+		quiet := time.Duration(monoNow() - t.last)
 		if quiet >= t.idle {
 			t.teardown()
 			return
@@ -415,7 +415,7 @@ func (t *etunnel) pump() {
 		}
 	}
 	if t.dirs[0].n+t.dirs[1].n != before {
-		t.last = time.Now().UnixNano()
+		t.last = monoNow()
 	}
 }
 

@@ -140,3 +140,44 @@ func TestRelayingAfterForcedShutdown(t *testing.T) {
 		t.Fatal("the relay that started after the forced shutdown is still running")
 	}
 }
+
+// TestRelayIdleWriteStall: the workload half-closes and then stops
+// reading while the destination keeps sending. No byte moves after the
+// socket buffers fill, with one direction ended and the other blocked in
+// a write, where no read deadline reaches it: both relays must still end
+// the tunnel after idle.
+func TestRelayIdleWriteStall(t *testing.T) {
+	for _, relay := range []string{"epoll", "goroutines"} {
+		t.Run(relay, func(t *testing.T) {
+			work, client := tcpPair(t)
+			up, dest := tcpPair(t)
+			client.SetWriteBuffer(16 << 10)
+			work.SetReadBuffer(16 << 10)
+			var c, u net.Conn = client, up
+			if relay == "goroutines" {
+				c, u = wrapped{client}, wrapped{up}
+			}
+			done := make(chan struct{})
+			startRelay(c, u, 300*time.Millisecond, func(int64, int64) {
+				client.Close()
+				up.Close()
+				close(done)
+			})
+			work.CloseWrite()
+			go func() {
+				buf := make([]byte, 64<<10)
+				dest.SetWriteDeadline(time.Now().Add(5 * time.Second))
+				for {
+					if _, err := dest.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+			select {
+			case <-done:
+			case <-time.After(4 * time.Second):
+				t.Fatal("a tunnel that moved nothing for 4s (idle 300ms) did not end")
+			}
+		})
+	}
+}
