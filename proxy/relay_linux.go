@@ -32,8 +32,9 @@ const (
 	relayEvents = 128
 
 	// relayEvMask: readable, writable (edges follow only a write that
-	// found the socket full), peer half-close, hang-up and errors.
-	relayEvMask = syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET
+	// found the socket full), peer half-close, urgent data, hang-up and
+	// errors.
+	relayEvMask = syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | syscall.EPOLLPRI | epollET
 
 	epollET     = 1 << 31 // EPOLLET (the syscall package's constant is a negative int)
 	fSetPipeSz  = 1031    // F_SETPIPE_SZ (linux/fcntl.h)
@@ -42,7 +43,7 @@ const (
 
 	// Events that mean a direction may have work: its source readable (or
 	// ended, or failed), its destination writable (or failed).
-	srcEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLHUP | syscall.EPOLLERR
+	srcEvents = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLPRI | syscall.EPOLLHUP | syscall.EPOLLERR
 	dstEvents = syscall.EPOLLOUT | syscall.EPOLLHUP | syscall.EPOLLERR
 )
 
@@ -211,6 +212,7 @@ type edir struct {
 	n      int64 // bytes delivered to dst
 	eof    bool  // src ended
 	shut   bool  // dst's write side was shut down after the EOF
+	urg    bool  // src reported urgent data (EPOLLPRI) not yet stepped over
 }
 
 // epollRelayStart relays client and upstream with the epoll relay and
@@ -403,6 +405,9 @@ func (t *etunnel) pump() {
 		if srcEv&srcEvents == 0 && (d.inPipe == 0 || dstEv&dstEvents == 0) {
 			continue
 		}
+		if srcEv&syscall.EPOLLPRI != 0 {
+			d.urg = true
+		}
 		more, err := d.move(t.fds[i], t.fds[1-i])
 		if err != nil {
 			t.err = err
@@ -461,6 +466,19 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 			}
 		}
 		n, err := splice(src, d.p.w, relayPipeSize)
+		if n == 0 && d.urg && (err == nil || err == syscall.EAGAIN) {
+			// splice reads nothing at TCP urgent data, for good: EAGAIN,
+			// or 0 as at the end of the stream once the peer's FIN is in.
+			// At the mark, step over it with recv, then splice again.
+			stepped, m, err := stepUrgent(src, d.p.w)
+			if err != nil {
+				return false, err
+			}
+			if stepped {
+				d.urg, d.inPipe = false, m
+				continue
+			}
+		}
 		switch {
 		case n > 0:
 			d.inPipe = n
@@ -474,6 +492,41 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 			return false, err
 		}
 	}
+}
+
+// stepUrgent moves src's bytes at its TCP urgent mark (MSG_OOB data:
+// telnet's and FTP's interrupts) into the empty pipe pw with recv and
+// write. splice reads nothing at the mark, so without this a tunnel that
+// carries urgent data stalls until its idle timeout, or ends there when
+// the peer's FIN is in. The urgent byte goes on inline (SO_OOBINLINE), as
+// a byte of the stream: the urgency itself is not relayed. When src is
+// not at the mark (the urgent byte has not arrived yet) it does nothing
+// and reports stepped false; otherwise m is the bytes now in the pipe.
+//
+//go:noinline
+func stepUrgent(src, pw int) (stepped bool, m int, err error) {
+	var atMark int32
+	if _, _, e := syscall.RawSyscall(syscall.SYS_IOCTL, uintptr(src), syscall.SIOCATMARK, uintptr(unsafe.Pointer(&atMark))); e != 0 || atMark == 0 {
+		return false, 0, nil
+	}
+	if e := setIntOpt(src, syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1); e != 0 {
+		return false, 0, e
+	}
+	var buf [512]byte // less than PIPE_BUF: the empty pipe takes it whole
+	n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, uintptr(src), uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), syscall.MSG_DONTWAIT, 0, 0)
+	switch {
+	case e == syscall.EAGAIN || e == syscall.EINTR:
+		return true, 0, nil // the next splice tells
+	case e != 0:
+		return false, 0, e
+	case n == 0:
+		return true, 0, nil
+	}
+	w, _, e := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(pw), uintptr(unsafe.Pointer(&buf[0])), n)
+	if e != 0 || w != n {
+		return false, 0, spliceOutErr(e)
+	}
+	return true, int(n), nil
 }
 
 // spliceOutErr is the error of a splice into dst that moved nothing: a

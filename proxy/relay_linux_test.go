@@ -528,3 +528,52 @@ policy "bench" {
 	}
 	b.ReportMetric(perTunnel/float64(b.N), "live-B/tunnel")
 }
+
+// TestRelayUrgentData: TCP urgent data (MSG_OOB: telnet's and FTP's
+// interrupts) does not stall a tunnel. splice stops at the urgent mark
+// for good, so the epoll relay steps over it with recv; the urgent byte
+// goes on inline, before the bytes sent after it.
+func TestRelayUrgentData(t *testing.T) {
+	for _, tc := range []struct {
+		relay string
+		pause bool // the urgent byte arrives alone, before the rest and the FIN
+	}{{"epoll", true}, {"epoll", false}, {"goroutines", true}, {"goroutines", false}} {
+		relay := tc.relay
+		t.Run(fmt.Sprintf("%s/pause=%v", relay, tc.pause), func(t *testing.T) {
+			work, client := tcpPair(t)
+			up, dest := tcpPair(t)
+			var c, u net.Conn = client, up
+			if relay == "goroutines" {
+				c, u = wrapped{client}, wrapped{up}
+			}
+			startRelay(c, u, time.Minute, func(int64, int64) { client.Close(); up.Close() })
+			work.Write([]byte("before "))
+			rc, err := work.SyscallConn()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var serr error
+			rc.Control(func(fd uintptr) { serr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) })
+			if serr != nil {
+				t.Fatal(serr)
+			}
+			if tc.pause {
+				time.Sleep(50 * time.Millisecond)
+			}
+			work.Write([]byte(" after"))
+			work.CloseWrite()
+			dest.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(dest)
+			if err != nil {
+				t.Fatalf("after %q: %v (the tunnel stalled at the urgent byte)", got, err)
+			}
+			want := "before ! after"
+			if relay == "goroutines" {
+				want = "before  after" // read(2) skips the urgent byte
+			}
+			if string(got) != want {
+				t.Errorf("destination got %q, want %q", got, want)
+			}
+		})
+	}
+}
