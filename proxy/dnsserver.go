@@ -22,6 +22,13 @@ const (
 	// dnsUDPSize is the largest UDP query read; larger ones are cut off
 	// and rejected as malformed.
 	dnsUDPSize = dns.DefaultMsgSize
+	// dnsMaxUDPAnswer caps a UDP answer whatever EDNS0 size the query
+	// claims: 1232 bytes, DNS Flag Day 2020's size, fits any path without
+	// fragmentation. A client that claims 65,000 with a spoofed source
+	// would otherwise turn a 44-byte query into an answer of kilobytes
+	// (fetched over TCP upstream) aimed at its victim. Larger answers come
+	// back truncated (TC), and the client asks again over TCP.
+	dnsMaxUDPAnswer = 1232
 	// dnsForwardTimeout bounds forwarding one query to the servers.
 	dnsForwardTimeout = 6 * time.Second
 	// dnsMaxInFlight bounds the queries forwarded at once; more are
@@ -43,7 +50,7 @@ func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
 			ReadTimeout: dnsReadTimeout, WriteTimeout: dnsWriteTimeout})
 	}
 	if ln != nil {
-		srvs = append(srvs, &dns.Server{Listener: ln, Handler: h, ReadTimeout: dnsReadTimeout,
+		srvs = append(srvs, &dns.Server{Listener: dnsListener{ln, s}, Handler: h, ReadTimeout: dnsReadTimeout,
 			WriteTimeout: dnsWriteTimeout, MaxTCPQueries: dnsMaxTCPQueries,
 			IdleTimeout: func() time.Duration { return dnsReadTimeout }})
 	}
@@ -193,9 +200,54 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 		size := dns.MinMsgSize
 		if o := req.IsEdns0(); o != nil {
-			size = max(int(o.UDPSize()), dns.MinMsgSize)
+			size = min(max(int(o.UDPSize()), dns.MinMsgSize), dnsMaxUDPAnswer)
 		}
 		in.Truncate(size)
 	}
 	_ = w.WriteMsg(in)
+}
+
+// dnsListener is the DNS server's TCP listener. Each connection counts
+// against max_connections and max_connections_per_client (one over a
+// limit is closed at once, with a connection_limit decision line), and an
+// accept error such as EMFILE backs off as the proxy's listeners do:
+// miekg/dns retries a temporary error at once, which spins while the
+// descriptor table is full.
+type dnsListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l dnsListener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if isTemporary(err) && !l.s.isClosing() {
+				backoff(&delay)
+				continue
+			}
+			return nil, err
+		}
+		delay = 0
+		rec := l.s.newConn(ModeDNS, c.RemoteAddr().String())
+		sl := l.s.acquireSlot(rec)
+		if sl == nil {
+			l.s.logDecision(rec)
+			_ = c.Close()
+			continue
+		}
+		return &dnsConn{Conn: c, sl: sl}, nil
+	}
+}
+
+// dnsConn holds its connection slot until it is closed.
+type dnsConn struct {
+	net.Conn
+	sl *slot
+}
+
+func (c *dnsConn) Close() error {
+	c.sl.free() // at most once
+	return c.Conn.Close()
 }

@@ -3,9 +3,11 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -164,8 +166,7 @@ func answerA(t *testing.T, in *dns.Msg) []netip.Addr {
 }
 
 func (d *dnsEnv) remembered(name string, a netip.Addr) bool {
-	ok, _, _ := d.srv.resolver.known(name, a)
-	return ok
+	return d.srv.resolver.Knows(name, a)
 }
 
 func TestDNSAllowedNameAnsweredAndRecorded(t *testing.T) {
@@ -376,4 +377,130 @@ func TestDNSAuditMode(t *testing.T) {
 		t.Errorf("the upstream received %d queries, want 1", n)
 	}
 	d.waitLog(t, "decision", map[string]any{"mode": "dns", "host": "unlisted.exfil.test", "decision": "allow", "would_deny": true, "reason": "no_rule"})
+}
+
+// bigUpstream answers TXT for big.egress.test with about 10 KB of records:
+// over UDP truncated to 1232 bytes (TC), as public resolvers do, over TCP
+// whole.
+func bigUpstream(t *testing.T) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for i := range 40 {
+			rr, _ := dns.NewRR("big.egress.test. 60 IN TXT \"" + strings.Repeat(string(rune('a'+i%26)), 250) + "\"")
+			m.Answer = append(m.Answer, rr)
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := dns.MinMsgSize
+			if q.IsEdns0() != nil {
+				size = 1232
+			}
+			m.Truncate(size)
+		}
+		w.WriteMsg(m)
+	})
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	return pc.LocalAddr().String()
+}
+
+// TestDNSUDPAnswerCapped: a UDP query that claims an EDNS0 size of 65,000
+// gets at most dnsMaxUDPAnswer bytes, truncated (TC), although egressd
+// fetched the whole 10 KB answer over TCP upstream: no amplification
+// towards a spoofed source. Over TCP the whole answer comes back.
+func TestDNSUDPAnswerCapped(t *testing.T) {
+	e := newEnv(t)
+	e.dnsAddr = bigUpstream(t)
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "big" { hosts = ["big.egress.test"] }
+}
+`)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := listen(t)
+	go e.srv.ServeDNS(pc, tl)
+	for _, tc := range []struct {
+		network, addr string
+		udpSize       uint16
+		max           int
+		tc            bool
+	}{
+		{"udp", pc.LocalAddr().String(), 65000, dnsMaxUDPAnswer, true},
+		{"udp", pc.LocalAddr().String(), 0, dns.MinMsgSize, true},
+		{"tcp", tl.Addr().String(), 65000, dns.MaxMsgSize, false},
+	} {
+		q := new(dns.Msg)
+		q.SetQuestion("big.egress.test.", dns.TypeTXT)
+		if tc.udpSize != 0 {
+			q.SetEdns0(tc.udpSize, false)
+		}
+		cl := &dns.Client{Net: tc.network, Timeout: 5 * time.Second, UDPSize: 65535}
+		in, _, err := cl.Exchange(q, tc.addr)
+		if err != nil {
+			t.Fatalf("%s query (EDNS0 size %d): %v", tc.network, tc.udpSize, err)
+		}
+		wire, _ := in.Pack()
+		if in.Rcode != dns.RcodeSuccess || len(wire) > tc.max || in.Truncated != tc.tc {
+			t.Errorf("%s query (EDNS0 size %d): %s answer of %d bytes, TC %v; want NOERROR, at most %d bytes, TC %v",
+				tc.network, tc.udpSize, dns.RcodeToString[in.Rcode], len(wire), in.Truncated, tc.max, tc.tc)
+		}
+		if !tc.tc && len(in.Answer) != 40 {
+			t.Errorf("%s query: %d records, want all 40", tc.network, len(in.Answer))
+		}
+	}
+}
+
+// TestDNSTCPConnectionLimit: DNS-over-TCP connections count against
+// max_connections_per_client; one over the limit is closed at once with a
+// connection_limit decision line, and freeing a connection frees its slot.
+func TestDNSTCPConnectionLimit(t *testing.T) {
+	d := startDNSEnv(t, "max_connections_per_client = 2")
+	var held []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", d.tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		held = append(held, c)
+	}
+	for deadline := time.Now().Add(5 * time.Second); d.srv.limits.open() != 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections counted, want the 2 DNS connections", d.srv.limits.open())
+		}
+	}
+	over, err := net.Dial("tcp", d.tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	over.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := over.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a third DNS connection from one client: read %v, want it closed at once", err)
+	}
+	d.waitLog(t, "decision", map[string]any{"mode": "dns", "reason": "connection_limit"})
+	held[0].Close()
+	for deadline := time.Now().Add(5 * time.Second); d.srv.limits.open() != 1; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections counted after one closed, want 1", d.srv.limits.open())
+		}
+	}
+	if in := d.query(t, "tcp", cdnName, dns.TypeA); len(answerA(t, in)) != 1 {
+		t.Errorf("a query in the freed slot: answer %v", in)
+	}
 }

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
@@ -532,13 +533,16 @@ policy "fd" {
 	srv.origDst = func(_, _ netip.AddrPort) (netip.AddrPort, error) { return dst, nil }
 	cl, tl := &countingListener{Listener: listen(t)}, &countingListener{Listener: listen(t)}
 	fl := listen(t) // a *net.TCPListener: served by the front loop
+	dl := &countingListener{Listener: listen(t)}
 	go srv.Serve(cl)
 	go srv.ServeTransparent(tl)
 	go srv.ServeTransparent(fl)
-	fmt.Printf("ADDRS %s %s %s\n", cl.Addr(), tl.Addr(), fl.Addr())
+	go srv.ServeDNS(nil, dl)
+	fmt.Printf("ADDRS %s %s %s %s\n", cl.Addr(), tl.Addr(), fl.Addr(), dl.Addr())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
-		fmt.Printf("STATS %d %d %d %d %d\n", cl.calls.Load(), cl.emfile.Load(), tl.calls.Load(), tl.emfile.Load(), frontAcceptFails.Load())
+		fmt.Printf("STATS %d %d %d %d %d %d %d\n", cl.calls.Load(), cl.emfile.Load(), tl.calls.Load(), tl.emfile.Load(), frontAcceptFails.Load(),
+			dl.calls.Load(), dl.emfile.Load())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -597,18 +601,19 @@ func TestExhaustFileDescriptors(t *testing.T) {
 		return nil
 	}
 	addrs := next("ADDRS")
-	connectAddr, transparentAddr, frontAddr := addrs[0], addrs[1], addrs[2]
+	connectAddr, transparentAddr, frontAddr, dnsAddr := addrs[0], addrs[1], addrs[2], addrs[3]
 	frontLoop := runtime.GOOS == "linux" // elsewhere the goroutine path serves frontAddr
 	// CONNECT's and the goroutine path's Accept calls and EMFILE failures,
-	// and the front loop's failed accepts.
-	stats := func() (cc, ce, tc, te, fe int64) {
+	// the front loop's failed accepts, and the DNS server's (TCP) Accept
+	// calls and EMFILE failures.
+	stats := func() (cc, ce, tc, te, fe, dc, de int64) {
 		fmt.Fprintln(stdin, "stats")
 		f := next("STATS")
-		v := make([]int64, 5)
+		v := make([]int64, 7)
 		for i := range v {
 			v[i], _ = strconv.ParseInt(f[i], 10, 64)
 		}
-		return v[0], v[1], v[2], v[3], v[4]
+		return v[0], v[1], v[2], v[3], v[4], v[5], v[6]
 	}
 
 	// Fill the child's descriptor table: CONNECT tunnels that wait for a
@@ -623,7 +628,7 @@ func TestExhaustFileDescriptors(t *testing.T) {
 		}
 	})
 	for i := range 2 * fdChildLimit {
-		for _, addr := range []string{connectAddr, transparentAddr, frontAddr} {
+		for _, addr := range []string{connectAddr, transparentAddr, frontAddr, dnsAddr} {
 			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 			if err != nil {
 				t.Fatalf("connection %d to %s: %v", i, addr, err)
@@ -636,25 +641,25 @@ func TestExhaustFileDescriptors(t *testing.T) {
 	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		_, ce, _, te, fe := stats()
-		if ce > 0 && te > 0 && (fe > 0 || !frontLoop) {
+		_, ce, _, te, fe, _, de := stats()
+		if ce > 0 && te > 0 && (fe > 0 || !frontLoop) && de > 0 {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the child's accepts did not fail with EMFILE (%d, %d EMFILE failures, %d failed front-loop accepts)", ce, te, fe)
+			t.Fatalf("the child's accepts did not fail with EMFILE (%d, %d, %d EMFILE failures, %d failed front-loop accepts)", ce, te, de, fe)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	// Saturated: measure 2 s.
 	time.Sleep(1500 * time.Millisecond) // past the first backoff steps
 	pid := cmd.Process.Pid
-	cc0, ce0, tc0, te0, fe0 := stats()
+	cc0, ce0, tc0, te0, fe0, dc0, de0 := stats()
 	cpu0 := cpuTicks(t, pid)
 	time.Sleep(2 * time.Second)
 	cpu1 := cpuTicks(t, pid)
-	cc1, ce1, tc1, te1, fe1 := stats()
-	t.Logf("saturated for 2s: child CPU %d ticks (1/100 s); Accept calls: CONNECT %d (%d EMFILE), transparent %d (%d EMFILE); front loop: %d failed accepts",
-		cpu1-cpu0, cc1-cc0, ce1-ce0, tc1-tc0, te1-te0, fe1-fe0)
+	cc1, ce1, tc1, te1, fe1, dc1, de1 := stats()
+	t.Logf("saturated for 2s: child CPU %d ticks (1/100 s); Accept calls: CONNECT %d (%d EMFILE), transparent %d (%d EMFILE), DNS %d (%d EMFILE); front loop: %d failed accepts",
+		cpu1-cpu0, cc1-cc0, ce1-ce0, tc1-tc0, te1-te0, dc1-dc0, de1-de0, fe1-fe0)
 	if ce1 == ce0 || te1 == te0 || fe1 == fe0 && frontLoop {
 		t.Errorf("no EMFILE failures during the measurement: the child was not saturated")
 	}
@@ -665,6 +670,12 @@ func TestExhaustFileDescriptors(t *testing.T) {
 	}
 	if d := max(cc1-cc0, tc1-tc0, fe1-fe0); d > 20 {
 		t.Errorf("%d Accept calls in 2 s while out of descriptors, want <= 20 (backoff)", d)
+	}
+	// The DNS server closes its idle TCP connections after 5 s, and the
+	// descriptors that frees are taken again, so its accepts succeed now
+	// and then and its backoff starts over; a spin is 100,000s.
+	if d := dc1 - dc0; d > 60 {
+		t.Errorf("%d DNS Accept calls in 2 s while out of descriptors, want <= 60 (backoff)", d)
 	}
 
 	// Release everything: service resumes.
@@ -697,8 +708,17 @@ func TestExhaustFileDescriptors(t *testing.T) {
 	})
 	transparentBack := resumed("transparent", func() error { return transparentEcho(transparentAddr, "back") })
 	frontBack := resumed("transparent (front loop)", func() error { return transparentEcho(frontAddr, "back") })
-	t.Logf("service resumed: CONNECT after %v, transparent after %v, front loop after %v; upstream dials %d",
-		connectBack.Round(time.Millisecond), transparentBack.Round(time.Millisecond), frontBack.Round(time.Millisecond), dials.Load())
+	dnsBack := resumed("DNS over TCP", func() error {
+		m := new(dns.Msg)
+		m.SetQuestion("not-allowed.example.", dns.TypeA)
+		in, _, err := (&dns.Client{Net: "tcp", Timeout: time.Second}).Exchange(m, dnsAddr)
+		if err == nil && in.Rcode != dns.RcodeRefused {
+			err = fmt.Errorf("answer %s, want REFUSED", dns.RcodeToString[in.Rcode])
+		}
+		return err
+	})
+	t.Logf("service resumed: CONNECT after %v, transparent after %v, front loop after %v, DNS after %v; upstream dials %d",
+		connectBack.Round(time.Millisecond), transparentBack.Round(time.Millisecond), frontBack.Round(time.Millisecond), dnsBack.Round(time.Millisecond), dials.Load())
 	if dials.Load() != 3 {
 		t.Errorf("the upstream accepted %d connections, want the 3 after the release", dials.Load())
 	}

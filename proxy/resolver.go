@@ -59,6 +59,11 @@ type Resolver struct {
 
 	mu    sync.Mutex
 	cache map[string]cacheEntry
+	// asked is when the servers were last asked for a name, whatever they
+	// answered: a TTL-0 answer and a failure leave no cache entry, and
+	// Verify must not ask again for them more often than for the rest.
+	// It holds at most maxCacheEntries names and is emptied when full.
+	asked map[string]time.Time
 
 	// cacheHits and cacheMisses count Lookup's cache lookups (metric
 	// egressd_dns_cache_total).
@@ -68,7 +73,6 @@ type Resolver struct {
 type cacheEntry struct {
 	addrs   []netip.Addr // the latest answer
 	expires time.Time    // when the latest answer runs out
-	fetched time.Time    // when the latest answer arrived
 	known   []knownAddr  // every address answered within its TTL
 }
 
@@ -108,6 +112,7 @@ func NewResolver(servers []string) (*Resolver, error) {
 		client:  &dns.Client{Timeout: dnsQueryTimeout},
 		now:     time.Now,
 		cache:   make(map[string]cacheEntry),
+		asked:   make(map[string]time.Time),
 	}, nil
 }
 
@@ -125,15 +130,15 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 
 // Verify reports whether a is an address the DNS gave for name within its
 // TTL: remembered from an earlier answer, in the current answer, or, when
-// neither holds it and the last query is at least minVerifyRefresh old, in
-// a fresh answer (which is remembered too).
+// neither holds it and the servers were last asked for name at least
+// minVerifyRefresh ago (whatever they answered), in a fresh answer (which
+// is remembered too).
 func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
 	a = a.Unmap()
-	known, fetched, fresh := r.known(name, a)
-	if known {
+	if r.Knows(name, a) {
 		return true, nil
 	}
-	if fresh && r.now().Sub(fetched) < minVerifyRefresh {
+	if !r.mayAsk(name) {
 		return false, nil
 	}
 	// Ask again while the answers keep bringing addresses not seen before:
@@ -156,32 +161,43 @@ func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool,
 // Knows reports whether a is remembered for name within its TTL, without
 // asking the servers: Verify's answer when it needs no query.
 func (r *Resolver) Knows(name string, a netip.Addr) bool {
-	ok, _, _ := r.known(name, a.Unmap())
-	return ok
-}
-
-// known reports whether a is remembered for name, and when the latest
-// answer was fetched (fresh: that answer is still within its TTL).
-func (r *Resolver) known(name string, a netip.Addr) (ok bool, fetched time.Time, fresh bool) {
+	a = a.Unmap()
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, exists := r.cache[name]
-	if !exists {
-		return false, time.Time{}, false
-	}
-	for _, k := range e.known {
+	for _, k := range r.cache[name].known {
 		if k.addr == a && now.Before(k.expires) {
-			ok = true
-			break
+			return true
 		}
 	}
-	return ok, e.fetched, now.Before(e.expires)
+	return false
+}
+
+// mayAsk reports whether Verify may ask the servers for name: not when
+// they were asked for it less than minVerifyRefresh ago.
+func (r *Resolver) mayAsk(name string) bool {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t, ok := r.asked[name]
+	return !ok || now.Sub(t) >= minVerifyRefresh
+}
+
+// noteAsked records that the servers are being asked for name.
+func (r *Resolver) noteAsked(name string) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.asked[name]; !ok && len(r.asked) >= maxCacheEntries {
+		clear(r.asked) // at worst one more query per name
+	}
+	r.asked[name] = now
 }
 
 // lookup queries the servers (no cache read) and stores the answer; added
 // reports whether the answer held an address not remembered before.
 func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr, added bool, err error) {
+	r.noteAsked(name)
 	var (
 		wg         sync.WaitGroup
 		v6, v4     []netip.Addr
@@ -195,7 +211,7 @@ func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr,
 	}()
 	v4, ttl4, err4 = r.query(ctx, name, dns.TypeA)
 	wg.Wait()
-	addrs = append(v6, v4...)
+	addrs = joinAddrs(v6, v4)
 	if len(addrs) == 0 {
 		if err4 != nil {
 			return nil, false, err4
@@ -205,9 +221,6 @@ func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr,
 		}
 		return nil, false, fmt.Errorf("resolve %s: %w", name, ErrNoAddress)
 	}
-	if len(addrs) > maxAddrsPerName {
-		addrs = addrs[:maxAddrsPerName]
-	}
 	ttl := min(ttl4, ttl6)
 	if len(v4) == 0 {
 		ttl = ttl6
@@ -216,6 +229,18 @@ func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr,
 	}
 	added = r.store(name, addrs, time.Duration(ttl)*time.Second)
 	return addrs, added, nil
+}
+
+// joinAddrs is a name's addresses as Lookup returns them: IPv6 first,
+// at most maxAddrsPerName, but never IPv6 alone when there is IPv4 too:
+// half the room stays for the IPv4 addresses, which an IPv4-only host
+// needs to dial and a verification of an IPv4 destination to match.
+func joinAddrs(v6, v4 []netip.Addr) []netip.Addr {
+	if len(v6)+len(v4) > maxAddrsPerName {
+		n4 := min(len(v4), max(maxAddrsPerName/2, maxAddrsPerName-len(v6)))
+		v6, v4 = v6[:maxAddrsPerName-n4], v4[:n4]
+	}
+	return append(v6[:len(v6):len(v6)], v4...)
 }
 
 func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
@@ -268,7 +293,7 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) (ad
 		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
 		known = slices.Clone(known[len(known)-maxKnownPerName:])
 	}
-	r.cache[name] = cacheEntry{addrs: addrs, expires: exp, fetched: now, known: known}
+	r.cache[name] = cacheEntry{addrs: addrs, expires: exp, known: known}
 	return added
 }
 

@@ -117,7 +117,7 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 		t.Error("same address again: added = true")
 	}
 	for _, a := range []netip.Addr{a1, a2} {
-		if ok, _, _ := r.known("cdn.test", a); !ok {
+		if !r.Knows("cdn.test", a) {
 			t.Errorf("%s forgotten within its TTL", a)
 		}
 	}
@@ -125,16 +125,16 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 		t.Errorf("Lookup cache = %v %v, want only the latest answer", got, ok)
 	}
 	now = now.Add(31 * time.Second) // a1's TTL is over, a2's is not
-	if ok, _, _ := r.known("cdn.test", a1); ok {
+	if r.Knows("cdn.test", a1) {
 		t.Error("expired address still known")
 	}
-	if ok, _, _ := r.known("cdn.test", a2); !ok {
+	if !r.Knows("cdn.test", a2) {
 		t.Error("unexpired address forgotten")
 	}
-	// A Verify within minVerifyRefresh of the last answer does not query
+	// A Verify within minVerifyRefresh of the last query does not query
 	// (the server at 127.0.0.1:1 would fail the test with an error); later
 	// it does.
-	r.store("cdn.test", []netip.Addr{a2}, 60*time.Second)
+	r.noteAsked("cdn.test")
 	now = now.Add(minVerifyRefresh - time.Second)
 	if ok, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); ok || err != nil {
 		t.Errorf("Verify of an unknown address = %v, %v; want false without a query", ok, err)
@@ -154,7 +154,73 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 		t.Errorf("remembered %d addresses, want the bound %d", n, maxKnownPerName)
 	}
 	last := netip.MustParseAddr(fmt.Sprintf("10.0.%d.%d", (maxKnownPerName+9)/256, (maxKnownPerName+9)%256))
-	if ok, _, _ := r.known("many.test", last); !ok {
+	if !r.Knows("many.test", last) {
 		t.Error("the newest address was evicted")
+	}
+}
+
+// TestJoinAddrs: IPv6 first, at most maxAddrsPerName, and never so many
+// IPv6 addresses that the IPv4 ones are all dropped.
+func TestJoinAddrs(t *testing.T) {
+	addrs := func(prefix string, n int) []netip.Addr {
+		var out []netip.Addr
+		for i := range n {
+			out = append(out, netip.MustParseAddr(fmt.Sprintf(prefix, i+1)))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		n6, n4, want6, want4 int
+	}{
+		{2, 3, 2, 3},
+		{32, 0, 32, 0},
+		{0, 40, 0, 32},
+		{32, 1, 31, 1},
+		{40, 40, 16, 16},
+		{10, 40, 10, 22},
+		{40, 10, 22, 10},
+	} {
+		got := joinAddrs(addrs("2001:db8::%x", tc.n6), addrs("192.0.2.%d", tc.n4))
+		var n6, n4 int
+		for i, a := range got {
+			if a.Is4() {
+				n4++
+			} else if n6++; n4 > 0 {
+				t.Errorf("%d+%d: IPv6 address at %d after an IPv4 one", tc.n6, tc.n4, i)
+			}
+		}
+		if n6 != tc.want6 || n4 != tc.want4 {
+			t.Errorf("%d IPv6 + %d IPv4: kept %d + %d, want %d + %d", tc.n6, tc.n4, n6, n4, tc.want6, tc.want4)
+		}
+	}
+}
+
+// TestVerifyRateLimitUncached: Verify asks the servers at most once per
+// minVerifyRefresh for a name whose answer is not cached: TTL 0, or
+// NXDOMAIN. Before, each Verify asked again.
+func TestVerifyRateLimitUncached(t *testing.T) {
+	addr, queries := countingDNS(t)
+	r, err := NewResolver([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	spoofed := netip.MustParseAddr("203.0.113.9")
+	for _, name := range []string{"ttl0.test", "nx.test"} {
+		queries.Store(0)
+		for range 50 {
+			r.Verify(context.Background(), name, spoofed)
+		}
+		// One lookup: an A and an AAAA query.
+		if n := queries.Load(); n != 2 {
+			t.Errorf("%s: 50 Verify calls within minVerifyRefresh sent %d queries, want the 2 of one lookup", name, n)
+		}
+	}
+	now = now.Add(minVerifyRefresh)
+	queries.Store(0)
+	r.Verify(context.Background(), "ttl0.test", spoofed)
+	if n := queries.Load(); n != 2 {
+		t.Errorf("a Verify minVerifyRefresh later sent %d queries, want 2", n)
 	}
 }
