@@ -246,6 +246,16 @@ func (p *Policy) NeedsAuth() bool { return p != nil && p.needsAuth }
 // used when the first declared user has a bcrypt hash.
 const decoyHash = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
 
+// work orders hashes of one kind by what a check costs: bcrypt's cost,
+// argon2id's passes times memory.
+func (h pwHash) work() uint64 {
+	if h.argon {
+		return uint64(h.time) * uint64(h.memory)
+	}
+	cost, _ := bcrypt.Cost([]byte(h.raw))
+	return uint64(cost)
+}
+
 // makeDecoy returns a hash with the same parameters as h.
 func makeDecoy(h pwHash) pwHash {
 	if !h.argon {
@@ -361,11 +371,24 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 			Detail: "A users file was given but no server block sets users_file."})
 	}
 	p.users = compileUsers(defs, &diags)
-	for _, u := range defs { // the first declared user's parameters, for the decoy
-		if h, ok := p.users[u.name]; ok {
-			p.decoy = makeDecoy(h)
-			break
+	// The decoy: the first declared user's kind of hash (bcrypt or
+	// argon2id), with the most expensive parameters declared for that kind,
+	// so that an unknown user costs as much as the dearest known one: with
+	// the first user's parameters, a wrong password for a user with a
+	// higher cost took longer than one for a user that does not exist.
+	found := false
+	for _, u := range defs {
+		h, ok := p.users[u.name]
+		switch {
+		case !ok:
+		case !found:
+			p.decoy, found = h, true
+		case h.argon == p.decoy.argon && h.work() > p.decoy.work():
+			p.decoy = h
 		}
+	}
+	if found {
+		p.decoy = makeDecoy(p.decoy)
 	}
 	return diags, given
 }

@@ -1,10 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"net/http"
+	"net/netip"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -27,7 +30,91 @@ const (
 	maxAuthHeader = 1024
 	// proxyRealm is the Basic realm egressd challenges with.
 	proxyRealm = `Basic realm="egressd", charset="UTF-8"`
+	// authWait bounds how long a request waits for its turn to have its
+	// password checked (authGate) before it is refused.
+	authWait = 10 * time.Second
 )
+
+// authGate bounds password checks, which bcrypt and argon2id make
+// expensive on purpose (tens of milliseconds of CPU; argon2id also up to
+// its m of memory): at most half the CPUs' worth at once, so that wrong
+// passwords sent by the thousand cannot take every CPU from the tunnels
+// or multiply argon2id's memory, and one at a time per client address, so
+// that one client's checks queue behind each other and not ahead of
+// every other client's. Credentials already verified skip it (authCache).
+type authGate struct {
+	sem chan struct{}
+
+	mu      sync.Mutex
+	clients map[netip.Addr]*authTurn // clients with a check running or waiting
+}
+
+// authTurn is one client's turn: a token and how many of its checks hold
+// or wait for it.
+type authTurn struct {
+	token chan struct{}
+	n     int
+}
+
+// checkPassword verifies a proxy user's password; a test replaces it to
+// watch how many checks run at once.
+var checkPassword = (*policy.Policy).Authenticate
+
+func newAuthGate() *authGate {
+	return &authGate{sem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)), clients: make(map[netip.Addr]*authTurn)}
+}
+
+// enter waits for client's turn and a free check, until ctx ends or
+// authWait passes; then it returns false. After true, call leave.
+func (g *authGate) enter(ctx context.Context, client netip.Addr) bool {
+	g.mu.Lock()
+	t := g.clients[client]
+	if t == nil {
+		t = &authTurn{token: make(chan struct{}, 1)}
+		g.clients[client] = t
+	}
+	t.n++
+	g.mu.Unlock()
+	timer := time.NewTimer(authWait)
+	defer timer.Stop()
+	select {
+	case t.token <- struct{}{}:
+	case <-ctx.Done():
+		g.done(client, t)
+		return false
+	case <-timer.C:
+		g.done(client, t)
+		return false
+	}
+	select {
+	case g.sem <- struct{}{}:
+		return true
+	case <-ctx.Done():
+	case <-timer.C:
+	}
+	<-t.token
+	g.done(client, t)
+	return false
+}
+
+// leave ends a check that enter let in.
+func (g *authGate) leave(client netip.Addr) {
+	<-g.sem
+	g.mu.Lock()
+	t := g.clients[client]
+	g.mu.Unlock()
+	<-t.token
+	g.done(client, t)
+}
+
+// done drops one hold of t, and client's entry with its last.
+func (g *authGate) done(client netip.Addr, t *authTurn) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t.n--; t.n == 0 {
+		delete(g.clients, client)
+	}
+}
 
 // authCache remembers credentials verified against one policy by their
 // SHA-256 (never the clear text) until authCacheTTL. Entries belong to the
@@ -58,7 +145,8 @@ func (a *authCache) put(p *policy.Policy, k [32]byte) {
 
 // proxyUser checks req's Proxy-Authorization. It returns the user and
 // ok = true for valid credentials, "" and true when there are none, and
-// ok = false for wrong or malformed ones (whether or not the user exists).
+// ok = false for wrong or malformed ones (whether or not the user exists),
+// and for credentials that could not be checked in time (authGate).
 func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	h := req.Header.Get("Proxy-Authorization")
 	if h == "" {
@@ -81,7 +169,14 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if s.auth.get(p, k) {
 		return name, true
 	}
-	if !p.Authenticate(name, password) {
+	ap, _ := netip.ParseAddrPort(req.RemoteAddr)
+	client := ap.Addr().Unmap()
+	if !s.authGate.enter(req.Context(), client) {
+		return "", false
+	}
+	valid := checkPassword(p, name, password)
+	s.authGate.leave(client)
+	if !valid {
 		return "", false
 	}
 	s.auth.put(p, k)

@@ -2,14 +2,18 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -288,5 +292,94 @@ policy "ci" {
 	s.auth.put(old, k)
 	if check("old-password") {
 		t.Error("an entry cached under the old policy after the reload is accepted")
+	}
+}
+
+// TestAuthGate: password checks run one at a time per client and at most
+// cap(sem) at once; a check that cannot start before its context ends is
+// refused and leaves nothing behind.
+func TestAuthGate(t *testing.T) {
+	g := newAuthGate()
+	g.sem = make(chan struct{}, 2) // two checks at once, whatever GOMAXPROCS
+	a, b, c := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("::1")
+	ctx := context.Background()
+	if !g.enter(ctx, a) {
+		t.Fatal("the first check did not start")
+	}
+	second := make(chan bool, 1)
+	go func() { second <- g.enter(ctx, a) }()
+	select {
+	case <-second:
+		t.Fatal("a second check from the same client ran beside the first")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if !g.enter(ctx, b) {
+		t.Fatal("another client's check did not start")
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	if g.enter(short, c) {
+		t.Error("a third check ran beside two, over the bound of 2")
+	}
+	cancel()
+	g.leave(a)
+	if !<-second {
+		t.Fatal("the client's second check did not start after its first ended")
+	}
+	g.leave(a)
+	g.leave(b)
+	if len(g.clients) != 0 || len(g.sem) != 0 {
+		t.Errorf("after every check ended: %d clients, %d checks held", len(g.clients), len(g.sem))
+	}
+}
+
+// TestAuthChecksPerClient: wrong passwords sent at once by one client are
+// checked one at a time, over CONNECT and plain HTTP alike, so that a
+// client cannot take every CPU with bcrypt work; each is refused with
+// 407.
+func TestAuthChecksPerClient(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authConfig(t))
+	var running, most atomic.Int32
+	orig := checkPassword
+	checkPassword = func(p *policy.Policy, user, password string) bool {
+		n := running.Add(1)
+		for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+		}
+		defer running.Add(-1)
+		time.Sleep(20 * time.Millisecond)
+		return orig(p, user, password)
+	}
+	t.Cleanup(func() { checkPassword = orig })
+	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("ci:guess")) + "\r\n"
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			c, err := net.Dial("tcp", e.proxyAddr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			req := "CONNECT allowed.egress.test:443 HTTP/1.1\r\nHost: allowed.egress.test:443\r\n" + auth + "\r\n"
+			method := http.MethodConnect
+			if i%2 == 1 {
+				req = "GET http://plain.egress.test/ HTTP/1.1\r\nHost: plain.egress.test\r\n" + auth + "\r\n"
+				method = http.MethodGet
+			}
+			io.WriteString(c, req)
+			resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: method})
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			if resp.StatusCode != http.StatusProxyAuthRequired {
+				t.Errorf("request %d with a wrong password: status %s, want 407", i, resp.Status)
+			}
+		})
+	}
+	wg.Wait()
+	if m := most.Load(); m != 1 {
+		t.Errorf("%d password checks of one client ran at once, want 1", m)
 	}
 }

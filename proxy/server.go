@@ -52,6 +52,7 @@ type Server struct {
 	// server's configuration.
 	auth     authCache
 	authSalt string
+	authGate *authGate
 
 	// DialContext, when set before Serve, dials every already checked
 	// address instead of egressd's own dialer (dial_timeout, TCP
@@ -127,6 +128,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		limits:      newLimiter(cfg.Server.MaxConnections, cfg.Server.MaxConnectionsPerClient),
 		metrics:     newMetrics(res),
 		authSalt:    randomSalt(),
+		authGate:    newAuthGate(),
 	}
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
