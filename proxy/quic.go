@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -108,6 +110,14 @@ type flow struct {
 	holdUntil time.Time
 	up        *net.UDPConn
 	reply     quicReplier
+
+	// Set when the flow is allowed on a QUIC ClientHello: the decided
+	// connection's Destination Connection ID and SNI, and the other
+	// connections the client opened on the same socket (screen).
+	screened bool
+	dcid     quicCID
+	sni      string
+	others   []*otherConn
 
 	last      atomic.Int64 // monoNow of the last datagram either way
 	bytesUp   atomic.Int64
@@ -247,9 +257,17 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	switch f.state {
 	case flowRelaying:
 		up := f.up
+		pass, held := g.screen(f, b)
 		f.mu.Unlock()
-		if _, err := up.Write(b); err == nil {
-			f.bytesUp.Add(int64(len(b)))
+		if pass {
+			if _, err := up.Write(b); err == nil {
+				f.bytesUp.Add(int64(len(b)))
+			}
+		}
+		for _, d := range held {
+			if _, err := up.Write(d); err == nil {
+				f.bytesUp.Add(int64(len(d)))
+			}
 		}
 		f.touch()
 		return
@@ -387,10 +405,23 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 		return
 	}
 	f.up, f.reply = up, reply
+	if isQUIC {
+		f.screened, f.sni = true, helloName(&r)
+		f.dcid, _ = initialDCID(f.pend[:f.pendLen[0]])
+	}
 	off := 0
 	for _, n := range f.pendLen {
-		if _, err := up.Write(f.pend[off : off+n]); err == nil {
-			f.bytesUp.Add(int64(n))
+		// Datagrams that came while the flow was decided are screened
+		// like later ones: another connection's must wait for its own.
+		d := f.pend[off : off+n]
+		pass, held := g.screen(f, d)
+		if pass {
+			held = append(held, d)
+		}
+		for _, d := range held {
+			if _, err := up.Write(d); err == nil {
+				f.bytesUp.Add(int64(len(d)))
+			}
 		}
 		off += n
 	}
@@ -540,4 +571,157 @@ func (g *quicGateway) close() {
 	for _, f := range ended {
 		g.end(f)
 	}
+}
+
+// A client may open another QUIC connection on the socket of an allowed
+// flow: same address and port, same destination, a new Destination
+// Connection ID and its own ClientHello. Relayed as part of the flow, its
+// SNI would go unchecked, and an allow for one name on a shared (CDN)
+// address would open every name served there. So a relaying flow screens
+// its client's long-header Initial packets: one whose DCID is not the
+// decided connection's and which opens with the keys of its own DCID is
+// another connection's first flight (the flow's own later Initials use the
+// server's connection ID with the first keys, and do not open). Its
+// datagrams are held until its hello is complete and decided like the
+// flow's, with its own decision line: allowed when the policy allows it
+// and the destination is verified for its SNI (the flow's SNI, or one the
+// resolver knows the destination for, without a query); otherwise dropped.
+// A Retry's new Initial is such a connection too.
+
+// quicMaxOtherConns bounds the other connections one flow keeps verdicts
+// for; at most one at a time is held undecided (its reassembly buffer).
+const quicMaxOtherConns = 8
+
+// quicCID is a QUIC connection ID (at most 20 bytes, RFC 9000 §17.2).
+type quicCID struct {
+	b [20]byte
+	n uint8
+}
+
+// initialDCID returns the Destination Connection ID of a datagram that
+// starts with a v1 or v2 long-header Initial packet.
+func initialDCID(b []byte) (id quicCID, ok bool) {
+	if len(b) < 6 || b[0]&0x80 == 0 {
+		return id, false
+	}
+	typ := b[0] >> 4 & 3
+	switch binary.BigEndian.Uint32(b[1:5]) {
+	case 1: // v1: Initial is type 0
+		if typ != 0 {
+			return id, false
+		}
+	case 0x6b3343cf: // v2 (RFC 9369): Initial is type 1
+		if typ != 1 {
+			return id, false
+		}
+	default:
+		return id, false
+	}
+	n := int(b[5])
+	if n > len(id.b) || len(b) < 6+n {
+		return id, false
+	}
+	copy(id.b[:], b[6:6+n])
+	id.n = uint8(n)
+	return id, true
+}
+
+// otherConn is another connection on a relaying flow.
+type otherConn struct {
+	dcid  quicCID
+	state flowState        // flowPending, then flowRelaying (allowed) or flowDenied
+	q     *sni.QUICInitial // while pending
+	hello sni.Hello
+	pend  [][]byte // its datagrams while pending
+	start time.Time
+}
+
+// screen says what of client datagram b may go upstream on relaying flow
+// f: b itself (pass), or nothing but held, the datagrams of another
+// connection whose hello b completed and which is allowed (b among them).
+// It allocates nothing for the flow's own datagrams. f.mu must be held.
+func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
+	if !f.screened {
+		return true, nil
+	}
+	id, ok := initialDCID(b)
+	if !ok || id == f.dcid {
+		return true, nil
+	}
+	for _, o := range f.others {
+		if o.dcid == id {
+			if o.state != flowPending {
+				return o.state == flowRelaying, nil
+			}
+			return false, g.otherDatagram(f, o, b, o.q.Add(b, &o.hello))
+		}
+	}
+	q := initialPool.Get().(*sni.QUICInitial)
+	o := &otherConn{dcid: id, q: q, start: time.Now()}
+	err := q.Add(b, &o.hello)
+	if !q.Opened() {
+		// Not a first flight: the flow's own connection, or nothing a
+		// server could open either.
+		q.Reset()
+		initialPool.Put(q)
+		return true, nil
+	}
+	for _, p := range f.others {
+		if p.state == flowPending || len(f.others) >= quicMaxOtherConns {
+			q.Reset()
+			initialPool.Put(q)
+			return false, nil // dropped: the client retransmits
+		}
+	}
+	f.others = append(f.others, o)
+	return false, g.otherDatagram(f, o, b, err)
+}
+
+// otherDatagram holds datagram b of pending connection o, whose hello
+// reassembly said err, and decides o once that is final; it returns o's
+// held datagrams when o is allowed.
+func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) [][]byte {
+	if len(o.pend) >= maxPendingDatagrams {
+		err = fmt.Errorf("no complete ClientHello within %d datagrams: %w", maxPendingDatagrams, sni.ErrTooLarge)
+	} else {
+		o.pend = append(o.pend, bytes.Clone(b))
+	}
+	if errors.Is(err, sni.ErrNeedMore) {
+		return nil
+	}
+	o.q.Reset()
+	initialPool.Put(o.q)
+	o.q = nil
+	send := o.pend
+	o.pend = nil
+	if g.decideOther(f, o, err) {
+		o.state = flowRelaying
+		return send
+	}
+	o.state = flowDenied
+	return nil
+}
+
+// decideOther decides another connection o of relaying flow f on its
+// hello (err: why there is none) and logs the decision.
+func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
+	s := g.s
+	c := s.newConnFrom(ModeQUIC, f.key.client)
+	c.host, c.port = f.c.host, f.c.port
+	c.helloWait = max(time.Since(o.start), time.Nanosecond)
+	switch {
+	case errors.Is(err, sni.ErrTooLarge):
+		c.refuse(policy.ReasonHelloTooLarge, err.Error())
+	case err != nil:
+		c.refuse(policy.ReasonHelloMalformed, err.Error())
+	default:
+		r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
+		if s.decide(c, &r, &o.hello, true) {
+			if name := helloName(&r); name != f.sni && !s.dstKnown(c.decision, r.Addr, name) {
+				c.refuse(policy.ReasonDstMismatch, fmt.Sprintf("another QUIC connection on the socket of flow %d names %s, which %s is not known to serve (decided without a DNS query)", f.c.id, name, r.Addr))
+			}
+		}
+	}
+	s.logDecision(c)
+	return c.decision.Allow
 }

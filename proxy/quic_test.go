@@ -448,3 +448,53 @@ func TestQUICShutdown(t *testing.T) {
 		t.Errorf("%d flows after Shutdown", n)
 	}
 }
+
+// TestQUICOtherConnectionsOnAFlow: a client that opens more QUIC
+// connections on the socket of an allowed flow (same address, port and
+// destination) gets each decided on its own hello: one whose SNI no rule
+// allows is dropped with its own deny line, however allowed the flow's
+// connection was; one with an allowed SNI is relayed with its own allow
+// line. Before, every connection on the flow was relayed unchecked.
+func TestQUICOtherConnectionsOnAFlow(t *testing.T) {
+	e := newEnv(t)
+	up, accepted := quicUpstream(t, e)
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	tr := &quic.Transport{Conn: q.socket(t, up)}
+	defer tr.Close()
+	dial := func(name string, timeout time.Duration) (*quic.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return tr.Dial(ctx, q.addr, &tls.Config{ServerName: name, RootCAs: e.ca.pool, InsecureSkipVerify: name == "evil.example",
+			NextProtos: []string{quicALPN}}, quicTestConfig())
+	}
+	first, err := dial("quic.cftunnel.com", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.CloseWithError(0, "")
+	if err := quicEcho(first, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+
+	if c, err := dial("evil.example", 2*time.Second); err == nil {
+		c.CloseWithError(0, "")
+		t.Error("a second connection with SNI evil.example on the allowed flow's socket was relayed")
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": "evil.example", "decision": "deny", "reason": "sni_mismatch"})
+
+	third, err := dial("allowed.egress.test", 5*time.Second)
+	if err != nil {
+		t.Fatalf("a third connection with an allowed SNI on the same socket: %v", err)
+	}
+	defer third.CloseWithError(0, "")
+	if err := quicEcho(third, []byte("third")); err != nil {
+		t.Fatal(err)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": "allowed.egress.test", "decision": "allow", "rule": "h3"})
+	if n := accepted.Load(); n != 2 {
+		t.Errorf("the upstream accepted %d connections, want 2 (not evil.example's)", n)
+	}
+	if n := q.flows(); n != 1 {
+		t.Errorf("%d flows, want the socket's 1", n)
+	}
+}

@@ -72,6 +72,7 @@ type QUICInitial struct {
 	nonce   [12]byte            // per-packet nonce; a field so it does not escape per call
 	mask    [aes.BlockSize]byte // header protection mask, likewise
 	largest int64               // largest packet number decrypted, -1 before the first
+	opened  bool                // an Initial packet passed authentication
 
 	crypto  []byte                       // CRYPTO stream bytes, len MaxQUICCryptoBytes once allocated
 	ranges  [maxCryptoRanges]cryptoRange // received parts of crypto, sorted, disjoint, not adjacent
@@ -90,6 +91,12 @@ type cryptoRange struct{ start, end int }
 func (q *QUICInitial) Reset() {
 	*q = QUICInitial{crypto: q.crypto, scratch: q.scratch[:0]}
 }
+
+// Opened reports whether an Initial packet added so far passed
+// authentication with the keys of its Destination Connection ID: whether
+// the datagrams are a connection attempt's first flight, which a server
+// can open, whatever the hello in them.
+func (q *QUICInitial) Opened() bool { return q.opened }
 
 // Version returns the QUIC version of the Initials seen (0 before the first).
 func (q *QUICInitial) Version() uint32 { return q.version }
@@ -274,6 +281,7 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 		return 0, quicMalformed("Initial packet %d fails authentication", pn)
 	}
 	// RFC 9000 §17.2: reserved bits must be 0 once protection is removed.
+	q.opened = true
 	if p[0]&0x0c != 0 {
 		return 0, quicMalformed("reserved header bits set")
 	}

@@ -323,7 +323,15 @@ func TestQUICFlipped(t *testing.T) {
 			if i >= hdrLen && !errors.Is(err, ErrMalformed) {
 				t.Fatalf("payload byte %d flipped: %v, want ErrMalformed", i, err)
 			}
+			if i >= hdrLen && q.Opened() {
+				t.Fatalf("payload byte %d flipped: Opened, want a packet that fails authentication", i)
+			}
 		}
+	}
+	var q QUICInitial
+	var h Hello
+	if err := q.Add(b, &h); err != nil || !q.Opened() {
+		t.Errorf("the RFC 9001 Initial: %v, Opened %v; want nil, true", err, q.Opened())
 	}
 }
 
