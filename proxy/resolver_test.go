@@ -47,13 +47,24 @@ func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
 	return addr, queries
 }
 
-func TestResolverTTLCache(t *testing.T) {
+// countingResolver is a Resolver asking countingDNS, on a clock the test
+// sets through now.
+func countingResolver(t *testing.T) (r *Resolver, queries *atomic.Int64, now *time.Time) {
+	t.Helper()
 	addr, queries := countingDNS(t)
 	r, err := NewResolver([]string{addr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
+	now = new(time.Time)
+	*now = time.Now()
+	r.now = func() time.Time { return *now }
+	return r, queries, now
+}
+
+func TestResolverTTLCache(t *testing.T) {
+	r, queries, clock := countingResolver(t)
+	now := *clock
 	r.now = func() time.Time { return now }
 	ctx := context.Background()
 	lookup := func(name string) []netip.Addr {
@@ -199,13 +210,7 @@ func TestJoinAddrs(t *testing.T) {
 // minVerifyRefresh for a name whose answer is not cached: TTL 0, or
 // NXDOMAIN. Before, each Verify asked again.
 func TestVerifyRateLimitUncached(t *testing.T) {
-	addr, queries := countingDNS(t)
-	r, err := NewResolver([]string{addr})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	r.now = func() time.Time { return now }
+	r, queries, now := countingResolver(t)
 	spoofed := netip.MustParseAddr("203.0.113.9")
 	for _, name := range []string{"ttl0.test", "nx.test"} {
 		queries.Store(0)
@@ -217,7 +222,7 @@ func TestVerifyRateLimitUncached(t *testing.T) {
 			t.Errorf("%s: 50 Verify calls within minVerifyRefresh sent %d queries, want the 2 of one lookup", name, n)
 		}
 	}
-	now = now.Add(minVerifyRefresh)
+	*now = now.Add(minVerifyRefresh)
 	queries.Store(0)
 	r.Verify(context.Background(), "ttl0.test", spoofed)
 	if n := queries.Load(); n != 2 {
