@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"maps"
 	"net/http"
 	"net/netip"
 	"runtime"
@@ -23,8 +24,11 @@ const (
 	// without hashing it again: bcrypt costs tens of milliseconds per
 	// check, which every CONNECT would otherwise pay.
 	authCacheTTL = 5 * time.Minute
-	// authCacheMax bounds the cache; when full it is emptied (a burst of
-	// distinct credentials costs one hash each, never unbounded memory).
+	// authCacheMax bounds the cache. When it is full, the entries of the
+	// user being added go first (a user's many accepted spellings of one
+	// password, which bcrypt allows, flush only that user's), then the
+	// expired ones, then all: never unbounded memory, at worst one hash
+	// again per user.
 	authCacheMax = 4096
 	// maxAuthHeader bounds the Proxy-Authorization value decoded.
 	maxAuthHeader = 1024
@@ -124,23 +128,41 @@ func (g *authGate) done(client netip.Addr, t *authTurn) {
 type authCache struct {
 	mu  sync.Mutex
 	pol *policy.Policy
-	ok  map[[32]byte]time.Time
+	ok  map[[32]byte]authEntry
+}
+
+type authEntry struct {
+	user    string
+	expires time.Time
 }
 
 func (a *authCache) get(p *policy.Policy, k [32]byte) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	exp, ok := a.ok[k]
-	return a.pol == p && ok && time.Now().Before(exp)
+	e, ok := a.ok[k]
+	return a.pol == p && ok && time.Now().Before(e.expires)
 }
 
-func (a *authCache) put(p *policy.Policy, k [32]byte) {
+func (a *authCache) put(p *policy.Policy, k [32]byte, user string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.pol != p || a.ok == nil || len(a.ok) >= authCacheMax {
-		a.pol, a.ok = p, make(map[[32]byte]time.Time)
+	if a.pol != p || a.ok == nil {
+		a.pol, a.ok = p, make(map[[32]byte]authEntry)
 	}
-	a.ok[k] = time.Now().Add(authCacheTTL)
+	if len(a.ok) >= authCacheMax {
+		now := time.Now()
+		for _, drop := range []func(authEntry) bool{
+			func(e authEntry) bool { return e.user == user },
+			func(e authEntry) bool { return !now.Before(e.expires) },
+			func(authEntry) bool { return true },
+		} {
+			maps.DeleteFunc(a.ok, func(_ [32]byte, e authEntry) bool { return drop(e) })
+			if len(a.ok) < authCacheMax {
+				break
+			}
+		}
+	}
+	a.ok[k] = authEntry{user: user, expires: time.Now().Add(authCacheTTL)}
 }
 
 // proxyUser checks req's Proxy-Authorization. It returns the user and
@@ -179,7 +201,7 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if !valid {
 		return "", false
 	}
-	s.auth.put(p, k)
+	s.auth.put(p, k, name)
 	return name, true
 }
 

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -289,7 +290,7 @@ policy "ci" {
 	// A check that read the old policy before the reload and finishes
 	// after it caches under the old policy: that entry must not count.
 	k := s.authKey([]byte("ci:old-password"))
-	s.auth.put(old, k)
+	s.auth.put(old, k, "ci")
 	if check("old-password") {
 		t.Error("an entry cached under the old policy after the reload is accepted")
 	}
@@ -381,5 +382,35 @@ func TestAuthChecksPerClient(t *testing.T) {
 	wg.Wait()
 	if m := most.Load(); m != 1 {
 		t.Errorf("%d password checks of one client ran at once, want 1", m)
+	}
+}
+
+// TestAuthCacheFull: a full credential cache makes room with the adding
+// user's own entries first, so that one user's many accepted spellings of
+// a password (bcrypt ignores what follows a NUL or the 72nd byte) cannot
+// flush every other user's; then with expired entries, then all.
+func TestAuthCacheFull(t *testing.T) {
+	var a authCache
+	p := new(policy.Policy)
+	key := func(s string) [32]byte { return sha256.Sum256([]byte(s)) }
+	a.put(p, key("bob"), "bob")
+	for i := range 3 * authCacheMax {
+		a.put(p, key(fmt.Sprint("mallory", i)), "mallory")
+	}
+	if !a.get(p, key("bob")) {
+		t.Error("another user's flood of entries flushed bob's")
+	}
+	if n := len(a.ok); n > authCacheMax {
+		t.Errorf("%d entries, over the bound %d", n, authCacheMax)
+	}
+	// Full of other users' entries: the expired go, else all.
+	a.ok = make(map[[32]byte]authEntry)
+	for i := range authCacheMax {
+		a.ok[key(fmt.Sprint("u", i))] = authEntry{user: fmt.Sprint("u", i), expires: time.Now().Add(time.Duration(i%2) * time.Hour)}
+	}
+	a.put(p, key("carol"), "carol")
+	if !a.get(p, key("carol")) || !a.get(p, key("u1")) || len(a.ok) != authCacheMax/2+1 {
+		t.Errorf("a full cache with half of it expired: %d entries, carol %v, u1 %v; want the expired gone, carol and u1 kept",
+			len(a.ok), a.get(p, key("carol")), a.get(p, key("u1")))
 	}
 }
