@@ -3,7 +3,6 @@ package proxy
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -115,7 +114,7 @@ type flow struct {
 	// connection's Destination Connection ID and SNI, and the other
 	// connections the client opened on the same socket (screen).
 	screened bool
-	dcid     quicCID
+	dcid     sni.QUICConnID
 	sni      string
 	others   []*otherConn
 
@@ -407,7 +406,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	f.up, f.reply = up, reply
 	if isQUIC {
 		f.screened, f.sni = true, helloName(&r)
-		f.dcid, _ = initialDCID(f.pend[:f.pendLen[0]])
+		f.dcid, _ = sni.InitialDCID(f.pend[:f.pendLen[0]])
 	}
 	off := 0
 	for _, n := range f.pendLen {
@@ -592,43 +591,9 @@ func (g *quicGateway) close() {
 // for; at most one at a time is held undecided (its reassembly buffer).
 const quicMaxOtherConns = 8
 
-// quicCID is a QUIC connection ID (at most 20 bytes, RFC 9000 §17.2).
-type quicCID struct {
-	b [20]byte
-	n uint8
-}
-
-// initialDCID returns the Destination Connection ID of a datagram that
-// starts with a v1 or v2 long-header Initial packet.
-func initialDCID(b []byte) (id quicCID, ok bool) {
-	if len(b) < 6 || b[0]&0x80 == 0 {
-		return id, false
-	}
-	typ := b[0] >> 4 & 3
-	switch binary.BigEndian.Uint32(b[1:5]) {
-	case 1: // v1: Initial is type 0
-		if typ != 0 {
-			return id, false
-		}
-	case 0x6b3343cf: // v2 (RFC 9369): Initial is type 1
-		if typ != 1 {
-			return id, false
-		}
-	default:
-		return id, false
-	}
-	n := int(b[5])
-	if n > len(id.b) || len(b) < 6+n {
-		return id, false
-	}
-	copy(id.b[:], b[6:6+n])
-	id.n = uint8(n)
-	return id, true
-}
-
 // otherConn is another connection on a relaying flow.
 type otherConn struct {
-	dcid  quicCID
+	dcid  sni.QUICConnID
 	state flowState        // flowPending, then flowRelaying (allowed) or flowDenied
 	q     *sni.QUICInitial // while pending
 	hello sni.Hello
@@ -644,7 +609,7 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	if !f.screened {
 		return true, nil
 	}
-	id, ok := initialDCID(b)
+	id, ok := sni.InitialDCID(b)
 	if !ok || id == f.dcid {
 		return true, nil
 	}

@@ -287,6 +287,15 @@ func FuzzQUICInitial(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b, c []byte) {
 		checkQUICAdds(t, a, b, c)
+		// A datagram that opens as a connection attempt has the
+		// Destination Connection ID InitialDCID reads without keys.
+		var q QUICInitial
+		var h Hello
+		_ = q.Add(a, &h)
+		id, ok := InitialDCID(a)
+		if q.Opened() && (!ok || string(id.b[:id.n]) != string(q.dcid[:q.dcidLen])) {
+			t.Fatalf("opened with DCID %x, InitialDCID %x %v", q.dcid[:q.dcidLen], id.b[:id.n], ok)
+		}
 	})
 }
 

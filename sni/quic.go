@@ -196,17 +196,12 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 	if len(b) < 5 {
 		return reject("truncated long header")
 	}
-	version := binary.BigEndian.Uint32(b[1:5])
-	if version != quicV1 && version != quicV2 {
+	version, typ, ok := longHeaderType(b)
+	if !ok {
 		return reject("QUIC version 0x%08x", version)
 	}
 	if q.version != 0 && version != q.version {
 		return 0, quicMalformed("version 0x%08x after 0x%08x", version, q.version)
-	}
-	typ := int(b[0]>>4) & 3
-	if version == quicV2 {
-		// RFC 9369 §3.2: Initial 0b01, 0-RTT 0b10, Handshake 0b11, Retry 0b00.
-		typ = (typ + 3) & 3
 	}
 	if typ != pktInitial && notQUIC {
 		return 0, ErrNotQUIC
@@ -516,6 +511,52 @@ func (r *quicReader) bytes(out *[]byte, n uint64) bool {
 	}
 	*out, *r = (*r)[:n:n], (*r)[n:]
 	return true
+}
+
+// longHeaderType returns the version of the long header at the start of b
+// (at least 5 bytes) and, for v1 and v2 (ok), its packet type as v1
+// numbers it.
+func longHeaderType(b []byte) (version uint32, typ int, ok bool) {
+	version = binary.BigEndian.Uint32(b[1:5])
+	typ = int(b[0]>>4) & 3
+	switch version {
+	case quicV1:
+	case quicV2:
+		// RFC 9369 §3.2: Initial 0b01, 0-RTT 0b10, Handshake 0b11, Retry 0b00.
+		typ = (typ + 3) & 3
+	default:
+		return version, 0, false
+	}
+	return version, typ, true
+}
+
+// QUICConnID is a QUIC connection ID (at most 20 bytes for v1 and v2),
+// comparable with ==.
+type QUICConnID struct {
+	b [maxCIDLen]byte
+	n uint8
+}
+
+// InitialDCID returns the Destination Connection ID of the v1 or v2
+// long-header Initial packet at the start of datagram, read from its
+// unprotected header without decrypting anything; ok is false for
+// anything else (a short header, another version or packet type, a
+// truncated header). It is the cheap first look at a datagram: whether it
+// can start a connection attempt, and which.
+func InitialDCID(datagram []byte) (id QUICConnID, ok bool) {
+	if len(datagram) < 5 || datagram[0]&0x80 == 0 {
+		return id, false
+	}
+	if _, typ, ok := longHeaderType(datagram); !ok || typ != pktInitial {
+		return id, false
+	}
+	r := quicReader(datagram[5:])
+	dcid, ok := r.cid()
+	if !ok {
+		return id, false
+	}
+	id.n = uint8(copy(id.b[:], dcid))
+	return id, true
 }
 
 // cid reads a connection ID: a length byte, at most 20 for v1 and v2.

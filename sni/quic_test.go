@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -674,5 +675,36 @@ func TestQUICAllocs(t *testing.T) {
 	}
 	if h.ServerName != "quic.egress.test" {
 		t.Errorf("ServerName %q", h.ServerName)
+	}
+}
+
+// TestInitialDCID: the Destination Connection ID of the RFC 9001 and RFC
+// 9369 client Initials (8394c8f03e515708, RFC 9001 §A.1), read without
+// keys; nothing for other first bytes, versions and packet types, or a
+// truncated header.
+func TestInitialDCID(t *testing.T) {
+	v1 := readHexFile(t, "rfc9001-a2-client-initial.hex")
+	v2 := readHexFile(t, "rfc9369-a2-client-initial.hex")
+	handshake := slices.Clone(v1)
+	handshake[0] = 0xe0 // v1 Handshake
+	otherVersion := slices.Clone(v1)
+	otherVersion[4] = 2
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"v1 Initial", v1, true},
+		{"v2 Initial", v2, true},
+		{"v1 Handshake", handshake, false},
+		{"version 2 (not v2)", otherVersion, false},
+		{"short header", []byte{0x40, 1, 2, 3, 4, 5, 6}, false},
+		{"header cut in the DCID", v1[:9], false},
+		{"empty", nil, false},
+	} {
+		id, ok := InitialDCID(tc.b)
+		if ok != tc.ok || ok && fmt.Sprintf("%x", id.b[:id.n]) != "8394c8f03e515708" {
+			t.Errorf("%s: InitialDCID = %x, %v; want 8394c8f03e515708 only for an Initial (%v)", tc.name, id.b[:id.n], ok, tc.ok)
+		}
 	}
 }
