@@ -69,8 +69,8 @@ func newAuthGate() *authGate {
 }
 
 // enter waits for client's turn and a free check, until ctx ends or
-// authWait passes; then it returns false. After true, call leave.
-func (g *authGate) enter(ctx context.Context, client netip.Addr) bool {
+// authWait passes; then it returns nil. Otherwise pass the turn to leave.
+func (g *authGate) enter(ctx context.Context, client netip.Addr) *authTurn {
 	g.mu.Lock()
 	t := g.clients[client]
 	if t == nil {
@@ -85,28 +85,25 @@ func (g *authGate) enter(ctx context.Context, client netip.Addr) bool {
 	case t.token <- struct{}{}:
 	case <-ctx.Done():
 		g.done(client, t)
-		return false
+		return nil
 	case <-timer.C:
 		g.done(client, t)
-		return false
+		return nil
 	}
 	select {
 	case g.sem <- struct{}{}:
-		return true
+		return t
 	case <-ctx.Done():
 	case <-timer.C:
 	}
 	<-t.token
 	g.done(client, t)
-	return false
+	return nil
 }
 
-// leave ends a check that enter let in.
-func (g *authGate) leave(client netip.Addr) {
+// leave ends client's check that enter let in with turn t.
+func (g *authGate) leave(client netip.Addr, t *authTurn) {
 	<-g.sem
-	g.mu.Lock()
-	t := g.clients[client]
-	g.mu.Unlock()
 	<-t.token
 	g.done(client, t)
 }
@@ -193,11 +190,12 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	}
 	ap, _ := netip.ParseAddrPort(req.RemoteAddr)
 	client := ap.Addr().Unmap()
-	if !s.authGate.enter(req.Context(), client) {
+	turn := s.authGate.enter(req.Context(), client)
+	if turn == nil {
 		return "", false
 	}
 	valid := checkPassword(p, name, password)
-	s.authGate.leave(client)
+	s.authGate.leave(client, turn)
 	if !valid {
 		return "", false
 	}

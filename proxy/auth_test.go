@@ -304,30 +304,33 @@ func TestAuthGate(t *testing.T) {
 	g.sem = make(chan struct{}, 2) // two checks at once, whatever GOMAXPROCS
 	a, b, c := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("::1")
 	ctx := context.Background()
-	if !g.enter(ctx, a) {
+	ta := g.enter(ctx, a)
+	if ta == nil {
 		t.Fatal("the first check did not start")
 	}
-	second := make(chan bool, 1)
+	second := make(chan *authTurn, 1)
 	go func() { second <- g.enter(ctx, a) }()
 	select {
 	case <-second:
 		t.Fatal("a second check from the same client ran beside the first")
 	case <-time.After(100 * time.Millisecond):
 	}
-	if !g.enter(ctx, b) {
+	tb := g.enter(ctx, b)
+	if tb == nil {
 		t.Fatal("another client's check did not start")
 	}
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
-	if g.enter(short, c) {
+	if g.enter(short, c) != nil {
 		t.Error("a third check ran beside two, over the bound of 2")
 	}
 	cancel()
-	g.leave(a)
-	if !<-second {
+	g.leave(a, ta)
+	ta2 := <-second
+	if ta2 == nil {
 		t.Fatal("the client's second check did not start after its first ended")
 	}
-	g.leave(a)
-	g.leave(b)
+	g.leave(a, ta2)
+	g.leave(b, tb)
 	if len(g.clients) != 0 || len(g.sem) != 0 {
 		t.Errorf("after every check ended: %d clients, %d checks held", len(g.clients), len(g.sem))
 	}
