@@ -547,16 +547,7 @@ func TestFrontAcceptBatches(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, frontConfig)
 	// Connections queued before anything serves the listener.
-	n := gatewaySrcs.Add(1)
-	g := &gateway{src: netip.AddrFrom4([4]byte{127, 77, byte(n >> 8), byte(n)})}
-	e.srv.origDst = func(_, peer netip.AddrPort) (netip.AddrPort, error) {
-		if v, ok := g.dsts.Load(peer.String()); ok {
-			return v.(netip.AddrPort), nil
-		}
-		return netip.AddrPort{}, fmt.Errorf("test: no original destination registered for %s", peer)
-	}
-	ln := listen(t)
-	g.addr = ln.Addr().String()
+	g, ln := e.newGateway(t)
 	hello := clientHelloBytes("x.egress.test")
 	const queued = 3*frontAcceptBatch + 5
 	var cs []*net.TCPConn

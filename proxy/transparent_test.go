@@ -81,6 +81,17 @@ func (e *env) startTransparent(t *testing.T, hclSrc string) *gateway {
 // loopback, with original destinations taken from the gateway's dsts.
 func (e *env) serveGateway(t testing.TB) *gateway {
 	t.Helper()
+	g, ln := e.newGateway(t)
+	g.done = make(chan error, 1)
+	go func() { g.done <- e.srv.ServeTransparent(ln) }()
+	return g
+}
+
+// newGateway is serveGateway without the serving: e.srv takes original
+// destinations from the gateway's dsts, and ln is the gateway's listener,
+// which clients can connect to (into its backlog) before it is served.
+func (e *env) newGateway(t testing.TB) (*gateway, net.Listener) {
+	t.Helper()
 	n := gatewaySrcs.Add(1)
 	g := &gateway{src: netip.AddrFrom4([4]byte{127, 77, byte(n >> 8), byte(n)})}
 	e.srv.origDst = func(_, peer netip.AddrPort) (netip.AddrPort, error) {
@@ -90,10 +101,8 @@ func (e *env) serveGateway(t testing.TB) *gateway {
 		return netip.AddrPort{}, errors.New("test: no original destination registered")
 	}
 	ln := listen(t)
-	g.done = make(chan error, 1)
-	go func() { g.done <- e.srv.ServeTransparent(ln) }()
 	g.addr = ln.Addr().String()
-	return g
+	return g, ln
 }
 
 // dial opens a connection to the gateway as if it had been sent to dst and
