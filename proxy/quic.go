@@ -604,7 +604,8 @@ type otherConn struct {
 // screen says what of client datagram b may go upstream on relaying flow
 // f: b itself (pass), or nothing but held, the datagrams of another
 // connection whose hello b completed and which is allowed (b among them).
-// It allocates nothing for the flow's own datagrams. f.mu must be held.
+// It allocates nothing for the flow's own datagrams (its Initials to the
+// server's connection ID included). f.mu must be held.
 func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	if !f.screened {
 		return true, nil
@@ -622,8 +623,8 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		}
 	}
 	q := initialPool.Get().(*sni.QUICInitial)
-	o := &otherConn{dcid: id, q: q, start: time.Now()}
-	err := q.Add(b, &o.hello)
+	var hello sni.Hello
+	err := q.Add(b, &hello)
 	if !q.Opened() {
 		// Not a first flight: the flow's own connection, or nothing a
 		// server could open either.
@@ -638,6 +639,7 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 			return false, nil // dropped: the client retransmits
 		}
 	}
+	o := &otherConn{dcid: id, q: q, hello: hello, start: time.Now()}
 	f.others = append(f.others, o)
 	return false, g.otherDatagram(f, o, b, err)
 }
