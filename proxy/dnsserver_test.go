@@ -384,14 +384,7 @@ func TestDNSAuditMode(t *testing.T) {
 // whole.
 func bigUpstream(t *testing.T) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln := listenUDPAndTCP(t)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -503,4 +496,25 @@ func TestDNSTCPConnectionLimit(t *testing.T) {
 	if in := d.query(t, "tcp", cdnName, dns.TypeA); len(answerA(t, in)) != 1 {
 		t.Errorf("a query in the freed slot: answer %v", in)
 	}
+}
+
+// listenUDPAndTCP listens on one loopback port over UDP and TCP, as a DNS
+// server does. A free UDP port may be taken for TCP: it tries a few.
+func listenUDPAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
+	t.Helper()
+	var lastErr error
+	for range 20 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		lastErr = err
+	}
+	t.Fatalf("no loopback port free over both UDP and TCP: %v", lastErr)
+	return nil, nil
 }
