@@ -145,6 +145,10 @@ func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
 			})
 			continue
 		}
+		if d := checkNesting(f.Src, f.Name); d.HasErrors() {
+			diags = append(diags, d...)
+			continue
+		}
 		hf, d := hclsyntax.ParseConfig(f.Src, f.Name, hcl.InitialPos)
 		diags = append(diags, d...)
 		if hf == nil {

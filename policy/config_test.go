@@ -580,3 +580,58 @@ func TestLoadFS(t *testing.T) {
 		t.Errorf("testdata: %d rules, want 4", cfg.Policy.Rules())
 	}
 }
+
+// TestNesting: a file nested deeper than maxNesting is refused with a
+// diagnostic at the level that went too deep, before the HCL parser
+// recurses into it (100,000 levels overflowed the goroutine stack, which
+// ends the process). Flat files with many operators are not refused.
+func TestNesting(t *testing.T) {
+	const n = 100_000
+	rep := strings.Repeat
+	// policy "p" { description = EXPR }: EXPR starts at 2:17 at depth 1.
+	src := func(expr string) []File { return one("policy \"p\" {\n  description = " + expr + "\n}\n") }
+	tests := []struct {
+		name  string
+		files []File
+		pos   string // "" when the file is not too deep
+	}{
+		{"brackets", src(rep("[", n) + rep("]", n)), "t.hcl:2:80"},
+		{"parentheses", src(rep("(", n) + "1" + rep(")", n)), "t.hcl:2:80"},
+		{"objects", src(rep("{a = ", n) + "1" + rep("}", n)), "t.hcl:2:332"},
+		{"unary not", src(rep("!", n) + "true"), "t.hcl:2:80"},
+		{"unary minus", src(rep("-", n) + "1"), "t.hcl:2:80"},
+		{"conditionals", src(rep("true ? 1 : ", n) + "2"), "t.hcl:2:715"},
+		{"interpolations", src(rep(`"${`, n) + "1" + rep(`}"`, n)), "t.hcl:2:207"},
+		{"directives", src(`"` + rep("%{if true}", n) + "x" + rep("%{endif}", n) + `"`), "t.hcl:2:638"},
+		{"nested blocks", one(rep("policy \"p\" {\n", n) + rep("}\n", n)), "t.hcl:65:12"},
+		{"60 brackets", src(rep("[", 60) + rep("]", 60)), ""},
+		{"minuses in list elements", src("[" + rep("1-1, ", 1000) + "1]"), ""},
+		{"minuses on lines", one(rep("x = -1\n", 1000)), ""},
+		{"directives one after another", src(`"` + rep("%{if true}x%{endif}", 1000) + `"`), ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, diags := Parse(tc.files)
+			var got *hcl.Diagnostic
+			for _, d := range diags {
+				if d.Summary == "Configuration nested too deeply" {
+					got = d
+				}
+			}
+			switch {
+			case tc.pos == "" && got != nil:
+				t.Fatalf("refused as too deep: %s", FormatDiagnostics(hcl.Diagnostics{got}))
+			case tc.pos == "":
+				return
+			case got == nil:
+				t.Fatalf("not refused; diagnostics: %.500s", FormatDiagnostics(diags))
+			}
+			if p := posString(*got.Subject); p != tc.pos {
+				t.Errorf("at %s, want %s", p, tc.pos)
+			}
+			if len(diags) != 1 {
+				t.Errorf("%d diagnostics, want only the nesting one: %.500s", len(diags), FormatDiagnostics(diags))
+			}
+		})
+	}
+}

@@ -30,6 +30,14 @@ const (
 	// runaway generated file before it exhausts memory.
 	maxConfigFileBytes = 64 << 20
 
+	// maxNesting is how deeply a configuration file's expressions may
+	// nest (checkNesting). Real policies nest 3-4 levels (policy, rule, a
+	// list, an object); 64 leaves room for generated files while bounding
+	// the HCL parser's recursion, about 5 KiB of stack per level, to a few
+	// hundred KiB: 100,000 levels overflowed the stack and ended the
+	// process.
+	maxNesting = 64
+
 	// maxDiagValueLen is how much of an offending value a diagnostic or an
 	// error quotes. Values come from configuration or from clients; quoting
 	// them whole would let one bad value flood a log line.
