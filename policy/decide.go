@@ -49,6 +49,9 @@ const (
 	// is recovered) or other UDP (HelloNotTLS).
 	ProtocolQUIC
 	numProtocols
+
+	// allProtocols is the bit set of every Protocol.
+	allProtocols = 1<<numProtocols - 1
 )
 
 func (p Protocol) String() string {

@@ -2,8 +2,13 @@ package policy
 
 // NameAllowed reports whether some allow rule could allow a connection to
 // name, for the gateway DNS server (dns_listen): name matches an allow
-// rule's hosts or sni patterns, and no deny rule without sni, ja3 or ja4
-// conditions and without ports (it applies to every port) matches it.
+// rule's hosts or sni patterns, and no deny rule that refuses every
+// connection to it matches it. Such a deny rule has no sni, ja3 or ja4
+// conditions and no ports, applies to both protocols, and is in an
+// enforced policy without a clients block: a deny for some clients, for
+// QUIC only, or in audit mode still lets other connections to the name
+// through, so the name is answered. (The server block's audit mode is the
+// DNS server's to apply: it answers refused names too.)
 // name must be normalized (NormalizeHost); anything else is not allowed.
 //
 // When ok, policy and rule name the lowest allow rule that matched; when
@@ -27,7 +32,7 @@ func (p *Policy) NameAllowed(name string) (policy, rule string, ok bool) {
 				break
 			}
 			ru := &p.deny[id]
-			if !ru.tlsConds && ru.ports == nil {
+			if p.refusesName(ru) {
 				deny = id
 				break
 			}
@@ -55,4 +60,13 @@ func (p *Policy) NameAllowed(name string) (policy, rule string, ok bool) {
 	}
 	ru := &p.allow[best]
 	return ru.policy, ru.name, true
+}
+
+// refusesName reports whether deny rule ru refuses every connection to the
+// names it matches, whoever the client and whatever the port, protocol or
+// ClientHello.
+func (p *Policy) refusesName(ru *rule) bool {
+	pi := &p.pols[ru.pol]
+	return !ru.tlsConds && ru.ports == nil && ru.protos == allProtocols &&
+		pi.clients == nil && !pi.audit
 }

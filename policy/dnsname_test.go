@@ -18,6 +18,37 @@ policy "dns-denies" {
     hosts = ["*.bad.wild.test"]
   }
 }
+
+policy "dns-open" {
+  allow "names" {
+    hosts = ["scoped.test", "quic-denied.test", "audit-denied.test"]
+  }
+}
+
+# Deny rules that refuse some connections to a name but not all: the name
+# is still answered.
+policy "dns-scoped" {
+  clients {
+    cidrs = ["10.99.0.0/16"]
+  }
+  deny "scoped" {
+    hosts = ["scoped.test"]
+  }
+}
+
+policy "dns-quic" {
+  deny "quic-only" {
+    hosts     = ["quic-denied.test"]
+    protocols = ["quic"]
+  }
+}
+
+policy "dns-audit" {
+  mode = "audit"
+  deny "audited" {
+    hosts = ["audit-denied.test"]
+  }
+}
 `
 
 func TestNameAllowed(t *testing.T) {
@@ -52,6 +83,10 @@ func TestNameAllowed(t *testing.T) {
 		{"legacy.enforce.dev", "denies", "legacy", false},
 		{"blocked.example.com", "dns-denies", "blocked", false},
 		{"x.bad.wild.test", "dns-denies", "blocked-wild", false},
+		// deny rules for some clients, for QUIC only or in audit mode
+		{"scoped.test", "dns-open", "names", true},
+		{"quic-denied.test", "dns-open", "names", true},
+		{"audit-denied.test", "dns-open", "names", true},
 		// names no rule lists
 		{"exfil.data.attacker.test", "", "", false},
 		{"com", "", "", false},

@@ -182,8 +182,9 @@
 //
 // dns_listen runs a DNS server for the workloads behind the gateway. It
 // answers only names for which Policy.NameAllowed is true: the name
-// matches an allow rule's hosts or sni patterns, and no deny rule without
-// sni, ja3 or ja4 conditions and without ports matches it. Those queries
+// matches an allow rule's hosts or sni patterns, and no deny rule that
+// refuses every connection to it (no sni, ja3, ja4 or ports, both protocols, in
+// an enforced policy without a clients block) matches it. Those queries
 // (any type: A, AAAA, SRV, TXT, ...) are forwarded to the resolver block's
 // servers, and every address in the answer is remembered for destination
 // verification, so a workload resolving through egressd never meets a
