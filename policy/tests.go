@@ -409,12 +409,18 @@ func (c *Config) RunTests() []TestResult {
 // what the running mode does, a test states the verdict with the policy
 // enforced: an audited allow (WouldDeny) keeps its policy reason
 // (no_rule, ...), the one enforcement would give, rather than
-// private_destination.
+// private_destination. Audit mode does not open private destinations, so
+// an audited allow of one is no longer WouldDeny: it is refused, not let
+// through.
 func (p *Policy) RunTest(t *Test) TestResult {
 	r := t.Request
 	d := p.Decide(&r)
-	if d.Allow && !d.WouldDeny && r.Addr.IsValid() && !p.AddrAllowed(d, r.Addr) {
-		d.Allow, d.Reason = false, ReasonPrivateDestination
+	if d.Allow && r.Addr.IsValid() && !p.AddrAllowed(d, r.Addr) {
+		if d.WouldDeny {
+			d.Allow, d.WouldDeny = false, false
+		} else {
+			d.Allow, d.Reason = false, ReasonPrivateDestination
+		}
 	}
 	res := TestResult{Test: t, Decision: d}
 	allowed := d.Allow && !d.WouldDeny // the verdict with the policy enforced

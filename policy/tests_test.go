@@ -153,6 +153,17 @@ func TestRunTests(t *testing.T) {
   user   = "ci"
   expect = "deny"
   expect_would_deny = false`, false, "expected would_deny = false, got deny (no_rule, would_deny)"},
+		// Audit mode does not open private destinations: the connection is
+		// refused, so it is not one audit mode lets through.
+		{"audit: private target is refused", auditPolicies, `target = "169.254.169.254:443"
+  client = "10.9.1.1"
+  expect = "deny"
+  expect_would_deny = true`, false, "expected would_deny = true, got deny (no_rule)"},
+		{"audit: private target, no would_deny", auditPolicies, `target = "10.0.0.1:443"
+  client = "10.9.1.1"
+  expect = "deny"
+  expect_reason = "no_rule"
+  expect_would_deny = false`, true, ""},
 		{"client not covered", auditPolicies, `target = "github.com:443"
   client = "192.0.2.1"
   expect = "deny"
