@@ -327,14 +327,22 @@ func parsePattern(s, attr string) (pattern, *patternError) {
 	return pattern{kind: kind, name: n}, nil
 }
 
-// isPublicSuffix reports whether s (normalized) is a public suffix: an ICANN
-// suffix such as "com" or "co.uk", or one from the private section of the
-// list such as "github.io". For a TLD the list does not know,
-// publicsuffix.PublicSuffix returns the last label with icann == false; that
-// is not treated as public, so "*.test" is allowed.
+// isPublicSuffix reports whether s (normalized) is a public suffix, so that
+// "*.s" spans unrelated owners: an ICANN suffix such as "com" or "co.uk",
+// one from the private section of the list such as "github.io", or a name
+// whose every child is a suffix through a wildcard entry of the list
+// ("*.ck", "*.kawasaki.jp", "*.compute.amazonaws.com"), found by probing a
+// child. For a TLD the list does not know, publicsuffix.PublicSuffix
+// returns the last label with icann == false; that is not treated as
+// public, so "*.test" is allowed.
 func isPublicSuffix(s string) bool {
 	ps, icann := publicsuffix.PublicSuffix(s)
-	return ps == s && (icann || strings.IndexByte(ps, '.') >= 0)
+	if ps == s && (icann || strings.IndexByte(ps, '.') >= 0) {
+		return true
+	}
+	const probe = "egressd-probe." // a label no exception rule ("!www.ck") names
+	ps, _ = publicsuffix.PublicSuffix(probe + s)
+	return ps == probe+s
 }
 
 // ParseDestination parses a destination's host and port as egressd reads

@@ -170,6 +170,14 @@ func TestIsPublicSuffix(t *testing.T) {
 		{"egress.test", false},
 		{"r2.cloudflarestorage.com", false},
 		{"enforce.dev", false},
+		// every child is a suffix: wildcard entries of the list
+		{"ck", true},
+		{"er", true},
+		{"kawasaki.jp", true},
+		{"compute.amazonaws.com", true},
+		{"amazonaws.com", false},
+		{"argotunnel.com", false},
+		{"cloudflareaccess.com", false},
 	}
 	for _, tt := range tests {
 		if got := isPublicSuffix(tt.s); got != tt.want {
