@@ -167,7 +167,7 @@ func parsePasswordHash(s string) (pwHash, error) {
 			k, v, _ := strings.Cut(kv, "=")
 			n, err := strconv.ParseUint(v, 10, 32)
 			if err != nil {
-				return pwHash{}, fmt.Errorf("argon2id parameter %q is not a number", kv)
+				return pwHash{}, fmt.Errorf("argon2id parameter %s is not a number", quote(kv))
 			}
 			switch k {
 			case "m":
@@ -180,7 +180,7 @@ func parsePasswordHash(s string) (pwHash, error) {
 				}
 				h.threads = uint8(n)
 			default:
-				return pwHash{}, fmt.Errorf("unknown argon2id parameter %q", k)
+				return pwHash{}, fmt.Errorf("unknown argon2id parameter %s", quote(k))
 			}
 		}
 		if h.memory == 0 || h.time == 0 || h.threads == 0 {

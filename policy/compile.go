@@ -247,12 +247,20 @@ func checkListeners(ls []listener) hcl.Diagnostics {
 			}
 			diags = append(diags, errDiag(l.rng, "Overlapping listeners",
 				fmt.Sprintf("%s = %s uses the same port as %s = %s (at %s); two listeners cannot bind one port. Give %s another port, for example %q.",
-					l.name, quote(l.addr), o.name, quote(o.addr), posString(o.rng), l.name, joinHostPort(host, strconv.Itoa(int(port)+1)))))
+					l.name, quote(l.addr), o.name, quote(o.addr), posString(o.rng), l.name, joinHostPort(host, strconv.Itoa(otherPort(port))))))
 			break
 		}
 		ok = append(ok, parsed{listener: l, host: host, port: port})
 	}
 	return diags
+}
+
+// otherPort is a port next to p, to suggest in place of it.
+func otherPort(p uint16) int {
+	if p == 65535 {
+		return int(p) - 1
+	}
+	return int(p) + 1
 }
 
 func hostsOverlap(a, b string) bool {
@@ -572,7 +580,7 @@ func compileRule(policy string, rr *rawRule) (*rule, hcl.Diagnostics) {
 		ru.ports = []portRange{} // invalid entries only; reported above
 	}
 
-	ru.protos = 1<<ProtocolTCP | 1<<ProtocolQUIC
+	ru.protos = allProtocols
 	if rr.protocols.set {
 		ru.protos = 0
 		for _, it := range rr.protocols.items {
@@ -645,8 +653,12 @@ func parseCIDR(it str) (netip.Prefix, *hcl.Diagnostic) {
 	}
 	p, err := netip.ParsePrefix(s)
 	if err != nil {
+		why := err.Error() // it quotes s whole: only for a short s
+		if len(s) > maxDiagValueLen {
+			why = "not a CIDR prefix"
+		}
 		return netip.Prefix{}, errDiag(it.rng, "Invalid CIDR",
-			fmt.Sprintf("%s: %v. Write for example cidrs = [\"198.41.192.0/24\", \"2606:4700:a0::/48\"].", quote(s), err))
+			fmt.Sprintf("%s: %s. Write for example cidrs = [\"198.41.192.0/24\", \"2606:4700:a0::/48\"].", quote(s), why))
 	}
 	if p.Addr().Is4In6() {
 		if p.Bits() >= 96 {
@@ -693,7 +705,7 @@ func parsePortNum(s string) (uint16, error) {
 	}
 	n, err := strconv.ParseUint(s, 10, 32)
 	if err != nil || n < 1 || n > 65535 {
-		return 0, fmt.Errorf("port %s is out of range (1 to 65535)", s)
+		return 0, fmt.Errorf("port %s is out of range (1 to 65535)", quote(s))
 	}
 	return uint16(n), nil
 }

@@ -41,6 +41,7 @@ func TestDiagnostics(t *testing.T) {
 		{"dns_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:53\"\n  dns_listen = \":53\"\n}\n"), "t.hcl:3:16", "error", "Overlapping listeners"},
 		// Operations settings.
 		{"bad admin_listen", one("server {\n  admin_listen = \"9090\"\n}\n"), "t.hcl:2:18", "error", "Invalid listen address"},
+		{"overlap on port 65535 suggests 65534", one("server {\n  http_listen = \"127.0.0.1:65535\"\n  admin_listen = \"127.0.0.1:65535\"\n}\n"), "t.hcl:3:18", "error", `"127.0.0.1:65534"`},
 		{"admin_listen overlaps http_listen", one("server {\n  http_listen = \"127.0.0.1:9090\"\n  admin_listen = \"0.0.0.0:9090\"\n}\n"), "t.hcl:3:18", "error", "Overlapping listeners"},
 		{"bad server mode", one("server {\n  mode = \"permissive\"\n}\n"), "t.hcl:2:10", "error", "Invalid mode"},
 		{"max_connections zero", one("server {\n  max_connections = 0\n}\n"), "t.hcl:2:21", "error", "Invalid max_connections"},
@@ -631,6 +632,35 @@ func TestNesting(t *testing.T) {
 			}
 			if len(diags) != 1 {
 				t.Errorf("%d diagnostics, want only the nesting one: %.500s", len(diags), FormatDiagnostics(diags))
+			}
+		})
+	}
+}
+
+// TestDiagnosticsCutLongValues: a diagnostic quotes at most
+// maxDiagValueLen bytes of the value it is about, so one bad value cannot
+// flood a terminal or a reload log line.
+func TestDiagnosticsCutLongValues(t *testing.T) {
+	long := strings.Repeat("9", 5000)
+	tests := []struct{ name, src string }{
+		{"listen address", "server {\n  http_listen = \"" + long + "\"\n}\n"},
+		{"listen address in brackets", "server {\n  http_listen = \"[" + long + "\"\n}\n"},
+		{"resolver server", "resolver {\n  servers = [\"" + long + ":x:53\"]\n}\n"},
+		{"port", ruleSrc(`hosts = ["a.test"]`, `ports = ["`+long+`"]`)},
+		{"port range", ruleSrc(`hosts = ["a.test"]`, `ports = ["1-`+long+`"]`)},
+		{"cidr", ruleSrc(`cidrs = ["10.0.0.0/` + long + `"]`)},
+		{"test target", ruleSrc(`hosts = ["a.test"]`) + "test \"t\" {\n  target = \"" + long + "\"\n  expect = \"deny\"\n}\n"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, diags := Parse(one(tc.src))
+			if !diags.HasErrors() {
+				t.Fatal("no error")
+			}
+			for _, d := range diags {
+				if n := len(d.Summary) + len(d.Detail); n > 2*maxDiagValueLen+400 {
+					t.Errorf("%d bytes: %.300s…", n, d.Detail)
+				}
 			}
 		})
 	}

@@ -372,13 +372,13 @@ func splitHostPort(s string) (host, port string, err error) {
 	if strings.HasPrefix(s, "[") {
 		end := strings.IndexByte(s, ']')
 		if end < 0 || len(s) < end+2 || s[end+1] != ':' {
-			return "", "", fmt.Errorf("address %q: want [host]:port", s)
+			return "", "", fmt.Errorf("address %s: want [host]:port", quote(s))
 		}
 		return s[1:end], s[end+2:], nil
 	}
 	i := strings.LastIndexByte(s, ':')
 	if i < 0 || strings.IndexByte(s[:i], ':') >= 0 {
-		return "", "", fmt.Errorf("address %q: want host:port", s)
+		return "", "", fmt.Errorf("address %s: want host:port", quote(s))
 	}
 	return s[:i], s[i+1:], nil
 }
