@@ -431,3 +431,23 @@ func serveTestDNS(t testing.TB, addr string, h dns.HandlerFunc) string {
 	t.Cleanup(func() { srv.Shutdown() })
 	return pc.LocalAddr().String()
 }
+
+// waitFor polls cond every 10 ms for up to 5 s, and fails the test naming
+// what it waited for when cond never holds.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	if !eventually(cond) {
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// eventually polls cond every 10 ms for up to 5 s and reports whether it
+// held.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}

@@ -24,10 +24,6 @@ package proxy
 import (
 	"bufio"
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -843,48 +839,7 @@ func fullBacklog(t *testing.T) netip.AddrPort {
 // handshake message msg in one CRYPTO frame, padded to 1200 bytes.
 func evInitial(t *testing.T, msg []byte) []byte {
 	t.Helper()
-	dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
-	salt := []byte{0x38, 0x76, 0x2c, 0xf7, 0xf5, 0x59, 0x34, 0xb3, 0x4d, 0x17, 0x9a, 0xe6, 0xa4, 0xc8, 0x0c, 0xad, 0xcc, 0xbb, 0x7f, 0x0a}
-	label := func(secret []byte, l string, n int) []byte {
-		var b cryptobyte.Builder
-		b.AddUint16(uint16(n))
-		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("tls13 " + l)) })
-		b.AddUint8(0)
-		out, err := hkdf.Expand(sha256.New, secret, string(b.BytesOrPanic()), n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return out
-	}
-	initial, err := hkdf.Extract(sha256.New, dcid, salt)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := label(initial, "client in", 32)
-	key, iv, hpKey := label(cs, "quic key", 16), label(cs, "quic iv", 12), label(cs, "quic hp", 16)
-	block, _ := aes.NewCipher(key)
-	aead, _ := cipher.NewGCM(block)
-	hp, _ := aes.NewCipher(hpKey)
-
-	frame := []byte{0x06, 0x00, 0x40 | byte(len(msg)>>8), byte(len(msg))} // CRYPTO, offset 0, 2-byte length
-	frame = append(frame, msg...)
-	hdr := append([]byte{0xc3, 0, 0, 0, 1, byte(len(dcid))}, dcid...)
-	hdr = append(hdr, 0, 0) // no SCID, no token
-	const pnLen = 4
-	payloadLen := max(1200-len(hdr)-2-pnLen-16, len(frame))
-	payload := append(frame, make([]byte, payloadLen-len(frame))...) // PADDING frames
-	length := pnLen + len(payload) + 16
-	hdr = append(hdr, 0x40|byte(length>>8), byte(length))
-	pnOff := len(hdr)
-	hdr = append(hdr, 0, 0, 0, 0) // packet number 0
-	pkt := aead.Seal(hdr, iv, payload, hdr)
-	var mask [16]byte
-	hp.Encrypt(mask[:], pkt[pnOff+4:pnOff+20])
-	pkt[0] ^= mask[0] & 0x0f
-	for i := range pnLen {
-		pkt[pnOff+i] ^= mask[1+i]
-	}
-	return pkt
+	return sealQUICInitial(t, quicInitialSpec{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: quicCrypto(0, msg), padTo: 1200})
 }
 
 const evQUICConfig = `

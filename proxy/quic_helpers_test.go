@@ -3,7 +3,12 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +20,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/crypto/cryptobyte"
 
 	"github.com/egressd/egressd/sni"
 )
@@ -155,4 +161,100 @@ func listenUDP(t *testing.T, addr string) *net.UDPConn {
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// quicInitialSpec describes a client Initial packet for sealQUICInitial.
+type quicInitialSpec struct {
+	version uint32 // 1 (the default) or 0x6b3343cf (QUIC v2)
+	dcid    []byte
+	pn      uint32 // sent in 4 bytes
+	frames  []byte // the plaintext payload
+	padTo   int    // pad the payload with PADDING up to this packet size
+}
+
+// sealQUICInitial builds and protects a client Initial (RFC 9001 §5, RFC
+// 9369 §3) with its own key derivation, independent of package sni's.
+func sealQUICInitial(t *testing.T, p quicInitialSpec) []byte {
+	t.Helper()
+	salt := []byte{0x38, 0x76, 0x2c, 0xf7, 0xf5, 0x59, 0x34, 0xb3, 0x4d, 0x17, 0x9a, 0xe6, 0xa4, 0xc8, 0x0c, 0xad, 0xcc, 0xbb, 0x7f, 0x0a}
+	prefix, first := "quic ", byte(0xc3) // long header, fixed bit, Initial, 4-byte packet number
+	if p.version == 0 {
+		p.version = 1
+	}
+	if p.version != 1 {
+		salt = []byte{0x0d, 0xed, 0xe3, 0xde, 0xf7, 0x00, 0xa6, 0xdb, 0x81, 0x93, 0x81, 0xbe, 0x6e, 0x26, 0x9d, 0xcb, 0xf9, 0xbd, 0x2e, 0xd9}
+		prefix, first = "quicv2 ", 0xd3 // RFC 9369 §3.2: Initial is 0b01
+	}
+	label := func(secret []byte, l string, n int) []byte {
+		var b cryptobyte.Builder
+		b.AddUint16(uint16(n))
+		b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte("tls13 " + l)) })
+		b.AddUint8(0)
+		out, err := hkdf.Expand(sha256.New, secret, string(b.BytesOrPanic()), n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	initial, err := hkdf.Extract(sha256.New, p.dcid, salt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := label(initial, "client in", 32)
+	key, iv, hpKey := label(cs, prefix+"key", 16), label(cs, prefix+"iv", 12), label(cs, prefix+"hp", 16)
+	block, _ := aes.NewCipher(key)
+	aead, _ := cipher.NewGCM(block)
+	hp, _ := aes.NewCipher(hpKey)
+
+	hdr := binary.BigEndian.AppendUint32([]byte{first}, p.version)
+	hdr = append(hdr, byte(len(p.dcid)))
+	hdr = append(hdr, p.dcid...)
+	hdr = append(hdr, 0, 0) // no SCID, no token
+	const pnLen = 4
+	payload := bytes.Clone(p.frames)
+	if n := p.padTo - (len(hdr) + 2 + pnLen + len(payload) + 16); n > 0 {
+		payload = append(payload, make([]byte, n)...) // PADDING frames
+	}
+	length := pnLen + len(payload) + 16
+	hdr = append(hdr, 0x40|byte(length>>8), byte(length))
+	pnOff := len(hdr)
+	hdr = binary.BigEndian.AppendUint32(hdr, p.pn)
+	nonce := bytes.Clone(iv)
+	for i := range 4 {
+		nonce[8+i] ^= byte(p.pn >> (24 - 8*i))
+	}
+	pkt := aead.Seal(hdr, nonce, payload, hdr)
+	var mask [16]byte
+	hp.Encrypt(mask[:], pkt[pnOff+4:pnOff+20])
+	pkt[0] ^= mask[0] & 0x0f
+	for i := range pnLen {
+		pkt[pnOff+i] ^= mask[1+i]
+	}
+	return pkt
+}
+
+// quicCrypto is a CRYPTO frame (RFC 9000 §19.6) with 2-byte varints.
+func quicCrypto(off int, data []byte) []byte {
+	b := []byte{0x06, 0x40 | byte(off>>8), byte(off), 0x40 | byte(len(data)>>8), byte(len(data))}
+	return append(b, data...)
+}
+
+// quicClientHello is a QUIC ClientHello from crypto/tls for name, as a
+// client's Initial CRYPTO stream carries it.
+func quicClientHello(t *testing.T, name string) []byte {
+	t.Helper()
+	q := tls.QUICClient(&tls.QUICConfig{TLSConfig: &tls.Config{ServerName: name, NextProtos: []string{quicALPN},
+		MinVersion: tls.VersionTLS13, CurvePreferences: []tls.CurveID{tls.X25519}}})
+	q.SetTransportParameters([]byte{0x01, 0x02, 0x40, 0x64}) // max_idle_timeout 100 ms
+	if err := q.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var out []byte
+	for ev := q.NextEvent(); ev.Kind != tls.QUICNoEvent; ev = q.NextEvent() {
+		if ev.Kind == tls.QUICWriteData && ev.Level == tls.QUICEncryptionLevelInitial {
+			out = append(out, ev.Data...)
+		}
+	}
+	return out
 }
