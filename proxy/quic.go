@@ -115,6 +115,7 @@ type flow struct {
 	// connections the client opened on the same socket (screen).
 	screened bool
 	dcid     sni.QUICConnID
+	verify   *sni.QUICVerifier // checks the decided connection's later Initials
 	sni      string
 	others   []*otherConn
 
@@ -407,6 +408,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	if isQUIC {
 		f.screened, f.sni = true, helloName(&r)
 		f.dcid, _ = sni.InitialDCID(f.pend[:f.pendLen[0]])
+		f.verify = f.q.Verifier()
 	}
 	off := 0
 	for _, n := range f.pendLen {
@@ -585,7 +587,16 @@ func (g *quicGateway) close() {
 // flow's, with its own decision line: allowed when the policy allows it
 // and the destination is verified for its SNI (the flow's SNI, or one the
 // resolver knows the destination for, without a query); otherwise dropped.
-// A Retry's new Initial is such a connection too.
+// A Retry's new Initial is such a connection too, and so is one with the
+// decided DCID in another version (a server that does not speak the first
+// version drops its Initials).
+//
+// The decided connection's later Initials, and an allowed other
+// connection's, go on only when they carry the decided hello's bytes
+// (sni.QUICVerifier); others are dropped. A server drops Initials that the
+// reassembly took in (in a datagram under 1200 bytes, or with a packet
+// number already used), so without this a client could have one hello
+// decided and send the server another for the same connection ID.
 
 // quicMaxOtherConns bounds the other connections one flow keeps verdicts
 // for; at most one at a time is held undecided (its reassembly buffer).
@@ -594,8 +605,9 @@ const quicMaxOtherConns = 8
 // otherConn is another connection on a relaying flow.
 type otherConn struct {
 	dcid  sni.QUICConnID
-	state flowState        // flowPending, then flowRelaying (allowed) or flowDenied
-	q     *sni.QUICInitial // while pending
+	state flowState         // flowPending, then flowRelaying (allowed) or flowDenied
+	q     *sni.QUICInitial  // while pending
+	v     *sni.QUICVerifier // once allowed
 	hello sni.Hello
 	pend  [][]byte // its datagrams while pending
 	start time.Time
@@ -611,13 +623,16 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		return true, nil
 	}
 	id, ok := sni.InitialDCID(b)
-	if !ok || id == f.dcid {
+	if !ok {
 		return true, nil
+	}
+	if id == f.dcid {
+		return f.verify != nil && f.verify.Check(b) == nil, nil
 	}
 	for _, o := range f.others {
 		if o.dcid == id {
 			if o.state != flowPending {
-				return o.state == flowRelaying, nil
+				return o.state == flowRelaying && o.v.Check(b) == nil, nil
 			}
 			return false, g.otherDatagram(f, o, b, o.q.Add(b, &o.hello))
 		}
@@ -656,13 +671,14 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 	if errors.Is(err, sni.ErrNeedMore) {
 		return nil
 	}
+	v := o.q.Verifier() // nil unless err is nil
 	o.q.Reset()
 	initialPool.Put(o.q)
 	o.q = nil
 	send := o.pend
 	o.pend = nil
 	if g.decideOther(f, o, err) {
-		o.state = flowRelaying
+		o.state, o.v = flowRelaying, v
 		return send
 	}
 	o.state = flowDenied

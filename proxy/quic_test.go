@@ -498,3 +498,120 @@ func TestQUICOtherConnectionsOnAFlow(t *testing.T) {
 		t.Errorf("%d flows, want the socket's 1", n)
 	}
 }
+
+// TestQUICDecidedHelloOnly: the upstream server only ever gets the hello
+// egressd decided. A client gets an allowed hello decided in packets a
+// server drops, then sends another hello for the same connection ID in
+// packets it keeps: the decided connection's later Initials (and those of
+// another allowed connection on the flow) are checked against the decided
+// hello and dropped. A retransmission of the decided hello still goes
+// through, and the server acts on it.
+func TestQUICDecidedHelloOnly(t *testing.T) {
+	const v2 = 0x6b3343cf
+	type datagram struct {
+		spec quicInitialSpec
+		// After it is sent: allow lines for the allowed hello, and hellos
+		// for it the server acted on, to wait for (0: none).
+		decisions, acted int
+	}
+	dcid := func(b byte) []byte { return []byte{9, 8, 7, 6, 5, 4, 3, b} }
+	for _, tc := range []struct {
+		name     string
+		versions []quic.Version // the server's
+		build    func(allowed, evil []byte) []datagram
+	}{
+		{"the allowed hello in a short datagram", nil, func(a, e []byte) []datagram {
+			return []datagram{
+				{spec: quicInitialSpec{dcid: dcid(1), pn: 0, frames: quicCrypto(0, a)}, decisions: 1}, // under 1200 bytes: the server drops it
+				{spec: quicInitialSpec{dcid: dcid(1), pn: 1, frames: quicCrypto(0, e), padTo: 1200}},
+				{spec: quicInitialSpec{dcid: dcid(1), pn: 2, frames: quicCrypto(0, a), padTo: 1200}, acted: 1},
+			}
+		}},
+		{"a reused packet number", nil, func(a, e []byte) []datagram {
+			return []datagram{
+				{spec: quicInitialSpec{dcid: dcid(2), pn: 0, frames: quicCrypto(0, a[:6]), padTo: 1200}},
+				{spec: quicInitialSpec{dcid: dcid(2), pn: 0, frames: quicCrypto(6, a[6:]), padTo: 1200}, decisions: 1}, // the server drops a reused number
+				{spec: quicInitialSpec{dcid: dcid(2), pn: 1, frames: quicCrypto(6, e[6:]), padTo: 1200}},
+				{spec: quicInitialSpec{dcid: dcid(2), pn: 2, frames: quicCrypto(6, a[6:]), padTo: 1200}, acted: 1},
+			}
+		}},
+		{"the allowed hello in QUIC v2, to a v1 server", []quic.Version{quic.Version1}, func(a, e []byte) []datagram {
+			return []datagram{
+				{spec: quicInitialSpec{version: v2, dcid: dcid(3), frames: quicCrypto(0, a), padTo: 1200}, decisions: 1},
+				{spec: quicInitialSpec{dcid: dcid(3), frames: quicCrypto(0, e), padTo: 1200}}, // another connection: denied
+				{spec: quicInitialSpec{dcid: dcid(4), frames: quicCrypto(0, a), padTo: 1200}, decisions: 2, acted: 1},
+			}
+		}},
+		{"another connection on the flow", nil, func(a, e []byte) []datagram {
+			return []datagram{
+				{spec: quicInitialSpec{dcid: dcid(5), frames: quicCrypto(0, a), padTo: 1200}, decisions: 1, acted: 1},
+				{spec: quicInitialSpec{dcid: dcid(6), pn: 0, frames: quicCrypto(0, a)}, decisions: 2}, // short: the server drops it
+				{spec: quicInitialSpec{dcid: dcid(6), pn: 1, frames: quicCrypto(0, e), padTo: 1200}},
+				{spec: quicInitialSpec{dcid: dcid(6), pn: 2, frames: quicCrypto(0, a), padTo: 1200}, acted: 2},
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			pc := listenUDP(t, "127.0.0.1:0")
+			var mu sync.Mutex
+			var seen []string // the SNI of every hello the server acted on
+			count := func(name string) int {
+				mu.Lock()
+				defer mu.Unlock()
+				n := 0
+				for _, s := range seen {
+					if s == name {
+						n++
+					}
+				}
+				return n
+			}
+			ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
+				GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+					mu.Lock()
+					seen = append(seen, chi.ServerName)
+					mu.Unlock()
+					return nil, nil
+				}}, &quic.Config{Versions: tc.versions})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { ln.Close() })
+			up := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+			q := e.startQUIC(t, quicTestPolicy, up.Port())
+			c := q.socket(t, up)
+
+			// Equal lengths: the two hellos share their first 6 bytes
+			// (handshake header and legacy_version).
+			const name = "quic.cftunnel.com"
+			allowed, evil := quicClientHello(t, name), quicClientHello(t, "evil-example.test")
+			for i, d := range tc.build(allowed, evil) {
+				if _, err := c.WriteTo(sealQUICInitial(t, d.spec), q.addr); err != nil {
+					t.Fatal(err)
+				}
+				waitFor(t, fmt.Sprintf("%d allow lines after datagram %d", d.decisions, i+1), func() bool {
+					n := 0
+					for _, l := range e.log.lines(t) {
+						if matches(l, map[string]any{"message": "decision", "mode": "quic", "sni": name, "decision": "allow"}) {
+							n++
+						}
+					}
+					return n >= d.decisions
+				})
+				if !eventually(func() bool { return count(name) >= d.acted }) {
+					mu.Lock()
+					defer mu.Unlock()
+					t.Fatalf("after datagram %d the server acted on %q, want %d hellos for %s and no other", i+1, seen, d.acted, name)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, s := range seen {
+				if s != name {
+					t.Errorf("the server got a hello for %q, which the policy denies (it saw %q)", s, seen)
+				}
+			}
+		})
+	}
+}

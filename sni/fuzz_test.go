@@ -270,6 +270,23 @@ func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
 		last = err
 		n++
 	}
+	// Once the hello is decided, the verifier checks the same datagrams
+	// without panicking: each either passes or is malformed.
+	v := q.Verifier()
+	if (v != nil) != (n > 0 && last == nil) {
+		t.Fatalf("Verifier %v after %v", v != nil, last)
+	}
+	for _, d := range datagrams {
+		if v == nil {
+			break
+		}
+		if _, ok := InitialDCID(d); !ok {
+			continue
+		}
+		if err := v.Check(d); err != nil && !errors.Is(err, ErrMalformed) {
+			t.Fatalf("Check: %v", err)
+		}
+	}
 }
 
 // FuzzQUICInitial feeds one to three datagrams to a QUICInitial. Seeds are

@@ -82,6 +82,10 @@ type QUICInitial struct {
 
 	done bool  // a final result is known
 	err  error // the final result, once done
+
+	// verify: a QUICVerifier's copy, whose crypto holds exactly the
+	// decided hello's CRYPTO bytes, [0, parsed).
+	verify bool
 }
 
 // cryptoRange is the half-open byte range [start, end) of the CRYPTO stream.
@@ -90,6 +94,48 @@ type cryptoRange struct{ start, end int }
 // Reset clears q for reuse (keeps allocated buffers).
 func (q *QUICInitial) Reset() {
 	*q = QUICInitial{crypto: q.crypto, scratch: q.scratch[:0]}
+}
+
+// QUICVerifier checks the later client Initial packets of a connection
+// attempt whose ClientHello was recovered and decided, so that what a
+// server is sent cannot differ from what was decided. A server acts on the
+// first complete hello it accepts, and it drops Initials that a
+// QUICInitial takes in: in datagrams under 1200 bytes (RFC 9000 §14.1),
+// with a packet number already used (§12.3), or of a version it does not
+// speak. A client could put an allowed hello in such packets and another
+// one, for the same Destination Connection ID, in packets the server
+// keeps. Every later Initial of the attempt is therefore checked to carry
+// only the decided hello's bytes.
+type QUICVerifier struct{ q QUICInitial }
+
+// Verifier returns a QUICVerifier for the attempt once Add has returned
+// nil, and nil before that or after an error. It copies the keys and the
+// hello's CRYPTO bytes (at most MaxQUICCryptoBytes; a real hello is 0.3-2
+// KiB), so q can be Reset and reused.
+func (q *QUICInitial) Verifier() *QUICVerifier {
+	if !q.done || q.err != nil {
+		return nil
+	}
+	v := &QUICVerifier{q: QUICInitial{
+		version: q.version, dcid: q.dcid, dcidLen: q.dcidLen,
+		aead: q.aead, hp: q.hp, iv: q.iv, largest: q.largest, opened: true,
+		crypto: append([]byte(nil), q.crypto[:q.parsed]...), parsed: q.parsed,
+		verify: true,
+	}}
+	v.q.ranges[0], v.q.nranges = cryptoRange{0, q.parsed}, 1
+	return v
+}
+
+// Check reports whether datagram, which starts with an Initial packet, may
+// go on to the server: nil when every Initial packet in it has the
+// attempt's version and Destination Connection ID, opens with its keys,
+// and holds only frames allowed in Initials (RFC 9000 §12.4) whose CRYPTO
+// bytes are the decided hello's, at the same offsets (a retransmission).
+// 0-RTT and Handshake packets are skipped as in Add. Otherwise it returns
+// an ErrMalformed error saying why, and the datagram should be dropped.
+// Not safe for concurrent use.
+func (v *QUICVerifier) Check(datagram []byte) error {
+	return v.q.walk(datagram, false)
 }
 
 // Opened reports whether an Initial packet added so far passed
@@ -146,7 +192,19 @@ func (q *QUICInitial) Add(datagram []byte, h *Hello) error {
 }
 
 func (q *QUICInitial) add(datagram []byte, h *Hello) error {
-	first := q.version == 0 // no Initial accepted yet: the first datagram
+	if err := q.walk(datagram, q.version == 0); err != nil {
+		return err
+	}
+	if q.nranges == 0 || q.ranges[0].start != 0 || q.ranges[0].end == q.parsed {
+		return ErrNeedMore
+	}
+	q.parsed = q.ranges[0].end
+	return ParseHandshake(q.crypto[:q.parsed], h)
+}
+
+// walk takes the packets of one datagram; first says whether no Initial
+// has been accepted yet (an unrecognised datagram is then ErrNotQUIC).
+func (q *QUICInitial) walk(datagram []byte, first bool) error {
 	for b, i := datagram, 0; ; i++ {
 		if len(b) == 0 {
 			if i == 0 {
@@ -175,11 +233,7 @@ func (q *QUICInitial) add(datagram []byte, h *Hello) error {
 		}
 		b = b[n:]
 	}
-	if q.nranges == 0 || q.ranges[0].start != 0 || q.ranges[0].end == q.parsed {
-		return ErrNeedMore
-	}
-	q.parsed = q.ranges[0].end
-	return ParseHandshake(q.crypto[:q.parsed], h)
+	return nil
 }
 
 // packet handles the long header packet at the start of b and returns its
@@ -432,10 +486,19 @@ func (q *QUICInitial) addCrypto(off uint64, data []byte) error {
 	if len(data) == 0 {
 		return nil
 	}
+	start, end := int(off), int(off)+len(data)
+	if q.verify {
+		switch {
+		case end > q.parsed:
+			return quicMalformed("CRYPTO data reaches past the decided ClientHello's %d bytes", q.parsed)
+		case string(q.crypto[start:end]) != string(data):
+			return quicMalformed("CRYPTO data at offset %d differs from the decided ClientHello", start)
+		}
+		return nil
+	}
 	if q.crypto == nil {
 		q.crypto = make([]byte, MaxQUICCryptoBytes)
 	}
-	start, end := int(off), int(off)+len(data)
 	// Received bytes inside [start, end) must match.
 	for _, g := range q.ranges[:q.nranges] {
 		if lo, hi := max(start, g.start), min(end, g.end); lo < hi &&
@@ -530,9 +593,12 @@ func longHeaderType(b []byte) (version uint32, typ int, ok bool) {
 	return version, typ, true
 }
 
-// QUICConnID is a QUIC connection ID (at most 20 bytes for v1 and v2),
-// comparable with ==.
+// QUICConnID is a QUIC version and connection ID (at most 20 bytes for v1
+// and v2), comparable with ==. The version is part of it: Initials of
+// another version with the same ID are another connection attempt, with
+// other keys, that a server may accept where it dropped the first.
 type QUICConnID struct {
+	v uint32
 	b [maxCIDLen]byte
 	n uint8
 }
@@ -547,9 +613,11 @@ func InitialDCID(datagram []byte) (id QUICConnID, ok bool) {
 	if len(datagram) < 5 || datagram[0]&0x80 == 0 {
 		return id, false
 	}
-	if _, typ, ok := longHeaderType(datagram); !ok || typ != pktInitial {
+	version, typ, ok := longHeaderType(datagram)
+	if !ok || typ != pktInitial {
 		return id, false
 	}
+	id.v = version
 	r := quicReader(datagram[5:])
 	dcid, ok := r.cid()
 	if !ok {

@@ -707,4 +707,99 @@ func TestInitialDCID(t *testing.T) {
 			t.Errorf("%s: InitialDCID = %x, %v; want 8394c8f03e515708 only for an Initial (%v)", tc.name, id.b[:id.n], ok, tc.ok)
 		}
 	}
+	// The version is part of the ID: the two vectors share their DCID.
+	id1, _ := InitialDCID(v1)
+	id2, _ := InitialDCID(v2)
+	if id1 == id2 {
+		t.Error("the v1 and v2 Initials with one DCID have equal IDs")
+	}
+}
+
+// TestQUICVerifier: once the hello is decided, a later Initial of the
+// attempt goes on only if it carries the decided hello's bytes. The
+// attacks it stops: an allowed hello in packets a server drops (a short
+// datagram, a reused packet number, another version), then another hello
+// for the same connection ID in packets it keeps.
+func TestQUICVerifier(t *testing.T) {
+	hello := rfcHello(t)
+	other := slices.Clone(hello)
+	other[120] ^= 1 // another hello of the same length and header
+	seal := func(pn int64, frames ...[]byte) []byte {
+		return sealInitial(t, testInitial{pn: pn, frames: slices.Concat(frames...), padTo: 1200})
+	}
+	first := seal(0, cryptoFrame(0, hello))
+	flipped := slices.Clone(first)
+	flipped[len(flipped)-1] ^= 1
+	for _, tc := range []struct {
+		name     string
+		datagram []byte
+		ok       bool
+	}{
+		{"the decided datagram again", first, true},
+		{"a retransmission in other pieces", seal(1, cryptoFrame(100, hello[100:]), cryptoFrame(0, hello[:100])), true},
+		{"part of the hello, with PING, ACK and PADDING", seal(2, []byte{0x01}, cryptoFrame(10, hello[10:20]), []byte{0x02, 0x00, 0x00, 0x00, 0x00}), true},
+		{"no CRYPTO frame", seal(3, []byte{0x01}), true},
+		{"an Initial, then a 0-RTT packet", slices.Concat(sealInitial(t, testInitial{pn: 4, frames: cryptoFrame(0, hello)}), longHeader(quicV1, pkt0RTT, rfcDCID, nil, 40)), true},
+		{"another hello", seal(1, cryptoFrame(0, other)), false},
+		{"another hello's tail, same packet number", seal(0, cryptoFrame(100, other[100:])), false},
+		{"bytes past the hello", seal(1, cryptoFrame(uint64(len(hello)), []byte{1})), false},
+		{"the hello, then more", seal(1, cryptoFrame(0, append(slices.Clone(hello), 0))), false},
+		{"fails authentication", flipped, false},
+		{"the same DCID, version 2", sealInitial(t, testInitial{version: quicV2, frames: cryptoFrame(0, hello), padTo: 1200}), false},
+		{"another DCID", sealInitial(t, testInitial{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: cryptoFrame(0, hello), padTo: 1200}), false},
+		{"a frame not allowed in Initials", seal(1, []byte{0x08, 0x00}), false},
+		{"an Initial, then another hello's", slices.Concat(sealInitial(t, testInitial{pn: 1, frames: cryptoFrame(0, hello)}), sealInitial(t, testInitial{pn: 2, frames: cryptoFrame(0, other)})), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var q QUICInitial
+			var h Hello
+			if v := q.Verifier(); v != nil {
+				t.Fatal("a Verifier before the hello")
+			}
+			if err := q.Add(first, &h); err != nil {
+				t.Fatal(err)
+			}
+			v := q.Verifier()
+			q.Reset() // the verifier keeps its own copies
+			q.Add(sealInitial(t, testInitial{dcid: []byte{9, 9, 9, 9, 9, 9, 9, 9}, frames: cryptoFrame(0, other), padTo: 1200}), &h)
+			err := v.Check(tc.datagram)
+			if (err == nil) != tc.ok {
+				t.Fatalf("Check = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrMalformed) {
+				t.Errorf("Check = %v, want ErrMalformed", err)
+			}
+			if err := v.Check(first); err != nil {
+				t.Errorf("the decided datagram after that: %v", err)
+			}
+		})
+	}
+	var q QUICInitial
+	var h Hello
+	if q.Add(flipped, &h) == nil || q.Verifier() != nil {
+		t.Error("a Verifier after an error")
+	}
+}
+
+// TestQUICVerifierAllocs: Check allocates nothing once its decryption
+// buffer has grown to the datagram's size.
+func TestQUICVerifierAllocs(t *testing.T) {
+	if testing.CoverMode() != "" || raceEnabled {
+		t.Skip("allocation counts differ under -cover/-race")
+	}
+	d1, d2 := readTestdata(t, "quic-go-v1.initial-1.bin"), readTestdata(t, "quic-go-v1.initial-2.bin")
+	var q QUICInitial
+	var h Hello
+	q.Add(d1, &h)
+	if err := q.Add(d2, &h); err != nil {
+		t.Fatal(err)
+	}
+	v := q.Verifier()
+	if got := testing.AllocsPerRun(100, func() {
+		if err := v.Check(d1); err != nil {
+			t.Fatal(err)
+		}
+	}); got != 0 {
+		t.Errorf("Check: %v allocs, want 0", got)
+	}
 }
