@@ -124,6 +124,7 @@ func TestParseRecordsErrors(t *testing.T) {
 		{"empty alpn list", withExts(testExt{16, []byte{0, 0}}).records(), ErrMalformed, "alpn: empty list"},
 		{"empty alpn name", withExts(testExt{16, alpnData("h2", "")}).records(), ErrMalformed, "alpn: empty protocol name"},
 		{"truncated alpn name", withExts(testExt{16, []byte{0, 3, 5, 'h', '2'}}).records(), ErrMalformed, "alpn: truncated protocol name"},
+		{"too many alpn names", withExts(testExt{16, alpnData(slices.Repeat([]string{"x"}, maxALPNNames+1)...)}).records(), ErrTooLarge, "alpn: more than 64 protocol names"},
 		{"alpn trailing bytes", withExts(testExt{16, append(alpnData("h2"), 1)}).records(), ErrMalformed, "extension 0x0010"},
 
 		{"empty supported_versions", withExts(testExt{43, []byte{0}}).records(), ErrMalformed, "supported_versions: empty list"},

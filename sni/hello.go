@@ -29,6 +29,13 @@ const (
 	// not something a real client does.
 	MaxHelloBytes = MaxHandshakeBytes + 256
 
+	// maxALPNNames bounds the protocol names kept from the ALPN extension;
+	// more is ErrTooLarge. Each name costs a 16-byte string header in
+	// Hello.ALPN against 2 bytes on the wire, so a 16 KiB hello of 7,000
+	// one-byte names would hold 150 KB per pending connection. Clients
+	// list 1-3 (h2, http/1.1; h3), openssl's test vector 37.
+	maxALPNNames = 64
+
 	// dupScanLimit is how many extensions are checked for duplicates by a
 	// linear scan while parsing (quadratic, but cheapest for the usual 10-20
 	// extensions); a hello with more extensions is checked by sorting, so a

@@ -315,6 +315,9 @@ func parseClientHello(body []byte, h *Hello) error {
 				if proto.Empty() {
 					return malformed("alpn: empty protocol name")
 				}
+				if len(h.ALPN) == maxALPNNames {
+					return tooLarge("alpn: more than %d protocol names", maxALPNNames)
+				}
 				name := commonALPN(proto)
 				if name == "" {
 					if rest == "" {
