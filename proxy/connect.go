@@ -71,14 +71,24 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	tr := s.track(client)
 	if tr == nil {
 		sl.free()
-		return // shutting down: close without a 200
+		c.refuse(policy.ReasonConnectionLimit, "egressd is shutting down")
+		s.logDecision(c)
+		writeStatus(client, req, http.StatusServiceUnavailable, c)
+		return
 	}
 	end := func() {
 		s.untrack(tr)
 		sl.free()
 	}
 	handed = true
-	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil || !s.tunnel(c, client, t, &r, tr, end) {
+	ok := false
+	if _, err := client.Write([]byte("HTTP/1.1 200 Connection established\r\n\r\n")); err != nil {
+		c.refuse(policy.ReasonClientClosed, "writing the 200: "+err.Error())
+		s.logDecision(c)
+	} else {
+		ok = s.tunnel(c, client, t, &r, tr, end)
+	}
+	if !ok {
 		client.Close()
 		end()
 	}

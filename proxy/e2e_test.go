@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"log"
 	"net"
@@ -16,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/egressd/egressd/policy"
 )
 
 func newDiscardLogger() *log.Logger { return log.New(io.Discard, "", 0) }
@@ -487,4 +491,75 @@ func TestShutdownClosesTunnelsAfterDeadline(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("tunnel still open after Shutdown's deadline")
 	}
+}
+
+// TestConnectDecisionLineWithoutTunnel: a CONNECT that never gets its 200
+// still has its one decision line: the client reset before the 200 could
+// be written, or Shutdown began while it was being checked (answered 503).
+func TestConnectDecisionLineWithoutTunnel(t *testing.T) {
+	t.Run("client reset before the 200", func(t *testing.T) {
+		e := newEnv(t)
+		e.start(t, baseConfig)
+		orig := checkPassword
+		checkPassword = func(p *policy.Policy, user, password string) bool {
+			time.Sleep(300 * time.Millisecond) // the client resets meanwhile
+			return true
+		}
+		t.Cleanup(func() { checkPassword = orig })
+		c, err := net.Dial("tcp", e.proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "CONNECT allowed.egress.test:%d HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dTpw\r\n\r\n", e.tlsPort)
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "client_closed", "host": "allowed.egress.test"})
+		waitFor(t, "the slot to be freed", func() bool { return e.srv.limits.open() == 0 })
+		if n := e.countLines(t, "decision", nil); n != 1 {
+			t.Errorf("%d decision lines, want 1", n)
+		}
+	})
+	t.Run("Shutdown began while it was checked", func(t *testing.T) {
+		e := newEnv(t)
+		e.start(t, baseConfig)
+		entered, release := make(chan struct{}), make(chan struct{})
+		orig := checkPassword
+		checkPassword = func(p *policy.Policy, user, password string) bool {
+			close(entered)
+			<-release
+			return true
+		}
+		t.Cleanup(func() { checkPassword = orig })
+		c, err := net.Dial("tcp", e.proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "CONNECT allowed.egress.test:%d HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic dTpw\r\n\r\n", e.tlsPort)
+		<-entered
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			e.srv.Shutdown(ctx)
+		}()
+		waitFor(t, "Shutdown to begin", e.srv.isClosing)
+		close(release)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			t.Fatalf("no response: %v; log:\n%s", err, e.log.String())
+		}
+		resp.Body.Close()
+		<-done
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("status %d, want 503", resp.StatusCode)
+		}
+		e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "connection_limit", "detail": "egressd is shutting down"})
+		if n := e.countLines(t, "decision", nil); n != 1 {
+			t.Errorf("%d decision lines, want 1", n)
+		}
+	})
 }
