@@ -591,13 +591,7 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 					t.Fatal(err)
 				}
 				waitFor(t, fmt.Sprintf("%d allow lines after datagram %d", d.decisions, i+1), func() bool {
-					n := 0
-					for _, l := range e.log.lines(t) {
-						if matches(l, map[string]any{"message": "decision", "mode": "quic", "sni": name, "decision": "allow"}) {
-							n++
-						}
-					}
-					return n >= d.decisions
+					return e.countLines(t, "decision", map[string]any{"mode": "quic", "sni": name, "decision": "allow"}) >= d.decisions
 				})
 				if !eventually(func() bool { return count(name) >= d.acted }) {
 					mu.Lock()
