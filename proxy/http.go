@@ -72,6 +72,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 			return up, nil
 		},
 		DisableKeepAlives:      true,
+		DisableCompression:     true,
 		ResponseHeaderTimeout:  upstreamHeaderTimeout,
 		MaxResponseHeaderBytes: maxHeaderBytes,
 	}
@@ -95,6 +96,10 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		sl.free()
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": upstream error\n")
 	}
+	// The upstream's hop-by-hop fields are not the client's: among them,
+	// Connection: Upgrade with Upgrade: websocket on a response that is
+	// not a 101 would make goproxy hijack the client and drop the body.
+	removeHopHeaders(resp.Header)
 	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), onClose: func(down int64) {
 		tr.CloseIdleConnections()
 		s.logClose(c, upBytes.Load(), down)

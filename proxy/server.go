@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -157,14 +159,42 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 	gp.OnRequest().HandleConnectFunc(func(string, *goproxy.ProxyCtx) (*goproxy.ConnectAction, string) {
 		return &goproxy.ConnectAction{Action: goproxy.ConnectHijack, Hijack: s.handleConnect}, ""
 	})
-	gp.OnRequest().DoFunc(func(req *http.Request, ctx *goproxy.ProxyCtx) (*http.Request, *http.Response) {
-		// Credentials are read before the proxy headers are removed, and
-		// are never forwarded upstream.
+	// The client's Accept-Encoding goes upstream as sent, and the response
+	// body comes back as the upstream encoded it (forward's transport does
+	// not ask for gzip and decode it on egressd's CPU).
+	gp.KeepAcceptEncoding = true
+	gp.OnRequest().DoFunc(func(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
+		// Credentials are read before the hop-by-hop headers, theirs
+		// among them, are removed: they are never forwarded upstream.
 		user, ok := s.proxyUser(req)
-		goproxy.RemoveProxyHeaders(ctx, req)
+		removeHopHeaders(req.Header)
 		return req, s.handleHTTP(req, user, ok)
 	})
 	return gp
+}
+
+// hopHeaders are the hop-by-hop header fields (RFC 9110 §7.6.1, and the
+// proxy ones of RFC 9110 §11.7 and of old clients): they describe one
+// connection, so a proxy does not pass them on. Upgrade is among them:
+// egressd does not relay protocol upgrades over plain HTTP.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopHeaders deletes the hop-by-hop fields from h, and those the
+// Connection field names, as net/http/httputil.ReverseProxy does.
+func removeHopHeaders(h http.Header) {
+	for _, v := range h["Connection"] {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = textproto.TrimString(f); f != "" {
+				h.Del(f)
+			}
+		}
+	}
+	for _, f := range hopHeaders {
+		h.Del(f)
+	}
 }
 
 // keepBufferedOnHijack hands goproxy a ResponseWriter whose Hijack keeps

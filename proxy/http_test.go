@@ -1,0 +1,209 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Plain-HTTP forwarding against upstreams that answer byte for byte what
+// a test says (rawUpstream), through clients that send exactly the bytes
+// a test gives.
+
+// plainConfig allows plain http:// requests to plain.egress.test on port
+// p, with a 1 s idle timeout.
+func plainConfig(p int) string {
+	return fmt.Sprintf(`
+server {
+  hello_timeout = "2s"
+  idle_timeout  = "1s"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "test" {
+  allow "plain" {
+    hosts = ["plain.egress.test"]
+    cidrs = ["127.0.0.0/8"] # grants the loopback upstream
+    ports = [%d]
+  }
+}
+`, p)
+}
+
+// rawUpstream accepts connections on loopback and runs h on each; it
+// returns the port.
+func rawUpstream(t *testing.T, h func(c net.Conn, br *bufio.Reader)) int {
+	t.Helper()
+	ln := listen(t)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				h(c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return port(ln)
+}
+
+// recv receives from ch, failing the test after 10 s.
+func recv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		panic("unreachable")
+	}
+}
+
+// readHead reads a request or response head, up to the empty line.
+func readHead(br *bufio.Reader) string {
+	var sb strings.Builder
+	for {
+		l, err := br.ReadString('\n')
+		sb.WriteString(l)
+		if err != nil || l == "\r\n" {
+			return sb.String()
+		}
+	}
+}
+
+// plainRequest sends head (with "UP" replaced by the upstream's
+// host:port) to the proxy and returns the connection and a reader on it.
+func (e *env) plainRequest(t *testing.T, up int, head string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", e.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, strings.ReplaceAll(head, "UP", fmt.Sprintf("plain.egress.test:%d", up))); err != nil {
+		t.Fatal(err)
+	}
+	return c, bufio.NewReader(c)
+}
+
+// TestHTTPHopByHopHeaders: hop-by-hop fields, and the fields Connection
+// names, go neither upstream nor back to the client; the rest do.
+func TestHTTPHopByHopHeaders(t *testing.T) {
+	heads := make(chan string, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		heads <- readHead(br)
+		// Not "Connection: close, X-Up-Hop": net/http's transport drops
+		// a Connection field holding close before egressd sees it, and
+		// with it the names (httputil.ReverseProxy has the same limit).
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: X-Up-Hop\r\nX-Up-Hop: secret\r\nKeep-Alive: timeout=5\r\nX-Up-End: kept\r\nContent-Length: 2\r\n\r\nok")
+	})
+	e := newEnv(t)
+	e.start(t, plainConfig(up))
+	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\nConnection: close, X-Internal-Token\r\n"+
+		"X-Internal-Token: s3cret\r\nKeep-Alive: 300\r\nTE: trailers\r\nUpgrade: h2c\r\nProxy-Connection: keep-alive\r\nX-End: kept\r\n\r\n")
+	head := recv(t, heads, "the upstream's request")
+	for _, f := range []string{"X-Internal-Token", "Keep-Alive", "Te:", "Upgrade", "Proxy-Connection"} {
+		if strings.Contains(head, f) {
+			t.Errorf("the upstream got %s:\n%s", f, head)
+		}
+	}
+	if !strings.Contains(head, "X-End: kept") {
+		t.Errorf("the upstream did not get X-End:\n%s", head)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(body) != "ok" {
+		t.Fatalf("%s %q", resp.Status, body)
+	}
+	for _, f := range []string{"X-Up-Hop", "Keep-Alive"} {
+		if v := resp.Header.Get(f); v != "" {
+			t.Errorf("the client got %s: %s", f, v)
+		}
+	}
+	if resp.Header.Get("X-Up-End") != "kept" {
+		t.Errorf("the client did not get X-Up-End: %v", resp.Header)
+	}
+}
+
+// TestHTTPUpgradeHeadersOnA200: a response that is not a 101 but carries
+// Connection: Upgrade and Upgrade: websocket is an ordinary response: the
+// client gets its body and the exchange ends.
+func TestHTTPUpgradeHeadersOnA200(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		readHead(br)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello")
+		time.Sleep(5 * time.Second) // the client must not depend on this close
+	})
+	e := newEnv(t)
+	e.start(t, plainConfig(up))
+	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || string(body) != "hello" {
+		t.Fatalf("body %q, %v; want hello", body, err)
+	}
+	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": 5})
+}
+
+// TestHTTPContentEncoding: the client's Accept-Encoding goes upstream as
+// sent, and an encoded body comes back as the upstream sent it: egressd
+// neither asks for gzip nor decodes it.
+func TestHTTPContentEncoding(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(bytes.Repeat([]byte("A"), 1<<20))
+	zw.Close()
+	for _, ae := range []string{"identity", "gzip"} {
+		t.Run(ae, func(t *testing.T) {
+			got := make(chan string, 1)
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				got <- req.Header.Get("Accept-Encoding")
+				if req.Header.Get("Accept-Encoding") == "gzip" {
+					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n", gz.Len())
+					c.Write(gz.Bytes())
+					return
+				}
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+			})
+			e := newEnv(t)
+			e.start(t, plainConfig(up))
+			_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\nAccept-Encoding: "+ae+"\r\n\r\n")
+			if sent := recv(t, got, "the upstream's request"); sent != ae {
+				t.Errorf("the upstream got Accept-Encoding %q, want %q", sent, ae)
+			}
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			want := []byte("plain")
+			if ae == "gzip" {
+				want = gz.Bytes()
+			}
+			if !bytes.Equal(body, want) || resp.Header.Get("Content-Encoding") != map[string]string{"gzip": "gzip"}[ae] {
+				t.Errorf("the client got %d bytes with Content-Encoding %q, want the upstream's %d", len(body), resp.Header.Get("Content-Encoding"), len(want))
+			}
+			e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(want)})
+		})
+	}
+}
