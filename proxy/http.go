@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -79,9 +81,11 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	out := req.Clone(req.Context())
 	out.RequestURI = ""
 	out.Host = ""
+	client, _ := req.Context().Value(clientControlKey{}).(*http.ResponseController)
+	w := startIdleWatch(s.cfg.IdleTimeout, up, client)
 	var upBytes atomic.Int64
 	if out.Body != nil {
-		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes}
+		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes, last: &w.last}
 	}
 	resp, err := tr.RoundTrip(out)
 	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
@@ -91,6 +95,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		err = errors.New("protocol upgrade")
 	}
 	if err != nil {
+		w.stop()
 		up.Close()
 		s.logClose(c, upBytes.Load(), 0)
 		sl.free()
@@ -100,7 +105,8 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	// Connection: Upgrade with Upgrade: websocket on a response that is
 	// not a 101 would make goproxy hijack the client and drop the body.
 	removeHopHeaders(resp.Header)
-	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), onClose: func(down int64) {
+	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), last: &w.last, onClose: func(down int64) {
+		w.stop()
 		tr.CloseIdleConnections()
 		s.logClose(c, upBytes.Load(), down)
 		sl.free()
@@ -137,18 +143,66 @@ func textResponse(req *http.Request, code int, body string) *http.Response {
 	return resp
 }
 
-// countingBody counts the bytes read through it and reports the total once
-// when closed.
+// idleWatch ends a plain-HTTP exchange once no body byte has moved either
+// way for idle_timeout, as the relay's watchdog ends an idle tunnel: it
+// closes the upstream connection and puts the client connection's read
+// and write deadlines in the past. That unblocks a client that stopped
+// sending its body or reading the response, and an upstream that stopped
+// sending or reading, each of which would otherwise hold a connection
+// slot and the upstream socket for as long as it liked.
+type idleWatch struct {
+	last  atomic.Int64 // monoNow of the last body byte either way
+	done  atomic.Bool
+	timer *time.Timer
+}
+
+func startIdleWatch(idle time.Duration, up net.Conn, client *http.ResponseController) *idleWatch {
+	w := &idleWatch{}
+	w.last.Store(monoNow())
+	check := func() {
+		if w.done.Load() {
+			return
+		}
+		if quiet := time.Duration(monoNow() - w.last.Load()); quiet < idle {
+			w.timer.Reset(idle - quiet)
+			return
+		}
+		_ = up.Close()
+		if client != nil {
+			past := time.Unix(1, 0)
+			_ = client.SetReadDeadline(past)
+			_ = client.SetWriteDeadline(past)
+		}
+	}
+	w.timer = time.AfterFunc(math.MaxInt64, check) // set before it can fire
+	w.timer.Reset(idle)
+	return w
+}
+
+// stop ends the watch once the exchange is over.
+func (w *idleWatch) stop() {
+	w.done.Store(true)
+	w.timer.Stop()
+}
+
+// countingBody counts the bytes read through it, notes when the last came
+// in last (when set), and reports the total once when closed.
 type countingBody struct {
 	io.ReadCloser
 	n       *atomic.Int64
+	last    *atomic.Int64
 	once    sync.Once
 	onClose func(int64)
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	b.n.Add(int64(n))
+	if n > 0 {
+		b.n.Add(int64(n))
+		if b.last != nil {
+			b.last.Store(monoNow())
+		}
+	}
 	return n, err
 }
 

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -19,11 +21,13 @@ import (
 
 // plainConfig allows plain http:// requests to plain.egress.test on port
 // p, with a 1 s idle timeout.
-func plainConfig(p int) string {
+func plainConfig(p int) string { return plainConfigIdle(p, "1s") }
+
+func plainConfigIdle(p int, idle string) string {
 	return fmt.Sprintf(`
 server {
   hello_timeout = "2s"
-  idle_timeout  = "1s"
+  idle_timeout  = %q
 }
 resolver { servers = ["DNS_ADDR"] }
 policy "test" {
@@ -33,7 +37,7 @@ policy "test" {
     ports = [%d]
   }
 }
-`, p)
+`, idle, p)
 }
 
 // rawUpstream accepts connections on loopback and runs h on each; it
@@ -204,6 +208,130 @@ func TestHTTPContentEncoding(t *testing.T) {
 				t.Errorf("the client got %d bytes with Content-Encoding %q, want the upstream's %d", len(body), resp.Header.Get("Content-Encoding"), len(want))
 			}
 			e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(want)})
+		})
+	}
+}
+
+// TestHTTPStreaming: each piece of a response that comes slowly reaches
+// the client as it comes, head first (a watch, a long poll): the upstream
+// sends the next piece only once the client has the one before.
+func TestHTTPStreaming(t *testing.T) {
+	for _, tc := range []struct{ name, head, pieces string }{
+		{"chunked", "Transfer-Encoding: chunked\r\nContent-Type: application/json", "6\r\nevent1\r\n|6\r\nevent2\r\n|0\r\n\r\n"},
+		{"content length", "Content-Length: 12", "event1|event2|"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			next := make(chan struct{})
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				readHead(br)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\n"+tc.head+"\r\n\r\n")
+				for _, p := range strings.Split(tc.pieces, "|") {
+					select {
+					case <-next:
+					case <-time.After(10 * time.Second):
+						return
+					}
+					io.WriteString(c, p)
+				}
+			})
+			e := newEnv(t)
+			e.start(t, plainConfigIdle(up, "30s"))
+			_, br := e.plainRequest(t, up, "GET http://UP/watch HTTP/1.1\r\nHost: UP\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil) // the head, before any body
+			if err != nil {
+				t.Fatalf("no response head while the body waits: %v", err)
+			}
+			send := func() {
+				select {
+				case next <- struct{}{}:
+				case <-time.After(10 * time.Second):
+					t.Fatal("the upstream stopped waiting")
+				}
+			}
+			for _, want := range []string{"event1", "event2"} {
+				send()
+				got := make([]byte, len(want))
+				if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != want {
+					t.Fatalf("got %q, %v; want %q as soon as the upstream sent it", got, err, want)
+				}
+			}
+			send()
+			if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+				t.Errorf("after the last piece: %q, %v", rest, err)
+			}
+		})
+	}
+}
+
+// TestHTTPIdleExchange: a plain-HTTP exchange whose bodies move no byte
+// for idle_timeout (1 s) is ended, its close line logged and its slot
+// freed, whichever side stalls.
+func TestHTTPIdleExchange(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		upstream func(c net.Conn, br *bufio.Reader, stop <-chan struct{})
+		request  string
+		read     int // bytes of the response the client reads before it stops
+	}{
+		{"the client stops sending its body",
+			func(c net.Conn, br *bufio.Reader, stop <-chan struct{}) {
+				req, err := http.ReadRequest(br)
+				if err == nil {
+					io.ReadAll(req.Body)
+				}
+				<-stop
+			},
+			"POST http://UP/ HTTP/1.1\r\nHost: UP\r\nContent-Length: 10\r\n\r\nab", -1},
+		{"the upstream stops sending its body",
+			func(c net.Conn, br *bufio.Reader, stop <-chan struct{}) {
+				readHead(br)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+				<-stop
+			},
+			"GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n", 3},
+		{"the client stops reading",
+			func(c net.Conn, br *bufio.Reader, stop <-chan struct{}) {
+				readHead(br)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n")
+				buf := make([]byte, 64<<10)
+				for range 1024 {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			},
+			"GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n", 100},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop := make(chan struct{})
+			t.Cleanup(func() { close(stop) })
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) { tc.upstream(c, br, stop) })
+			e := newEnv(t)
+			e.start(t, plainConfig(up))
+			c, br := e.plainRequest(t, up, tc.request)
+			if tc.read > 0 {
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(resp.Body, make([]byte, tc.read)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			start := time.Now()
+			e.waitLog(t, "close", map[string]any{"mode": "http"})
+			waitFor(t, "the slot to be freed", func() bool { return e.srv.limits.open() == 0 })
+			if el := time.Since(start); el < 500*time.Millisecond {
+				t.Errorf("ended after %v, before idle_timeout", el)
+			}
+			if tc.read == 0 {
+				return
+			}
+			// The client's connection ends too.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.Copy(io.Discard, br); err != nil && !errors.Is(err, syscall.ECONNRESET) {
+				t.Errorf("the client's connection did not end: %v", err)
+			}
 		})
 	}
 }

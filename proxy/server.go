@@ -135,7 +135,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
 	s.httpSrv = &http.Server{
-		Handler:           keepBufferedOnHijack(s.gp),
+		Handler:           wrapClient(s.gp),
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       cfg.Server.IdleTimeout,
@@ -197,21 +197,64 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
-// keepBufferedOnHijack hands goproxy a ResponseWriter whose Hijack keeps
-// the bytes net/http already read past the request. goproxy ignores the
-// *bufio.ReadWriter Hijack returns, so a client that sends its ClientHello
-// together with the CONNECT, without waiting for the 200 (pipelining),
-// would lose them: the hello reader would then wait for bytes that never
-// come and refuse the tunnel. The returned conn yields the buffered bytes
-// first.
-func keepBufferedOnHijack(h http.Handler) http.Handler {
+// wrapClient hands goproxy a ResponseWriter fit for the request.
+//
+// A CONNECT gets one whose Hijack keeps the bytes net/http already read
+// past the request. goproxy ignores the *bufio.ReadWriter Hijack returns,
+// so a client that sends its ClientHello together with the CONNECT,
+// without waiting for the 200 (pipelining), would lose them: the hello
+// reader would then wait for bytes that never come and refuse the tunnel.
+// The returned conn yields the buffered bytes first.
+//
+// A plain request gets a streamingWriter, and its context the client
+// connection's ResponseController, with which forward's idle watch
+// unblocks a client that stopped sending or reading.
+func wrapClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if hj, ok := w.(http.Hijacker); ok && r.Method == http.MethodConnect {
+		hj, ok := w.(http.Hijacker)
+		switch {
+		case !ok:
+		case r.Method == http.MethodConnect:
 			w = bufferedHijacker{w, hj}
+		default:
+			rc := http.NewResponseController(w)
+			w = streamingWriter{w, hj, rc}
+			r = r.WithContext(context.WithValue(r.Context(), clientControlKey{}, rc))
 		}
 		h.ServeHTTP(w, r)
 	})
 }
+
+// clientControlKey is the request context key of the client connection's
+// *http.ResponseController.
+type clientControlKey struct{}
+
+// streamingWriter passes a plain-HTTP response on to the client as it
+// comes: the head at once, and each write of the body. goproxy flushes
+// only for text/event-stream or a chunked Transfer-Encoding, which the
+// transport moves out of the header where goproxy looks, so a watch or
+// long-poll response was held back until 4 KiB had come or the body
+// ended. It keeps Hijack, which goproxy requires of its writer.
+type streamingWriter struct {
+	http.ResponseWriter
+	hj http.Hijacker
+	rc *http.ResponseController
+}
+
+func (w streamingWriter) WriteHeader(code int) {
+	w.ResponseWriter.WriteHeader(code)
+	_ = w.rc.Flush()
+}
+
+func (w streamingWriter) Write(p []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(p)
+	if err == nil {
+		err = w.rc.Flush()
+	}
+	return n, err
+}
+
+func (w streamingWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) { return w.hj.Hijack() }
 
 type bufferedHijacker struct {
 	http.ResponseWriter
