@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net"
@@ -97,9 +98,10 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	if err != nil {
 		w.stop()
 		up.Close()
-		s.logClose(c, upBytes.Load(), 0)
+		err = fmt.Errorf("upstream: %w", err)
+		s.logCloseFailed(c, upBytes.Load(), 0, err)
 		sl.free()
-		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": upstream error\n")
+		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+cut(err.Error(), maxCloseDetail)+"\n")
 	}
 	// The upstream's hop-by-hop fields are not the client's: among them,
 	// Connection: Upgrade with Upgrade: websocket on a response that is
@@ -112,6 +114,20 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		sl.free()
 	}}
 	return resp
+}
+
+// handleOriginForm answers a request for a path ("GET /metrics"), not a
+// URL: egressd serves nothing itself on its proxy listener (the admin
+// listener has the metrics and health endpoints), so it is a bad request,
+// logged like any refusal.
+func (s *Server) handleOriginForm(w http.ResponseWriter, req *http.Request) {
+	c := s.newConn(ModeHTTP, req.RemoteAddr)
+	c.host = cut(req.Host, maxCloseDetail)
+	c.refuse(policy.ReasonBadRequest, "a request for a path, not a URL: egressd is a proxy; set HTTP_PROXY or HTTPS_PROXY to it, or use the admin listener for metrics and health")
+	s.logDecision(c)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusBadRequest)
+	_, _ = io.WriteString(w, "egressd: "+c.detail+"\n")
 }
 
 func (s *Server) refuseHTTP(req *http.Request, c *conn, code int, r policy.Reason, detail string) *http.Response {

@@ -335,3 +335,49 @@ func TestHTTPIdleExchange(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPUpstreamError: an upstream that answers garbage gets the client
+// a 502 that says why, and the close line the same, cut short.
+func TestHTTPUpstreamError(t *testing.T) {
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		readHead(br)
+		io.WriteString(c, "garbage"+strings.Repeat("x", 1000)+"\r\n\r\n")
+	})
+	e := newEnv(t)
+	e.start(t, plainConfig(up))
+	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "malformed HTTP response") {
+		t.Errorf("%s %q, want 502 naming the malformed response", resp.Status, body)
+	}
+	cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
+	detail, _ := cl["detail"].(string)
+	if !strings.HasPrefix(detail, "upstream: ") || !strings.Contains(detail, "malformed HTTP response") || len(detail) > maxCloseDetail+len("…") {
+		t.Errorf("close line detail %q (%d bytes), want the error cut to %d", detail, len(detail), maxCloseDetail)
+	}
+}
+
+// TestHTTPOriginForm: a request for a path, not a URL, is a bad request,
+// answered 400 and logged with one decision line.
+func TestHTTPOriginForm(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, plainConfig(1))
+	c, br := e.plainRequest(t, 1, "GET /metrics HTTP/1.1\r\nHost: egressd.internal\r\n\r\n")
+	defer c.Close()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "egressd is a proxy") {
+		t.Errorf("%s %q, want 400 saying egressd is a proxy", resp.Status, body)
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "bad_request", "host": "egressd.internal"})
+	if n := e.countLines(t, "decision", nil); n != 1 {
+		t.Errorf("%d decision lines, want 1", n)
+	}
+}

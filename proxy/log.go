@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/netip"
 	"time"
+	"unicode/utf8"
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sni"
@@ -165,15 +166,40 @@ func (s *Server) logDecision(c *conn) {
 	e.Msg(msgDecision)
 }
 
-func (s *Server) logClose(c *conn, up, down int64) {
+func (s *Server) logClose(c *conn, up, down int64) { s.logCloseFailed(c, up, down, nil) }
+
+// maxCloseDetail bounds the error a close line quotes: an upstream's error
+// can quote what it sent (a malformed status line, up to the 32 KiB header
+// limit), and one line of the log must stay readable.
+const maxCloseDetail = 200
+
+// logCloseFailed is logClose for a connection that failed after it was
+// allowed: the close line's detail says why (err, cut to maxCloseDetail
+// bytes), when err is not nil.
+func (s *Server) logCloseFailed(c *conn, up, down int64, err error) {
 	s.metrics.closed(c, up, down)
-	s.log.Info().
+	e := s.log.Info().
 		Uint64(fieldConn, c.id).
 		Str(fieldMode, c.mode).
 		Int64(fieldBytesUp, up).
 		Int64(fieldBytesDown, down).
-		Int64(fieldDurationMS, time.Since(c.start).Milliseconds()).
-		Msg(msgClose)
+		Int64(fieldDurationMS, time.Since(c.start).Milliseconds())
+	if err != nil {
+		e = e.Str(fieldDetail, cut(err.Error(), maxCloseDetail))
+	}
+	e.Msg(msgClose)
+}
+
+// cut returns s cut to at most n bytes, marked with "…" when cut, and
+// never in the middle of a UTF-8 sequence.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // tlsVersionName names the highest version the client offered: the

@@ -163,6 +163,7 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 	// body comes back as the upstream encoded it (forward's transport does
 	// not ask for gzip and decode it on egressd's CPU).
 	gp.KeepAcceptEncoding = true
+	gp.NonproxyHandler = http.HandlerFunc(s.handleOriginForm)
 	gp.OnRequest().DoFunc(func(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 		// Credentials are read before the hop-by-hop headers, theirs
 		// among them, are removed: they are never forwarded upstream.
