@@ -135,6 +135,16 @@ func startHTTPUpstream(t testing.TB) int {
 
 // startEcho echoes every byte back and half-closes when the client does.
 func startEcho(t testing.TB) int {
+	return serveConns(t, func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
+}
+
+// serveConns accepts connections on a loopback listener and runs h on
+// each in its own goroutine, closing the connection after; it returns the
+// port.
+func serveConns(t testing.TB, h func(net.Conn)) int {
 	ln := listen(t)
 	go func() {
 		for {
@@ -144,8 +154,7 @@ func startEcho(t testing.TB) int {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				h(c)
 			}()
 		}
 	}()

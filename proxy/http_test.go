@@ -44,20 +44,7 @@ policy "test" {
 // returns the port.
 func rawUpstream(t *testing.T, h func(c net.Conn, br *bufio.Reader)) int {
 	t.Helper()
-	ln := listen(t)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				h(c, bufio.NewReader(c))
-			}()
-		}
-	}()
-	return port(ln)
+	return serveConns(t, func(c net.Conn) { h(c, bufio.NewReader(c)) })
 }
 
 // recv receives from ch, failing the test after 10 s.
@@ -100,6 +87,20 @@ func (e *env) plainRequest(t *testing.T, up int, head string) (net.Conn, *bufio.
 	return c, bufio.NewReader(c)
 }
 
+// response reads a response and its whole body from br.
+func response(t *testing.T, br *bufio.Reader) (*http.Response, string) {
+	t.Helper()
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("reading the body: %v", err)
+	}
+	return resp, string(body)
+}
+
 // TestHTTPHopByHopHeaders: hop-by-hop fields, and the fields Connection
 // names, go neither upstream nor back to the client; the rest do.
 func TestHTTPHopByHopHeaders(t *testing.T) {
@@ -124,12 +125,8 @@ func TestHTTPHopByHopHeaders(t *testing.T) {
 	if !strings.Contains(head, "X-End: kept") {
 		t.Errorf("the upstream did not get X-End:\n%s", head)
 	}
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 || string(body) != "ok" {
+	resp, body := response(t, br)
+	if resp.StatusCode != 200 || body != "ok" {
 		t.Fatalf("%s %q", resp.Status, body)
 	}
 	for _, f := range []string{"X-Up-Hop", "Keep-Alive"} {
@@ -154,13 +151,8 @@ func TestHTTPUpgradeHeadersOnA200(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, plainConfig(up))
 	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	if err != nil || string(body) != "hello" {
-		t.Fatalf("body %q, %v; want hello", body, err)
+	if _, body := response(t, br); body != "hello" {
+		t.Fatalf("body %q, want hello", body)
 	}
 	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": 5})
 }
@@ -195,16 +187,12 @@ func TestHTTPContentEncoding(t *testing.T) {
 			if sent := recv(t, got, "the upstream's request"); sent != ae {
 				t.Errorf("the upstream got Accept-Encoding %q, want %q", sent, ae)
 			}
-			resp, err := http.ReadResponse(br, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			body, _ := io.ReadAll(resp.Body)
+			resp, body := response(t, br)
 			want := []byte("plain")
 			if ae == "gzip" {
 				want = gz.Bytes()
 			}
-			if !bytes.Equal(body, want) || resp.Header.Get("Content-Encoding") != map[string]string{"gzip": "gzip"}[ae] {
+			if body != string(want) || resp.Header.Get("Content-Encoding") != map[string]string{"gzip": "gzip"}[ae] {
 				t.Errorf("the client got %d bytes with Content-Encoding %q, want the upstream's %d", len(body), resp.Header.Get("Content-Encoding"), len(want))
 			}
 			e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(want)})
@@ -346,12 +334,8 @@ func TestHTTPUpstreamError(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, plainConfig(up))
 	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(body), "malformed HTTP response") {
+	resp, body := response(t, br)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "malformed HTTP response") {
 		t.Errorf("%s %q, want 502 naming the malformed response", resp.Status, body)
 	}
 	cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
@@ -368,12 +352,8 @@ func TestHTTPOriginForm(t *testing.T) {
 	e.start(t, plainConfig(1))
 	c, br := e.plainRequest(t, 1, "GET /metrics HTTP/1.1\r\nHost: egressd.internal\r\n\r\n")
 	defer c.Close()
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "egressd is a proxy") {
+	resp, body := response(t, br)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "egressd is a proxy") {
 		t.Errorf("%s %q, want 400 saying egressd is a proxy", resp.Status, body)
 	}
 	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "bad_request", "host": "egressd.internal"})
