@@ -138,6 +138,16 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "egressd serve: unexpected argument %q\n", fs.Arg(0))
 		return exitUsage
 	}
+	if flagSet(fs, "shutdown-grace") && *grace <= 0 {
+		fmt.Fprintf(stderr, "egressd serve: --shutdown-grace %v: give a duration greater than zero, e.g. 30s\n", *grace)
+		return exitUsage
+	}
+	// SIGHUP reloads. It is caught from the start to the exit: its
+	// default action ends the process, which must not happen while the
+	// configuration loads or while a stop drains the tunnels.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	cfg, ok := loadConfig(*path, stderr)
 	if !ok {
 		return exitFail
@@ -159,9 +169,6 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 	// once, without waiting for the drain.
 	context.AfterFunc(ctx, stop)
 	watch := func(ctx context.Context, srv *proxy.Server) <-chan struct{} {
-		hup := make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		context.AfterFunc(ctx, func() { signal.Stop(hup) })
 		return srv.WatchConfig(ctx, *path, load, hup)
 	}
 	// Decision-log timestamps to the nanosecond: a process-wide zerolog
@@ -172,6 +179,13 @@ func runServe(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	return exitOK
+}
+
+// flagSet reports whether the command line set flag name.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
 }
 
 // applyServeFlags applies serve's listener and grace flags over the

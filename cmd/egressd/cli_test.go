@@ -92,6 +92,8 @@ func TestCLI(t *testing.T) {
 		{"validate bad shows every error with file:line:col", []string{"validate", "--config", bad}, exitFail,
 			`(?m)^.*bad\.hcl:3:32: error: ` + and + `(?m)^.*bad\.hcl:4:19: error: ` + and + `(?m)^.*bad\.hcl:5:5: error: `, false},
 		{"validate needs --config", []string{"validate"}, exitUsage, "", true},
+		{"serve with a zero grace", []string{"serve", "--shutdown-grace", "0s"}, exitUsage, "", true},
+		{"serve with a negative grace", []string{"serve", "--shutdown-grace=-5s"}, exitUsage, "", true},
 		{"validate --help", []string{"validate", "--help"}, exitOK, "", true},
 		{"check allow", []string{"check", "--config", good, "api.example.com:443"}, exitOK, `^allow api.example.com:443 policy=p rule=api reason=allowed\n$`, false},
 		{"check range", []string{"check", "--config", good, "x.cdn.example.com:8444"}, exitOK, `rule=api`, false},

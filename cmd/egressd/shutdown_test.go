@@ -201,3 +201,29 @@ func TestServeShutdownGraceFlag(t *testing.T) {
 		t.Fatal("egressd did not exit")
 	}
 }
+
+// TestServeShutdownIgnoresSIGHUP: a SIGHUP during the drain (a reload
+// signal sent by habit) neither ends the process nor the drain: the tunnel
+// keeps working, and the process exits 0 once it closes.
+func TestServeShutdownIgnoresSIGHUP(t *testing.T) {
+	p, addr, c, br := startShutdownServe(t)
+	done := p.terminate(t)
+	refusesConnections(t, addr)
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // a SIGHUP that ended the process would have by now
+	echoLine(t, c, br, "after SIGHUP")
+	c.Close()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatalf("exit: %v, want 0", r.err)
+		}
+	case <-time.After(shutdownGraceTest + 2*time.Second):
+		t.Fatal("egressd did not exit after its last tunnel closed")
+	}
+	if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
+		t.Errorf("no shutdown end line with drained 1: %q", out)
+	}
+}
