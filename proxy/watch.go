@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,7 +36,7 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	// one goes, so no edit falls between them.
 	watch := func() {
 		cw := newConfigWatch(path, users)
-		w, err := watchDirs(cw.dirs)
+		w, err := watchDirs(cw.dirs, cw.optional)
 		if err != nil {
 			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
 		}
@@ -51,6 +52,13 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 		watch()
 	}
 	reload := func() {
+		// The watch is built again first: what the path names may have
+		// changed (a symbolic link re-pointed, a directory removed and
+		// created again, a file linked elsewhere), and no edit may fall
+		// between the new watch and the load.
+		if path != "" {
+			watch()
+		}
 		cfg, diags := load()
 		if diags.HasErrors() {
 			s.ReloadFailed(policy.FormatDiagnostics(diags))
@@ -119,23 +127,57 @@ func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, ws *watch
 // the configuration's. Other files there (a decision log written beside
 // the configuration, an editor's swap file) do not reload it: a reload
 // re-parses every rule.
+//
+// Beside those it watches, where it can (optional), the directory that
+// holds a configuration directory, for the directory's own entry (a
+// symbolic link re-pointed to another release, a directory removed and
+// created again), and the directories that the configuration's files and
+// the users file link to, for their targets: editing a link's target
+// changes nothing in the directory that holds the link.
 type configWatch struct {
-	dirs  []string
-	file  string // the configuration file, or "" for a directory
-	dir   string // the configuration directory
-	users string // the users file, or ""
+	dirs     []string
+	optional []string
+	file     string // the configuration file, or "" for a directory
+	dir      string // the configuration directory
+	users    string // the users file, or ""
+	targets  map[string]bool
 }
 
 func newConfigWatch(path, usersFile string) configWatch {
-	cw := configWatch{dir: filepath.Clean(path)}
+	cw := configWatch{dir: filepath.Clean(path), targets: map[string]bool{}}
 	if fi, err := os.Stat(path); err == nil && !fi.IsDir() {
 		cw.file, cw.dir = filepath.Clean(path), filepath.Dir(path)
 	}
 	cw.dirs = []string{cw.dir}
+	var files []string
+	if cw.file != "" {
+		files = append(files, cw.file)
+	} else {
+		if parent := filepath.Dir(cw.dir); parent != cw.dir {
+			cw.optional = append(cw.optional, parent)
+		}
+		entries, _ := os.ReadDir(cw.dir)
+		for _, e := range entries {
+			if e.Type()&os.ModeSymlink != 0 && policy.IsConfigName(e.Name()) {
+				files = append(files, filepath.Join(cw.dir, e.Name()))
+			}
+		}
+	}
 	if usersFile != "" {
 		cw.users = policy.UsersFilePath(cw.dir, usersFile)
 		if d := filepath.Dir(cw.users); d != cw.dir {
 			cw.dirs = append(cw.dirs, d)
+		}
+		files = append(files, cw.users)
+	}
+	for _, f := range files {
+		t, err := filepath.EvalSymlinks(f)
+		if err != nil || t == f {
+			continue
+		}
+		cw.targets[t] = true
+		if d := filepath.Dir(t); !slices.Contains(cw.dirs, d) && !slices.Contains(cw.optional, d) {
+			cw.optional = append(cw.optional, d)
 		}
 	}
 	return cw
@@ -150,8 +192,10 @@ func (cw configWatch) relevant(name string) bool {
 	name = filepath.Clean(name)
 	base := filepath.Base(name)
 	switch {
-	case name == cw.file, name == cw.users:
+	case name == cw.file, name == cw.users, cw.targets[name]:
 		return true
+	case cw.file == "" && name == cw.dir:
+		return true // the directory's entry in its parent
 	case strings.HasPrefix(base, ".."):
 		return true
 	case cw.file == "" && filepath.Dir(name) == cw.dir:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -28,26 +29,30 @@ const inotifyMask = unix.IN_CLOSE_WRITE | unix.IN_CREATE | unix.IN_DELETE |
 // in several calls.
 const inotifyBufSize = 16 * (unix.SizeofInotifyEvent + unix.NAME_MAX + 1)
 
-// watchDirs watches dirs (not recursively) and delivers the path of every
-// entry that was written and closed, created, removed or renamed in them,
-// and "" when the kernel dropped events (its queue overflowed), so that
-// the reader assumes anything may have changed. A directory that cannot
-// be watched is named in the error, and the others are watched all the
-// same: the watcher is nil only when none can be.
-func watchDirs(dirs []string) (*dirWatcher, error) {
+// watchDirs watches dirs and optional (not recursively) and delivers the
+// path of every entry that was written and closed, created, removed or
+// renamed in them, and "" when the kernel dropped events (its queue
+// overflowed), so that the reader assumes anything may have changed. A
+// directory of dirs that cannot be watched is named in the error, and the
+// others are watched all the same: the watcher is nil only when none can
+// be. An optional directory that cannot be watched, or goes away, is
+// left out without a word.
+func watchDirs(dirs, optional []string) (*dirWatcher, error) {
 	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
 	if err != nil {
 		return nil, fmt.Errorf("inotify_init1: %w", err)
 	}
-	wds := make(map[int32]string, len(dirs))
+	wds := make(map[int32]watchedDir, len(dirs)+len(optional))
 	var errs []error
-	for _, dir := range dirs {
+	for i, dir := range slices.Concat(dirs, optional) {
 		wd, err := unix.InotifyAddWatch(fd, dir, inotifyMask)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
+			if i < len(dirs) {
+				errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
+			}
 			continue
 		}
-		wds[int32(wd)] = dir
+		wds[int32(wd)] = watchedDir{dir, i >= len(dirs)}
 	}
 	if len(wds) == 0 {
 		unix.Close(fd)
@@ -61,7 +66,13 @@ func watchDirs(dirs []string) (*dirWatcher, error) {
 	return w, errors.Join(errs...)
 }
 
-func readInotify(w *dirWatcher, f *os.File, wds map[int32]string) {
+// watchedDir is a watched directory, and whether its watch is optional.
+type watchedDir struct {
+	path     string
+	optional bool
+}
+
+func readInotify(w *dirWatcher, f *os.File, wds map[int32]watchedDir) {
 	defer close(w.names)
 	buf := make([]byte, inotifyBufSize)
 	for {
@@ -76,13 +87,15 @@ func readInotify(w *dirWatcher, f *os.File, wds map[int32]string) {
 			dir, known := wds[ev.wd]
 			if known && ev.mask&unix.IN_IGNORED != 0 {
 				// The directory was removed or unmounted: its watch is gone.
-				w.fail(fmt.Errorf("%s is no longer watched (removed or unmounted); reload with SIGHUP", dir))
+				if !dir.optional {
+					w.fail(fmt.Errorf("%s is no longer watched (removed or unmounted); reload with SIGHUP", dir.path))
+				}
 				delete(wds, ev.wd)
 				continue
 			}
 			name, ok := "", ev.mask&unix.IN_Q_OVERFLOW != 0
 			if known && ev.name != "" {
-				name, ok = filepath.Join(dir, ev.name), true
+				name, ok = filepath.Join(dir.path, ev.name), true
 			}
 			if ok && !w.send(name) {
 				return

@@ -85,7 +85,7 @@ func TestWatchDirsRemoved(t *testing.T) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	w, err := watchDirs([]string{dir})
+	w, err := watchDirs([]string{dir}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func TestWatchDirsSkipsAppends(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	w, err := watchDirs([]string{dir})
+	w, err := watchDirs([]string{dir}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

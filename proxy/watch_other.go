@@ -13,24 +13,33 @@ import (
 // out plain writes: a decision log kept in the configuration's directory
 // wakes it for every line (and is then ignored).
 
-// watchDirs watches dirs (not recursively) and delivers the path of every
-// entry that was written, created, removed or renamed in them, and "" when
-// events were dropped, so that the reader assumes anything may have
-// changed. A directory that cannot be watched is named in the error, and
-// the others are watched all the same: the watcher is nil only when none
-// can be.
-func watchDirs(dirs []string) (*dirWatcher, error) {
+// watchDirs watches dirs and optional (not recursively) and delivers the
+// path of every entry that was written, created, removed or renamed in
+// them, and "" when events were dropped, so that the reader assumes
+// anything may have changed. A directory of dirs that cannot be watched is
+// named in the error, and the others are watched all the same: the watcher
+// is nil only when none can be. An optional directory that cannot be
+// watched is left out without a word.
+func watchDirs(dirs, optional []string) (*dirWatcher, error) {
 	fw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, err
 	}
 	var errs []error
+	watched := 0
 	for _, dir := range dirs {
 		if err := fw.Add(dir); err != nil {
 			errs = append(errs, fmt.Errorf("watching %s: %w", dir, err))
+			continue
+		}
+		watched++
+	}
+	for _, dir := range optional {
+		if fw.Add(dir) == nil {
+			watched++
 		}
 	}
-	if len(errs) == len(dirs) {
+	if watched == 0 {
 		fw.Close()
 		return nil, errors.Join(errs...)
 	}

@@ -65,7 +65,7 @@ func TestConfigWatchRelevant(t *testing.T) {
 func TestWatchDirsPartial(t *testing.T) {
 	dir := t.TempDir()
 	missing := filepath.Join(dir, "missing")
-	w, err := watchDirs([]string{dir, missing})
+	w, err := watchDirs([]string{dir, missing}, nil)
 	if w == nil {
 		t.Fatalf("no watcher for %s beside an unwatchable directory: %v", dir, err)
 	}
@@ -85,7 +85,7 @@ func TestWatchDirsPartial(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no event for %s within 5s", cfg)
 	}
-	if w, err := watchDirs([]string{missing}); w != nil || err == nil {
+	if w, err := watchDirs([]string{missing}, nil); w != nil || err == nil {
 		t.Errorf("watchDirs of a missing directory only = %v, %v; want no watcher and an error", w, err)
 	}
 }
@@ -225,4 +225,98 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	}
 	write(filepath.Join(dirB, "users"), "alice:"+hB+"\n# new file\n")
 	waitReloads(2, "an edit of the new users file")
+}
+
+// TestWatchConfigFollowsLinks: the watch follows what the configuration
+// path names when that changes: a symbolic link to a release directory
+// re-pointed, the directory removed and created again, and a file that is
+// a link into another directory edited there. Each is seen without a
+// SIGHUP, and edits after it reload too.
+func TestWatchConfigFollowsLinks(t *testing.T) {
+	const src = "policy \"p\" {\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
+	write := func(name, s string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// watchFrom serves the configuration at path with a watch and returns
+	// a function that waits until there have been n successful reloads.
+	watchFrom := func(t *testing.T, path string) (waitReloads func(n int, after string), reloads func() int) {
+		load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
+		cfg, diags := load()
+		if diags.HasErrors() {
+			t.Fatal(policy.FormatDiagnostics(diags))
+		}
+		var logBuf syncBuffer
+		s, err := New(cfg, zerolog.New(&logBuf))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		stopped := s.WatchConfig(ctx, path, load, nil)
+		t.Cleanup(func() { cancel(); <-stopped })
+		reloads = func() int { return strings.Count(logBuf.String(), `"outcome":"ok"`) }
+		return func(n int, after string) {
+			t.Helper()
+			if !eventually(func() bool { return reloads() >= n }) {
+				t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, reloads(), n, logBuf.String())
+			}
+		}, reloads
+	}
+	t.Run("a linked directory re-pointed", func(t *testing.T) {
+		base := t.TempDir()
+		for _, r := range []string{"rel1", "rel2"} {
+			os.Mkdir(filepath.Join(base, r), 0o755)
+			write(filepath.Join(base, r, "a.hcl"), src)
+		}
+		current := filepath.Join(base, "current")
+		if err := os.Symlink("rel1", current); err != nil {
+			t.Fatal(err)
+		}
+		waitReloads, reloads := watchFrom(t, current)
+		tmp := filepath.Join(base, "current.tmp")
+		if err := os.Symlink("rel2", tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, current); err != nil {
+			t.Fatal(err)
+		}
+		waitReloads(1, "current re-pointed to rel2")
+		write(filepath.Join(base, "rel2", "a.hcl"), src+"# edited\n")
+		waitReloads(2, "an edit in rel2")
+		write(filepath.Join(base, "rel1", "a.hcl"), src+"# old release\n")
+		time.Sleep(3 * ReloadDebounce)
+		if n := reloads(); n != 2 {
+			t.Errorf("an edit of the old release reloaded (%d reloads, want 2)", n)
+		}
+	})
+	t.Run("the directory removed and created again", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "conf")
+		os.Mkdir(dir, 0o755)
+		write(filepath.Join(dir, "a.hcl"), src)
+		waitReloads, _ := watchFrom(t, dir)
+		if err := os.RemoveAll(dir); err != nil {
+			t.Fatal(err)
+		}
+		os.Mkdir(dir, 0o755)
+		write(filepath.Join(dir, "a.hcl"), src)
+		waitReloads(1, "the directory created again")
+		write(filepath.Join(dir, "a.hcl"), src+"# edited\n")
+		waitReloads(2, "an edit in the new directory")
+	})
+	t.Run("a file linked into another directory", func(t *testing.T) {
+		base := t.TempDir()
+		dir, other := filepath.Join(base, "conf"), filepath.Join(base, "other")
+		os.Mkdir(dir, 0o755)
+		os.Mkdir(other, 0o755)
+		write(filepath.Join(dir, "a.hcl"), src)
+		write(filepath.Join(other, "b.hcl"), "# b\n")
+		if err := os.Symlink(filepath.Join("..", "other", "b.hcl"), filepath.Join(dir, "b.hcl")); err != nil {
+			t.Fatal(err)
+		}
+		waitReloads, _ := watchFrom(t, dir)
+		write(filepath.Join(other, "b.hcl"), "# b, edited\n")
+		waitReloads(1, "the link's target edited")
+	})
 }
