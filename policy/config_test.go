@@ -599,23 +599,31 @@ func TestNesting(t *testing.T) {
 		{"brackets", src(rep("[", n) + rep("]", n)), "t.hcl:2:80"},
 		{"parentheses", src(rep("(", n) + "1" + rep(")", n)), "t.hcl:2:80"},
 		{"objects", src(rep("{a = ", n) + "1" + rep("}", n)), "t.hcl:2:332"},
-		{"unary not", src(rep("!", n) + "true"), "t.hcl:2:80"},
-		{"unary minus", src(rep("-", n) + "1"), "t.hcl:2:80"},
-		{"conditionals", src(rep("true ? 1 : ", n) + "2"), "t.hcl:2:715"},
 		{"interpolations", src(rep(`"${`, n) + "1" + rep(`}"`, n)), "t.hcl:2:207"},
 		{"directives", src(`"` + rep("%{if true}", n) + "x" + rep("%{endif}", n) + `"`), "t.hcl:2:638"},
 		{"nested blocks", one(rep("policy \"p\" {\n", n) + rep("}\n", n)), "t.hcl:65:12"},
+		// Lexical errors, and stray end directives, do not stop the count.
+		{"brackets after a lexical error", one("a = 1;\nb = " + rep("[", n) + rep("]", n) + "\n"), "t.hcl:2:69"},
+		{"brackets after stray end directives", one(rep(`a = "`+rep("%{endif}", 999)+"\"\n", 100) + "b = " + rep("[", n) + rep("]", n) + "\n"), "t.hcl:101:69"},
+		{"directives in one string", src(`"` + rep("%{endif}", n) + `"`), "t.hcl:2:8018"},
+		// Chains that recurse without nesting.
+		{"splats", src("x" + rep("[*]", n)), "t.hcl:2:3018"},
+		{"sums", src("1" + rep("+1", n)), "t.hcl:2:2018"},
+		{"conjunctions", src("true" + rep("&&true", n)), "t.hcl:2:6021"},
+		{"conditionals", src(rep("true ? 1 : ", n) + "2"), "t.hcl:2:11022"},
+		{"unary not", src(rep("!", n) + "true"), "t.hcl:2:1017"},
 		{"60 brackets", src(rep("[", 60) + rep("]", 60)), ""},
-		{"minuses in list elements", src("[" + rep("1-1, ", 1000) + "1]"), ""},
-		{"minuses on lines", one(rep("x = -1\n", 1000)), ""},
-		{"directives one after another", src(`"` + rep("%{if true}x%{endif}", 1000) + `"`), ""},
+		{"minuses in list elements", src("[" + rep("1-1, ", 10_000) + "1]"), ""},
+		{"minuses on lines", one(rep("x = -1\n", 10_000)), ""},
+		{"100,000 names in a list", src("[\n" + rep("  \"a.example.com\",\n", 100_000) + "]"), ""},
+		{"directives one after another", src(`"` + rep("%{if true}x%{endif}", 100) + `"`), ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			_, diags := Parse(tc.files)
 			var got *hcl.Diagnostic
 			for _, d := range diags {
-				if d.Summary == "Configuration nested too deeply" {
+				if d.Summary == "Configuration nested too deeply" || d.Summary == "Expression too long" {
 					got = d
 				}
 			}

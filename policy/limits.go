@@ -38,6 +38,15 @@ const (
 	// process.
 	maxNesting = 64
 
+	// maxExprTokens is how many operators, brackets and traversal steps
+	// one item of a configuration (an attribute, a list element, a
+	// function argument) may hold (checkNesting). Parsing and evaluating
+	// recurse per operator and step, 1-5 KiB of stack each: 2,000,000
+	// "+1" or 600,000 "[*]" overflowed the stack. A policy's values are
+	// strings and numbers, which do not count; 1,000 is far beyond any
+	// real expression and bounds the recursion to a few MiB.
+	maxExprTokens = 1000
+
 	// maxDiagValueLen is how much of an offending value a diagnostic or an
 	// error quotes. Values come from configuration or from clients; quoting
 	// them whole would let one bad value flood a log line.

@@ -7,29 +7,31 @@ import (
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 )
 
-// checkNesting refuses a file whose expressions nest deeper than
-// maxNesting before it reaches hclsyntax.ParseConfig. That parser recurses
-// once per level (brackets, braces, parentheses, template interpolations
-// and if/for directives, and each unary "!" or "-" and conditional "?"),
-// and a goroutine stack overflow is fatal in Go: without this check a
-// 200 KB file of "[" would end the process, on a hot reload too. The
-// lexer it uses instead is not recursive.
+// checkNesting refuses a file whose expressions are deep enough to
+// overflow a goroutine stack before it reaches hclsyntax.ParseConfig.
+// Parsing and evaluating HCL recurse once per level of brackets, braces,
+// parentheses, template interpolations and directives, and once per
+// operator, conditional and traversal step of an expression (a chain of
+// "+1" or "[*]" is a left-deep tree); a stack overflow is fatal in Go, so
+// without this check a file of a few hundred KB would end the process, on
+// a hot reload too. The lexer it uses instead is not recursive. Two
+// bounds:
+//   - maxNesting open brackets, braces, parentheses, interpolations and
+//     if/for directives at any point;
+//   - maxExprTokens operators, brackets and traversal steps in one item:
+//     an attribute (a body line), a list element or a function argument.
+//     Strings, numbers and names do not count, so a list of 100,000 host
+//     names is one short item per name.
 //
-// Operators are counted as nesting until the end of the list element,
-// argument or attribute they are in (a comma, or a newline in a body or
-// object), which over-counts a chain of binary minuses; no configuration
-// writes 64 of them.
+// Lexical errors do not stop the count: ParseConfig parses on after them.
 func checkNesting(src []byte, filename string) hcl.Diagnostics {
-	toks, diags := hclsyntax.LexConfig(src, filename, hcl.InitialPos)
-	if diags.HasErrors() {
-		return nil // ParseConfig reports them, with context
-	}
+	toks, _ := hclsyntax.LexConfig(src, filename, hcl.InitialPos)
 	type frame struct {
 		body bool // a body or object: a newline ends an item
-		ops  int  // operators counted since the item began
+		n    int  // tokens counted in the current item
 	}
 	stack := []frame{{body: true}}
-	depth := 0 // len(stack)-1 + every frame's ops + open directives
+	directives := 0 // open if/for template directives
 	for i, t := range toks {
 		top := &stack[len(stack)-1]
 		switch t.Type {
@@ -39,34 +41,39 @@ func checkNesting(src []byte, filename string) hcl.Diagnostics {
 				toks[i+1].Type == hclsyntax.TokenIdent {
 				switch string(toks[i+1].Bytes) {
 				case "if", "for":
-					depth++
+					directives++
 				case "endif", "endfor":
-					depth--
+					directives = max(directives-1, 0)
 				}
 			}
+			top.n++
 			stack = append(stack, frame{body: t.Type == hclsyntax.TokenOBrace})
-			depth++
 		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack, hclsyntax.TokenCParen,
 			hclsyntax.TokenTemplateSeqEnd:
 			if len(stack) > 1 {
-				depth -= 1 + top.ops
 				stack = stack[:len(stack)-1]
 			}
-		case hclsyntax.TokenQuestion, hclsyntax.TokenBang, hclsyntax.TokenMinus:
-			top.ops++
-			depth++
 		case hclsyntax.TokenComma:
-			depth -= top.ops
-			top.ops = 0
+			top.n = 0
 		case hclsyntax.TokenNewline:
 			if top.body {
-				depth -= top.ops
-				top.ops = 0
+				top.n = 0
 			}
+		case hclsyntax.TokenQuotedLit, hclsyntax.TokenStringLit, hclsyntax.TokenNumberLit,
+			hclsyntax.TokenIdent, hclsyntax.TokenOQuote, hclsyntax.TokenCQuote,
+			hclsyntax.TokenOHeredoc, hclsyntax.TokenCHeredoc, hclsyntax.TokenComment,
+			hclsyntax.TokenEqual, hclsyntax.TokenColon, hclsyntax.TokenEOF:
+			// Values, names and separators: no recursion of their own.
+		default:
+			top.n++ // an operator, "?", ".", "*", "..." or "=>"
 		}
-		if depth > maxNesting {
+		if depth := len(stack) - 1 + directives; depth > maxNesting {
 			return hcl.Diagnostics{errDiag(t.Range, "Configuration nested too deeply",
-				fmt.Sprintf("%s nests brackets, braces, parentheses, templates or operators more than %d levels deep here. A policy needs a few levels (policy, rule, list); look for a runaway generator or an unclosed bracket.", quote(filename), maxNesting))}
+				fmt.Sprintf("%s nests brackets, braces, parentheses or templates more than %d levels deep here. A policy needs a few levels (policy, rule, list); look for a runaway generator or an unclosed bracket.", quote(filename), maxNesting))}
+		}
+		if top.n > maxExprTokens {
+			return hcl.Diagnostics{errDiag(t.Range, "Expression too long",
+				fmt.Sprintf("%s has an expression with more than %d operators, brackets or traversal steps here. Values in a policy are lists of strings and numbers; split the expression, or look for a runaway generator.", quote(filename), maxExprTokens))}
 		}
 	}
 	return nil
