@@ -82,13 +82,21 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	out := req.Clone(req.Context())
 	out.RequestURI = ""
 	out.Host = ""
-	client, _ := req.Context().Value(clientControlKey{}).(*http.ResponseController)
+	var client *http.ResponseController
+	pc, _ := req.Context().Value(plainClientKey{}).(*plainClient)
+	if pc != nil {
+		client = pc.rc
+	}
 	w := startIdleWatch(s.cfg.IdleTimeout, up, client)
+	if pc != nil {
+		pc.watch = w
+	}
 	var upBytes atomic.Int64
 	if out.Body != nil {
 		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes, last: &w.last}
 	}
 	resp, err := tr.RoundTrip(out)
+	w.last.Store(monoNow()) // the response head came (or the exchange failed)
 	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
 		// goproxy would write the 101 and then drop the upgraded
 		// connection (never closing the body): refuse upgrades instead.
@@ -166,23 +174,36 @@ func textResponse(req *http.Request, code int, body string) *http.Response {
 // sending its body or reading the response, and an upstream that stopped
 // sending or reading, each of which would otherwise hold a connection
 // slot and the upstream socket for as long as it liked.
+//
+// Whether it fired is decided once, under mu, against stop: a watch that
+// fires as the exchange ends may still have unblocked the client
+// connection, so wrapClient closes a connection whose watch fired rather
+// than let it serve another request.
 type idleWatch struct {
-	last  atomic.Int64 // monoNow of the last body byte either way
-	done  atomic.Bool
+	last  atomic.Int64 // monoNow of the last body byte either way, or of the response head
 	timer *time.Timer
+
+	mu   sync.Mutex
+	done bool // stopped
+	shot bool // fired
 }
 
 func startIdleWatch(idle time.Duration, up net.Conn, client *http.ResponseController) *idleWatch {
 	w := &idleWatch{}
 	w.last.Store(monoNow())
 	check := func() {
-		if w.done.Load() {
+		w.mu.Lock()
+		if w.done {
+			w.mu.Unlock()
 			return
 		}
 		if quiet := time.Duration(monoNow() - w.last.Load()); quiet < idle {
 			w.timer.Reset(idle - quiet)
+			w.mu.Unlock()
 			return
 		}
+		w.shot = true
+		w.mu.Unlock()
 		_ = up.Close()
 		if client != nil {
 			past := time.Unix(1, 0)
@@ -197,8 +218,18 @@ func startIdleWatch(idle time.Duration, up net.Conn, client *http.ResponseContro
 
 // stop ends the watch once the exchange is over.
 func (w *idleWatch) stop() {
-	w.done.Store(true)
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
 	w.timer.Stop()
+}
+
+// fired reports whether the watch ended the exchange; once stop has
+// returned, the answer is final.
+func (w *idleWatch) fired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.shot
 }
 
 // countingBody counts the bytes read through it, notes when the last came

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -359,5 +360,73 @@ func TestHTTPOriginForm(t *testing.T) {
 	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "bad_request", "host": "egressd.internal"})
 	if n := e.countLines(t, "decision", nil); n != 1 {
 		t.Errorf("%d decision lines, want 1", n)
+	}
+}
+
+// TestIdleWatch: a watch stopped in time never fires, leaves the upstream
+// open and stays unfired; one left alone closes the upstream, and says it
+// fired, for good, once stopped.
+func TestIdleWatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait bool // wait for the watch to fire before stopping it
+	}{{"stopped in time", false}, {"fired", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			up, peer := net.Pipe()
+			defer peer.Close()
+			w := startIdleWatch(20*time.Millisecond, up, nil)
+			if tc.wait {
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
+					t.Fatalf("the upstream was not closed: %v", err)
+				}
+			}
+			w.stop()
+			time.Sleep(60 * time.Millisecond) // three idle periods
+			if w.fired() != tc.wait {
+				t.Errorf("fired() = %v, want %v", w.fired(), tc.wait)
+			}
+			if !tc.wait {
+				peer.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+				if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("a stopped watch closed the upstream: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// TestHTTPFiredWatchClosesClient: a client connection whose exchange's
+// idle watch fired serves no further request, even when the response was
+// complete: the watch put its deadlines in the past. The client sees the
+// response, then the connection closed, not a broken second exchange.
+func TestHTTPFiredWatchClosesClient(t *testing.T) {
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pc := r.Context().Value(plainClientKey{}).(*plainClient)
+		up, peer := net.Pipe()
+		defer peer.Close()
+		pc.watch = startIdleWatch(10*time.Millisecond, up, nil)
+		io.Copy(io.Discard, peer) // until the watch closes up
+		pc.watch.stop()
+		w.Header().Set("Content-Length", "2")
+		io.WriteString(w, "ok")
+	})
+	ln := listen(t)
+	srv := &http.Server{Handler: wrapClient(h)}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\n\r\n")
+	br := bufio.NewReader(c)
+	if resp, body := response(t, br); resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("%s %q", resp.Status, body)
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Errorf("after the response: %v, want the connection closed (EOF)", err)
 	}
 }

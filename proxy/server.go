@@ -207,9 +207,9 @@ func removeHopHeaders(h http.Header) {
 // reader would then wait for bytes that never come and refuse the tunnel.
 // The returned conn yields the buffered bytes first.
 //
-// A plain request gets a streamingWriter, and its context the client
-// connection's ResponseController, with which forward's idle watch
-// unblocks a client that stopped sending or reading.
+// A plain request gets a streamingWriter, and its context a plainClient,
+// with which forward's idle watch unblocks a client that stopped sending
+// or reading; a connection whose watch fired is closed after the request.
 func wrapClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hj, ok := w.(http.Hijacker)
@@ -218,17 +218,32 @@ func wrapClient(h http.Handler) http.Handler {
 		case r.Method == http.MethodConnect:
 			w = bufferedHijacker{w, hj}
 		default:
-			rc := http.NewResponseController(w)
-			w = streamingWriter{w, hj, rc}
-			r = r.WithContext(context.WithValue(r.Context(), clientControlKey{}, rc))
+			pc := &plainClient{rc: http.NewResponseController(w)}
+			w = streamingWriter{w, hj, pc.rc}
+			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), plainClientKey{}, pc)))
+			if pc.watch != nil && pc.watch.fired() {
+				// The idle watch put the connection's deadlines in the
+				// past, perhaps just after a complete response: it must
+				// not serve another request.
+				if c, _, err := pc.rc.Hijack(); err == nil {
+					_ = c.Close()
+				}
+			}
+			return
 		}
 		h.ServeHTTP(w, r)
 	})
 }
 
-// clientControlKey is the request context key of the client connection's
-// *http.ResponseController.
-type clientControlKey struct{}
+// plainClient is a plain request's client connection as forward sees it,
+// in the request's context under plainClientKey: its ResponseController,
+// with which the exchange's idle watch unblocks it, and that watch.
+type plainClient struct {
+	rc    *http.ResponseController
+	watch *idleWatch
+}
+
+type plainClientKey struct{}
 
 // streamingWriter passes a plain-HTTP response on to the client as it
 // comes: the head at once, and each write of the body. goproxy flushes
