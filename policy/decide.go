@@ -287,9 +287,11 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 }
 
 // AddrAllowed reports whether the proxy may dial a under decision d: d
-// allows, and a is not private (IsPrivate), or d's rule lists a CIDR that
-// contains a and lies wholly in private space, or the server block sets
-// allow_private_destinations. An IPv4-mapped a is unmapped first.
+// allows, and a is not private (IsPrivate), or d's rule is an allow rule
+// that lists a CIDR containing a and lying wholly in private space, or the
+// server block sets allow_private_destinations. (An audit-mode deny rule
+// that decided d lets the connection through, but its cidrs name what to
+// refuse, not what to open.) An IPv4-mapped a is unmapped first.
 func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 	if p == nil || !d.Allow || !a.IsValid() {
 		return false
@@ -298,7 +300,7 @@ func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 	if p.allowPrivate || !IsPrivate(a) {
 		return true
 	}
-	return d.rule != nil && d.rule.grantsPrivate(a)
+	return d.rule != nil && !d.rule.deny && d.rule.grantsPrivate(a)
 }
 
 // RuleHasCIDR reports whether the rule that decided d lists a cidr that

@@ -300,6 +300,18 @@ policy "p" {
 }`).Policy
 	openD := open.Decide(&Request{Host: "example.com", Port: 443})
 
+	// An audit-mode deny rule listing the metadata address lets the
+	// connection through (would_deny), but does not open that address.
+	audit := mustParse(t, `
+policy "p" {
+  mode = "audit"
+  deny "metadata" { cidrs = ["169.254.169.254/32"] }
+}`).Policy
+	auditD := audit.Decide(&Request{Addr: ip("169.254.169.254"), Port: 80, Hello: HelloHTTP})
+	if !auditD.Allow || !auditD.WouldDeny || auditD.Rule != "metadata" {
+		t.Fatalf("setup: audited deny decision %+v", auditD)
+	}
+
 	tests := []struct {
 		name string
 		p    *Policy
@@ -321,6 +333,7 @@ policy "p" {
 		{"0.0.0.0/0 does not grant private", p, everything, ip("10.2.0.1"), false},
 		{"deny decision never dials", p, denied, ip("93.184.216.34"), false},
 		{"invalid addr", p, byName, netip.Addr{}, false},
+		{"an audited deny rule's cidr does not grant private", audit, auditD, ip("169.254.169.254"), false},
 		{"allow_private_destinations", open, openD, ip("10.0.0.1"), true},
 		{"allow_private_destinations, metadata", open, openD, ip("169.254.169.254"), true},
 		{"zero decision", p, Decision{}, ip("93.184.216.34"), false},
