@@ -27,8 +27,9 @@ const (
 	// suggestMaxRules bounds the distinct (client, destination) rules kept;
 	// lines that would add more are counted, not kept.
 	suggestMaxRules = 10000
-	// suggestMaxSet bounds each rule's ports, SNI names, modes and client
-	// addresses; a line that would add more is counted, not kept.
+	// suggestMaxSet bounds each rule's ports, SNI names and modes (a line
+	// that would add more is counted, not kept) and each client group's
+	// addresses (more are left out of its clients block).
 	suggestMaxSet = 64
 	// maxNameLen is policy's limit on policy and rule names.
 	maxNameLen = 128
@@ -64,10 +65,14 @@ var fixable = map[string]bool{
 
 // Why a denial is not suggested, besides its reason.
 const (
-	unfixPrivate = "private address"
-	unfixNoDest  = "no destination"
-	unfixSNI     = "invalid sni"
+	unfixPrivate  = "private address"
+	unfixNoDest   = "no destination"
+	unfixSNI      = "invalid sni"
+	unfixIdentity = "invalid identity"
 )
+
+// connModes are the modes of connection decision lines (not dns).
+var connModes = map[string]bool{ModeConnect: true, ModeHTTP: true, ModeTransparent: true, ModeQUIC: true}
 
 // hello categories of a suggested rule.
 const (
@@ -85,6 +90,10 @@ type destKey struct {
 	// anySNI: an address destination reached with a ClientHello without
 	// SNI; its rule has no sni list (any SNI).
 	anySNI bool
+	// port: set for a rule with an sni list, which is kept to one port: a
+	// rule admits every pairing of its sni names and ports, and the log
+	// showed only some.
+	port uint16
 }
 
 type destAgg struct {
@@ -102,6 +111,7 @@ type clientGroup struct {
 	user    string // identity that is a user
 	cidrPol string // identity "cidr:POLICY": that policy
 	addrs   map[netip.Addr]bool
+	cut     bool // more client addresses than suggestMaxSet were seen
 	count   int
 	dests   map[destKey]*destAgg
 }
@@ -177,7 +187,7 @@ func (s *suggestion) add(line []byte) {
 		s.notJSON++
 		return
 	}
-	if l.Message != msgDecision || l.Mode == ModeDNS || (l.Decision != "allow" && l.Decision != "deny") {
+	if l.Message != msgDecision || !connModes[l.Mode] || (l.Decision != "allow" && l.Decision != "deny") {
 		s.notDecided++
 		return
 	}
@@ -185,9 +195,16 @@ func (s *suggestion) add(line []byte) {
 		s.allowed++
 		return
 	}
+	if len(l.Identity) > len("cidr:")+maxNameLen {
+		s.unfixable[unfixIdentity]++ // not a user or policy name: not egressd's
+		return
+	}
 	key, sni, ok := s.destination(&l)
 	if !ok {
 		return
+	}
+	if sni != "" {
+		key.port = uint16(l.Port)
 	}
 	client, _ := netip.ParseAddrPort(l.Client)
 	caddr := client.Addr().Unmap().WithZone("")
@@ -206,8 +223,7 @@ func (s *suggestion) add(line []byte) {
 	}
 	// Refuse the line before changing anything when a set is full.
 	full := func(m map[string]bool, v string) bool { return v != "" && !m[v] && len(m) >= suggestMaxSet }
-	if d != nil && ((!d.ports[uint16(l.Port)] && len(d.ports) >= suggestMaxSet) || full(d.snis, sni) || full(d.modes, l.Mode)) ||
-		g != nil && g.cidrPol != "" && caddr.IsValid() && !g.addrs[caddr] && len(g.addrs) >= suggestMaxSet {
+	if d != nil && ((!d.ports[uint16(l.Port)] && len(d.ports) >= suggestMaxSet) || full(d.snis, sni) || full(d.modes, l.Mode)) {
 		s.overLimit++
 		return
 	}
@@ -226,7 +242,13 @@ func (s *suggestion) add(line []byte) {
 		g.dests[key] = d
 		s.rules++
 	}
-	if caddr.IsValid() && (g.cidrPol != "" || g.user == "") {
+	switch {
+	case !caddr.IsValid() || g.user != "" && g.cidrPol == "":
+	case g.addrs[caddr]:
+	case len(g.addrs) >= suggestMaxSet:
+		// The clients block is advice; the rules still take the line.
+		g.cut = true
+	default:
 		g.addrs[caddr] = true
 	}
 	g.count++
@@ -360,6 +382,9 @@ func (g *clientGroup) writeClients(b *strings.Builder) {
 		fmt.Fprintf(b, "  clients {\n    users = [%s]\n  }\n", hclString(g.user))
 	case g.cidrPol != "" && len(cidrs) > 0:
 		fmt.Fprintf(b, "  # the addresses seen; the clients cidrs of policy %s cover them: copy those here, or move the rules into that policy\n", comment(g.cidrPol))
+		if g.cut {
+			fmt.Fprintf(b, "  # (more than %d addresses were seen: only the first %d are listed)\n", suggestMaxSet, suggestMaxSet)
+		}
 		fmt.Fprintf(b, "  clients {\n    cidrs = %s\n  }\n", hclList(cidrs))
 	case len(cidrs) > 0:
 		b.WriteString("  # remove the clients block to apply the rules to every client\n")
@@ -425,9 +450,13 @@ func (d *destAgg) write(b *strings.Builder, names map[string]bool) {
 	if k.cat == catPlain {
 		attrs = append(attrs, [2]string{"require_tls", "false"})
 	}
+	// The transport seen, and only it: a rule without protocols would
+	// admit QUIC too.
+	proto := `["tcp"]`
 	if k.quic {
-		attrs = append(attrs, [2]string{"protocols", `["quic"]`})
+		proto = `["quic"]`
 	}
+	attrs = append(attrs, [2]string{"protocols", proto})
 	fmt.Fprintf(b, "  allow %s {\n", hclString(name))
 	width := 0
 	for _, a := range attrs {
@@ -456,7 +485,10 @@ func (k destKey) less(o destKey) bool {
 	if k.cat != o.cat {
 		return k.cat < o.cat
 	}
-	return !k.anySNI && o.anySNI
+	if k.anySNI != o.anySNI {
+		return !k.anySNI
+	}
+	return k.port < o.port
 }
 
 func (s *suggestion) writeSkipped(b *strings.Builder) {
@@ -479,11 +511,13 @@ func (s *suggestion) writeSkipped(b *strings.Builder) {
 			add(s.unfixable[r], "without a usable destination")
 		case unfixSNI:
 			add(s.unfixable[r], "with an SNI that is not a host name")
+		case unfixIdentity:
+			add(s.unfixable[r], "with an identity that is not a user or policy name")
 		default:
 			add(s.unfixable[r], "denied with "+r+" (no allow rule fixes it)")
 		}
 	}
-	add(s.overLimit, fmt.Sprintf("over the limits (%d rules, %d ports/SNIs/modes/addresses per rule)", suggestMaxRules, suggestMaxSet))
+	add(s.overLimit, fmt.Sprintf("over the limits (%d rules, %d ports/SNIs/modes per rule)", suggestMaxRules, suggestMaxSet))
 	if len(parts) > 0 {
 		fmt.Fprintf(b, "; skipped: %s", comment(strings.Join(parts, "; ")))
 	}

@@ -54,30 +54,49 @@ func TestSuggest(t *testing.T) {
 			line(`"mode":"connect","client":"10.0.0.1:1","host":"api.github.com","port":443,"decision":"deny","reason":"no_rule"`) +
 				line(`"mode":"connect","client":"10.0.0.1:2","host":"api.github.com","port":8443,"sni":"api.github.com","decision":"deny","reason":"no_rule"`),
 			[]string{`(?m)^# client 10\.0\.0\.1: 1 destination, 2 connections$`, `policy "suggested-10-0-0-1" \{`,
-				`cidrs = \["10\.0\.0\.1/32"\]`, `# 2 connections \(mode connect\), reason no_rule\n  allow "api-github-com-443-8443" \{\n    hosts = \["api\.github\.com"\]\n    ports = \[443, 8443\]\n  \}`},
-			[]string{`sni`, `protocols`}},
+				`cidrs = \["10\.0\.0\.1/32"\]`, `# 2 connections \(mode connect\), reason no_rule\n  allow "api-github-com-443-8443" \{\n    hosts     = \["api\.github\.com"\]\n    ports     = \[443, 8443\]\n    protocols = \["tcp"\]\n  \}`},
+			[]string{`sni`}},
 		{"connect to an address with sni",
 			line(`"mode":"connect","client":"10.0.0.1:1","host":"198.41.192.7","port":7844,"sni":"h2.cftunnel.com","decision":"deny","reason":"no_rule"`),
-			[]string{`allow "198-41-192-7-7844" \{\n    cidrs = \["198\.41\.192\.7/32"\]\n    sni   = \["h2\.cftunnel\.com"\]\n    ports = \[7844\]\n  \}`}, nil},
+			[]string{`allow "198-41-192-7-7844" \{\n    cidrs     = \["198\.41\.192\.7/32"\]\n    sni       = \["h2\.cftunnel\.com"\]\n    ports     = \[7844\]\n    protocols = \["tcp"\]\n  \}`}, nil},
 		{"transparent ipv6, sni mismatch",
 			line(`"mode":"transparent","client":"[2001:db8::9]:1","host":"2606:4700:a0::7","port":7844,"sni":"h2.cftunnel.com","decision":"deny","policy":"x","rule":"y","reason":"sni_mismatch"`),
-			[]string{`# client 2001:db8::9:`, `cidrs = \["2001:db8::9/128"\]`, `cidrs = \["2606:4700:a0::7/128"\]`, `sni   = \["h2\.cftunnel\.com"\]`, `reason sni_mismatch`}, nil},
+			[]string{`# client 2001:db8::9:`, `cidrs = \["2001:db8::9/128"\]`, `cidrs +\= \["2606:4700:a0::7/128"\]`, `sni +\= \["h2\.cftunnel\.com"\]`, `reason sni_mismatch`}, nil},
 		{"transparent without sni accepts any",
 			line(`"mode":"transparent","client":"10.0.0.1:1","host":"203.0.113.10","port":443,"decision":"deny","reason":"no_rule"`),
-			[]string{`no SNI seen`, `allow "203-0-113-10-443" \{\n    cidrs = \["203\.0\.113\.10/32"\]\n    ports = \[443\]\n  \}`}, nil},
+			[]string{`no SNI seen`, `allow "203-0-113-10-443" \{\n    cidrs     = \["203\.0\.113\.10/32"\]\n    ports     = \[443\]\n    protocols = \["tcp"\]\n  \}`}, nil},
 		{"quic",
 			line(`"mode":"quic","client":"10.0.0.1:1","host":"198.41.192.7","port":7844,"sni":"quic.cftunnel.com","decision":"deny","reason":"no_rule"`) +
 				line(`"mode":"quic","client":"10.0.0.1:2","host":"198.41.192.7","port":7844,"sni":"quic.cftunnel.com","decision":"deny","reason":"no_rule"`),
 			[]string{`# 2 flows \(mode quic\), SNI quic\.cftunnel\.com, reason no_rule\n  allow "198-41-192-7-7844-quic" \{\n    cidrs     = \["198\.41\.192\.7/32"\]\n    sni       = \["quic\.cftunnel\.com"\]\n    ports     = \[7844\]\n    protocols = \["quic"\]\n  \}`}, nil},
 		{"not tls",
 			line(`"mode":"connect","client":"10.0.0.1:1","host":"git.example.com","port":22,"decision":"deny","reason":"not_tls"`),
-			[]string{`allow "git-example-com-22-plain" \{\n    hosts       = \["git\.example\.com"\]\n    ports       = \[22\]\n    require_tls = false\n  \}`}, nil},
+			[]string{`allow "git-example-com-22-plain" \{\n    hosts       = \["git\.example\.com"\]\n    ports       = \[22\]\n    require_tls = false\n    protocols   = \["tcp"\]\n  \}`}, nil},
 		{"plain http",
 			line(`"mode":"http","client":"10.0.0.1:1","host":"deb.debian.org","port":80,"decision":"deny","reason":"no_rule"`),
-			[]string{`allow "deb-debian-org-80-http" \{\n    hosts = \["deb\.debian\.org"\]\n    ports = \[80\]\n  \}`}, []string{`require_tls`}},
+			[]string{`allow "deb-debian-org-80-http" \{\n    hosts     = \["deb\.debian\.org"\]\n    ports     = \[80\]\n    protocols = \["tcp"\]\n  \}`}, []string{`require_tls`}},
 		{"would deny, grouped by identity",
 			line(`"mode":"connect","client":"10.20.0.5:1","identity":"cidr:ci-runners","host":"registry.npmjs.org","port":443,"sni":"registry.npmjs.org","decision":"allow","would_deny":true,"reason":"no_rule"`),
-			[]string{`# identity cidr:ci-runners: 1 destination, 1 connection`, `policy "suggested-ci-runners"`, `1 would-deny \(audit\)`, `hosts = \["registry\.npmjs\.org"\]`}, nil},
+			[]string{`# identity cidr:ci-runners: 1 destination, 1 connection`, `policy "suggested-ci-runners"`, `1 would-deny \(audit\)`, `hosts +\= \["registry\.npmjs\.org"\]`}, nil},
+		{"sni names kept to the ports they were seen on",
+			line(`"mode":"transparent","client":"10.0.0.1:1","host":"203.0.113.9","port":443,"sni":"a.example","decision":"deny","reason":"no_rule"`) +
+				line(`"mode":"transparent","client":"10.0.0.1:1","host":"203.0.113.9","port":8443,"sni":"b.example","decision":"deny","reason":"no_rule"`),
+			[]string{`allow "203-0-113-9-443" \{\n    cidrs     = \["203\.0\.113\.9/32"\]\n    sni       = \["a\.example"\]\n    ports     = \[443\]\n`,
+				`allow "203-0-113-9-8443" \{\n    cidrs     = \["203\.0\.113\.9/32"\]\n    sni       = \["b\.example"\]\n    ports     = \[8443\]\n`},
+			[]string{`443, 8443`}},
+		{"a client group past 64 addresses still gets its rules",
+			func() string {
+				var b strings.Builder
+				for i := range 70 {
+					b.WriteString(line(fmt.Sprintf(`"mode":"connect","client":"10.1.0.%d:1","identity":"cidr:pods","host":"api.example","port":443,"decision":"deny","reason":"no_rule"`, i)))
+				}
+				return b.String() + line(`"mode":"connect","client":"10.1.0.200:1","identity":"cidr:pods","host":"new.example","port":443,"decision":"deny","reason":"no_rule"`)
+			}(),
+			[]string{`hosts +\= \["new\.example"\]`, `hosts +\= \["api\.example"\]`, `more than 64 addresses were seen`}, []string{`over the limits`}},
+		{"unknown modes and identities that are no names are skipped",
+			line(`"mode":"`+strings.Repeat("m", 1000)+`","client":"10.0.0.1:1","host":"a.example.com","port":443,"decision":"deny","reason":"no_rule"`) +
+				line(`"mode":"connect","client":"10.0.0.1:1","identity":"cidr:`+strings.Repeat("i", 1000)+`","host":"a.example.com","port":443,"decision":"deny","reason":"no_rule"`),
+			[]string{`no denied or would-deny connections`, `1 not connection decisions`, `1 with an identity that is not a user or policy name`}, []string{`mmmm`, `iiii`}},
 		{"sorted by count, deterministic",
 			line(`"mode":"connect","client":"10.0.0.2:1","host":"b.example.com","port":443,"decision":"deny","reason":"no_rule"`) +
 				line(`"mode":"connect","client":"10.0.0.1:1","host":"a.example.com","port":443,"decision":"deny","reason":"no_rule"`) +
