@@ -6,6 +6,7 @@ package policy
 // on after an error so that one run shows every mistake.
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -364,6 +365,16 @@ func checkIdent(kind, name string, rng hcl.Range) *hcl.Diagnostic {
 	}
 	return errDiag(rng, fmt.Sprintf("Invalid %s name", kind),
 		fmt.Sprintf("%s name %s must be 1 to %d letters, digits, '-', '_' or '.', for example %s \"chainguard-images\".", kind, quote(name), maxIdentLen, kind))
+}
+
+// CheckName reports whether name is a valid name for a policy, rule or
+// user block (kind, for the message), with the error a configuration
+// would get.
+func CheckName(kind, name string) error {
+	if d := checkIdent(kind, name, hcl.Range{}); d != nil {
+		return errors.New(d.Detail)
+	}
+	return nil
 }
 
 func compilePolicies(raws []*rawPolicy, allowPrivate bool) (*Policy, hcl.Diagnostics) {

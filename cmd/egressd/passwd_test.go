@@ -25,6 +25,10 @@ func TestPasswd(t *testing.T) {
 		{"only the first line", []string{"passwd", "ci"}, "s3cret pass\nsecond line\n", exitOK},
 		{"empty password", []string{"passwd", "ci"}, "\n", exitFail},
 		{"too many args", []string{"passwd", "a", "b"}, "x\n", exitUsage},
+		{"a name a user block refuses", []string{"passwd", "ci bot"}, "s3cret pass\n", exitUsage},
+		{"a name HCL would read as a template", []string{"passwd", "${x}"}, "s3cret pass\n", exitUsage},
+		{"a short password", []string{"passwd", "ci"}, "s3cret\n", exitFail},
+		{"a blank password", []string{"passwd", "ci"}, "          \n", exitFail},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
