@@ -3,6 +3,7 @@ package proxy
 import (
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -280,11 +281,24 @@ func (s *Server) AdminHandler() http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	// Profiles for performance work (go tool pprof
-	// http://ADMIN/debug/pprof/profile). They reveal no traffic or
-	// credentials; the admin listener is loopback unless configured
-	// otherwise.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	// http://ADMIN/debug/pprof/profile), for loopback clients only: the
+	// manifests open the admin listener on every address for Prometheus,
+	// and a profile or trace costs CPU while it runs. kubectl port-forward
+	// reaches them (it connects over the pod's loopback).
+	mux.Handle("GET /debug/pprof/", loopbackOnly(http.HandlerFunc(pprof.Index)))
+	mux.Handle("GET /debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("GET /debug/pprof/trace", loopbackOnly(http.HandlerFunc(pprof.Trace)))
 	return mux
+}
+
+// loopbackOnly serves h to clients on a loopback address, and 404 to the
+// others.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+			http.NotFound(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }

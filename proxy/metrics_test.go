@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -364,6 +365,34 @@ func TestMetricsQUIC(t *testing.T) {
 	for _, dir := range []string{"up", "down"} {
 		if got := value(t, mfs, metricBytes, "mode=quic", "direction="+dir); got < float64(len(payload)) {
 			t.Errorf("%s{quic,%s} = %v, want >= %d", metricBytes, dir, got, len(payload))
+		}
+	}
+}
+
+// TestAdminPprofLoopbackOnly: the profiles are served to loopback clients
+// only; /metrics and the health endpoints to everyone.
+func TestAdminPprofLoopbackOnly(t *testing.T) {
+	s := &Server{metrics: newMetrics(nil)}
+	h := s.AdminHandler()
+	for _, tc := range []struct {
+		path, remote string
+		want         int
+	}{
+		{"/debug/pprof/", "127.0.0.1:4000", http.StatusOK},
+		{"/debug/pprof/", "[::1]:4000", http.StatusOK},
+		{"/debug/pprof/", "[::ffff:127.0.0.1]:4000", http.StatusOK},
+		{"/debug/pprof/", "10.1.2.3:4000", http.StatusNotFound},
+		{"/debug/pprof/profile?seconds=1", "10.1.2.3:4000", http.StatusNotFound},
+		{"/debug/pprof/trace?seconds=1", "[2001:db8::1]:4000", http.StatusNotFound},
+		{"/healthz", "10.1.2.3:4000", http.StatusOK},
+		{"/metrics", "10.1.2.3:4000", http.StatusOK},
+	} {
+		r := httptest.NewRequest(http.MethodGet, tc.path, nil)
+		r.RemoteAddr = tc.remote
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != tc.want {
+			t.Errorf("GET %s from %s: %d, want %d", tc.path, tc.remote, w.Code, tc.want)
 		}
 	}
 }
