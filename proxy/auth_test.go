@@ -278,7 +278,7 @@ policy "ci" {
 		t.Fatal("the configured password is refused")
 	}
 	old := s.policy()
-	if err := s.Reload(load("new-password")); err != nil {
+	if err := s.Reload(load("new-password"), nil); err != nil {
 		t.Fatal(err)
 	}
 	if check("old-password") {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/hashicorp/hcl/v2"
+
 	"github.com/egressd/egressd/policy"
 )
 
@@ -16,9 +18,10 @@ import (
 const msgReload = "reload"
 
 const (
-	fieldOutcome = "outcome"
-	fieldRules   = "rules"
-	fieldRestart = "restart_needed"
+	fieldOutcome  = "outcome"
+	fieldRules    = "rules"
+	fieldRestart  = "restart_needed"
+	fieldWarnings = "warnings"
 )
 
 // policy returns the policy in force.
@@ -29,8 +32,10 @@ func (s *Server) policy() *policy.Policy { return s.pol.Load() }
 // restart, so a configuration that changes them is refused as a whole.
 // Settings other than the policies and listeners (timeouts, limits,
 // resolver, log) are kept; the reload line names the ones that differ.
-// Every call logs one "reload" line with its outcome.
-func (s *Server) Reload(cfg *policy.Config) error {
+// Every call logs one "reload" line with its outcome, and with warnings,
+// the configuration's warning diagnostics, when there are any (at startup
+// they go to stderr).
+func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 	if cfg == nil || cfg.Policy == nil {
 		err := errors.New("the configuration has errors")
 		s.ReloadFailed(err.Error())
@@ -82,6 +87,9 @@ func (s *Server) Reload(cfg *policy.Config) error {
 	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())
 	if len(restart) > 0 {
 		e = e.Strs(fieldRestart, restart)
+	}
+	if len(warnings) > 0 {
+		e = e.Str(fieldWarnings, policy.FormatDiagnostics(warnings))
 	}
 	e.Msg(msgReload)
 	return nil

@@ -42,7 +42,7 @@ policy "p" {
 		}
 		return m
 	}
-	if err := s.Reload(parse("")); err != nil {
+	if err := s.Reload(parse(""), nil); err != nil {
 		t.Fatal(err)
 	}
 	if l := last(); l["outcome"] != "ok" || l[fieldRestart] != nil {
@@ -57,7 +57,7 @@ policy "p" {
 		{"log block", "log {\n  output = \"stderr\"\n}\n", []string{"log"}},
 		{"resolver block", "resolver {\n  servers = [\"127.0.0.1:53\"]\n}\n", []string{"resolver"}},
 	} {
-		if err := s.Reload(parse(tc.src)); err != nil {
+		if err := s.Reload(parse(tc.src), nil); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		l := last()

@@ -66,7 +66,7 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 		}
 		// Reload logs its outcome. The new users file's users are in the
 		// new policy; its changes must reload too.
-		if s.Reload(cfg) == nil && path != "" && cfg.Server.UsersFile != users {
+		if s.Reload(cfg, diags) == nil && path != "" && cfg.Server.UsersFile != users {
 			users = cfg.Server.UsersFile
 			watch()
 		}

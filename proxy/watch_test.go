@@ -320,3 +320,32 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		waitReloads(1, "the link's target edited")
 	})
 }
+
+// TestReloadLogsWarnings: a reload to a configuration with warnings says
+// them in its reload line, as a start says them on stderr.
+func TestReloadLogsWarnings(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "egressd.hcl")
+	if err := os.WriteFile(path, []byte("policy \"p\" {\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
+	cfg, _ := load()
+	var logBuf syncBuffer
+	s, err := New(cfg, zerolog.New(&logBuf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hup := make(chan os.Signal, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := s.WatchConfig(ctx, "", load, hup)
+	defer func() { cancel(); <-stopped }()
+	// "*" in an allow rule is valid, with a warning.
+	if err := os.WriteFile(path, []byte("policy \"p\" {\n  allow \"r\" { hosts = [\"*\"] }\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup <- syscall.SIGHUP
+	waitFor(t, "a reload line with the warning", func() bool {
+		l := logBuf.String()
+		return strings.Contains(l, `"outcome":"ok"`) && strings.Contains(l, `"warnings":"`) && strings.Contains(l, "matches every host name")
+	})
+}
