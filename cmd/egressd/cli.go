@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -39,7 +40,8 @@ Usage:
                    [--admin-listen ADDR]                  (metrics, health)
                    [--shutdown-grace DUR]
   egressd validate --config PATH                          check a configuration
-  egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] [--quic] HOST:PORT
+  egressd check    [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--client ADDR] [--user NAME]
+                   [--plain|--http] [--quic] HOST:PORT
                                                           evaluate the policy offline
   egressd test     [--config PATH] [-v]                   run the configuration's test blocks
   egressd suggest  [FILE|-]                               allow rules for a decision log's denials
@@ -232,7 +234,7 @@ func runValidate(args []string, stdout, stderr io.Writer) int {
 }
 
 func runCheck(args []string, stdout, stderr io.Writer) int {
-	fs := newFlags("check", "check [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--plain|--http] [--quic] HOST:PORT", stderr)
+	fs := newFlags("check", "check [--config PATH] [--sni NAME] [--ja3 HASH] [--ja4 FP] [--client ADDR] [--user NAME] [--plain|--http] [--quic] HOST:PORT", stderr)
 	path := fs.String("config", "", "HCL file or directory (default: the embedded presets)")
 	sniName := fs.String("sni", "", "ClientHello server name (default: HOST when it is a name)")
 	ja3 := fs.String("ja3", "", "JA3 hash of the client's hello")
@@ -240,6 +242,8 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	plain := fs.Bool("plain", false, "the tunnel's first bytes are not TLS")
 	httpReq := fs.Bool("http", false, "a plain http:// proxy request rather than a tunnel")
 	quic := fs.Bool("quic", false, "a UDP flow on the QUIC gateway (HOST is then the original destination address; with --plain, UDP that is not QUIC)")
+	clientAddr := fs.String("client", "", "the client's address, for policies whose clients block lists cidrs")
+	user := fs.String("user", "", "the proxy user the client authenticated as, for policies whose clients block lists users")
 	if code := parseFlags(fs, reorder(fs, args)); code >= 0 {
 		return code
 	}
@@ -252,11 +256,19 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "egressd check:", err)
 		return exitUsage
 	}
+	var client netip.Addr
+	if *clientAddr != "" {
+		if client, err = netip.ParseAddr(*clientAddr); err != nil || client.Zone() != "" {
+			fmt.Fprintf(stderr, "egressd check: --client %q is not an IP address\n", *clientAddr)
+			return exitUsage
+		}
+	}
 	cfg, ok := loadConfig(*path, stderr)
 	if !ok {
 		return exitUsage
 	}
-	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloTLS, SNI: t.Host, JA3: strings.ToLower(*ja3), JA4: *ja4}
+	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloTLS, SNI: t.Host, JA3: strings.ToLower(*ja3), JA4: *ja4,
+		Client: client.Unmap(), User: *user}
 	if *quic {
 		// The QUIC gateway sees an address, never a name: a flow is
 		// decided like a transparent connection.
@@ -291,7 +303,11 @@ func printDecision(w io.Writer, t proxy.Target, d policy.Decision) {
 	if d.Policy != "" {
 		fmt.Fprintf(w, " policy=%s rule=%s", d.Policy, d.Rule)
 	}
-	fmt.Fprintf(w, " reason=%s\n", d.Reason)
+	fmt.Fprintf(w, " reason=%s", d.Reason)
+	if d.WouldDeny {
+		fmt.Fprint(w, " would_deny")
+	}
+	fmt.Fprintln(w)
 }
 
 // reorder moves flags before positional arguments, so "check HOST:PORT

@@ -77,6 +77,20 @@ func TestCLI(t *testing.T) {
   }
 }
 `)
+	scoped := writeFile(t, dir, "scoped.hcl", `policy "ci" {
+  clients {
+    cidrs = ["10.9.0.0/16"]
+    users = ["ci"]
+  }
+  allow "npm" { hosts = ["registry.npmjs.org"] }
+}
+policy "audited" {
+  mode = "audit"
+  clients { cidrs = ["10.8.0.0/16"] }
+  allow "none" { hosts = ["nothing.example"] }
+}
+user "ci" { password_hash = "$2a$10$CGnmuZ1eox82qTJQvO5/w.Hy0JwSLJooh6et.KZ.oWGiC5lDnpHrm" }
+`)
 	tests := []struct {
 		name     string
 		args     []string
@@ -117,6 +131,11 @@ func TestCLI(t *testing.T) {
 		{"check quic raw udp", []string{"check", "--quic", "--plain", "198.41.192.7:7844"}, exitFail, `reason=not_tls`, false},
 		{"check quic with http", []string{"check", "--quic", "--http", "198.41.192.7:7844"}, exitUsage, "", true},
 		{"check embedded default deny", []string{"check", "example.com:443"}, exitFail, `reason=no_rule`, false},
+		{"check without a client, scoped", []string{"check", "--config", scoped, "registry.npmjs.org:443"}, exitFail, `reason=no_policy_for_client`, false},
+		{"check with a client address", []string{"check", "--config", scoped, "--client", "10.9.1.2", "registry.npmjs.org:443"}, exitOK, `^allow .* policy=ci rule=npm reason=allowed\n$`, false},
+		{"check with a user", []string{"check", "--config", scoped, "registry.npmjs.org:443", "--user", "ci"}, exitOK, `policy=ci rule=npm`, false},
+		{"check an audited client", []string{"check", "--config", scoped, "--client", "10.8.0.1", "example.com:443"}, exitOK, `^allow example\.com:443 reason=no_rule would_deny\n$`, false},
+		{"check with a bad client", []string{"check", "--config", scoped, "--client", "10.9.1", "registry.npmjs.org:443"}, exitUsage, "", true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
