@@ -230,7 +230,8 @@ func sortDiagnostics(diags hcl.Diagnostics, order map[string]int) {
 // Load reads the configuration at path: one file, or every *.hcl file
 // directly in a directory, in name order (subdirectories and names starting
 // with '.' are skipped; symbolic links to files are followed, as in a
-// Kubernetes ConfigMap volume). It only reads files; see Parse.
+// Kubernetes ConfigMap volume, and a link to nothing is an error). It only
+// reads files; see Parse.
 func Load(p string) (*Config, hcl.Diagnostics) {
 	fi, err := os.Stat(p)
 	if err != nil {
@@ -254,7 +255,17 @@ func Load(p string) (*Config, hcl.Diagnostics) {
 			continue
 		}
 		name := filepath.Join(p, e.Name())
-		if fi, err := os.Stat(name); err != nil || !fi.Mode().IsRegular() {
+		fi, err := os.Stat(name)
+		switch {
+		case err != nil:
+			// A link to nothing (or an entry that cannot be looked at) is
+			// an error, not a file to skip: it may hold the deny rules.
+			diags = append(diags, readDiag(name, err))
+			continue
+		case fi.IsDir():
+			continue
+		case !fi.Mode().IsRegular():
+			diags = append(diags, readDiag(name, fmt.Errorf("%s is not a regular file", fi.Mode().Type())))
 			continue
 		}
 		src, err := readLimited(func() (fs.File, error) { return os.Open(name) })

@@ -500,6 +500,17 @@ func TestLoadDirectory(t *testing.T) {
 	if diags.HasErrors() || cfg.Policy.Rules() != 1 {
 		t.Errorf("Load(file): %d rules, %s", cfg.Policy.Rules(), FormatDiagnostics(diags))
 	}
+
+	// A *.hcl link to nothing is an error, not a file to leave out: it may
+	// be the one with the deny rules.
+	os.Remove(filepath.Join(dir, "30-bad.hcl"))
+	if err := os.Symlink(filepath.Join(dir, "gone.hcl"), filepath.Join(dir, "40-denies.hcl")); err != nil {
+		t.Fatal(err)
+	}
+	_, diags = Load(dir)
+	if !diags.HasErrors() || !strings.Contains(FormatDiagnostics(diags), "40-denies.hcl") {
+		t.Errorf("a dangling *.hcl link: %q, want an error naming it", FormatDiagnostics(diags))
+	}
 }
 
 func TestLoadErrors(t *testing.T) {
