@@ -309,3 +309,36 @@ func TestDecoyHashMatchesUsers(t *testing.T) {
 		}
 	}
 }
+
+// TestAuditedDenyDoesNotMaskEnforced: a deny rule of an audit-mode policy
+// that comes first does not let through what another, enforced policy's
+// deny rule refuses; alone it lets the connection through as would_deny.
+func TestAuditedDenyDoesNotMaskEnforced(t *testing.T) {
+	p := mustParse(t, `
+policy "a-audit" {
+  mode = "audit"
+  deny "soft" { hosts = ["x.test", "y.test"] }
+}
+policy "b-enforced" {
+  deny "hard" { hosts = ["x.test"] }
+  allow "x" { hosts = ["x.test", "y.test"] }
+}
+`).Policy
+	for _, tc := range []struct {
+		host      string
+		allow     bool
+		wouldDeny bool
+		rule      string
+	}{
+		{"x.test", false, false, "hard"},
+		{"y.test", true, true, "soft"},
+	} {
+		d := p.Decide(&Request{Host: tc.host, Port: 443, Hello: HelloTLS, SNI: tc.host})
+		if d.Allow != tc.allow || d.WouldDeny != tc.wouldDeny || d.Rule != tc.rule {
+			t.Errorf("%s: %+v, want allow %v would_deny %v by rule %s", tc.host, d, tc.allow, tc.wouldDeny, tc.rule)
+		}
+	}
+	if _, rule, ok := p.NameAllowed("x.test"); ok || rule != "hard" {
+		t.Errorf("NameAllowed(x.test) = %v by %q, want refused by hard, as Decide", ok, rule)
+	}
+}

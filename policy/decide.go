@@ -214,7 +214,7 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	addr := r.Addr.Unmap().WithZone("")
 
 	// Deny rules first: any match wins over every allow.
-	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1, client: client}
+	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1, audited: -1, client: client}
 	for it := p.denyIdx.names(r.Host); ; {
 		ids := it.next()
 		if ids == nil {
@@ -238,8 +238,8 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		ds.visit(ids)
 	}
-	if ds.best >= 0 {
-		ru := &p.deny[ds.best]
+	if id := ds.found(); id >= 0 {
+		ru := &p.deny[id]
 		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
 	}
 
@@ -342,14 +342,18 @@ func (p *Policy) VerifyDestination(d Decision) string {
 	return VerifyRefuse
 }
 
-// denyScan finds the lowest-index deny rule that matches.
+// denyScan finds the lowest-index deny rule that matches, preferring one
+// in an enforced policy: a deny rule of an audit-mode policy lets the
+// connection through (would_deny), which must not mask another policy's
+// enforced deny.
 type denyScan struct {
-	p      *Policy
-	r      *Request
-	sni    string
-	sniOK  bool
-	best   int32
-	client netip.Addr
+	p       *Policy
+	r       *Request
+	sni     string
+	sniOK   bool
+	best    int32 // in an enforced policy
+	audited int32 // in an audit-mode policy
+	client  netip.Addr
 }
 
 func (s *denyScan) visit(ids []int32) {
@@ -358,11 +362,25 @@ func (s *denyScan) visit(ids []int32) {
 			return // ids ascend
 		}
 		ru := &s.p.deny[id]
-		if ru.applies(s.r.Port, s.r.Protocol) && s.p.policyApplies(ru, s.client, s.r.User) && s.conditions(ru) {
+		if !ru.applies(s.r.Port, s.r.Protocol) || !s.p.policyApplies(ru, s.client, s.r.User) || !s.conditions(ru) {
+			continue
+		}
+		if !s.p.pols[ru.pol].audit {
 			s.best = id
 			return
 		}
+		if s.audited < 0 || id < s.audited {
+			s.audited = id
+		}
 	}
+}
+
+// found returns the deny rule the scan settled on, or -1.
+func (s *denyScan) found() int32 {
+	if s.best >= 0 {
+		return s.best
+	}
+	return s.audited
 }
 
 // conditions reports whether a deny rule's sni/ja3/ja4 conditions hold.
