@@ -466,10 +466,13 @@ func (d *edir) move(src, dst int) (more bool, err error) {
 			}
 		}
 		n, err := splice(src, d.p.w, relayPipeSize)
-		if n == 0 && d.urg && (err == nil || err == syscall.EAGAIN) {
+		if n == 0 && (err == nil || d.urg && err == syscall.EAGAIN) {
 			// splice reads nothing at TCP urgent data, for good: EAGAIN,
 			// or 0 as at the end of the stream once the peer's FIN is in.
-			// At the mark, step over it with recv, then splice again.
+			// At the mark, step over it with recv, then splice again. A 0
+			// is looked at even before EPOLLPRI was seen: the urgent byte
+			// and the FIN may have come after this round's events, and
+			// taking the 0 for the end would drop the rest for good.
 			stepped, m, err := stepUrgent(src, d.p.w)
 			if err != nil {
 				return false, err
