@@ -131,6 +131,7 @@ CHAIN=EGRESSD
 CHAIN_PRE=EGRESSD_PRE
 CHAIN_UDP=EGRESSD_UDP
 CHAIN_UDP_OUT=EGRESSD_UDP_OUT
+CHAIN_UDP_GUARD=EGRESSD_UDP_GUARD
 
 die() { echo "egressd-gateway: $*" >&2; exit 2; }
 usage() { die "usage: $0 install|remove|status [--nft|--iptables]"; }
@@ -142,19 +143,23 @@ backend=${2:-}
 case $action in install|remove|status) ;; *) usage ;; esac
 case $backend in --nft) backend=nft ;; --iptables) backend=iptables ;; "") ;; *) usage ;; esac
 
-isport() { [[ $1 =~ ^[0-9]{1,5}$ ]] && [ "$((10#$1))" -ge 1 ] && [ "$((10#$1))" -le 65535 ]; }
-isport "$PORT" || die "EGRESSD_PORT: not a port: $PORT"
+# Ports and marks are written without leading zeros: nft and iptables read
+# 0443 as octal (port 291), so "0443" is refused rather than mistaken.
+isport() { [[ $1 =~ ^[1-9][0-9]{0,4}$ ]] && [ "$1" -le 65535 ]; }
+isport "$PORT" || die "EGRESSD_PORT: not a port (1-65535, no leading zero): $PORT"
+[[ $PORTS =~ ^[^,](.*[^,])?$ && $PORTS != *,,* ]] || die "EGRESSD_PORTS: a comma-separated list of ports: $PORTS"
 IFS=, read -r -a port_list <<<"$PORTS"
 [ ${#port_list[@]} -ge 1 ] || die "EGRESSD_PORTS is empty"
-for p in "${port_list[@]}"; do isport "$p" || die "EGRESSD_PORTS: not a port: $p"; done
-ismark() { [[ $1 =~ ^(0x[0-9a-fA-F]{1,8}|[0-9]{1,10})$ ]] && [ "$(($1))" -ge 1 ] && [ "$(($1))" -le 4294967295 ]; }
+for p in "${port_list[@]}"; do isport "$p" || die "EGRESSD_PORTS: not a port (1-65535, no leading zero): $p"; done
+ismark() { [[ $1 =~ ^(0x[0-9a-fA-F]{1,8}|[1-9][0-9]{0,9})$ ]] && [ "$(($1))" -ge 1 ] && [ "$(($1))" -le 4294967295 ]; }
 ismark "$MARK" || die "EGRESSD_MARK: not a non-zero 32-bit number: $MARK"
 MARK_HEX=$(printf '0x%x' "$((MARK))")
 [ "$QUIC_PORT" != 0 ] || QUIC_PORT=
 [ -z "$QUIC_PORT" ] || isport "$QUIC_PORT" || die "EGRESSD_QUIC_PORT: not a port (0 or empty: no UDP): $QUIC_PORT"
+[[ $UDP_PORTS =~ ^[^,](.*[^,])?$ && $UDP_PORTS != *,,* ]] || die "EGRESSD_UDP_PORTS: a comma-separated list of ports: $UDP_PORTS"
 IFS=, read -r -a udp_port_list <<<"$UDP_PORTS"
 [ ${#udp_port_list[@]} -ge 1 ] || die "EGRESSD_UDP_PORTS is empty"
-for p in "${udp_port_list[@]}"; do isport "$p" || die "EGRESSD_UDP_PORTS: not a port: $p"; done
+for p in "${udp_port_list[@]}"; do isport "$p" || die "EGRESSD_UDP_PORTS: not a port (1-65535, no leading zero): $p"; done
 ismark "$TPMARK" || die "EGRESSD_TPROXY_MARK: not a non-zero 32-bit number: $TPMARK"
 TPMARK_HEX=$(printf '0x%x' "$((TPMARK))")
 [ "$TPMARK_HEX" != "$MARK_HEX" ] || die "EGRESSD_TPROXY_MARK must differ from EGRESSD_MARK ($MARK_HEX)"
@@ -284,6 +289,14 @@ nft_ruleset() {
     echo "    meta nfproto ipv6 udp dport { $udp_ports } tproxy ip6 to :$QUIC_PORT meta mark set $TPMARK_HEX accept"
     echo "    udp dport { $udp_ports } drop"
     echo "  }"
+    # The mark reroutes local UDP to lo, unless its socket is bound to a
+    # device (SO_BINDTODEVICE, unprivileged since Linux 5.7), or the
+    # family has no route to lo (IPv6 off on lo): such datagrams would
+    # leave directly. They are dropped instead.
+    echo "  chain udp_guard {"
+    echo "    type filter hook postrouting priority 0; policy accept;"
+    echo "    meta l4proto udp meta mark $TPMARK_HEX oifname != \"lo\" drop"
+    echo "  }"
   fi
   echo "}"
 }
@@ -339,10 +352,15 @@ ipt_install_one() { # iptables|ip6tables
       [ "$FORWARD" = 1 ] || echo "-A $CHAIN_UDP ! -i lo -j RETURN"
       echo "-A $CHAIN_UDP -m addrtype --dst-type LOCAL -j RETURN"
       echo "-A $CHAIN_UDP -p udp -m multiport --dports $UDP_PORTS -j TPROXY --on-port $QUIC_PORT --tproxy-mark $TPMARK_HEX/0xffffffff"
+      # Marked UDP that does not leave through lo (a socket bound to a
+      # device, or no IPv6 route to lo) would go out directly: see nft.
+      echo ":$CHAIN_UDP_GUARD - [0:0]"
+      echo "-A $CHAIN_UDP_GUARD -m mark --mark $TPMARK_HEX ! -o lo -j DROP"
       echo "COMMIT"
     } | "$ipt-restore" --noflush
     "$ipt" -t mangle -C PREROUTING -p udp -j $CHAIN_UDP 2>/dev/null || "$ipt" -t mangle -A PREROUTING -p udp -j $CHAIN_UDP
     "$ipt" -t mangle -C OUTPUT -p udp -j $CHAIN_UDP_OUT 2>/dev/null || "$ipt" -t mangle -A OUTPUT -p udp -j $CHAIN_UDP_OUT
+    "$ipt" -t mangle -C POSTROUTING -p udp -j $CHAIN_UDP_GUARD 2>/dev/null || "$ipt" -t mangle -A POSTROUTING -p udp -j $CHAIN_UDP_GUARD
   else
     ipt_remove_udp "$ipt" # a reinstall with EGRESSD_QUIC_PORT=0 drops it
   fi
@@ -380,6 +398,7 @@ ipt_remove_udp() {
   local ipt=$1
   ipt_remove_chain "$ipt" mangle OUTPUT $CHAIN_UDP_OUT
   ipt_remove_chain "$ipt" mangle PREROUTING $CHAIN_UDP
+  ipt_remove_chain "$ipt" mangle POSTROUTING $CHAIN_UDP_GUARD
 }
 
 ipt_remove_one() {
@@ -396,6 +415,9 @@ ipt_remove_one() {
 }
 
 ipt_install() {
+  if [ "$IPV6" = 1 ] && [ -e /proc/net/if_inet6 ] && ! have ip6tables; then
+    die "ip6tables is missing: IPv6 connections would bypass egressd; install it, or set EGRESSD_IPV6=0 if this host has no IPv6 route out"
+  fi
   if [ -n "$QUIC_PORT" ]; then route_install; fi # first: see nft_install
   for c in $(ipt_cmds); do ipt_install_one "$c"; done
   if [ -z "$QUIC_PORT" ]; then route_cleanup; fi
@@ -406,7 +428,7 @@ ipt_status() {
     echo "# $c -t nat"
     "$c" -t nat -S | grep -E -- "(-N|-A|-j) ($CHAIN|$CHAIN_PRE)( |$)" || echo "no $CHAIN chains"
     echo "# $c -t mangle"
-    "$c" -t mangle -S | grep -E -- "(-N|-A|-j) ($CHAIN_UDP|$CHAIN_UDP_OUT)( |$)" || echo "no $CHAIN_UDP chains"
+    "$c" -t mangle -S | grep -E -- "(-N|-A|-j) ($CHAIN_UDP|$CHAIN_UDP_OUT|$CHAIN_UDP_GUARD)( |$)" || echo "no $CHAIN_UDP chains"
   done
 }
 

@@ -12,7 +12,8 @@
 #                       (IP_TRANSPARENT, IP_RECVORIGDSTADDR) that sees the
 #                       original destination and answers from it; not with
 #                       the socket mark, not as the exempt UID, not to
-#                       ports 53 and 8443
+#                       ports 53 and 8443; a socket bound to the
+#                       outward device (SO_BINDTODEVICE) does not get out
 #     install again with EGRESSD_FORWARD=0 -> the prerouting part is gone
 #                       (UDP: TPROXY only for packets coming in on lo)
 #     remove twice   -> nothing of egressd is left, ip rules and routes too
@@ -205,6 +206,31 @@ else:
       echo direct
   fi
 }
+# probe_udp_bound PORT: a datagram to 192.0.2.1:PORT from a socket bound to
+# the gateway's v0 (SO_BINDTODEVICE: any user may since Linux 5.7; root
+# here, which the rules do not exempt either), which keeps its device when
+# the mark reroutes it: "dropped" if the kernel refused it (the guard),
+# "direct" if it went out unanswered, "redirected" if the stand-in
+# answered.
+probe_udp_bound() {
+  ip netns exec "$ns" python3 -c '
+import socket, sys
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+try:
+    s.setsockopt(socket.SOL_SOCKET, 25, b"v0")  # SO_BINDTODEVICE
+except OSError as e:
+    print("cannot bind to a device: %s" % e); sys.exit()
+try:
+    s.sendto(b"quic?", ("192.0.2.1", port))
+    s.recvfrom(2048)
+    print("redirected")
+except PermissionError:
+    print("dropped")
+except OSError:
+    print("direct")
+' "$1" || echo error
+}
 check_probe() { # description want probe-args...
   local desc=$1 want=$2 got; shift 2
   got=$(probe "$@")
@@ -230,6 +256,13 @@ functional_checks() { # backend
   check_probe_udp "$1: udp, mark 0x1e55 is not (loop exception)" direct --mark 7844
   check_probe_udp "$1: udp, uid 65532 is not (loop exception)" direct --uid 65532 7844
   check_probe_udp "$1: udp, uid 65533 is" redirected --uid 65533 7844
+  local got
+  got=$(probe_udp_bound 7844)
+  if [ "$got" = dropped ] || [ "$got" = redirected ]; then
+    pass "$1: udp/7844 from a socket bound to v0 does not go out: $got"
+  else
+    fail "$1: udp/7844 from a socket bound to v0: $got, want dropped (SO_BINDTODEVICE bypass)"
+  fi
   if [ "${2:-}" != noforward ]; then
     check_probe "$1: forwarded tcp/443 from the client namespace is redirected" redirected --client 443
     check_probe "$1: forwarded tcp/80 is not" direct --client 80
@@ -274,6 +307,8 @@ expect "nft install x2" "meta skuid 65532 return" "$rs" 2
 expect "nft install x2" 'oifname "lo" return' "$rs" 2 # output, udp_output
 expect "nft install x2" "chain udp_output {" "$rs" 1
 expect "nft install x2" "chain udp_prerouting {" "$rs" 1
+expect "nft install x2" "chain udp_guard {" "$rs" 1
+expect "nft install x2" 'meta l4proto udp meta mark 0x00001e56 oifname != "lo" drop' "$rs" 1
 expect "nft install x2" "type route hook output priority mangle;" "$rs" 1
 expect "nft install x2" "type filter hook prerouting priority mangle;" "$rs" 1
 expect "nft install x2" "udp dport { 443, 7844 } meta mark set 0x00001e56" "$rs" 1
@@ -318,7 +353,9 @@ for ipt in iptables ip6tables; do
   expect "$ipt install x2" "-m mark --mark 0x1e55 -j RETURN" "$rs" 1
   expect "$ipt install x2" "-m owner --uid-owner 65532 -j RETURN" "$rs" 1
   rs=$(in_ns "$ipt" -t mangle -S)
-  expect "$ipt mangle install x2" "-N EGRESSD_UDP" "$rs" 2 # EGRESSD_UDP, EGRESSD_UDP_OUT
+  expect "$ipt mangle install x2" "-N EGRESSD_UDP" "$rs" 3 # EGRESSD_UDP, EGRESSD_UDP_OUT, EGRESSD_UDP_GUARD
+  expect "$ipt mangle install x2" "-A POSTROUTING -p udp -j EGRESSD_UDP_GUARD" "$rs" 1
+  expect "$ipt mangle install x2" "-A EGRESSD_UDP_GUARD ! -o lo -m mark --mark 0x1e56 -j DROP" "$rs" 1
   expect "$ipt mangle install x2" "-A PREROUTING -p udp -j EGRESSD_UDP" "$rs" 1
   expect "$ipt mangle install x2" "-A OUTPUT -p udp -j EGRESSD_UDP_OUT" "$rs" 1
   expect "$ipt mangle install x2" "-m addrtype --dst-type LOCAL -j RETURN" "$rs" 1
@@ -378,7 +415,8 @@ for bad in "EGRESSD_PORT=0" "EGRESSD_PORT=15001;flush" "EGRESSD_PORTS=443,x" "EG
   "EGRESSD_QUIC_PORT=70000" "EGRESSD_QUIC_PORT=x" "EGRESSD_UDP_PORTS=443,x" "EGRESSD_UDP_PORTS=," \
   "EGRESSD_TPROXY_MARK=0" "EGRESSD_TPROXY_MARK=0x1e55" "EGRESSD_TPROXY_MARK=7765" "EGRESSD_TPROXY_MARK=a[0]" \
   "EGRESSD_ROUTE_TABLE=0" "EGRESSD_ROUTE_TABLE=254" "EGRESSD_ROUTE_TABLE=253" "EGRESSD_ROUTE_TABLE=255" \
-  "EGRESSD_ROUTE_TABLE=2147483648" "EGRESSD_ROUTE_TABLE=main"; do
+  "EGRESSD_ROUTE_TABLE=2147483648" "EGRESSD_ROUTE_TABLE=main" "EGRESSD_PORTS=0443,7844" "EGRESSD_PORTS=443," \
+  "EGRESSD_UDP_PORTS=0443" "EGRESSD_PORT=015001" "EGRESSD_MARK=07765"; do
   if in_ns env "$bad" "$script" install --nft >/dev/null 2>&1; then fail "accepted $bad"; else pass "refused $bad"; fi
 done
 rs=$(in_ns nft list ruleset)
