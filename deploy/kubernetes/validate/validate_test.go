@@ -333,10 +333,21 @@ func checkProbes(name string, c corev1.Container) []error {
 		}
 	}
 	if isEgressd(c) && declared["admin"] {
-		for _, want := range []struct {
+		// A startup probe too, when there is one: egressd's proxy
+		// listeners may be on loopback (a sidecar's transparent_listen),
+		// which the kubelet, dialling the pod IP, cannot reach; /readyz
+		// says when every listener is served.
+		wants := []struct {
 			kind, path string
 			probe      *corev1.Probe
-		}{{"readinessProbe", "/readyz", c.ReadinessProbe}, {"livenessProbe", "/healthz", c.LivenessProbe}} {
+		}{{"readinessProbe", "/readyz", c.ReadinessProbe}, {"livenessProbe", "/healthz", c.LivenessProbe}}
+		if c.StartupProbe != nil {
+			wants = append(wants, struct {
+				kind, path string
+				probe      *corev1.Probe
+			}{"startupProbe", "/readyz", c.StartupProbe})
+		}
+		for _, want := range wants {
 			if want.probe == nil || want.probe.HTTPGet == nil || want.probe.HTTPGet.Path != want.path || want.probe.HTTPGet.Port.String() != "admin" {
 				errs = append(errs, fmt.Errorf("%s: egressd has an admin port; its %s must be httpGet %s on port admin", name, want.kind, want.path))
 			}
