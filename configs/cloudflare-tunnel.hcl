@@ -111,6 +111,7 @@ policy "cloudflare-tunnel-optional" {
     description = "Software update checks"
     hosts       = ["api.cloudflare.com", "update.argotunnel.com"]
     ports       = [443]
+    protocols   = ["tcp"] # the seed: "443 TCP (HTTPS)"
   }
 
   # Cloudflare seed, "Ports" / "Optional" table, row github.com: "Allows
@@ -127,7 +128,8 @@ policy "cloudflare-tunnel-optional" {
       "objects.githubusercontent.com",
       "release-assets.githubusercontent.com",
     ]
-    ports = [443]
+    ports     = [443]
+    protocols = ["tcp"] # the seed: "443 TCP (HTTPS)"
   }
 
   # Cloudflare seed, "Ports" / "Optional" table, row
@@ -139,6 +141,7 @@ policy "cloudflare-tunnel-optional" {
     description = "Cloudflare Access JWT validation (<team>.cloudflareaccess.com)"
     hosts       = ["*.cloudflareaccess.com"]
     ports       = [443]
+    protocols   = ["tcp"] # the seed: "443 TCP (HTTPS)"
   }
 
   # Cloudflare seed, "Ports" / "Optional" table, row
@@ -148,5 +151,6 @@ policy "cloudflare-tunnel-optional" {
     description = "Post-quantum key exchange error reports"
     hosts       = ["pqtunnels.cloudflareresearch.com"]
     ports       = [443]
+    protocols   = ["tcp"] # the seed: "443 TCP (HTTPS)"
   }
 }

@@ -393,6 +393,11 @@ func TestCloudflareTunnel(t *testing.T) {
 		allowed("release-assets.githubusercontent.com", https("release-assets.githubusercontent.com", 443), optional, "self-update"),
 		allowed("team.cloudflareaccess.com", https("myteam.cloudflareaccess.com", 443), optional, "access-jwt"),
 		allowed("pqtunnels.cloudflareresearch.com", https("pqtunnels.cloudflareresearch.com", 443), optional, "pq-error-reports"),
+		// The seed's Optional rows are "443 TCP (HTTPS)": not over QUIC.
+		denied("api.cloudflare.com over QUIC", quicTo("104.19.192.29", 443, "api.cloudflare.com"), policy.ReasonNoRule),
+		denied("github.com over QUIC", quicTo("140.82.112.3", 443, "github.com"), policy.ReasonNoRule),
+		denied("team.cloudflareaccess.com over QUIC", quicTo("104.19.194.29", 443, "myteam.cloudflareaccess.com"), policy.ReasonNoRule),
+		denied("pqtunnels.cloudflareresearch.com over QUIC", quicTo("104.18.4.64", 443, "pqtunnels.cloudflareresearch.com"), policy.ReasonNoRule),
 		denied("cloudflareaccess.com apex", https("cloudflareaccess.com", 443), policy.ReasonNoRule),
 		denied("api.cloudflare.com:7844", https("api.cloudflare.com", 7844), policy.ReasonNoRule),
 		denied("other githubusercontent", https("evil.githubusercontent.com", 443), policy.ReasonNoRule),
