@@ -174,7 +174,8 @@ type Decision struct {
 	// clients cidrs contain its address; "" when no policy has clients.
 	Identity string
 
-	rule *rule // the deciding rule, for AddrAllowed
+	rule  *rule // the deciding rule, for AddrAllowed
+	grant *rule // for an audit-mode deny rule: the allow rule that would have allowed, if any
 }
 
 // Decide applies the policy to r. See the package documentation for the
@@ -238,8 +239,8 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		ds.visit(ids)
 	}
-	if id := ds.found(); id >= 0 {
-		ru := &p.deny[id]
+	if ds.best >= 0 {
+		ru := &p.deny[ds.best]
 		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
 	}
 
@@ -275,6 +276,17 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		as.visit(ids)
 	}
+	if ds.audited >= 0 {
+		// An audit-mode deny rule decides (the connection will go
+		// through, would_deny); the allow rule that would have allowed
+		// it, if any, still says which private addresses it opens.
+		ru := &p.deny[ds.audited]
+		d := Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
+		if as.pass >= 0 {
+			d.grant = &p.allow[as.pass]
+		}
+		return d
+	}
 	switch {
 	case as.pass >= 0:
 		ru := &p.allow[as.pass]
@@ -289,9 +301,11 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 // AddrAllowed reports whether the proxy may dial a under decision d: d
 // allows, and a is not private (IsPrivate), or d's rule is an allow rule
 // that lists a CIDR containing a and lying wholly in private space, or the
-// server block sets allow_private_destinations. (An audit-mode deny rule
-// that decided d lets the connection through, but its cidrs name what to
-// refuse, not what to open.) An IPv4-mapped a is unmapped first.
+// server block sets allow_private_destinations. When an audit-mode deny
+// rule decided d (it lets the connection through), its cidrs name what to
+// refuse, not what to open: the allow rule that would have allowed the
+// connection, if any, opens private addresses instead. An IPv4-mapped a is
+// unmapped first.
 func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 	if p == nil || !d.Allow || !a.IsValid() {
 		return false
@@ -300,7 +314,11 @@ func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 	if p.allowPrivate || !IsPrivate(a) {
 		return true
 	}
-	return d.rule != nil && !d.rule.deny && d.rule.grantsPrivate(a)
+	ru := d.rule
+	if ru != nil && ru.deny {
+		ru = d.grant
+	}
+	return ru != nil && !ru.deny && ru.grantsPrivate(a)
 }
 
 // RuleHasCIDR reports whether the rule that decided d lists a cidr that
@@ -373,14 +391,6 @@ func (s *denyScan) visit(ids []int32) {
 			s.audited = id
 		}
 	}
-}
-
-// found returns the deny rule the scan settled on, or -1.
-func (s *denyScan) found() int32 {
-	if s.best >= 0 {
-		return s.best
-	}
-	return s.audited
 }
 
 // conditions reports whether a deny rule's sni/ja3/ja4 conditions hold.

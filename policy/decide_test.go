@@ -311,6 +311,23 @@ policy "p" {
 	if !auditD.Allow || !auditD.WouldDeny || auditD.Rule != "metadata" {
 		t.Fatalf("setup: audited deny decision %+v", auditD)
 	}
+	// But an allow rule that opens an address still opens it when an
+	// audit-mode deny rule decides: audit mode lets through what the deny
+	// would refuse.
+	auditAllow := mustParse(t, `
+policy "p" {
+  mode = "audit"
+  allow "db" {
+    cidrs       = ["10.0.0.0/8"]
+    ports       = [5432]
+    require_tls = false
+  }
+  deny "legacy-db" { cidrs = ["10.1.2.3/32"] }
+}`).Policy
+	auditAllowD := auditAllow.Decide(&Request{Addr: ip("10.1.2.3"), Port: 5432, Hello: HelloNotTLS})
+	if !auditAllowD.Allow || !auditAllowD.WouldDeny || auditAllowD.Rule != "legacy-db" {
+		t.Fatalf("setup: audited deny over an allow %+v", auditAllowD)
+	}
 
 	tests := []struct {
 		name string
@@ -334,6 +351,7 @@ policy "p" {
 		{"deny decision never dials", p, denied, ip("93.184.216.34"), false},
 		{"invalid addr", p, byName, netip.Addr{}, false},
 		{"an audited deny rule's cidr does not grant private", audit, auditD, ip("169.254.169.254"), false},
+		{"under an audited deny, the allow rule's cidr grants", auditAllow, auditAllowD, ip("10.1.2.3"), true},
 		{"allow_private_destinations", open, openD, ip("10.0.0.1"), true},
 		{"allow_private_destinations, metadata", open, openD, ip("169.254.169.254"), true},
 		{"zero decision", p, Decision{}, ip("93.184.216.34"), false},
