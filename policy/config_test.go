@@ -616,18 +616,22 @@ func TestNesting(t *testing.T) {
 		// Lexical errors, and stray end directives, do not stop the count.
 		{"brackets after a lexical error", one("a = 1;\nb = " + rep("[", n) + rep("]", n) + "\n"), "t.hcl:2:69"},
 		{"brackets after stray end directives", one(rep(`a = "`+rep("%{endif}", 999)+"\"\n", 100) + "b = " + rep("[", n) + rep("]", n) + "\n"), "t.hcl:101:69"},
-		{"directives in one string", src(`"` + rep("%{endif}", n) + `"`), "t.hcl:2:8018"},
+		{"directives in one string", src(`"` + rep("%{endif}", n) + `"`), "t.hcl:2:8010"},
 		// Chains that recurse without nesting.
-		{"splats", src("x" + rep("[*]", n)), "t.hcl:2:3018"},
-		{"sums", src("1" + rep("+1", n)), "t.hcl:2:2018"},
-		{"conjunctions", src("true" + rep("&&true", n)), "t.hcl:2:6021"},
-		{"conditionals", src(rep("true ? 1 : ", n) + "2"), "t.hcl:2:11022"},
-		{"unary not", src(rep("!", n) + "true"), "t.hcl:2:1017"},
+		{"splats", src("x" + rep("[*]", n)), "t.hcl:2:3013"},
+		{"sums", src("1" + rep("+1", n)), "t.hcl:2:2016"},
+		{"conjunctions", src("true" + rep("&&true", n)), "t.hcl:2:6015"},
+		{"conditionals", src(rep("true ? 1 : ", n) + "2"), "t.hcl:2:11011"},
+		{"unary not", src(rep("!", n) + "true"), "t.hcl:2:1016"},
 		{"60 brackets", src(rep("[", 60) + rep("]", 60)), ""},
 		{"minuses in list elements", src("[" + rep("1-1, ", 10_000) + "1]"), ""},
 		{"minuses on lines", one(rep("x = -1\n", 10_000)), ""},
 		{"100,000 names in a list", src("[\n" + rep("  \"a.example.com\",\n", 100_000) + "]"), ""},
 		{"directives one after another", src(`"` + rep("%{if true}x%{endif}", 100) + `"`), ""},
+		{"rules with a comment at the end of their line", one("policy \"p\" {\n" + rep("  allow \"r\" { hosts = [\"h.example.com\"] }  # ticket\n", 1200) + "}\n"), ""},
+		{"rules closed with // comments", one("policy \"p\" {\n" + rep("  allow \"r\" {\n    hosts = [\"h.example.com\"]\n  } // end\n", 1200) + "}\n"), ""},
+		// Pending tokens add up across nesting levels.
+		{"negations in nested parentheses", src(rep("("+rep("!", 100), 60) + "true" + rep(")", 60)), "t.hcl:2:1016"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

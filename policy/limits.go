@@ -39,8 +39,9 @@ const (
 	maxNesting = 64
 
 	// maxExprTokens is how many operators, brackets and traversal steps
-	// one item of a configuration (an attribute, a list element, a
-	// function argument) may hold (checkNesting). Parsing and evaluating
+	// may be pending at any point of a configuration file: in the item
+	// being read (an attribute, a list element, a function argument) and
+	// in the items it is nested in (checkNesting). Parsing and evaluating
 	// recurse per operator and step, 1-5 KiB of stack each: 2,000,000
 	// "+1" or 600,000 "[*]" overflowed the stack. A policy's values are
 	// strings and numbers, which do not count; 1,000 is far beyond any

@@ -18,10 +18,11 @@ import (
 // bounds:
 //   - maxNesting open brackets, braces, parentheses, interpolations and
 //     if/for directives at any point;
-//   - maxExprTokens operators, brackets and traversal steps in one item:
-//     an attribute (a body line), a list element or a function argument.
-//     Strings, numbers and names do not count, so a list of 100,000 host
-//     names is one short item per name.
+//   - maxExprTokens operators, brackets and traversal steps pending at
+//     any point: those of the item being read (an attribute, a body line,
+//     a list element or a function argument) and of every item it is
+//     nested in. Strings, numbers and names do not count, so a list of
+//     100,000 host names is one short item per name.
 //
 // Lexical errors do not stop the count: ParseConfig parses on after them.
 func checkNesting(src []byte, filename string) hcl.Diagnostics {
@@ -32,6 +33,7 @@ func checkNesting(src []byte, filename string) hcl.Diagnostics {
 	}
 	stack := []frame{{body: true}}
 	directives := 0 // open if/for template directives
+	pending := 0    // the sum of every frame's n
 	for i, t := range toks {
 		top := &stack[len(stack)-1]
 		switch t.Type {
@@ -47,31 +49,42 @@ func checkNesting(src []byte, filename string) hcl.Diagnostics {
 				}
 			}
 			top.n++
+			pending++
 			stack = append(stack, frame{body: t.Type == hclsyntax.TokenOBrace})
 		case hclsyntax.TokenCBrace, hclsyntax.TokenCBrack, hclsyntax.TokenCParen,
 			hclsyntax.TokenTemplateSeqEnd:
 			if len(stack) > 1 {
+				pending -= top.n
 				stack = stack[:len(stack)-1]
 			}
 		case hclsyntax.TokenComma:
+			pending -= top.n
 			top.n = 0
 		case hclsyntax.TokenNewline:
 			if top.body {
+				pending -= top.n
+				top.n = 0
+			}
+		case hclsyntax.TokenComment:
+			// A line comment takes the line's newline with it.
+			if b := t.Bytes; top.body && len(b) > 0 && b[len(b)-1] == '\n' {
+				pending -= top.n
 				top.n = 0
 			}
 		case hclsyntax.TokenQuotedLit, hclsyntax.TokenStringLit, hclsyntax.TokenNumberLit,
 			hclsyntax.TokenIdent, hclsyntax.TokenOQuote, hclsyntax.TokenCQuote,
-			hclsyntax.TokenOHeredoc, hclsyntax.TokenCHeredoc, hclsyntax.TokenComment,
+			hclsyntax.TokenOHeredoc, hclsyntax.TokenCHeredoc,
 			hclsyntax.TokenEqual, hclsyntax.TokenColon, hclsyntax.TokenEOF:
 			// Values, names and separators: no recursion of their own.
 		default:
 			top.n++ // an operator, "?", ".", "*", "..." or "=>"
+			pending++
 		}
 		if depth := len(stack) - 1 + directives; depth > maxNesting {
 			return hcl.Diagnostics{errDiag(t.Range, "Configuration nested too deeply",
 				fmt.Sprintf("%s nests brackets, braces, parentheses or templates more than %d levels deep here. A policy needs a few levels (policy, rule, list); look for a runaway generator or an unclosed bracket.", quote(filename), maxNesting))}
 		}
-		if top.n > maxExprTokens {
+		if pending > maxExprTokens {
 			return hcl.Diagnostics{errDiag(t.Range, "Expression too long",
 				fmt.Sprintf("%s has an expression with more than %d operators, brackets or traversal steps here. Values in a policy are lists of strings and numbers; split the expression, or look for a runaway generator.", quote(filename), maxExprTokens))}
 		}
