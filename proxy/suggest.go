@@ -195,7 +195,7 @@ func (s *suggestion) add(line []byte) {
 		s.allowed++
 		return
 	}
-	if len(l.Identity) > len("cidr:")+maxNameLen {
+	if !validIdentity(l.Identity) {
 		s.unfixable[unfixIdentity]++ // not a user or policy name: not egressd's
 		return
 	}
@@ -264,6 +264,18 @@ func (s *suggestion) add(line []byte) {
 	if len(d.reasons) < suggestMaxSet {
 		d.reasons[l.Reason] = true
 	}
+}
+
+// validIdentity reports whether id is an identity egressd writes: "" (no
+// clients blocks), a user name, or "cidr:" and a policy name.
+func validIdentity(id string) bool {
+	if id == "" {
+		return true
+	}
+	if name, ok := strings.CutPrefix(id, "cidr:"); ok {
+		return policy.CheckName("policy", name) == nil
+	}
+	return policy.CheckName("user", id) == nil
 }
 
 // destination works out the rule a line needs, or counts it as unfixable.

@@ -116,9 +116,12 @@ func TestSuggest(t *testing.T) {
 			[]string{`no denied or would-deny connections`, `(?m)^# 10 lines read; skipped: 1 not JSON; 1 longer than 1048576 bytes; 2 not connection decisions; 1 allowed; ` +
 				`1 denied with bad_request \(no allow rule fixes it\); 1 denied with denied_by_rule \(no allow rule fixes it\); 1 with an SNI that is not a host name; 1 to private addresses \(never suggested\); 1 denied with sni_missing \(no allow rule fixes it\)$`},
 			[]string{`policy`}},
-		{"hostile identity is quoted and sanitized",
+		{"a hostile identity is skipped",
 			line(`"mode":"connect","client":"10.0.0.1:1","identity":"cidr:x\"}\n${evil} %{y}","host":"a.example.com","port":443,"decision":"deny","reason":"no_rule"`),
-			[]string{`policy "suggested-x-evil-y" \{`, `# identity cidr:x"}\?\$\{evil\} %\{y\}: 1 destination`}, nil},
+			[]string{`1 with an identity that is not a user or policy name`}, []string{`evil`, `(?m)^policy`}},
+		{"an identity with a blank is no user name",
+			line(`"mode":"connect","client":"10.0.0.1:1","identity":"ci bot","host":"a.example.com","port":443,"decision":"deny","reason":"no_rule"`),
+			[]string{`1 with an identity that is not a user or policy name`}, []string{`ci bot`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
