@@ -172,7 +172,18 @@ func newConfigWatch(path, usersFile string) configWatch {
 	}
 	for _, f := range files {
 		t, err := filepath.EvalSymlinks(f)
-		if err != nil || t == f {
+		if err != nil {
+			// A link to nothing (yet): watch where it points, so that its
+			// target's creation reloads.
+			if t, err = os.Readlink(f); err != nil {
+				continue
+			}
+			if !filepath.IsAbs(t) {
+				t = filepath.Join(filepath.Dir(f), t)
+			}
+			t = filepath.Clean(t)
+		}
+		if t == f {
 			continue
 		}
 		cw.targets[t] = true

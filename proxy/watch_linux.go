@@ -86,11 +86,16 @@ func readInotify(w *dirWatcher, f *os.File, wds map[int32]watchedDir) {
 		for ev := range inotifyEvents(buf[:n]) {
 			dir, known := wds[ev.wd]
 			if known && ev.mask&unix.IN_IGNORED != 0 {
-				// The directory was removed or unmounted: its watch is gone.
-				if !dir.optional {
-					w.fail(fmt.Errorf("%s is no longer watched (removed or unmounted); reload with SIGHUP", dir.path))
-				}
+				// The directory was removed or unmounted (a release
+				// directory swapped out, a ConfigMap's old data): its watch
+				// is gone. For a directory the configuration needs, that is
+				// a change like any other: the reload it brings rebuilds
+				// the watch, and says so if the directory cannot be
+				// watched again.
 				delete(wds, ev.wd)
+				if !dir.optional && !w.send("") {
+					return
+				}
 				continue
 			}
 			name, ok := "", ev.mask&unix.IN_Q_OVERFLOW != 0

@@ -242,7 +242,7 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 	}
 	// watchFrom serves the configuration at path with a watch and returns
 	// a function that waits until there have been n successful reloads.
-	watchFrom := func(t *testing.T, path string) (waitReloads func(n int, after string), reloads func() int) {
+	watchFrom := func(t *testing.T, path string) (waitReloads func(n int, after string), reloads func() int, logText func() string) {
 		load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
 		cfg, diags := load()
 		if diags.HasErrors() {
@@ -262,7 +262,7 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 			if !eventually(func() bool { return reloads() >= n }) {
 				t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, reloads(), n, logBuf.String())
 			}
-		}, reloads
+		}, reloads, logBuf.String
 	}
 	t.Run("a linked directory re-pointed", func(t *testing.T) {
 		base := t.TempDir()
@@ -274,7 +274,7 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		if err := os.Symlink("rel1", current); err != nil {
 			t.Fatal(err)
 		}
-		waitReloads, reloads := watchFrom(t, current)
+		waitReloads, reloads, _ := watchFrom(t, current)
 		tmp := filepath.Join(base, "current.tmp")
 		if err := os.Symlink("rel2", tmp); err != nil {
 			t.Fatal(err)
@@ -295,7 +295,7 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "conf")
 		os.Mkdir(dir, 0o755)
 		write(filepath.Join(dir, "a.hcl"), src)
-		waitReloads, _ := watchFrom(t, dir)
+		waitReloads, _, _ := watchFrom(t, dir)
 		if err := os.RemoveAll(dir); err != nil {
 			t.Fatal(err)
 		}
@@ -315,9 +315,46 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		if err := os.Symlink(filepath.Join("..", "other", "b.hcl"), filepath.Join(dir, "b.hcl")); err != nil {
 			t.Fatal(err)
 		}
-		waitReloads, _ := watchFrom(t, dir)
+		waitReloads, _, _ := watchFrom(t, dir)
 		write(filepath.Join(other, "b.hcl"), "# b, edited\n")
 		waitReloads(1, "the link's target edited")
+		// Its target removed (the reload fails: a link to nothing), then
+		// written again: that reloads too.
+		if err := os.Remove(filepath.Join(other, "b.hcl")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * ReloadDebounce)
+		write(filepath.Join(other, "b.hcl"), "# b, again\n")
+		waitReloads(2, "the link's target written again")
+	})
+	t.Run("re-pointed and the old release removed at once", func(t *testing.T) {
+		base := t.TempDir()
+		for _, r := range []string{"rel1", "rel2"} {
+			os.Mkdir(filepath.Join(base, r), 0o755)
+			write(filepath.Join(base, r, "a.hcl"), src)
+		}
+		current := filepath.Join(base, "current")
+		if err := os.Symlink("rel1", current); err != nil {
+			t.Fatal(err)
+		}
+		waitReloads, _, logText := watchFrom(t, current)
+		tmp := filepath.Join(base, "current.tmp")
+		if err := os.Symlink("rel2", tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, current); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(filepath.Join(base, "rel1")); err != nil {
+			t.Fatal(err)
+		}
+		waitReloads(1, "current re-pointed, rel1 removed")
+		time.Sleep(2 * ReloadDebounce)
+		if l := logText(); strings.Contains(l, `"outcome":"error"`) {
+			t.Errorf("a release switch logged a reload error:\n%s", l)
+		}
+		write(filepath.Join(base, "rel2", "a.hcl"), src+"# edited\n")
+		waitReloads(2, "an edit in rel2")
 	})
 }
 
