@@ -185,30 +185,9 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	write(filepath.Join(dirA, "users"), "alice:"+h+"\n")
 	write(filepath.Join(dirB, "users"), "alice:"+hB+"\n")
 	write(path, config(dirA))
-	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
-	cfg, diags := load()
-	if diags.HasErrors() {
-		t.Fatal(policy.FormatDiagnostics(diags))
-	}
-	var logBuf syncBuffer
-	s, err := New(cfg, zerolog.New(&logBuf))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := s.WatchConfig(ctx, path, load, nil)
-	defer func() { cancel(); <-stopped }()
-	reloads := func() int { return strings.Count(logBuf.String(), `"outcome":"ok"`) }
-	waitReloads := func(want int, after string) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for reloads() < want {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, reloads(), want, logBuf.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	w := watching(t, path, path, nil)
+	s, logBuf := w.s, w.log
+	reloads, waitReloads := w.reloads, w.waitReloads
 
 	write(path, config(dirB))
 	waitReloads(1, "the configuration moved users_file")
@@ -240,41 +219,25 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// watchFrom serves the configuration at path with a watch and returns
-	// a function that waits until there have been n successful reloads.
 	watchFrom := func(t *testing.T, path string) (waitReloads func(n int, after string), reloads func() int, logText func() string) {
-		load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
-		cfg, diags := load()
-		if diags.HasErrors() {
-			t.Fatal(policy.FormatDiagnostics(diags))
-		}
-		var logBuf syncBuffer
-		s, err := New(cfg, zerolog.New(&logBuf))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		stopped := s.WatchConfig(ctx, path, load, nil)
-		t.Cleanup(func() { cancel(); <-stopped })
-		reloads = func() int { return strings.Count(logBuf.String(), `"outcome":"ok"`) }
-		return func(n int, after string) {
-			t.Helper()
-			if !eventually(func() bool { return reloads() >= n }) {
-				t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, reloads(), n, logBuf.String())
-			}
-		}, reloads, logBuf.String
+		w := watching(t, path, path, nil)
+		return w.waitReloads, w.reloads, w.log.String
 	}
-	t.Run("a linked directory re-pointed", func(t *testing.T) {
-		base := t.TempDir()
+	// releases makes base/rel1 and base/rel2, each with a.hcl, and
+	// base/current linked to rel1; repoint links it to rel2 atomically.
+	releases := func(t *testing.T) (base, current string) {
+		base = t.TempDir()
 		for _, r := range []string{"rel1", "rel2"} {
 			os.Mkdir(filepath.Join(base, r), 0o755)
 			write(filepath.Join(base, r, "a.hcl"), src)
 		}
-		current := filepath.Join(base, "current")
+		current = filepath.Join(base, "current")
 		if err := os.Symlink("rel1", current); err != nil {
 			t.Fatal(err)
 		}
-		waitReloads, reloads, _ := watchFrom(t, current)
+		return base, current
+	}
+	repoint := func(t *testing.T, base, current string) {
 		tmp := filepath.Join(base, "current.tmp")
 		if err := os.Symlink("rel2", tmp); err != nil {
 			t.Fatal(err)
@@ -282,6 +245,11 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		if err := os.Rename(tmp, current); err != nil {
 			t.Fatal(err)
 		}
+	}
+	t.Run("a linked directory re-pointed", func(t *testing.T) {
+		base, current := releases(t)
+		waitReloads, reloads, _ := watchFrom(t, current)
+		repoint(t, base, current)
 		waitReloads(1, "current re-pointed to rel2")
 		write(filepath.Join(base, "rel2", "a.hcl"), src+"# edited\n")
 		waitReloads(2, "an edit in rel2")
@@ -328,23 +296,9 @@ func TestWatchConfigFollowsLinks(t *testing.T) {
 		waitReloads(2, "the link's target written again")
 	})
 	t.Run("re-pointed and the old release removed at once", func(t *testing.T) {
-		base := t.TempDir()
-		for _, r := range []string{"rel1", "rel2"} {
-			os.Mkdir(filepath.Join(base, r), 0o755)
-			write(filepath.Join(base, r, "a.hcl"), src)
-		}
-		current := filepath.Join(base, "current")
-		if err := os.Symlink("rel1", current); err != nil {
-			t.Fatal(err)
-		}
+		base, current := releases(t)
 		waitReloads, _, logText := watchFrom(t, current)
-		tmp := filepath.Join(base, "current.tmp")
-		if err := os.Symlink("rel2", tmp); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, current); err != nil {
-			t.Fatal(err)
-		}
+		repoint(t, base, current)
 		if err := os.RemoveAll(filepath.Join(base, "rel1")); err != nil {
 			t.Fatal(err)
 		}
@@ -365,17 +319,8 @@ func TestReloadLogsWarnings(t *testing.T) {
 	if err := os.WriteFile(path, []byte("policy \"p\" {\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
-	cfg, _ := load()
-	var logBuf syncBuffer
-	s, err := New(cfg, zerolog.New(&logBuf))
-	if err != nil {
-		t.Fatal(err)
-	}
 	hup := make(chan os.Signal, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := s.WatchConfig(ctx, "", load, hup)
-	defer func() { cancel(); <-stopped }()
+	logBuf := watching(t, path, "", hup).log
 	// "*" in an allow rule is valid, with a warning.
 	if err := os.WriteFile(path, []byte("policy \"p\" {\n  allow \"r\" { hosts = [\"*\"] }\n}\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -385,4 +330,42 @@ func TestReloadLogsWarnings(t *testing.T) {
 		l := logBuf.String()
 		return strings.Contains(l, `"outcome":"ok"`) && strings.Contains(l, `"warnings":"`) && strings.Contains(l, "matches every host name")
 	})
+}
+
+// watchedConfig is a Server watching its configuration (watching).
+type watchedConfig struct {
+	s   *Server
+	log *syncBuffer
+	t   *testing.T
+}
+
+// watching serves the configuration at path with WatchConfig on watch
+// ("": SIGHUP only, from hup) until the test ends.
+func watching(t *testing.T, path, watch string, hup <-chan os.Signal) *watchedConfig {
+	t.Helper()
+	load := func() (*policy.Config, hcl.Diagnostics) { return policy.Load(path) }
+	cfg, diags := load()
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	w := &watchedConfig{log: new(syncBuffer), t: t}
+	var err error
+	if w.s, err = New(cfg, zerolog.New(w.log)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := w.s.WatchConfig(ctx, watch, load, hup)
+	t.Cleanup(func() { cancel(); <-stopped })
+	return w
+}
+
+// reloads counts the successful reloads logged.
+func (w *watchedConfig) reloads() int { return strings.Count(w.log.String(), `"outcome":"ok"`) }
+
+// waitReloads waits until there have been n successful reloads.
+func (w *watchedConfig) waitReloads(n int, after string) {
+	w.t.Helper()
+	if !eventually(func() bool { return w.reloads() >= n }) {
+		w.t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, w.reloads(), n, w.log.String())
+	}
 }
