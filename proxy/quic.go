@@ -110,14 +110,13 @@ type flow struct {
 	up        *net.UDPConn
 	reply     quicReplier
 
-	// Set when the flow is allowed on a QUIC ClientHello: the decided
-	// connection's Destination Connection ID and SNI, and the other
-	// connections the client opened on the same socket (screen).
-	screened bool
-	dcid     sni.QUICConnID
-	verify   *sni.QUICVerifier // checks the decided connection's later Initials
-	sni      string
-	others   []*otherConn
+	// Set when the flow is allowed on a QUIC ClientHello: the checks of
+	// the decided connection's later Initials (its ConnID is the decided
+	// connection's), its SNI, and the other connections the client opened
+	// on the same socket (screen).
+	verify *sni.QUICVerifier
+	sni    string
+	others []*otherConn
 
 	last      atomic.Int64 // monoNow of the last datagram either way
 	bytesUp   atomic.Int64
@@ -406,9 +405,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	}
 	f.up, f.reply = up, reply
 	if isQUIC {
-		f.screened, f.sni = true, helloName(&r)
-		f.dcid, _ = sni.InitialDCID(f.pend[:f.pendLen[0]])
-		f.verify = f.q.Verifier()
+		f.verify, f.sni = f.q.Verifier(), helloName(&r)
 	}
 	off := 0
 	for _, n := range f.pendLen {
@@ -619,15 +616,15 @@ type otherConn struct {
 // It allocates nothing for the flow's own datagrams (its Initials to the
 // server's connection ID included). f.mu must be held.
 func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
-	if !f.screened {
+	if f.verify == nil { // not decided on a QUIC ClientHello
 		return true, nil
 	}
 	id, ok := sni.InitialDCID(b)
 	if !ok {
 		return true, nil
 	}
-	if id == f.dcid {
-		return f.verify != nil && f.verify.Check(b) == nil, nil
+	if id == f.verify.ConnID() {
+		return f.verify.Check(b) == nil, nil
 	}
 	for _, o := range f.others {
 		if o.dcid == id {

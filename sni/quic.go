@@ -106,7 +106,10 @@ func (q *QUICInitial) Reset() {
 // one, for the same Destination Connection ID, in packets the server
 // keeps. Every later Initial of the attempt is therefore checked to carry
 // only the decided hello's bytes.
-type QUICVerifier struct{ q QUICInitial }
+type QUICVerifier struct {
+	q  QUICInitial
+	id QUICConnID
+}
 
 // Verifier returns a QUICVerifier for the attempt once Add has returned
 // nil, and nil before that or after an error. It copies the keys and the
@@ -122,9 +125,13 @@ func (q *QUICInitial) Verifier() *QUICVerifier {
 		crypto: append([]byte(nil), q.crypto[:q.parsed]...), parsed: q.parsed,
 		verify: true,
 	}}
-	v.q.ranges[0], v.q.nranges = cryptoRange{0, q.parsed}, 1
+	v.id.v, v.id.n = q.version, uint8(copy(v.id.b[:], q.dcid[:q.dcidLen]))
 	return v
 }
+
+// ConnID is the attempt's version and Destination Connection ID: the
+// InitialDCID of the datagrams Check is for.
+func (v *QUICVerifier) ConnID() QUICConnID { return v.id }
 
 // Check reports whether datagram, which starts with an Initial packet, may
 // go on to the server: nil when every Initial packet in it has the

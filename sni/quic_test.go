@@ -760,6 +760,9 @@ func TestQUICVerifier(t *testing.T) {
 				t.Fatal(err)
 			}
 			v := q.Verifier()
+			if id, _ := InitialDCID(first); v.ConnID() != id {
+				t.Fatalf("ConnID %v, want InitialDCID's %v", v.ConnID(), id)
+			}
 			q.Reset() // the verifier keeps its own copies
 			q.Add(sealInitial(t, testInitial{dcid: []byte{9, 9, 9, 9, 9, 9, 9, 9}, frames: cryptoFrame(0, other), padTo: 1200}), &h)
 			err := v.Check(tc.datagram)
