@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -87,7 +86,22 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	if pc != nil {
 		client = pc.rc
 	}
-	w := startIdleWatch(s.cfg.IdleTimeout, up, client)
+	// Once no body byte has moved either way for idle_timeout, the
+	// exchange ends as an idle tunnel does: the upstream is closed and the
+	// client connection's deadlines put in the past. That unblocks a
+	// client that stopped sending its body or reading the response, and an
+	// upstream that stopped sending or reading, each of which would
+	// otherwise hold a connection slot and the upstream socket for as long
+	// as it liked. A connection whose watch fired is closed once the
+	// request is done (wrapClient).
+	w := startIdleWatch(s.cfg.IdleTimeout, func() {
+		_ = up.Close()
+		if client != nil {
+			past := time.Unix(1, 0)
+			_ = client.SetReadDeadline(past)
+			_ = client.SetWriteDeadline(past)
+		}
+	})
 	if pc != nil {
 		pc.watch = w
 	}
@@ -165,71 +179,6 @@ func textResponse(req *http.Request, code int, body string) *http.Response {
 		Request:       req,
 	}
 	return resp
-}
-
-// idleWatch ends a plain-HTTP exchange once no body byte has moved either
-// way for idle_timeout, as the relay's watchdog ends an idle tunnel: it
-// closes the upstream connection and puts the client connection's read
-// and write deadlines in the past. That unblocks a client that stopped
-// sending its body or reading the response, and an upstream that stopped
-// sending or reading, each of which would otherwise hold a connection
-// slot and the upstream socket for as long as it liked.
-//
-// Whether it fired is decided once, under mu, against stop: a watch that
-// fires as the exchange ends may still have unblocked the client
-// connection, so wrapClient closes a connection whose watch fired rather
-// than let it serve another request.
-type idleWatch struct {
-	last  atomic.Int64 // monoNow of the last body byte either way, or of the response head
-	timer *time.Timer
-
-	mu   sync.Mutex
-	done bool // stopped
-	shot bool // fired
-}
-
-func startIdleWatch(idle time.Duration, up net.Conn, client *http.ResponseController) *idleWatch {
-	w := &idleWatch{}
-	w.last.Store(monoNow())
-	check := func() {
-		w.mu.Lock()
-		if w.done {
-			w.mu.Unlock()
-			return
-		}
-		if quiet := time.Duration(monoNow() - w.last.Load()); quiet < idle {
-			w.timer.Reset(idle - quiet)
-			w.mu.Unlock()
-			return
-		}
-		w.shot = true
-		w.mu.Unlock()
-		_ = up.Close()
-		if client != nil {
-			past := time.Unix(1, 0)
-			_ = client.SetReadDeadline(past)
-			_ = client.SetWriteDeadline(past)
-		}
-	}
-	w.timer = time.AfterFunc(math.MaxInt64, check) // set before it can fire
-	w.timer.Reset(idle)
-	return w
-}
-
-// stop ends the watch once the exchange is over.
-func (w *idleWatch) stop() {
-	w.mu.Lock()
-	w.done = true
-	w.mu.Unlock()
-	w.timer.Stop()
-}
-
-// fired reports whether the watch ended the exchange; once stop has
-// returned, the answer is final.
-func (w *idleWatch) fired() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.shot
 }
 
 // countingBody counts the bytes read through it, notes when the last came

@@ -3,8 +3,10 @@ package proxy
 import (
 	"errors"
 	"io"
+	"math"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -29,13 +31,64 @@ var epoch = time.Now()
 // monoNow is the monotonic time now, in nanoseconds since epoch.
 func monoNow() int64 { return int64(time.Since(epoch)) }
 
+// idleWatch is a watchdog on activity: once last (monoNow of the last
+// byte moved, which the watched code stores) is idle old, it runs fire,
+// once. Whether it fired is decided under mu, against stop, so that once
+// stop has returned fired's answer is final.
+type idleWatch struct {
+	last  atomic.Int64
+	timer *time.Timer
+
+	mu   sync.Mutex
+	done bool // stopped
+	shot bool // fired
+}
+
+func startIdleWatch(idle time.Duration, fire func()) *idleWatch {
+	w := &idleWatch{}
+	w.last.Store(monoNow())
+	check := func() {
+		w.mu.Lock()
+		if w.done {
+			w.mu.Unlock()
+			return
+		}
+		if quiet := time.Duration(monoNow() - w.last.Load()); quiet < idle {
+			w.timer.Reset(idle - quiet)
+			w.mu.Unlock()
+			return
+		}
+		w.shot = true
+		w.mu.Unlock()
+		fire()
+	}
+	w.timer = time.AfterFunc(math.MaxInt64, check) // set before it can fire
+	w.timer.Reset(idle)
+	return w
+}
+
+// stop ends the watch.
+func (w *idleWatch) stop() {
+	w.mu.Lock()
+	w.done = true
+	w.mu.Unlock()
+	w.timer.Stop()
+}
+
+// fired reports whether the watch ran fire; once stop has returned, the
+// answer is final.
+func (w *idleWatch) fired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.shot
+}
+
 // tunnelState is what a tunnel in the goroutine relay keeps besides its
 // two connections and two goroutines.
 type tunnelState struct {
-	last     atomic.Int64 // monoNow of the last byte moved
 	up, down int64
 	left     atomic.Int32 // directions still running
-	timer    *time.Timer  // the idle watchdog
+	watch    *idleWatch
 	done     func(up, down int64)
 }
 
@@ -62,30 +115,20 @@ func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, dow
 		closeBoth()
 		done(up, down)
 	}}
-	ts.last.Store(monoNow())
 	ts.left.Store(2)
 	// The watchdog, not the directions, ends an idle tunnel: a direction
 	// can be stuck in a write to a peer that does not read (after the
 	// other direction ended), where no read deadline reaches it.
-	var watch func()
-	watch = func() {
-		quiet := time.Duration(monoNow() - ts.last.Load())
-		if quiet >= idle {
-			closeBoth()
-			return
-		}
-		ts.timer.Reset(idle - quiet)
-	}
-	ts.timer = time.AfterFunc(idle, watch)
+	ts.watch = startIdleWatch(idle, closeBoth)
 	go ts.run(upstream, client, idle, &ts.up)
 	go ts.run(client, upstream, idle, &ts.down)
 	return closeBoth
 }
 
 func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
-	*n = pipe(dst, src, idle, &ts.last)
+	*n = pipe(dst, src, idle, &ts.watch.last)
 	if ts.left.Add(-1) == 0 {
-		ts.timer.Stop()
+		ts.watch.stop()
 		ts.done(ts.up, ts.down)
 	}
 }

@@ -181,3 +181,36 @@ func TestRelayIdleWriteStall(t *testing.T) {
 		})
 	}
 }
+
+// TestIdleWatch: a watch stopped in time never fires, leaves the upstream
+// open and stays unfired; one left alone closes the upstream, and says it
+// fired, for good, once stopped.
+func TestIdleWatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		wait bool // wait for the watch to fire before stopping it
+	}{{"stopped in time", false}, {"fired", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			up, peer := net.Pipe()
+			defer peer.Close()
+			w := startIdleWatch(20*time.Millisecond, func() { up.Close() })
+			if tc.wait {
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := peer.Read(make([]byte, 1)); err != io.EOF {
+					t.Fatalf("the upstream was not closed: %v", err)
+				}
+			}
+			w.stop()
+			time.Sleep(60 * time.Millisecond) // three idle periods
+			if w.fired() != tc.wait {
+				t.Errorf("fired() = %v, want %v", w.fired(), tc.wait)
+			}
+			if !tc.wait {
+				peer.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+				if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("a stopped watch closed the upstream: %v", err)
+				}
+			}
+		})
+	}
+}
