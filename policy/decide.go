@@ -318,7 +318,7 @@ func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 	if ru != nil && ru.deny {
 		ru = d.grant
 	}
-	return ru != nil && !ru.deny && ru.grantsPrivate(a)
+	return ru != nil && ru.grantsPrivate(a) // ru is an allow rule: grant is one
 }
 
 // RuleHasCIDR reports whether the rule that decided d lists a cidr that

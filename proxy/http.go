@@ -123,7 +123,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		err = fmt.Errorf("upstream: %w", err)
 		s.logCloseFailed(c, upBytes.Load(), 0, err)
 		sl.free()
-		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+cut(err.Error(), maxCloseDetail)+"\n")
+		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+cut(err.Error(), maxLoggedValue)+"\n")
 	}
 	// The upstream's hop-by-hop fields are not the client's: among them,
 	// Connection: Upgrade with Upgrade: websocket on a response that is
@@ -144,7 +144,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 // logged like any refusal.
 func (s *Server) handleOriginForm(w http.ResponseWriter, req *http.Request) {
 	c := s.newConn(ModeHTTP, req.RemoteAddr)
-	c.host = cut(req.Host, maxCloseDetail)
+	c.host = cut(req.Host, maxLoggedValue)
 	c.refuse(policy.ReasonBadRequest, "a request for a path, not a URL: egressd is a proxy; set HTTP_PROXY or HTTPS_PROXY to it, or use the admin listener for metrics and health")
 	s.logDecision(c)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -340,8 +340,8 @@ func TestHTTPUpstreamError(t *testing.T) {
 	}
 	cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
 	detail, _ := cl["detail"].(string)
-	if !strings.HasPrefix(detail, "upstream: ") || !strings.Contains(detail, "malformed HTTP response") || len(detail) > maxCloseDetail+len("…") {
-		t.Errorf("close line detail %q (%d bytes), want the error cut to %d", detail, len(detail), maxCloseDetail)
+	if !strings.HasPrefix(detail, "upstream: ") || !strings.Contains(detail, "malformed HTTP response") || len(detail) > maxLoggedValue+len("…") {
+		t.Errorf("close line detail %q (%d bytes), want the error cut to %d", detail, len(detail), maxLoggedValue)
 	}
 }
 

@@ -168,13 +168,14 @@ func (s *Server) logDecision(c *conn) {
 
 func (s *Server) logClose(c *conn, up, down int64) { s.logCloseFailed(c, up, down, nil) }
 
-// maxCloseDetail bounds the error a close line quotes: an upstream's error
-// can quote what it sent (a malformed status line, up to the 32 KiB header
-// limit), and one line of the log must stay readable.
-const maxCloseDetail = 200
+// maxLoggedValue bounds a value from a client or an upstream that a log
+// line quotes unchecked (an upstream's error quoting a malformed status
+// line, a request's Host header): either can be up to the 32 KiB header
+// limit, and one line of the log must stay readable.
+const maxLoggedValue = 200
 
 // logCloseFailed is logClose for a connection that failed after it was
-// allowed: the close line's detail says why (err, cut to maxCloseDetail
+// allowed: the close line's detail says why (err, cut to maxLoggedValue
 // bytes), when err is not nil.
 func (s *Server) logCloseFailed(c *conn, up, down int64, err error) {
 	s.metrics.closed(c, up, down)
@@ -185,7 +186,7 @@ func (s *Server) logCloseFailed(c *conn, up, down int64, err error) {
 		Int64(fieldBytesDown, down).
 		Int64(fieldDurationMS, time.Since(c.start).Milliseconds())
 	if err != nil {
-		e = e.Str(fieldDetail, cut(err.Error(), maxCloseDetail))
+		e = e.Str(fieldDetail, cut(err.Error(), maxLoggedValue))
 	}
 	e.Msg(msgClose)
 }
