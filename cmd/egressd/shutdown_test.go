@@ -157,28 +157,40 @@ func TestServeShutdownForcesAfterGrace(t *testing.T) {
 }
 
 // TestServeShutdownDrains: a tunnel the client closes during the grace
-// lets the process exit at once, with exit 0.
+// lets the process exit at once, with exit 0; also when a SIGHUP (a reload
+// signal sent by habit) comes during the drain: it neither ends the
+// process nor the drain.
 func TestServeShutdownDrains(t *testing.T) {
-	p, addr, c, br := startShutdownServe(t)
-	done := p.terminate(t)
-	refusesConnections(t, addr)
-	echoLine(t, c, br, "during the drain")
-	c.Close()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatalf("exit after the drain: %v, want 0", r.err)
-		}
-		t.Logf("exited %v after SIGTERM", r.elapsed)
-		if r.elapsed > shutdownGraceTest/2 {
-			t.Errorf("exited %v after SIGTERM, want well before the %v grace", r.elapsed, shutdownGraceTest)
-		}
-	case <-time.After(shutdownGraceTest + 2*time.Second):
-		t.Fatal("egressd did not exit after its last tunnel closed")
-	}
-	t.Logf("decision log:\n%s", p.stdout.String())
-	if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
-		t.Errorf("no shutdown end line with drained 1: %q", out)
+	for _, hup := range []bool{false, true} {
+		t.Run(fmt.Sprintf("SIGHUP during the drain %v", hup), func(t *testing.T) {
+			p, addr, c, br := startShutdownServe(t)
+			done := p.terminate(t)
+			refusesConnections(t, addr)
+			if hup {
+				if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(200 * time.Millisecond) // a SIGHUP that ended the process would have by now
+			}
+			echoLine(t, c, br, "during the drain")
+			c.Close()
+			select {
+			case r := <-done:
+				if r.err != nil {
+					t.Fatalf("exit after the drain: %v, want 0", r.err)
+				}
+				t.Logf("exited %v after SIGTERM", r.elapsed)
+				if r.elapsed > shutdownGraceTest/2 {
+					t.Errorf("exited %v after SIGTERM, want well before the %v grace", r.elapsed, shutdownGraceTest)
+				}
+			case <-time.After(shutdownGraceTest + 2*time.Second):
+				t.Fatal("egressd did not exit after its last tunnel closed")
+			}
+			t.Logf("decision log:\n%s", p.stdout.String())
+			if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
+				t.Errorf("no shutdown end line with drained 1: %q", out)
+			}
+		})
 	}
 }
 
@@ -199,31 +211,5 @@ func TestServeShutdownGraceFlag(t *testing.T) {
 		}
 	case <-time.After(shutdownGraceTest + 2*time.Second):
 		t.Fatal("egressd did not exit")
-	}
-}
-
-// TestServeShutdownIgnoresSIGHUP: a SIGHUP during the drain (a reload
-// signal sent by habit) neither ends the process nor the drain: the tunnel
-// keeps working, and the process exits 0 once it closes.
-func TestServeShutdownIgnoresSIGHUP(t *testing.T) {
-	p, addr, c, br := startShutdownServe(t)
-	done := p.terminate(t)
-	refusesConnections(t, addr)
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(200 * time.Millisecond) // a SIGHUP that ended the process would have by now
-	echoLine(t, c, br, "after SIGHUP")
-	c.Close()
-	select {
-	case r := <-done:
-		if r.err != nil {
-			t.Fatalf("exit: %v, want 0", r.err)
-		}
-	case <-time.After(shutdownGraceTest + 2*time.Second):
-		t.Fatal("egressd did not exit after its last tunnel closed")
-	}
-	if out := p.stdout.String(); !strings.Contains(out, `"drained":1,"closed":0`) {
-		t.Errorf("no shutdown end line with drained 1: %q", out)
 	}
 }
