@@ -289,11 +289,17 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	case g.s.isSelf(dst):
 		g.deny(f, policy.ReasonBadRequest, "original destination is egressd's own listener (not redirected, or a redirect loop)")
 		return
-	case !f.buffer(b):
-		g.deny(f, policy.ReasonHelloTooLarge, fmt.Sprintf("no complete ClientHello within %d datagrams (%d bytes)", len(f.pendLen), len(f.pend)))
-		return
 	}
 	err := f.q.Add(b, &f.hello)
+	if errors.Is(err, sni.ErrDiscarded) {
+		// Not of the attempt (RFC 9000 §12.2): dropped, neither buffered
+		// nor sent on, so a spoofed datagram cannot end or fill the flow.
+		return
+	}
+	if !f.buffer(b) {
+		g.deny(f, policy.ReasonHelloTooLarge, fmt.Sprintf("no complete ClientHello within %d datagrams (%d bytes)", len(f.pendLen)+1, len(f.pend)+len(b)))
+		return
+	}
 	switch {
 	case err == nil:
 		f.c.helloWait = max(time.Since(f.c.start), time.Nanosecond)
@@ -631,7 +637,11 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 			if o.state != flowPending {
 				return o.state == flowRelaying && o.v.Check(b) == nil, nil
 			}
-			return false, g.otherDatagram(f, o, b, o.q.Add(b, &o.hello))
+			err := o.q.Add(b, &o.hello)
+			if errors.Is(err, sni.ErrDiscarded) {
+				return false, nil
+			}
+			return false, g.otherDatagram(f, o, b, err)
 		}
 	}
 	q := initialPool.Get().(*sni.QUICInitial)

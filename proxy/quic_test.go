@@ -513,6 +513,7 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 		// After it is sent: allow lines for the allowed hello, and hellos
 		// for it the server acted on, to wait for (0: none).
 		decisions, acted int
+		corrupt          bool // its last byte flipped: it fails authentication
 	}
 	dcid := func(b byte) []byte { return []byte{9, 8, 7, 6, 5, 4, 3, b} }
 	for _, tc := range []struct {
@@ -548,6 +549,14 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 				{spec: quicInitialSpec{dcid: dcid(6), pn: 0, frames: quicCrypto(0, a)}, decisions: 2}, // short: the server drops it
 				{spec: quicInitialSpec{dcid: dcid(6), pn: 1, frames: quicCrypto(0, e), padTo: 1200}},
 				{spec: quicInitialSpec{dcid: dcid(6), pn: 2, frames: quicCrypto(0, a), padTo: 1200}, acted: 2},
+			}
+		}},
+		{"a corrupted datagram of another connection", nil, func(a, e []byte) []datagram {
+			return []datagram{
+				{spec: quicInitialSpec{dcid: dcid(7), frames: quicCrypto(0, a), padTo: 1200}, decisions: 1, acted: 1},
+				{spec: quicInitialSpec{dcid: dcid(8), pn: 0, frames: quicCrypto(0, a[:6]), padTo: 1200}},
+				{spec: quicInitialSpec{dcid: dcid(8), pn: 1, frames: quicCrypto(6, a[6:]), padTo: 1200}, corrupt: true}, // discarded
+				{spec: quicInitialSpec{dcid: dcid(8), pn: 1, frames: quicCrypto(6, a[6:]), padTo: 1200}, decisions: 2, acted: 2},
 			}
 		}},
 	} {
@@ -587,7 +596,11 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 			const name = "quic.cftunnel.com"
 			allowed, evil := quicClientHello(t, name), quicClientHello(t, "evil-example.test")
 			for i, d := range tc.build(allowed, evil) {
-				if _, err := c.WriteTo(sealQUICInitial(t, d.spec), q.addr); err != nil {
+				p := sealQUICInitial(t, d.spec)
+				if d.corrupt {
+					p[len(p)-1] ^= 1
+				}
+				if _, err := c.WriteTo(p, q.addr); err != nil {
 					t.Fatal(err)
 				}
 				waitFor(t, fmt.Sprintf("%d allow lines after datagram %d", d.decisions, i+1), func() bool {
@@ -607,5 +620,55 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestQUICSpoofedDatagrams: while a flow's hello is incomplete, datagrams
+// from the client's address that are not of its attempt (they do not open
+// with its keys: spoofed, or corrupted on the way) are discarded, as RFC
+// 9000 §12.2 has a server do: they neither end the flow nor fill its
+// buffer, and they are never sent on. The hello's own datagrams then
+// complete it, are allowed, and reach the upstream, alone.
+func TestQUICSpoofedDatagrams(t *testing.T) {
+	e := newEnv(t)
+	up, got := udpSink(t)
+	q := e.startQUIC(t, quicTestPolicy, up.Port())
+	c := q.socket(t, up)
+	send := func(b []byte) {
+		t.Helper()
+		if _, err := c.WriteTo(b, q.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const name = "quic.cftunnel.com"
+	hello := quicClientHello(t, name)
+	dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 0, frames: quicCrypto(0, hello[:100]), padTo: 1200}))
+	corrupt := sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: quicCrypto(100, hello[100:]), padTo: 1200})
+	corrupt[len(corrupt)-1] ^= 1 // fails authentication
+	other := sealQUICInitial(t, quicInitialSpec{dcid: []byte("spoofed!"), pn: 1, frames: quicCrypto(100, hello[100:]), padTo: 1200})
+	short := append([]byte{0x40}, make([]byte, 9000)...) // short header
+	// More datagrams, and more bytes, than a pending flow may buffer (not
+	// so many that the listener's receive buffer drops the hello's own).
+	for range maxPendingDatagrams + 1 {
+		send(corrupt)
+	}
+	for range maxPendingBytes/len(short) + 1 {
+		send(other)
+		send(short)
+	}
+	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: quicCrypto(100, hello[100:]), padTo: 1200}))
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": name, "decision": "allow"})
+	// A retransmission after the decision goes on too; datagrams from
+	// one socket arrive in order, so once it is there, any spoofed one
+	// sent on would be too.
+	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 2, frames: quicCrypto(0, hello[:100]), padTo: 1200}))
+	waitFor(t, "3 datagrams at the upstream", func() bool { return got.Load() >= 3 })
+	if n := got.Load(); n != 3 {
+		t.Errorf("the upstream got %d datagrams, want the hello's 2 and the retransmission", n)
+	}
+	if n := e.countLines(t, "decision", nil); n != 1 {
+		t.Errorf("%d decision lines, want 1:\n%s", n, e.log.buf.String())
 	}
 }

@@ -30,7 +30,8 @@
 //
 // The errors let the caller's read loop tell the cases apart: ErrNeedMore
 // (read more and retry), ErrNotTLS (ErrNotQUIC for QUICInitial), ErrTooLarge
-// and ErrMalformed (give up).
+// and ErrMalformed (give up); for QUICInitial also ErrDiscarded (drop this
+// datagram, which is not of the attempt, and go on).
 //
 // Example: the proxy's bounded read loop.
 //

@@ -234,7 +234,8 @@ func quicFuzzSeeds(f *testing.F) (single [][]byte, pairs [][2][]byte) {
 
 // checkQUICAdds feeds up to three datagrams (empty ones are left out) and
 // checks: no panic; one sentinel error; ErrNotQUIC only from the first Add;
-// results are sticky after anything but ErrNeedMore; on success the hello's
+// ErrDiscarded only after ErrNeedMore, with q unchanged; results are sticky
+// after anything but ErrNeedMore and ErrDiscarded; on success the hello's
 // fingerprints can be computed.
 func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
 	var q QUICInitial
@@ -245,10 +246,19 @@ func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
 		if len(d) == 0 {
 			continue
 		}
+		before := quicState(&q)
 		err := q.Add(d, &h)
 		kind := sentinel(t, err)
 		if kind == ErrNotTLS || (kind == ErrNotQUIC && n > 0 && last != ErrNotQUIC) {
 			t.Fatalf("Add %d: %v", n+1, err)
+		}
+		if kind == ErrDiscarded {
+			// Nothing taken in, and the attempt goes on.
+			if n == 0 || last != ErrNeedMore || quicState(&q) != before {
+				t.Fatalf("Add %d: %v after %v, state %+v then %+v", n+1, err, last, before, quicState(&q))
+			}
+			n++
+			continue
 		}
 		if n > 0 && last != ErrNeedMore && err != last {
 			t.Fatalf("Add %d: %v after %v", n+1, err, last)
@@ -287,6 +297,22 @@ func checkQUICAdds(t *testing.T, datagrams ...[]byte) {
 			t.Fatalf("Check: %v", err)
 		}
 	}
+}
+
+// quicStateSummary is what of a QUICInitial a discarded datagram must not
+// change.
+type quicStateSummary struct {
+	version          uint32
+	largest          int64
+	packets, nranges int
+	ranges           [maxCryptoRanges]cryptoRange
+	parsed           int
+	crypto           string
+	done             bool
+}
+
+func quicState(q *QUICInitial) quicStateSummary {
+	return quicStateSummary{q.version, q.largest, q.packets, q.nranges, q.ranges, q.parsed, string(q.crypto), q.done}
 }
 
 // FuzzQUICInitial feeds one to three datagrams to a QUICInitial. Seeds are

@@ -268,6 +268,12 @@ func u8list8(vs ...uint8) []byte {
 // the test if it is none or more than one of them.
 func sentinel(t testing.TB, err error) error {
 	t.Helper()
+	if errors.Is(err, ErrDiscarded) {
+		if !errors.Is(err, ErrMalformed) {
+			t.Fatalf("error %q is ErrDiscarded without ErrMalformed", err)
+		}
+		return ErrDiscarded
+	}
 	var found error
 	for _, s := range []error{ErrNeedMore, ErrNotQUIC, ErrNotTLS, ErrTooLarge, ErrMalformed} {
 		if errors.Is(err, s) {

@@ -52,6 +52,18 @@ const (
 // packet of a version this package decrypts (v1 0x00000001, v2 0x6b3343cf).
 var ErrNotQUIC = errors.New("sni: not a QUIC v1/v2 Initial packet")
 
+// ErrDiscarded: a datagram after the first one of an attempt fails before
+// any Initial packet in it opens with the attempt's keys (another version
+// or Destination Connection ID, failed authentication, a short header, a
+// truncated header). RFC 9000 §12.2 and RFC 9001 §5.5 have a receiver
+// discard such packets rather than end the connection: anyone who can
+// spoof the client's address can send them, but only someone who saw the
+// Destination Connection ID can make one that opens. Nothing of the
+// datagram was taken in, and it must not be sent on either: a server that
+// decodes its packet number differently might open it. It is returned
+// wrapped together with the ErrMalformed error saying why.
+var ErrDiscarded = errors.New("sni: QUIC datagram discarded")
+
 // QUICInitial collects the client Initial packets of one QUIC connection
 // attempt and recovers the ClientHello from their CRYPTO frames. The zero
 // value is ready to use. Not safe for concurrent use.
@@ -73,6 +85,7 @@ type QUICInitial struct {
 	mask    [aes.BlockSize]byte // header protection mask, likewise
 	largest int64               // largest packet number decrypted, -1 before the first
 	opened  bool                // an Initial packet passed authentication
+	packets int                 // Initial packets that passed authentication
 
 	crypto  []byte                       // CRYPTO stream bytes, len MaxQUICCryptoBytes once allocated
 	ranges  [maxCryptoRanges]cryptoRange // received parts of crypto, sorted, disjoint, not adjacent
@@ -168,14 +181,19 @@ func (q *QUICInitial) Version() uint32 { return q.version }
 //   - ErrNotQUIC: the first packet of the first datagram is not a v1/v2
 //     long-header Initial (short header, other or unknown version, version
 //     negotiation, Retry, 0-RTT, Handshake, or too short to tell).
+//   - ErrDiscarded (wrapped with ErrMalformed): a later datagram fails
+//     before any Initial packet in it opens. q is unchanged and
+//     Add may be called again with the next datagram; the datagram must be
+//     dropped, not sent on.
 //   - ErrTooLarge (wrapped): CRYPTO data reaches past MaxQUICCryptoBytes, the
 //     stream has more than maxCryptoRanges gaps, or the hello declares a
 //     length over MaxHandshakeBytes.
-//   - ErrMalformed (wrapped): a bad or truncated header, a later datagram
-//     that is not an Initial of the attempt's DCID and version, failed AEAD
-//     authentication, non-zero reserved bits, a frame not allowed in Initial
-//     packets (RFC 9000 §12.4), retransmitted CRYPTO bytes that differ from
-//     those received, or the error ParseHandshake returns for the hello.
+//   - ErrMalformed (wrapped): a bad or truncated header, a coalesced
+//     packet that is not an Initial of the attempt's DCID and version or
+//     fails AEAD authentication, non-zero reserved bits, a frame not allowed
+//     in Initial packets (RFC 9000 §12.4), retransmitted CRYPTO bytes that
+//     differ from those received, or the error ParseHandshake returns for
+//     the hello.
 //
 // Header rules: the fixed bit (0x40) must be set unless the Initial carries a
 // token (RFC 9287 §3.1 lets a client clear it only then), and an Initial
@@ -192,7 +210,7 @@ func (q *QUICInitial) Add(datagram []byte, h *Hello) error {
 		return q.err
 	}
 	err := q.add(datagram, h)
-	if err != ErrNeedMore {
+	if err != ErrNeedMore && !errors.Is(err, ErrDiscarded) {
 		q.done, q.err = true, err
 	}
 	return err
@@ -211,14 +229,17 @@ func (q *QUICInitial) add(datagram []byte, h *Hello) error {
 
 // walk takes the packets of one datagram; first says whether no Initial
 // has been accepted yet (an unrecognised datagram is then ErrNotQUIC).
+// A later datagram that fails before any of its Initials opens is
+// ErrDiscarded: nothing of it was taken in.
 func (q *QUICInitial) walk(datagram []byte, first bool) error {
+	opened := q.packets
 	for b, i := datagram, 0; ; i++ {
 		if len(b) == 0 {
 			if i == 0 {
 				if first {
 					return ErrNotQUIC
 				}
-				return quicMalformed("empty datagram")
+				return discarded(quicMalformed("empty datagram"))
 			}
 			break
 		}
@@ -230,18 +251,23 @@ func (q *QUICInitial) walk(datagram []byte, first bool) error {
 				if first {
 					return ErrNotQUIC
 				}
-				return quicMalformed("short header packet")
+				return discarded(quicMalformed("short header packet"))
 			}
 			break
 		}
 		n, err := q.packet(b, first && i == 0)
 		if err != nil {
+			if !first && q.packets == opened {
+				return discarded(err)
+			}
 			return err
 		}
 		b = b[n:]
 	}
 	return nil
 }
+
+func discarded(err error) error { return fmt.Errorf("%w: %w", ErrDiscarded, err) }
 
 // packet handles the long header packet at the start of b and returns its
 // length. notQUIC says whether an unrecognised packet is ErrNotQUIC.
@@ -338,6 +364,7 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 	}
 	// RFC 9000 §17.2: reserved bits must be 0 once protection is removed.
 	q.opened = true
+	q.packets++
 	if p[0]&0x0c != 0 {
 		return 0, quicMalformed("reserved header bits set")
 	}

@@ -594,21 +594,21 @@ func TestQUICCrafted(t *testing.T) {
 		{"21-byte SCID", [][]byte{sealInitial(t, testInitial{frames: whole, scid: make([]byte, 21)})}, []error{ErrMalformed}},
 		{"wrong keys", [][]byte{sealInitial(t, testInitial{frames: whole, keyDCID: []byte("01234567")})}, []error{ErrMalformed}},
 		{"DCID changes", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
-			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrMalformed}},
+			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrDiscarded}},
 		// Keys from the first DCID: only the DCID check rejects it.
 		{"DCID changes, same keys", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
-			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), keyDCID: rfcDCID, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrMalformed}},
+			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), keyDCID: rfcDCID, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrDiscarded}},
 		{"version changes", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
-			sealInitial(t, testInitial{version: quicV2, pn: 1, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrMalformed}},
+			sealInitial(t, testInitial{version: quicV2, pn: 1, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrDiscarded}},
 		{"DCID changes in a coalesced packet", [][]byte{slices.Concat(
 			sealInitial(t, testInitial{frames: cryptoFrame(0, hello[:100])}),
 			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), frames: cryptoFrame(100, hello[100:])}))}, []error{ErrMalformed}},
 		{"later 0-RTT-only datagram", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
 			longHeader(quicV1, pkt0RTT, rfcDCID, nil, 1200), seal(1, cryptoFrame(100, hello[100:]))}, []error{ErrNeedMore, ErrNeedMore, nil}},
-		{"later short header", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {0x40, 1, 2, 3}}, []error{ErrNeedMore, ErrMalformed}},
-		{"later empty datagram", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {}}, []error{ErrNeedMore, ErrMalformed}},
-		{"later unknown version", [][]byte{seal(0, cryptoFrame(0, hello[:100])), longHeader(0xff00001d, pktInitial, rfcDCID, nil, 1200)}, []error{ErrNeedMore, ErrMalformed}},
-		{"later Retry", [][]byte{seal(0, cryptoFrame(0, hello[:100])), longHeader(quicV1, pktRetry, rfcDCID, nil, 1200)}, []error{ErrNeedMore, ErrMalformed}},
+		{"later short header", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {0x40, 1, 2, 3}}, []error{ErrNeedMore, ErrDiscarded}},
+		{"later empty datagram", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {}}, []error{ErrNeedMore, ErrDiscarded}},
+		{"later unknown version", [][]byte{seal(0, cryptoFrame(0, hello[:100])), longHeader(0xff00001d, pktInitial, rfcDCID, nil, 1200)}, []error{ErrNeedMore, ErrDiscarded}},
+		{"later Retry", [][]byte{seal(0, cryptoFrame(0, hello[:100])), longHeader(quicV1, pktRetry, rfcDCID, nil, 1200)}, []error{ErrNeedMore, ErrDiscarded}},
 		// RFC 9000 §A.3: 0x01 in one byte after 0x2fe is 0x301.
 		{"packet number wraps the window", [][]byte{
 			sealInitial(t, testInitial{pn: 0x2fe, pnLen: 2, frames: cryptoFrame(0, hello[:100])}),
@@ -622,7 +622,21 @@ func TestQUICCrafted(t *testing.T) {
 		{"large packet number", [][]byte{sealInitial(t, testInitial{pn: 0x12345678, frames: whole})}, []error{nil}},
 		{"packet number too far from the largest", [][]byte{
 			sealInitial(t, testInitial{pn: 1000, pnLen: 2, frames: cryptoFrame(0, hello[:100])}),
-			sealInitial(t, testInitial{pn: 1200, pnLen: 1, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrMalformed}},
+			sealInitial(t, testInitial{pn: 1200, pnLen: 1, frames: cryptoFrame(100, hello[100:])})}, []error{ErrNeedMore, ErrDiscarded}},
+		// RFC 9000 §12.2: a later datagram nothing of which opens is
+		// discarded, and the attempt goes on; one that opens and is then
+		// wrong came from someone who knows the DCID, and ends it.
+		{"discarded datagrams, then the rest", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
+			sealInitial(t, testInitial{pn: 1, keyDCID: []byte("01234567"), frames: cryptoFrame(100, altered[100:])}),
+			slices.Concat(longHeader(quicV1, pkt0RTT, rfcDCID, nil, 100), []byte{0x40, 1, 2, 3}),
+			slices.Concat(longHeader(quicV1, pkt0RTT, rfcDCID, nil, 100), sealInitial(t, testInitial{pn: 1, keyDCID: []byte("01234567"), frames: cryptoFrame(100, altered[100:])})),
+			seal(1, cryptoFrame(100, hello[100:]))}, []error{ErrNeedMore, ErrDiscarded, ErrNeedMore, ErrDiscarded, nil}},
+		{"later reserved bits", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
+			sealInitial(t, testInitial{pn: 1, frames: cryptoFrame(100, hello[100:]), reserved: 1})}, []error{ErrNeedMore, ErrMalformed}},
+		{"later coalesced packet fails", [][]byte{seal(0, cryptoFrame(0, hello[:100])), slices.Concat(
+			sealInitial(t, testInitial{pn: 1, frames: cryptoFrame(100, hello[100:150])}),
+			sealInitial(t, testInitial{pn: 2, keyDCID: []byte("01234567"), frames: cryptoFrame(150, hello[150:])}))}, []error{ErrNeedMore, ErrMalformed}},
+		{"first datagram fails authentication", [][]byte{sealInitial(t, testInitial{frames: whole, keyDCID: []byte("01234567")}), seal(0, whole)}, []error{ErrMalformed, ErrMalformed}},
 	}
 	// The Length field and the datagram disagree.
 	p := seal(0, whole)
