@@ -31,6 +31,13 @@ const (
 	// passes are well above the recommended 64 MiB and 3 (RFC 9106 §4).
 	maxArgon2Memory = 256 << 10
 	maxArgon2Time   = 10
+	// minArgon2Memory (KiB) and minArgon2Work (KiB × passes) are the floor
+	// below which a leaked users file is cheap to crack, as bcrypt's cost
+	// 10 is for bcrypt: the OWASP Password Storage Cheat Sheet's weakest
+	// argon2id settings, m=7 MiB with t=5, up to m=19 MiB with t=2, all
+	// cost 35-38 MiB-passes.
+	minArgon2Memory = 7 << 10
+	minArgon2Work   = 7 << 10 * 5
 	// maxUsersFileBytes bounds the users file: 10,000 lines of ~100 bytes.
 	maxUsersFileBytes = 4 << 20
 )
@@ -188,6 +195,9 @@ func parsePasswordHash(s string) (pwHash, error) {
 		}
 		if h.memory > maxArgon2Memory || h.time > maxArgon2Time {
 			return pwHash{}, fmt.Errorf("argon2id parameters m=%d t=%d exceed the limits m=%d t=%d: every authentication would pay them", h.memory, h.time, maxArgon2Memory, maxArgon2Time)
+		}
+		if h.memory < minArgon2Memory || uint64(h.memory)*uint64(h.time) < minArgon2Work {
+			return pwHash{}, fmt.Errorf("argon2id parameters m=%d t=%d are too weak: m must be at least %d and m*t at least %d (e.g. m=19456,t=2 or m=65536,t=3); re-hash the password, or use egressd passwd", h.memory, h.time, minArgon2Memory, minArgon2Work)
 		}
 		var err error
 		if h.salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil || len(h.salt) < 8 {

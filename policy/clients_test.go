@@ -21,9 +21,10 @@ var testHash = func() string {
 	return string(h)
 }()
 
-// argonHash is an argon2id PHC hash of "s3cret" (m=64 KiB, t=1, p=1),
-// computed with golang.org/x/crypto/argon2.IDKey and a fixed salt.
-const argonHash = "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHRzYWx0$OIlKV3rvUBXj2pn9CR7zjs5RwXqPrzV+C3QcgWE6YGA"
+// argonHash is an argon2id PHC hash of "s3cret" (m=19456 KiB, t=2, p=1:
+// OWASP's first recommendation), computed with
+// golang.org/x/crypto/argon2.IDKey and the salt "saltsaltsalt".
+const argonHash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aiw2o9oMq/9ebSZcoiTcfCAvRu6fmltcIeT3flB1dAo"
 
 func clientsConfig() string {
 	return `
@@ -165,6 +166,8 @@ func TestClientsDiagnostics(t *testing.T) {
 		{"bad policy mode", "policy \"p\" {\n  mode = \"loose\"\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n", "t.hcl:2:10", "Invalid mode"},
 		{"clear-text password", "user \"u\" {\n  password_hash = \"hunter2\"\n}\n", "t.hcl:1:6", "clear-text passwords are not accepted"},
 		{"low bcrypt cost", "user \"u\" {\n  password_hash = \"$2a$04$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\"\n}\n", "t.hcl:1:6", "below 10"},
+		{"argon2id too little memory", "user \"u\" {\n  password_hash = \"$argon2id$v=19$m=7167,t=10,p=1$c2FsdHNhbHRzYWx0$0+4uSdXbC06vdabP0i3bVbjuG1SFSRGPLy6OoqlCqVg\"\n}\n", "t.hcl:1:6", "too weak"},
+		{"argon2id too little work", "user \"u\" {\n  password_hash = \"$argon2id$v=19$m=19456,t=1,p=1$c2FsdHNhbHRzYWx0$0+4uSdXbC06vdabP0i3bVbjuG1SFSRGPLy6OoqlCqVg\"\n}\n", "t.hcl:1:6", "too weak"},
 		{"argon2id too costly", "user \"u\" {\n  password_hash = \"$argon2id$v=19$m=4194304,t=3,p=1$c2FsdHNhbHRzYWx0$0+4uSdXbC06vdabP0i3bVbjuG1SFSRGPLy6OoqlCqVg\"\n}\n", "t.hcl:1:6", "exceed the limits"},
 		{"duplicate user", "user \"u\" {\n  password_hash = \"" + testHash + "\"\n}\nuser \"u\" {\n  password_hash = \"" + testHash + "\"\n}\n", "t.hcl:4:6", "Duplicate user"},
 		{"user without hash", "user \"u\" {\n}\n", "t.hcl:1:10", "password_hash"},
