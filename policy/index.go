@@ -35,6 +35,21 @@ func (p *Policy) Rules() int {
 	return len(p.allow) + len(p.deny)
 }
 
+// RuleNames yields the policy and rule name of every rule, allow rules
+// first, each in configuration order.
+func (p *Policy) RuleNames(yield func(policy, rule string) bool) {
+	if p == nil {
+		return
+	}
+	for _, rules := range [][]rule{p.allow, p.deny} {
+		for i := range rules {
+			if !yield(rules[i].policy, rules[i].name) {
+				return
+			}
+		}
+	}
+}
+
 // Names returns the policy names in configuration order.
 func (p *Policy) Names() []string {
 	if p == nil {

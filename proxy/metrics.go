@@ -205,6 +205,35 @@ func (m *metrics) decisionCounter(k decisionKey) prometheus.Counter {
 	return ctr
 }
 
+// prune deletes the egressd_decisions_total series of rules that pol
+// does not have (removed or renamed by a reload), so that the series stay
+// bounded by the configuration a long-running egressd has now, not by
+// every configuration it ever had. A connection decided on the old policy
+// and logged after this brings its series back until the next reload.
+func (m *metrics) prune(pol *policy.Policy) {
+	type ruleID struct{ policy, rule string }
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	gone := make(map[ruleID]bool)
+	for k := range m.dec {
+		if k.rule != "" {
+			gone[ruleID{k.policy, k.rule}] = true
+		}
+	}
+	for p, r := range pol.RuleNames {
+		delete(gone, ruleID{p, r})
+	}
+	if len(gone) == 0 {
+		return
+	}
+	for k := range m.dec {
+		if gone[ruleID{k.policy, k.rule}] {
+			m.decisions.DeletePartialMatch(prometheus.Labels{labelPolicy: k.policy, labelRule: k.rule})
+			delete(m.dec, k)
+		}
+	}
+}
+
 // decision records c's decision (the one logDecision logs) and, when a
 // ClientHello was read, how long it took to arrive.
 func (m *metrics) decision(c *conn) {

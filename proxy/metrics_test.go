@@ -17,6 +17,9 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+	"github.com/rs/zerolog"
+
+	"github.com/egressd/egressd/policy"
 )
 
 // serveAdmin serves e.srv's admin endpoints on a loopback port and
@@ -394,5 +397,70 @@ func TestAdminPprofLoopbackOnly(t *testing.T) {
 		if w.Code != tc.want {
 			t.Errorf("GET %s from %s: %d, want %d", tc.path, tc.remote, w.Code, tc.want)
 		}
+	}
+}
+
+// TestMetricsPrunedOnReload: a reload deletes the decision series of
+// rules the new configuration no longer has, and keeps the others and the
+// ones without a rule, so that renaming rules over months of reloads does
+// not grow /metrics without bound.
+func TestMetricsPrunedOnReload(t *testing.T) {
+	parse := func(rules string) *policy.Config {
+		t.Helper()
+		cfg, diags := policy.Parse([]policy.File{{Name: "m.hcl", Src: []byte("policy \"p\" {\n" + rules + "}\n")}})
+		if diags.HasErrors() {
+			t.Fatal(policy.FormatDiagnostics(diags))
+		}
+		return cfg
+	}
+	keep := `  allow "keep" { hosts = ["keep.egress.test"] }` + "\n"
+	gone := `  deny "gone" { hosts = ["gone.egress.test"] }` + "\n"
+	s, err := New(parse(keep+gone), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(rule string, allow bool, reason policy.Reason) {
+		c := &conn{mode: ModeConnect}
+		c.decision = policy.Decision{Allow: allow, Policy: "p", Rule: rule, Reason: reason}
+		if rule == "" {
+			c.decision.Policy = ""
+		}
+		s.metrics.decision(c)
+	}
+	record("keep", true, policy.ReasonAllowed)
+	record("gone", false, policy.ReasonDeniedByRule)
+	record("", false, policy.ReasonNoRule)
+	series := func() map[string]bool {
+		mfs, err := s.metrics.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, mf := range mfs {
+			if mf.GetName() != metricDecisions {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == labelRule && m.GetCounter().GetValue() > 0 {
+						got[l.GetValue()] = true
+					}
+				}
+			}
+		}
+		return got
+	}
+	if got := series(); !got["keep"] || !got["gone"] || !got[""] {
+		t.Fatalf("before the reload: series for rules %v, want keep, gone and none", got)
+	}
+	if err := s.Reload(parse(keep), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := series(); !got["keep"] || got["gone"] || !got[""] {
+		t.Errorf("after a reload without rule gone: series for rules %v, want keep and none", got)
+	}
+	record("gone", false, policy.ReasonDeniedByRule) // decided on the old policy
+	if got := series(); !got["gone"] {
+		t.Errorf("a late decision of the old policy is not counted: %v", got)
 	}
 }

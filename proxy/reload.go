@@ -83,6 +83,7 @@ func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 		}
 	}
 	s.pol.Store(cfg.Policy)
+	s.metrics.prune(cfg.Policy)
 	s.recordReload(true)
 	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())
 	if len(restart) > 0 {
