@@ -693,11 +693,13 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 }
 
 // decideOther decides another connection o of relaying flow f on its
-// hello (err: why there is none) and logs the decision.
+// hello (err: why there is none) and logs the decision. It is decided on
+// the address its datagrams go to, the flow's upstream: under
+// verify_destination = "redirect" that is not the original destination.
 func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
 	s := g.s
 	c := s.newConnFrom(ModeQUIC, f.key.client)
-	c.host, c.port = f.c.host, f.c.port
+	c.host, c.port, c.dst = f.c.host, f.c.port, f.c.dst
 	c.helloWait = max(time.Since(o.start), time.Nanosecond)
 	switch {
 	case errors.Is(err, sni.ErrTooLarge):
@@ -705,7 +707,7 @@ func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
 	case err != nil:
 		c.refuse(policy.ReasonHelloMalformed, err.Error())
 	default:
-		r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
+		r := policy.Request{Addr: f.c.dst.Addr(), Port: f.c.dst.Port(), Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
 		if s.decide(c, &r, &o.hello, true) {
 			if name := helloName(&r); name != f.sni && !s.dstKnown(c.decision, r.Addr, name) {
 				c.refuse(policy.ReasonDstMismatch, fmt.Sprintf("another QUIC connection on the socket of flow %d names %s, which %s is not known to serve (decided without a DNS query)", f.c.id, name, r.Addr))

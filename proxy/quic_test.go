@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -670,5 +671,81 @@ func TestQUICSpoofedDatagrams(t *testing.T) {
 	}
 	if n := e.countLines(t, "decision", nil); n != 1 {
 		t.Errorf("%d decision lines, want 1:\n%s", n, e.log.buf.String())
+	}
+}
+
+// TestQUICRedirectOtherConnection: under verify_destination = "redirect"
+// a flow's datagrams go to the SNI name's address, not the original
+// destination. Another connection the client opens on the same socket
+// is decided on that address too: a rule opening the original
+// destination does not let its hello reach the redirected upstream.
+func TestQUICRedirectOtherConnection(t *testing.T) {
+	e := newEnv(t)
+	pc := listenUDP(t, "127.0.0.1:0")
+	var mu sync.Mutex
+	var seen []string // the SNI of every hello the server acted on
+	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
+		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			mu.Lock()
+			seen = append(seen, chi.ServerName)
+			mu.Unlock()
+			return nil, nil
+		}}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			if _, err := ln.Accept(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	up := pc.LocalAddr().(*net.UDPAddr).AddrPort() // allowed.egress.test's address
+	q := e.startQUIC(t, `
+server {
+  allow_private_destinations = true # allowed.egress.test is on loopback
+  hello_timeout              = "2s"
+  idle_timeout               = "1m"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "api" {
+    hosts              = ["allowed.egress.test"]
+    ports              = [QUIC_PORT]
+    protocols          = ["quic"]
+    verify_destination = "redirect"
+  }
+  allow "lab" {
+    cidrs     = ["127.0.0.2/32"]
+    ports     = [QUIC_PORT]
+    protocols = ["quic"]
+  }
+}`, up.Port())
+	orig := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), up.Port())
+	tr := &quic.Transport{Conn: q.socket(t, orig)}
+	t.Cleanup(func() { tr.Close() })
+	dial := func(name string) (*quic.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return tr.Dial(ctx, q.addr, &tls.Config{ServerName: name, RootCAs: e.ca.pool, InsecureSkipVerify: name != "allowed.egress.test",
+			NextProtos: []string{quicALPN}}, quicTestConfig())
+	}
+	first, err := dial("allowed.egress.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.CloseWithError(0, "")
+	e.waitLog(t, "decision", map[string]any{"sni": "allowed.egress.test", "decision": "allow", "rule": "api"})
+	if c, err := dial("evil.example"); err == nil {
+		c.CloseWithError(0, "")
+		t.Errorf("a connection for evil.example was established through the redirected flow")
+	}
+	e.waitLog(t, "decision", map[string]any{"sni": "evil.example", "decision": "deny", "dst": up.String()})
+	mu.Lock()
+	defer mu.Unlock()
+	if slices.Contains(seen, "evil.example") {
+		t.Errorf("the upstream %s (allowed.egress.test) acted on a hello for evil.example, decided for %s: %q", up, orig, seen)
 	}
 }
