@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -503,7 +504,7 @@ func (g *quicGateway) sweep() {
 
 func (g *quicGateway) expire(now time.Time) {
 	hello, idle := g.s.cfg.HelloTimeout, g.s.cfg.IdleTimeout
-	var timedOut, ended []*flow
+	var timedOut, ended, waiting []*flow
 	g.mu.Lock()
 	for k, f := range g.flows {
 		f.mu.Lock()
@@ -518,6 +519,8 @@ func (g *quicGateway) expire(now time.Time) {
 				ended = append(ended, f)
 				f.state = flowClosed
 				delete(g.flows, k)
+			} else if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {
+				waiting = append(waiting, f)
 			}
 		case flowDenied:
 			if now.After(f.holdUntil) {
@@ -535,6 +538,14 @@ func (g *quicGateway) expire(now time.Time) {
 		}
 		f.mu.Unlock()
 	}
+	for _, f := range waiting {
+		f.mu.Lock()
+		if f.state == flowRelaying {
+			g.abandonOthers(f, false, now.Add(-hello), policy.ReasonHelloTimeout,
+				"another QUIC connection on the flow's socket: no complete ClientHello within "+hello.String()+" (%d datagrams)")
+		}
+		f.mu.Unlock()
+	}
 	for _, f := range ended {
 		g.end(f)
 	}
@@ -543,6 +554,9 @@ func (g *quicGateway) expire(now time.Time) {
 // end closes a relaying flow's sockets and logs its close line. The flow is
 // already out of the table and marked closed.
 func (g *quicGateway) end(f *flow) {
+	f.mu.Lock()
+	g.abandonOthers(f, true, time.Time{}, policy.ReasonClientClosed, "the flow ended before another QUIC connection's ClientHello was complete (%d datagrams)")
+	f.mu.Unlock()
 	_ = f.up.Close()
 	_ = f.reply.Close()
 	f.slot.free()
@@ -550,12 +564,13 @@ func (g *quicGateway) end(f *flow) {
 	g.s.logClose(f.c, f.bytesUp.Load(), f.bytesDown.Load())
 }
 
-// close stops the gateway: every flow is closed (relaying ones logged).
+// close stops the gateway: every flow is closed (relaying ones logged
+// with a close line, pending ones with their decision line).
 func (g *quicGateway) close() {
 	_ = g.pc.Close()
 	g.mu.Lock()
 	g.closed = true
-	var ended []*flow
+	var ended, pending []*flow
 	for k, f := range g.flows {
 		f.mu.Lock()
 		switch f.state {
@@ -563,6 +578,8 @@ func (g *quicGateway) close() {
 			ended = append(ended, f)
 		case flowDeciding:
 			// decide still reads the hello; it releases the flow.
+		case flowPending:
+			pending = append(pending, f)
 		default:
 			f.release()
 			f.slot.free()
@@ -572,6 +589,14 @@ func (g *quicGateway) close() {
 		delete(g.flows, k)
 	}
 	g.mu.Unlock()
+	for _, f := range pending {
+		f.mu.Lock()
+		f.c.refuse(policy.ReasonClientClosed, fmt.Sprintf("closed by shutdown before the ClientHello was complete (%d datagrams)", len(f.pendLen)))
+		g.s.logDecision(f.c)
+		f.release()
+		f.slot.free()
+		f.mu.Unlock()
+	}
 	for _, f := range ended {
 		g.end(f)
 	}
@@ -613,6 +638,7 @@ type otherConn struct {
 	v     *sni.QUICVerifier // once allowed
 	hello sni.Hello
 	pend  [][]byte // its datagrams while pending
+	size  int      // their bytes; pend is bounded like a flow's
 	start time.Time
 }
 
@@ -670,10 +696,11 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 // reassembly said err, and decides o once that is final; it returns o's
 // held datagrams when o is allowed.
 func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) [][]byte {
-	if len(o.pend) >= maxPendingDatagrams {
-		err = fmt.Errorf("no complete ClientHello within %d datagrams: %w", maxPendingDatagrams, sni.ErrTooLarge)
+	if len(o.pend) >= maxPendingDatagrams || o.size+len(b) > maxPendingBytes {
+		err = fmt.Errorf("no complete ClientHello within %d datagrams (%d bytes): %w", len(o.pend)+1, o.size+len(b), sni.ErrTooLarge)
 	} else {
 		o.pend = append(o.pend, bytes.Clone(b))
+		o.size += len(b)
 	}
 	if errors.Is(err, sni.ErrNeedMore) {
 		return nil
@@ -683,7 +710,7 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 	initialPool.Put(o.q)
 	o.q = nil
 	send := o.pend
-	o.pend = nil
+	o.pend, o.size = nil, 0
 	if g.decideOther(f, o, err) {
 		o.state, o.v = flowRelaying, v
 		return send
@@ -698,8 +725,7 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 // verify_destination = "redirect" that is not the original destination.
 func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
 	s := g.s
-	c := s.newConnFrom(ModeQUIC, f.key.client)
-	c.host, c.port, c.dst = f.c.host, f.c.port, f.c.dst
+	c := g.otherConn(f)
 	c.helloWait = max(time.Since(o.start), time.Nanosecond)
 	switch {
 	case errors.Is(err, sni.ErrTooLarge):
@@ -716,4 +742,28 @@ func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
 	}
 	s.logDecision(c)
 	return c.decision.Allow
+}
+
+// otherConn is the conn another connection on flow f is logged as.
+func (g *quicGateway) otherConn(f *flow) *conn {
+	c := g.s.newConnFrom(ModeQUIC, f.key.client)
+	c.host, c.port, c.dst = f.c.host, f.c.port, f.c.dst
+	return c
+}
+
+// abandonOthers refuses, with reason and a line each, the other
+// connections of f whose hello is still incomplete and, unless all,
+// started before since. f.mu must be held.
+func (g *quicGateway) abandonOthers(f *flow, all bool, since time.Time, r policy.Reason, detail string) {
+	for _, o := range f.others {
+		if o.state != flowPending || !all && o.start.After(since) {
+			continue
+		}
+		o.q.Reset()
+		initialPool.Put(o.q)
+		c := g.otherConn(f)
+		c.refuse(r, fmt.Sprintf(detail, len(o.pend)))
+		g.s.logDecision(c)
+		o.state, o.q, o.pend, o.size = flowDenied, nil, nil, 0
+	}
 }

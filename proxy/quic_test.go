@@ -749,3 +749,80 @@ policy "p" {
 		t.Errorf("the upstream %s (allowed.egress.test) acted on a hello for evil.example, decided for %s: %q", up, orig, seen)
 	}
 }
+
+// TestQUICOtherConnectionPending: another connection's hello on a
+// relaying flow is held within the flow's bounds (32 KiB), within
+// hello_timeout, and not past the flow's end, each with its decision line.
+func TestQUICOtherConnectionPending(t *testing.T) {
+	e := newEnv(t)
+	up, _ := udpSink(t)
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	c := q.socket(t, up)
+	send := func(p quicInitialSpec) {
+		t.Helper()
+		if _, err := c.WriteTo(sealQUICInitial(t, p), q.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dcid := func(b byte) []byte { return []byte{b, b, b, b, b, b, b, b} }
+	// incomplete: first flights whose CRYPTO never starts at offset 0.
+	incomplete := func(id byte, n, size int) {
+		for pn := range n {
+			send(quicInitialSpec{dcid: dcid(id), pn: uint32(pn), frames: quicCrypto(100+10*pn, []byte("xxxxx")), padTo: size})
+		}
+	}
+	refused := func(reason string) {
+		t.Helper()
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": reason})
+	}
+	send(quicInitialSpec{dcid: dcid(1), frames: quicCrypto(0, quicClientHello(t, "quic.cftunnel.com")), padTo: 1200})
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+
+	incomplete(2, maxPendingBytes/9000+1, 9000)
+	refused("hello_too_large")
+	incomplete(3, 1, 1200) // hello_timeout is 1s
+	refused("hello_timeout")
+	incomplete(4, 1, 1200)
+	waitFor(t, "another connection pending", func() bool {
+		g := q.g.Load()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, f := range g.flows {
+			f.mu.Lock()
+			n := len(f.others)
+			f.mu.Unlock()
+			if n == 3 {
+				return true
+			}
+		}
+		return false
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	refused("client_closed")
+	if n := e.countLines(t, "decision", nil); n != 4 {
+		t.Errorf("%d decision lines, want 4 (the flow and three other connections):\n%s", n, e.log.buf.String())
+	}
+}
+
+// TestQUICPendingAtShutdown: a flow still collecting its hello when
+// egressd shuts down has its decision line.
+func TestQUICPendingAtShutdown(t *testing.T) {
+	e := newEnv(t)
+	up, got := udpSink(t)
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `hello_timeout = "1s"`, `hello_timeout = "30s"`, 1), up.Port())
+	c := q.socket(t, up)
+	h := quicClientHello(t, "quic.cftunnel.com")
+	if _, err := c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: quicCrypto(0, h[:len(h)/2]), padTo: 1200}), q.addr); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the pending flow", func() bool { return q.flows() == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e.srv.Shutdown(ctx)
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "client_closed"})
+	if n := e.countLines(t, "decision", nil); n != 1 || got.Load() != 0 {
+		t.Errorf("%d decision lines, %d datagrams upstream; want 1 and 0:\n%s", n, got.Load(), e.log.buf.String())
+	}
+}
