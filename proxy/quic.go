@@ -653,7 +653,10 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	}
 	id, ok := sni.InitialDCID(b)
 	if !ok {
-		return true, nil
+		// Not a first flight, unless an Initial hides behind a 0-RTT or
+		// Handshake packet, which no client sends: dropped, or its
+		// hello would reach the server unscreened.
+		return !sni.InitialAfterOther(b), nil
 	}
 	if id == f.verify.ConnID() {
 		return f.verify.Check(b) == nil, nil

@@ -826,3 +826,38 @@ func TestQUICPendingAtShutdown(t *testing.T) {
 		t.Errorf("%d decision lines, %d datagrams upstream; want 1 and 0:\n%s", n, got.Load(), e.log.buf.String())
 	}
 }
+
+// TestQUICInitialBehind0RTT: on a relaying flow, a datagram that starts
+// with a 0-RTT packet and carries another connection's Initial behind it
+// is dropped; a first look at the first packet alone would relay it
+// unscreened.
+func TestQUICInitialBehind0RTT(t *testing.T) {
+	e := newEnv(t)
+	up, got := udpSink(t)
+	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	c := q.socket(t, up)
+	send := func(b []byte) {
+		t.Helper()
+		if _, err := c.WriteTo(b, q.addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	allowed := quicCrypto(0, quicClientHello(t, "quic.cftunnel.com"))
+	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: allowed, padTo: 1200}))
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+	waitFor(t, "the hello at the upstream", func() bool { return got.Load() == 1 })
+
+	evil := []byte("evil-0rtt")
+	zeroRTT := append([]byte{0xd0, 0, 0, 0, 1, byte(len(evil))}, evil...) // v1 0-RTT, DCID "evil-0rtt"
+	zeroRTT = append(zeroRTT, 0, 0x40, 20)                                // no SCID, Length 20
+	zeroRTT = append(zeroRTT, make([]byte, 20)...)
+	send(append(zeroRTT, sealQUICInitial(t, quicInitialSpec{dcid: evil, frames: quicCrypto(0, quicClientHello(t, "evil-example.test")), padTo: 1200})...))
+	// A retransmission of the allowed hello goes on; datagrams from one
+	// socket arrive in order, so once it is there the other would be too.
+	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: allowed, padTo: 1200}))
+	waitFor(t, "the retransmission at the upstream", func() bool { return got.Load() >= 2 })
+	if n := got.Load(); n != 2 {
+		t.Errorf("the upstream got %d datagrams, want the hello and its retransmission only", n)
+	}
+}

@@ -330,6 +330,9 @@ func FuzzQUICInitial(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b, c []byte) {
 		checkQUICAdds(t, a, b, c)
+		if _, ok := InitialDCID(a); ok && InitialAfterOther(a) {
+			t.Fatal("InitialAfterOther for a datagram that starts with an Initial")
+		}
 		// A datagram that opens as a connection attempt has the
 		// Destination Connection ID InitialDCID reads without keys.
 		var q QUICInitial

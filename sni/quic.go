@@ -661,6 +661,46 @@ func InitialDCID(datagram []byte) (id QUICConnID, ok bool) {
 	return id, true
 }
 
+// InitialAfterOther reports whether datagram holds a v1 or v2 Initial
+// packet after a long-header packet of another type (0-RTT, Handshake),
+// walking the coalesced packets by their Length fields without
+// decrypting. Clients put their Initial first (RFC 9000 §12.2 has
+// senders coalesce in order of encryption level), so such a datagram is
+// not a client's; a first look that stops at the first packet
+// (InitialDCID) would miss the Initial, which a server may still take.
+func InitialAfterOther(datagram []byte) bool {
+	other := false
+	for b := datagram; len(b) >= 5 && b[0]&0x80 != 0; {
+		_, typ, ok := longHeaderType(b)
+		if !ok || typ == pktRetry {
+			return false
+		}
+		if typ == pktInitial && other {
+			return true
+		}
+		other = other || typ != pktInitial
+		r := quicReader(b[5:])
+		_, ok1 := r.cid()
+		_, ok2 := r.cid()
+		var token []byte
+		if !ok1 || !ok2 || typ == pktInitial && !r.bytesVarint(&token) {
+			return false
+		}
+		length, ok := r.varint()
+		if !ok || length > uint64(len(r)) {
+			return false
+		}
+		b = r[length:]
+	}
+	return false
+}
+
+// bytesVarint reads a varint length and that many bytes.
+func (r *quicReader) bytesVarint(out *[]byte) bool {
+	n, ok := r.varint()
+	return ok && r.bytes(out, n)
+}
+
 // cid reads a connection ID: a length byte, at most 20 for v1 and v2.
 func (r *quicReader) cid() ([]byte, bool) {
 	if len(*r) == 0 || (*r)[0] > maxCIDLen {

@@ -729,6 +729,37 @@ func TestInitialDCID(t *testing.T) {
 	}
 }
 
+// TestInitialAfterOther: an Initial coalesced after a 0-RTT or Handshake
+// packet is found; an Initial first, or none, is not.
+func TestInitialAfterOther(t *testing.T) {
+	v1 := readHexFile(t, "rfc9001-a2-client-initial.hex")
+	zeroRTT := longHeader(quicV1, pkt0RTT, rfcDCID, nil, 100)
+	handshake := longHeader(quicV1, pktHandshake, rfcDCID, nil, 100)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"Initial alone", v1, false},
+		{"Initial, then 0-RTT", slices.Concat(v1, zeroRTT), false},
+		{"two Initials", slices.Concat(v1, v1), false},
+		{"Initial, 0-RTT, Initial", slices.Concat(v1, zeroRTT, v1), true},
+		{"0-RTT, then Initial", slices.Concat(zeroRTT, v1), true},
+		{"Handshake, 0-RTT, then Initial", slices.Concat(handshake, zeroRTT, v1), true},
+		{"0-RTT, then a short header", slices.Concat(zeroRTT, []byte{0x40, 1, 2, 3}), false},
+		{"0-RTT, then an Initial of another version", slices.Concat(zeroRTT, longHeader(0xff00001d, pktInitial, rfcDCID, nil, 100)), false},
+		{"0-RTT whose Length passes the datagram", zeroRTT[:len(zeroRTT)-1], false},
+		{"0-RTT whose payload holds an Initial", slices.Concat(longHeaderPrefix(quicV1, pkt0RTT, rfcDCID, nil), []byte{0x40 | byte(len(v1)>>8), byte(len(v1))}, v1), false},
+		{"0-RTT, then a truncated Initial header", slices.Concat(zeroRTT, v1[:3]), false},
+		{"short header", []byte{0x40, 1, 2, 3, 4, 5, 6}, false},
+		{"empty", nil, false},
+	} {
+		if got := InitialAfterOther(tc.b); got != tc.want {
+			t.Errorf("%s: InitialAfterOther = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 // TestQUICVerifier: once the hello is decided, a later Initial of the
 // attempt goes on only if it carries the decided hello's bytes. The
 // attacks it stops: an allowed hello in packets a server drops (a short
