@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -124,7 +125,7 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, t
 		c.helloWait = max(time.Since(helloStart), time.Nanosecond)
 		hello = &f.hello
 	}
-	t, ok := s.decideHello(c, r, hello, false, t)
+	t, ok := s.decideHello(tr.ctx, c, r, hello, false, t)
 	if !ok {
 		s.logDecision(c)
 		return false
@@ -138,16 +139,33 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, t
 // releases f.
 func (s *Server) dialAndRelay(c *conn, client net.Conn, f *firstBytes, t Target, tr *tracked, end func()) bool {
 	defer f.release()
-	up := s.dial(context.Background(), c, t, "tcp")
+	up := s.dial(tr.ctx, c, t, "tcp")
+	if tr.ctx.Err() != nil { // Shutdown gave up waiting: nothing goes upstream
+		if up != nil {
+			up.Close()
+			up = nil
+		}
+		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
+	}
 	s.logDecision(c)
 	if up == nil {
 		return false
 	}
-	if _, err := up.Write(f.bytes()); err != nil {
+	// The first bytes must leave within dial_timeout (an upstream that
+	// accepts and does not read would hold the tunnel before its idle
+	// watch starts), and a forced Shutdown cuts them short too.
+	_ = up.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
+	stop := context.AfterFunc(tr.ctx, func() { _ = up.SetWriteDeadline(time.Unix(1, 0)) })
+	n, err := up.Write(f.bytes())
+	if !stop() || err != nil {
 		up.Close()
-		s.logClose(c, 0, 0)
+		if err == nil {
+			err = errors.New("closed by shutdown")
+		}
+		s.logCloseFailed(c, int64(n), 0, fmt.Errorf("writing the first bytes upstream: %w", err))
 		return false
 	}
+	_ = up.SetWriteDeadline(time.Time{})
 	sent := int64(f.n)
 	f.release()
 	c.dropHello() // the log lines are written; the relay keeps only what logClose needs
@@ -173,14 +191,14 @@ func (s *Server) relayDone(c *conn, sent int64, end func()) func(up, down int64)
 // one), fingerprinted for TLS over TCP or QUIC, and verifies a transparent
 // request's destination against the deciding rule. It returns the target
 // to dial and whether to dial it; c.decision says why not.
-func (s *Server) decideHello(c *conn, r *policy.Request, hello *sni.Hello, quic bool, t Target) (Target, bool) {
+func (s *Server) decideHello(ctx context.Context, c *conn, r *policy.Request, hello *sni.Hello, quic bool, t Target) (Target, bool) {
 	if !s.decide(c, r, hello, quic) {
 		return t, false
 	}
 	if !r.Transparent {
 		return t, true
 	}
-	return s.verifyDst(c, t, helloName(r))
+	return s.verifyDst(ctx, c, t, helloName(r))
 }
 
 // decide fingerprints hello (nil: none) into c and r and records the

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -562,4 +563,69 @@ func TestConnectDecisionLineWithoutTunnel(t *testing.T) {
 			t.Errorf("%d decision lines, want 1", n)
 		}
 	})
+}
+
+// TestTunnelCutBeforeRelay: the steps of an allowed tunnel between the
+// decision and the relay (the dial, the first bytes' write upstream) are
+// bounded: a forced Shutdown cuts them at once, and an upstream that does
+// not read gets dial_timeout to take the first bytes.
+func TestTunnelCutBeforeRelay(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		dial     func(ctx context.Context) (net.Conn, error)
+		shutdown bool
+		want     map[string]any // the line that ends the tunnel
+	}{
+		{"Shutdown during the dial", func(ctx context.Context) (net.Conn, error) {
+			<-ctx.Done() // an upstream that never answers the SYN
+			return nil, ctx.Err()
+		}, true, map[string]any{"message": "decision", "decision": "deny", "reason": "client_closed", "detail": "closed by shutdown"}},
+		{"Shutdown during the first write", nil, true, map[string]any{"message": "close", "bytes_up": 0}},
+		{"an upstream that does not read", nil, false, map[string]any{"message": "close", "bytes_up": 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.start(t, strings.Replace(baseConfig, "server {", "server {\n  dial_timeout = \"1s\"", 1))
+			dialing := make(chan struct{}, 1)
+			dial := tc.dial
+			if dial == nil { // an upstream that never reads
+				c, peer := net.Pipe()
+				t.Cleanup(func() { peer.Close() }) // before e's: ends a write that was not cut
+				dial = func(context.Context) (net.Conn, error) { return c, nil }
+			}
+			e.srv.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+				dialing <- struct{}{}
+				return dial(ctx)
+			}
+			c, _, resp := e.connect(t, "allowed.egress.test:"+strconv.Itoa(e.tlsPort))
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("status %d", resp.StatusCode)
+			}
+			c.Write(clientHelloBytes("allowed.egress.test"))
+			<-dialing
+			if tc.shutdown {
+				time.Sleep(50 * time.Millisecond) // into the dial or the write
+				ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+				defer cancel()
+				done := make(chan struct{})
+				start := time.Now()
+				go func() { e.srv.Shutdown(ctx); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(3 * time.Second):
+					t.Fatalf("Shutdown with a 200ms grace has not returned after 3s:\n%s", e.log.String())
+				}
+				if el := time.Since(start); el > 900*time.Millisecond {
+					t.Errorf("Shutdown with a 200ms grace took %v (dial_timeout is 1s)", el)
+				}
+			}
+			msg := tc.want["message"].(string)
+			want := maps.Clone(tc.want)
+			delete(want, "message")
+			e.waitLog(t, msg, want)
+			if n := e.countLines(t, "decision", nil); n != 1 {
+				t.Errorf("%d decision lines, want 1:\n%s", n, e.log.String())
+			}
+		})
+	}
 }

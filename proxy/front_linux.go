@@ -193,7 +193,7 @@ func (s *Server) newFront(ln net.Listener, tproxy bool) (net.Listener, func()) {
 	f.timer = time.AfterFunc(time.Hour, f.wake)
 	f.timer.Stop()
 	s.wg.Add(1)
-	f.tr = &tracked{abort: f.abort}
+	f.tr = newTracked(nil, f.abort)
 	s.tunnels[f.tr] = struct{}{}
 	return frontListener{ln, f}, f.run
 }
@@ -812,7 +812,7 @@ func (f *front) handOff(p *frontConn, name string) {
 			s.untrack(tr)
 			sl.free()
 		}
-		t, ok := s.verifyDst(c, t, name)
+		t, ok := s.verifyDst(tr.ctx, c, t, name)
 		if !ok {
 			s.logDecision(c)
 			fb.release()
@@ -836,7 +836,7 @@ func (f *front) fail(p *frontConn) {
 // closeRelaying closes a connection whose decision line was written
 // (allowed and connected) before it could relay.
 func (f *front) closeRelaying(p *frontConn) {
-	f.s.logClose(p.c, 0, 0)
+	f.s.logClose(p.c, int64(p.written), 0)
 	f.drop(p)
 }
 

@@ -342,6 +342,50 @@ func TestFrontHelloShortWrite(t *testing.T) {
 	}
 }
 
+// TestFrontHelloStalledCloseBytes: a hello whose write upstream stalls
+// until dial_timeout (an upstream that does not read) ends the tunnel,
+// and the close line counts the part that was written.
+func TestFrontHelloStalledCloseBytes(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, frontConfig)
+	e.srv.frontSndBuf = 4096
+	g := e.serveGateway(t)
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return setsockopts(rc, sockopt{syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048, "SO_RCVBUF"})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+	}()
+	var protos []string
+	for i := range 44 {
+		protos = append(protos, fmt.Sprintf("%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	hello := capturedHello(&tls.Config{ServerName: "x.egress.test", NextProtos: protos})
+	c := g.dial(t, ln.Addr().String())
+	if _, err := c.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	up := <-accepted
+	defer up.Close()
+	line := e.waitLog(t, "close", nil) // after dial_timeout
+	up.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _ := io.Copy(io.Discard, up)
+	if n == 0 || n >= int64(len(hello)) {
+		t.Fatalf("the upstream got %d of the %d-byte hello: the test did not stall the write", n, len(hello))
+	}
+	if got := line["bytes_up"]; got != float64(n) {
+		t.Errorf("close line bytes_up %v, the upstream got %d", got, n)
+	}
+}
+
 // TestFrontShutdownUnderLoad: Shutdown, which closes the listener while
 // holding the server's lock, returns while connections keep arriving (the
 // loop must not hold the listener's descriptor while it handles them, which

@@ -390,7 +390,7 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	}
 	var up *net.UDPConn
 	var reply quicReplier
-	if t, ok := s.decideHello(c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
+	if t, ok := s.decideHello(context.Background(), c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
 		up, reply = g.open(c, t, f.key.dst)
 	}
 	s.logDecision(c)

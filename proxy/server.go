@@ -384,6 +384,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.mu.Lock()
 		s.forcing = true
 		for t := range s.tunnels {
+			t.cancel()
 			if t.abort != nil {
 				t.abort() // a relaying tunnel (or the front loop): it closes its sockets
 			} else if t.client != nil {
@@ -413,6 +414,11 @@ func (s *Server) isClosing() bool {
 type tracked struct {
 	client net.Conn
 	abort  func()
+	// ctx is cancelled when Shutdown gives up waiting (and when the
+	// tunnel ends): it bounds the tunnel's destination check, dial and
+	// first write, which have no client socket to close.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 // track registers an open tunnel; it returns nil once Shutdown began.
@@ -433,8 +439,14 @@ func (s *Server) register(c net.Conn, stop *bool) *tracked {
 		return nil
 	}
 	s.wg.Add(1)
-	t := &tracked{client: c}
+	t := newTracked(c, nil)
 	s.tunnels[t] = struct{}{}
+	return t
+}
+
+func newTracked(client net.Conn, abort func()) *tracked {
+	t := &tracked{client: client, abort: abort}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
 	return t
 }
 
@@ -457,6 +469,7 @@ func (s *Server) relaying(t *tracked, abort func()) {
 }
 
 func (s *Server) untrack(t *tracked) {
+	t.cancel()
 	s.mu.Lock()
 	delete(s.tunnels, t)
 	s.mu.Unlock()

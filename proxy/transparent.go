@@ -203,12 +203,12 @@ func (s *Server) dstKnown(d policy.Decision, a netip.Addr, sni string) bool {
 // exact hosts. It returns the target to dial: t itself, or under
 // verify_destination = "redirect" the SNI name. ok is false after c was
 // refused with dst_mismatch (or dns_error).
-func (s *Server) verifyDst(c *conn, t Target, sni string) (Target, bool) {
+func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (Target, bool) {
 	d := c.decision
 	if s.policy().RuleHasCIDR(d, t.Addr) {
 		return t, true
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), verifyTimeout)
+	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
 	names := make([]string, 0, 4)
 	if sni != "" {
