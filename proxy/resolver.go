@@ -22,6 +22,11 @@ const (
 	// handful of addresses (well under 1 KiB), so the cache stays below a
 	// few MiB however many distinct names clients ask for.
 	maxCacheEntries = 4096
+	// cacheEvictTo is what a full cache is cut down to: a tenth of the
+	// entries go at once, so the scan of the whole cache (under r.mu, which
+	// the transparent front loop takes through Knows) runs once per ~400
+	// new names, not once per name.
+	cacheEvictTo = maxCacheEntries * 9 / 10
 	// maxCacheTTL caps how long an answer is reused, so a record published
 	// with an absurd TTL cannot pin a stale address for days.
 	maxCacheTTL = time.Hour
@@ -301,21 +306,20 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 	return slices.Contains(list, a)
 }
 
-// evictLocked drops expired entries, and if none were expired, an arbitrary
-// tenth of the cache, so a flood of names costs a bounded amount of work.
+// evictLocked drops expired entries, then arbitrary ones until at most
+// cacheEvictTo are left, so a flood of names costs a bounded amount of work
+// per name.
 func (r *Resolver) evictLocked(now time.Time) {
 	for k, e := range r.cache {
 		if !now.Before(e.keepUntil()) {
 			delete(r.cache, k)
 		}
 	}
-	n := len(r.cache) / 10
 	for k := range r.cache {
-		if len(r.cache) < maxCacheEntries || n <= 0 {
+		if len(r.cache) <= cacheEvictTo {
 			break
 		}
 		delete(r.cache, k)
-		n--
 	}
 }
 

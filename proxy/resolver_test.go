@@ -229,3 +229,70 @@ func TestVerifyRateLimitUncached(t *testing.T) {
 		t.Errorf("a Verify minVerifyRefresh later sent %d queries, want 2", n)
 	}
 }
+
+// TestResolverCacheEviction: a full cache is cut down to cacheEvictTo at
+// once, so the whole-cache scan runs once per maxCacheEntries-cacheEvictTo
+// new names. Before, it dropped one entry per new name and rescanned all
+// of them every time, under the lock the transparent front loop takes.
+func TestResolverCacheEviction(t *testing.T) {
+	for _, tc := range []struct {
+		path string
+		add  func(r *Resolver, name string)
+	}{
+		{"store", func(r *Resolver, name string) {
+			r.store(name, []netip.Addr{netip.MustParseAddr("127.0.0.2")}, time.Minute)
+		}},
+		{"Remember", func(r *Resolver, name string) {
+			m := new(dns.Msg)
+			m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+			rr, _ := dns.NewRR(dns.Fqdn(name) + " 60 IN A 127.0.0.2")
+			m.Answer = append(m.Answer, rr)
+			r.Remember(name, m)
+		}},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			r, err := NewResolver([]string{"127.0.0.1:1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			now := time.Unix(1000, 0)
+			r.now = func() time.Time { return now }
+			size := func() int {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return len(r.cache)
+			}
+			for i := range maxCacheEntries {
+				tc.add(r, fmt.Sprintf("n%d.test", i))
+			}
+			if n := size(); n != maxCacheEntries {
+				t.Fatalf("%d entries after filling, want %d", n, maxCacheEntries)
+			}
+			tc.add(r, "overflow.test")
+			if n := size(); n != cacheEvictTo+1 {
+				t.Errorf("%d entries after one over the limit, want %d (cut to cacheEvictTo, plus the new one)", n, cacheEvictTo+1)
+			}
+			if !r.Knows("overflow.test", netip.MustParseAddr("127.0.0.2")) {
+				t.Error("the name added on overflow is not cached")
+			}
+			// An eviction is a drop in size; count them over as many new
+			// names again as the cache holds.
+			const names = maxCacheEntries
+			limit := names/(maxCacheEntries-cacheEvictTo) + 1
+			evictions, last := 0, size()
+			for i := range names {
+				tc.add(r, fmt.Sprintf("more%d.test", i))
+				n := size()
+				if n <= last {
+					if evictions++; evictions > limit {
+						t.Fatalf("%d evictions (whole-cache scans) after %d new names in a full cache, want at most %d for %d", evictions, i+1, limit, names)
+					}
+				}
+				if n > maxCacheEntries {
+					t.Fatalf("%d entries, over the bound %d", n, maxCacheEntries)
+				}
+				last = n
+			}
+		})
+	}
+}
