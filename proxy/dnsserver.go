@@ -195,6 +195,8 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		reply(dns.RcodeServerFailure)
 		return
 	}
+	// Hand out only the addresses remembered, so that every one verifies.
+	trimAnswer(in)
 	s.resolver.Remember(name, in)
 	s.logDecision(c)
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {

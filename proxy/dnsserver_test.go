@@ -123,9 +123,19 @@ func startDNSEnv(t *testing.T, refuse string) *dnsEnv {
 	for _, a := range rotatingPool[1:] {
 		serveEcho(listenOn(t, a+":"+p))
 	}
-	d := &dnsEnv{env: newEnv(t), up: startGatewayUpstream(t), port: p, served: make(chan error, 1)}
-	d.dnsAddr = d.up.addr
-	src := strings.NewReplacer("PORT", p, "REFUSE", refuse).Replace(dnsGatewayConfig)
+	up := startGatewayUpstream(t)
+	d := serveDNSEnv(t, up.addr, strings.NewReplacer("PORT", p, "REFUSE", refuse).Replace(dnsGatewayConfig))
+	d.up, d.port = up, p
+	return d
+}
+
+// serveDNSEnv starts egressd on src with a transparent gateway and
+// dns_listen (UDP and TCP) on loopback, forwarding to the DNS server at
+// upstream.
+func serveDNSEnv(t *testing.T, upstream, src string) *dnsEnv {
+	t.Helper()
+	d := &dnsEnv{env: newEnv(t), served: make(chan error, 1)}
+	d.dnsAddr = upstream
 	d.gw = d.startTransparent(t, src)
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -517,4 +527,138 @@ func listenUDPAndTCP(t *testing.T) (net.PacketConn, net.Listener) {
 	}
 	t.Fatalf("no loopback port free over both UDP and TCP: %v", lastErr)
 	return nil, nil
+}
+
+// staticUpstream serves fixed answers over UDP and TCP on one loopback
+// port: answers maps a question ("name. TYPE", lower case) to its records
+// in presentation format; other questions get NOERROR and no records. A
+// UDP answer is truncated to the query's size (TC), as public resolvers
+// do, so egressd asks again over TCP.
+func staticUpstream(t *testing.T, answers map[string][]string) string {
+	t.Helper()
+	parsed := map[string][]dns.RR{}
+	for q, rrs := range answers {
+		for _, s := range rrs {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				t.Fatalf("%q: %v", s, err)
+			}
+			parsed[q] = append(parsed[q], rr)
+		}
+	}
+	pc, ln := listenUDPAndTCP(t)
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = parsed[strings.ToLower(q.Question[0].Name)+" "+dns.TypeToString[q.Question[0].Qtype]]
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := dns.MinMsgSize
+			if o := q.IsEdns0(); o != nil {
+				size = int(o.UDPSize())
+			}
+			m.Truncate(size)
+		}
+		w.WriteMsg(m)
+	})
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		go s.ActivateAndServe()
+		t.Cleanup(func() { s.Shutdown() })
+	}
+	return pc.LocalAddr().String()
+}
+
+// answerAddrsOf returns the A and AAAA addresses of an answer, in order.
+func answerAddrsOf(in *dns.Msg) []netip.Addr {
+	var out []netip.Addr
+	for _, rr := range in.Answer {
+		switch v := rr.(type) {
+		case *dns.A:
+			a, _ := netip.AddrFromSlice(v.A.To4())
+			out = append(out, a)
+		case *dns.AAAA:
+			a, _ := netip.AddrFromSlice(v.AAAA.To16())
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// TestDNSAnswerHoldsOnlyRememberedAddrs: the upstream answers 40
+// addresses; Remember (and Verify's own lookup) keep maxAddrsPerName of a
+// name, so egressd's DNS server hands out only those, the first ones in
+// the upstream's order, and a transparent connection to each verifies.
+// Before, all 40 were handed out and a connection to the 33rd or later
+// was refused with dst_mismatch.
+func TestDNSAnswerHoldsOnlyRememberedAddrs(t *testing.T) {
+	const (
+		many  = "many.egress.test"
+		alias = "alias.egress.test"
+		n     = 40
+	)
+	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 9, byte(i + 1)}) }
+	v6 := func(i int) netip.Addr { return netip.MustParseAddr(fmt.Sprintf("2001:db8::%x", i+1)) }
+	answers := map[string][]string{alias + ". A": {alias + ". 60 IN CNAME " + many + "."}}
+	for i := range n {
+		answers[many+". A"] = append(answers[many+". A"], fmt.Sprintf("%s. 60 IN A %s", many, v4(i)))
+		answers[many+". AAAA"] = append(answers[many+". AAAA"], fmt.Sprintf("%s. 60 IN AAAA %s", many, v6(i)))
+	}
+	answers[alias+". A"] = append(answers[alias+". A"], answers[many+". A"]...)
+	// An echo server on every address the upstream hands out, so that a
+	// connection egressd lets through is echoed.
+	ln := listenOn(t, v4(0).String()+":0")
+	p := strconv.Itoa(port(ln))
+	serveEcho(ln)
+	for i := 1; i < n; i++ {
+		serveEcho(listenOn(t, v4(i).String()+":"+p))
+	}
+	d := serveDNSEnv(t, staticUpstream(t, answers), `
+server {
+  allow_private_destinations = true
+  hello_timeout = "2s"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "many" {
+    hosts = ["many.egress.test", "alias.egress.test"]
+    ports = [`+p+`]
+  }
+}
+`)
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		addr  func(int) netip.Addr // the upstream's i-th address
+		dial  bool                 // connect to each (loopback IPv4 only)
+	}{
+		{many, dns.TypeA, v4, true},
+		{many, dns.TypeAAAA, v6, false},
+		{alias, dns.TypeA, v4, true},
+	} {
+		in := d.query(t, "tcp", tc.name, tc.qtype)
+		got := answerAddrsOf(in)
+		if len(got) != maxAddrsPerName {
+			t.Errorf("%s %s: %d addresses handed out, want the %d egressd remembers", tc.name, dns.TypeToString[tc.qtype], len(got), maxAddrsPerName)
+		}
+		for i, a := range got {
+			if want := tc.addr(i); a != want {
+				t.Errorf("%s %s: address %d is %v, want the upstream's %v", tc.name, dns.TypeToString[tc.qtype], i, a, want)
+			}
+			if !d.remembered(tc.name, a) {
+				t.Errorf("%s %s: %v handed out but not remembered", tc.name, dns.TypeToString[tc.qtype], a)
+			}
+			if !tc.dial {
+				continue
+			}
+			dst := a.String() + ":" + p
+			first := append(clientHelloBytes(tc.name), "ping"...)
+			if back := exchange(t, d.gw.dial(t, dst), first); !bytes.Equal(back, first) {
+				t.Errorf("%s: transparent connection to %s (address %d handed out) not relayed", tc.name, dst, i)
+			}
+		}
+	}
+	for _, l := range d.log.lines(t) {
+		if l["reason"] == "dst_mismatch" {
+			t.Errorf("dst_mismatch for an address egressd handed out: %v", l)
+		}
+	}
 }

@@ -425,6 +425,29 @@ func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 	return nil, lastErr
 }
 
+// trimAnswer drops from the answer section of in the A and AAAA records of
+// each name after its first maxAddrsPerName, which Remember does not
+// record: egressd's DNS server hands a workload only addresses it will
+// verify. Like Remember it counts per owner name, A and AAAA together, in
+// answer order, so Remember records every address left.
+func trimAnswer(in *dns.Msg) {
+	n := map[string]int{}
+	kept := in.Answer[:0]
+	for _, rr := range in.Answer {
+		switch rr.(type) {
+		case *dns.A, *dns.AAAA:
+			owner := strings.ToLower(rr.Header().Name)
+			if n[owner] >= maxAddrsPerName {
+				continue
+			}
+			n[owner]++
+		}
+		kept = append(kept, rr)
+	}
+	clear(in.Answer[len(kept):])
+	in.Answer = kept
+}
+
 // Remember records the A and AAAA records of an answer to a query for
 // name (normalized, without the trailing dot) in the verification cache,
 // each with its TTL (the smallest along the CNAME chain that leads to it,
