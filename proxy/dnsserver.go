@@ -195,8 +195,10 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		reply(dns.RcodeServerFailure)
 		return
 	}
-	// Hand out only the addresses remembered, so that every one verifies.
+	// Hand out only the addresses remembered, for no longer than they are
+	// remembered, so that every one verifies.
 	trimAnswer(in)
+	capTTLs(in)
 	s.resolver.Remember(name, in)
 	s.logDecision(c)
 	if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {

@@ -551,6 +551,9 @@ func staticUpstream(t *testing.T, answers map[string][]string) string {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		m.Answer = parsed[strings.ToLower(q.Question[0].Name)+" "+dns.TypeToString[q.Question[0].Qtype]]
+		if o := q.IsEdns0(); o != nil {
+			m.SetEdns0(o.UDPSize(), o.Do())
+		}
 		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
 			size := dns.MinMsgSize
 			if o := q.IsEdns0(); o != nil {
@@ -659,6 +662,94 @@ policy "gw" {
 	for _, l := range d.log.lines(t) {
 		if l["reason"] == "dst_mismatch" {
 			t.Errorf("dst_mismatch for an address egressd handed out: %v", l)
+		}
+	}
+}
+
+// TestDNSAnswerTTLCapped: egressd remembers a handed-out address for at
+// most maxCacheTTL, so the answer's TTLs are capped there: a workload must
+// not cache an address longer than egressd remembers it. Before, an
+// upstream TTL of a day went out as is, and after an hour the workload's
+// connections to a rotated-away address were refused with dst_mismatch.
+func TestDNSAnswerTTLCapped(t *testing.T) {
+	limit := uint32(maxCacheTTL / time.Second)
+	answers := map[string][]string{
+		"day.egress.test. A":    {"day.egress.test. 86400 IN A 127.0.9.1"},
+		"day.egress.test. AAAA": {"day.egress.test. 86400 IN AAAA 2001:db8::1"},
+		"hour.egress.test. A":   {"hour.egress.test. 3601 IN A 127.0.9.2"},
+		"short.egress.test. A":  {"short.egress.test. 60 IN A 127.0.9.3"},
+		"chain.egress.test. A":  {"chain.egress.test. 86400 IN CNAME day.egress.test.", "day.egress.test. 86400 IN A 127.0.9.1"},
+		"mixed.egress.test. A":  {"mixed.egress.test. 30 IN CNAME day.egress.test.", "day.egress.test. 86400 IN A 127.0.9.1"},
+		"edns.egress.test. A":   {"edns.egress.test. 86400 IN A 127.0.9.4"},
+		"day.egress.test. TXT":  {`day.egress.test. 86400 IN TXT "x"`},
+	}
+	d := serveDNSEnv(t, staticUpstream(t, answers), `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "all" { hosts = ["*.egress.test"] }
+}
+`)
+	rememberedUntil := func(name string, a netip.Addr) (until time.Time) {
+		r := d.srv.resolver
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		for _, k := range r.cache[name].known {
+			if k.addr == a && k.expires.After(until) {
+				until = k.expires
+			}
+		}
+		return until
+	}
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		edns  bool     // the query has an EDNS0 OPT with DO set
+		want  []uint32 // the TTL of each answer record
+	}{
+		{"day.egress.test", dns.TypeA, false, []uint32{limit}},
+		{"day.egress.test", dns.TypeAAAA, false, []uint32{limit}},
+		{"hour.egress.test", dns.TypeA, false, []uint32{limit}},
+		{"short.egress.test", dns.TypeA, false, []uint32{60}},
+		{"chain.egress.test", dns.TypeA, false, []uint32{limit, limit}},
+		{"mixed.egress.test", dns.TypeA, false, []uint32{30, limit}},
+		{"edns.egress.test", dns.TypeA, true, []uint32{limit}},
+		{"day.egress.test", dns.TypeTXT, false, []uint32{limit}},
+	} {
+		what := tc.name + " " + dns.TypeToString[tc.qtype]
+		q := new(dns.Msg)
+		q.SetQuestion(dns.Fqdn(tc.name), tc.qtype)
+		if tc.edns {
+			q.SetEdns0(1232, true)
+		}
+		asked := time.Now()
+		in, _, err := (&dns.Client{Net: "tcp", Timeout: 5 * time.Second}).Exchange(q, d.tcpAddr)
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if len(in.Answer) != len(tc.want) {
+			t.Fatalf("%s: answer %v, want %d records", what, in.Answer, len(tc.want))
+		}
+		for i, rr := range in.Answer {
+			if got := rr.Header().Ttl; got != tc.want[i] {
+				t.Errorf("%s: record %d has TTL %d, want %d", what, i, got, tc.want[i])
+			}
+		}
+		// The workload may use an address for the queried name until
+		// asked + the smallest TTL along the chain; egressd must remember
+		// it until then.
+		ttl := time.Duration(in.Answer[0].Header().Ttl) * time.Second
+		for _, rr := range in.Answer[1:] {
+			ttl = min(ttl, time.Duration(rr.Header().Ttl)*time.Second)
+		}
+		for _, a := range answerAddrsOf(in) {
+			if until := rememberedUntil(tc.name, a); until.Before(asked.Add(ttl)) {
+				t.Errorf("%s: %v handed out for %v, remembered for only %v", what, a, ttl, until.Sub(asked).Round(time.Second))
+			}
+		}
+		if tc.edns {
+			if o := in.IsEdns0(); o == nil || !o.Do() || o.ExtendedRcode() != 0 || o.Version() != 0 {
+				t.Errorf("%s: OPT %v, want EDNS0 version 0 with DO, as the upstream sent it", what, o)
+			}
 		}
 	}
 }

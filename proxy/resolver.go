@@ -448,6 +448,22 @@ func trimAnswer(in *dns.Msg) {
 	in.Answer = kept
 }
 
+// capTTLs lowers the TTLs in in to at most maxCacheTTL, the longest
+// Remember keeps an address: a workload that cached an answer for its
+// upstream TTL (a day, say) would go on connecting to an address egressd
+// has forgotten, refused with dst_mismatch once the upstream rotates. The
+// OPT pseudo-record is left alone: its TTL field holds EDNS0 flags.
+func capTTLs(in *dns.Msg) {
+	limit := uint32(maxCacheTTL / time.Second)
+	for _, sec := range [][]dns.RR{in.Answer, in.Ns, in.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != dns.TypeOPT && h.Ttl > limit {
+				h.Ttl = limit
+			}
+		}
+	}
+}
+
 // Remember records the A and AAAA records of an answer to a query for
 // name (normalized, without the trailing dot) in the verification cache,
 // each with its TTL (the smallest along the CNAME chain that leads to it,
