@@ -233,19 +233,47 @@ func HashPassword(password string) (string, error) {
 }
 
 // Authenticate reports whether password is user's. An unknown user costs
-// the same hash verification as a known one (against a decoy hash with the
-// parameters of the first declared user), so the answer's timing does not
-// tell whether the user exists.
+// at least the hash work of any known one (CheckDecoy), so the answer's
+// timing does not tell whether the user exists. A wrong password of a
+// user whose hash is cheaper than the decoys still returns sooner: a
+// caller that answers clients evens that out (HasUser, CheckDecoy).
 func (p *Policy) Authenticate(user, password string) bool {
 	if p == nil || len(p.users) == 0 {
 		return false
 	}
 	h, ok := p.users[user]
 	if !ok {
-		p.decoy.verify(password)
+		p.CheckDecoy(password)
 		return false
 	}
 	return h.verify(password)
+}
+
+// HasUser reports whether user is declared, so that a caller can tell a
+// failed check of an unknown user (which costs CheckDecoy's work) from
+// one of a known user (which may cost less) and make both take as long.
+// It is not for telling clients.
+func (p *Policy) HasUser(user string) bool {
+	if p == nil {
+		return false
+	}
+	_, ok := p.users[user]
+	return ok
+}
+
+// CheckDecoy does the hash work Authenticate does for an unknown user,
+// and nothing else: it checks password against a decoy hash of each kind
+// declared (bcrypt, argon2id), each at least as costly as every declared
+// user's hash of that kind, so that it costs at least as much as a check
+// of any known user. A caller times it to learn what a failed check
+// should take; with no users it does nothing.
+func (p *Policy) CheckDecoy(password string) {
+	if p == nil {
+		return
+	}
+	for i := range p.decoys {
+		p.decoys[i].verify(password)
+	}
 }
 
 // NeedsAuth reports whether some policy lists users in its clients block:
@@ -253,24 +281,52 @@ func (p *Policy) Authenticate(user, password string) bool {
 func (p *Policy) NeedsAuth() bool { return p != nil && p.needsAuth }
 
 // decoyHash is a bcrypt hash (cost 10) of a random string nobody knows,
-// used when the first declared user has a bcrypt hash.
+// the model of the bcrypt decoy.
 const decoyHash = "$2a$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy"
 
-// work orders hashes of one kind by what a check costs: bcrypt's cost,
-// argon2id's passes times memory.
-func (h pwHash) work() uint64 {
+// bcryptCost is h's bcrypt cost (0 for argon2id).
+func (h pwHash) bcryptCost() int {
 	if h.argon {
-		return uint64(h.time) * uint64(h.memory)
+		return 0
 	}
 	cost, _ := bcrypt.Cost([]byte(h.raw))
-	return uint64(cost)
+	return cost
 }
 
-// makeDecoy returns a hash with the same parameters as h.
+// params describes what a check of h costs, for messages: its kind and
+// parameters (never its salt or hash).
+func (h pwHash) params() string {
+	if h.argon {
+		return fmt.Sprintf("argon2id m=%d,t=%d,p=%d", h.memory, h.time, h.threads)
+	}
+	return fmt.Sprintf("bcrypt cost %d", h.bcryptCost())
+}
+
+// dearer returns a hash of the kind of a and b (which must be alike) at
+// least as costly to check as either: bcrypt's higher cost; argon2id's
+// higher memory and passes, fewer lanes (a check runs its lanes in
+// parallel) and longer key. Only its parameters matter (makeDecoy).
+func dearer(a, b pwHash) pwHash {
+	if !a.argon {
+		if b.bcryptCost() > a.bcryptCost() {
+			return b
+		}
+		return a
+	}
+	a.memory, a.time = max(a.memory, b.memory), max(a.time, b.time)
+	a.threads = min(a.threads, b.threads)
+	if len(b.key) > len(a.key) {
+		a.key = b.key
+	}
+	return a
+}
+
+// makeDecoy returns a hash with the same parameters as h that no password
+// matches.
 func makeDecoy(h pwHash) pwHash {
 	if !h.argon {
 		d, _ := parsePasswordHash(decoyHash)
-		if cost, err := bcrypt.Cost([]byte(h.raw)); err == nil && cost != bcrypt.DefaultCost {
+		if cost := h.bcryptCost(); cost != bcrypt.DefaultCost {
 			// Same cost as the real hashes: a fixed salt is fine for a decoy.
 			d.raw = h.raw[:4] + fmt.Sprintf("%02d", cost) + decoyHash[6:]
 		}
@@ -381,24 +437,30 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 			Detail: "A users file was given but no server block sets users_file."})
 	}
 	p.users = compileUsers(defs, &diags)
-	// The decoy: the first declared user's kind of hash (bcrypt or
-	// argon2id), with the most expensive parameters declared for that kind,
-	// so that an unknown user costs as much as the dearest known one: with
-	// the first user's parameters, a wrong password for a user with a
-	// higher cost took longer than one for a user that does not exist.
-	found := false
+	// The decoys: for each kind of hash declared (bcrypt, argon2id), one
+	// at least as costly as every declared hash of that kind, so that an
+	// unknown user costs as much hash work as the dearest known one. With
+	// only the first user's kind, a wrong password of a user of the other
+	// kind could cost more than an unknown user, and tell that it exists.
+	var dearest [2]pwHash // of each kind: bcrypt, argon2id
+	var order []int       // the kinds declared, in order
 	for _, u := range defs {
 		h, ok := p.users[u.name]
-		switch {
-		case !ok:
-		case !found:
-			p.decoy, found = h, true
-		case h.argon == p.decoy.argon && h.work() > p.decoy.work():
-			p.decoy = h
+		if !ok {
+			continue
+		}
+		k := 0
+		if h.argon {
+			k = 1
+		}
+		if !slices.Contains(order, k) {
+			order, dearest[k] = append(order, k), h
+		} else {
+			dearest[k] = dearer(dearest[k], h)
 		}
 	}
-	if found {
-		p.decoy = makeDecoy(p.decoy)
+	for _, k := range order {
+		p.decoys = append(p.decoys, makeDecoy(dearest[k]))
 	}
 	return diags, given
 }

@@ -142,8 +142,13 @@ func TestAuthenticate(t *testing.T) {
 			t.Errorf("Authenticate(%q, %q) = %v, want %v", tt.user, tt.pw, got, tt.want)
 		}
 	}
+	if !p.HasUser("ci") || !p.HasUser("argon") || p.HasUser("nobody") || p.HasUser("") {
+		t.Error("HasUser does not tell the declared users")
+	}
+	p.CheckDecoy("s3cret")
 	var nilPol *Policy
-	if nilPol.Authenticate("ci", "s3cret") || nilPol.NeedsAuth() {
+	nilPol.CheckDecoy("s3cret")
+	if nilPol.Authenticate("ci", "s3cret") || nilPol.NeedsAuth() || nilPol.HasUser("ci") {
 		t.Error("nil policy authenticates")
 	}
 	h, err := HashPassword("correct horse")
@@ -307,9 +312,77 @@ func TestDecoyHashMatchesUsers(t *testing.T) {
 			t.Fatal(FormatDiagnostics(diags))
 		}
 		want := bcrypt.DefaultCost + 1
-		if got, err := bcrypt.Cost([]byte(cfg.Policy.decoy.raw)); err != nil || got != want {
+		if len(cfg.Policy.decoys) != 1 {
+			t.Fatalf("%d decoys for bcrypt users only, want 1", len(cfg.Policy.decoys))
+		}
+		if got, err := bcrypt.Cost([]byte(cfg.Policy.decoys[0].raw)); err != nil || got != want {
 			t.Errorf("users of cost %s then %s: decoy cost %d (%v), want the highest, %d", order[0][4:6], order[1][4:6], got, err, want)
 		}
+	}
+}
+
+// argonParams is an argon2id PHC hash with the given parameters and a
+// 32-byte key that no password matches (egressd checks only its form).
+func argonParams(m, t, p int) string {
+	return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=%d$c2FsdHNhbHRzYWx0$%s", m, t, p, strings.Repeat("A", 43))
+}
+
+// TestDecoysCoverEveryUser: with users of both kinds, an unknown user is
+// checked against a decoy of each kind, each at least as costly as every
+// declared hash of its kind (argon2id: the highest m and t, the fewest
+// lanes, whichever users they come from), so that it costs at least the
+// hash work of any known user. With one decoy of the first user's kind, a
+// wrong password of an argon2id user cost more than an unknown user when
+// the first user had a bcrypt hash.
+func TestDecoysCoverEveryUser(t *testing.T) {
+	bcrypt11, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.DefaultCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := fmt.Sprintf(`
+user "alice" {
+  password_hash = %q
+}
+user "bob" {
+  password_hash = %q
+}
+user "carol" {
+  password_hash = %q
+}
+user "dave" {
+  password_hash = %q
+}
+policy "p" {}
+`, testHash, argonParams(9216, 4, 2), bcrypt11, argonParams(7168, 5, 1))
+	cfg, diags := Parse(one(src))
+	if diags.HasErrors() {
+		t.Fatal(FormatDiagnostics(diags))
+	}
+	d := cfg.Policy.decoys
+	if len(d) != 2 || d[0].argon || !d[1].argon {
+		t.Fatalf("decoys %+v, want a bcrypt one then an argon2id one", d)
+	}
+	if got := d[0].bcryptCost(); got != bcrypt.DefaultCost+1 {
+		t.Errorf("bcrypt decoy cost %d, want the highest declared, %d", got, bcrypt.DefaultCost+1)
+	}
+	if a := d[1]; a.memory != 9216 || a.time != 5 || a.threads != 1 || len(a.key) != 32 {
+		t.Errorf("argon2id decoy m=%d t=%d p=%d len=%d, want m=9216 t=5 p=1 len=32", a.memory, a.time, a.threads, len(a.key))
+	}
+	if !cfg.Policy.Authenticate("alice", "s3cret") {
+		t.Error("alice does not authenticate beside two decoys")
+	}
+	for _, h := range d {
+		if h.verify("s3cret") {
+			t.Errorf("the %s decoy accepts a password", h.params())
+		}
+	}
+	// Users alike: no decoy of the other kind.
+	cfg = mustParse(t, fmt.Sprintf("user \"a\" {\n  password_hash = %q\n}\npolicy \"p\" {}\n", argonHash))
+	if d := cfg.Policy.decoys; len(d) != 1 || !d[0].argon {
+		t.Errorf("argon2id users only: decoys %+v, want one argon2id", d)
+	}
+	if cfg := mustParse(t, `policy "p" {}`); len(cfg.Policy.decoys) != 0 {
+		t.Error("decoys without users")
 	}
 }
 

@@ -23,7 +23,7 @@ type Policy struct {
 	open      bool      // some policy has none (it applies to every client)
 	audit     bool      // server mode = "audit"
 	users     map[string]pwHash
-	decoy     pwHash
+	decoys    []pwHash // CheckDecoy's, one per kind of hash declared
 	needsAuth bool
 }
 
