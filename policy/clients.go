@@ -444,6 +444,8 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 	// kind could cost more than an unknown user, and tell that it exists.
 	var dearest [2]pwHash // of each kind: bcrypt, argon2id
 	var order []int       // the kinds declared, in order
+	var first userDef
+	warned := false
 	for _, u := range defs {
 		h, ok := p.users[u.name]
 		if !ok {
@@ -457,6 +459,16 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 			order, dearest[k] = append(order, k), h
 		} else {
 			dearest[k] = dearer(dearest[k], h)
+		}
+		// One warning, at the first user whose hash costs differently
+		// from the first user's.
+		if first.name == "" {
+			first = u
+		} else if f := p.users[first.name]; !warned && h.params() != f.params() {
+			warned = true
+			diags = append(diags, warnDiag(u.rng, "Password hashes differ in cost",
+				fmt.Sprintf("user %s has a hash of %s and user %s one of %s, so failed checks differ in time: egressd makes each failed check last as long as an unknown user's, which costs the dearest hash of each kind, by waiting out the difference. Re-hash the passwords alike with egressd passwd (bcrypt cost %d).",
+					quote(u.name), h.params(), quote(first.name), f.params(), bcrypt.DefaultCost)))
 		}
 	}
 	for _, k := range order {

@@ -418,3 +418,43 @@ policy "b-enforced" {
 		t.Errorf("NameAllowed(x.test) = %v by %q, want refused by hard, as Decide", ok, rule)
 	}
 }
+
+// TestUserHashesDifferWarns: users whose hashes differ in kind or cost get
+// one warning, at the first user whose hash differs from the first user's;
+// users hashed alike get none.
+func TestUserHashesDifferWarns(t *testing.T) {
+	user := func(name, hash string) string {
+		return fmt.Sprintf("user %q {\n  password_hash = %q\n}\n", name, hash)
+	}
+	bcrypt11, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.DefaultCost+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, src, want string // want: where the warning is, "" for none
+	}{
+		{"alike", user("a", testHash) + user("b", testHash) + user("c", testHash), ""},
+		{"argon2id alike", user("a", argonHash) + user("b", argonParams(19456, 2, 1)), ""},
+		{"kinds", user("a", testHash) + user("b", testHash) + user("c", argonHash) + user("d", argonHash), "t.hcl:7:6"},
+		{"bcrypt costs", user("a", testHash) + user("b", string(bcrypt11)) + user("c", testHash), "t.hcl:4:6"},
+		{"argon2id lanes", user("a", argonHash) + user("b", argonParams(19456, 2, 4)), "t.hcl:4:6"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, diags := Parse(one(tc.src + "policy \"p\" {}\n"))
+			out := FormatDiagnostics(diags)
+			if diags.HasErrors() {
+				t.Fatal(out)
+			}
+			if tc.want == "" {
+				if len(diags) != 0 {
+					t.Errorf("users hashed alike: %s", out)
+				}
+				return
+			}
+			if len(diags) != 1 || !strings.HasPrefix(out, tc.want+": warning: Password hashes differ in cost") ||
+				!strings.Contains(out, "failed checks differ in time") || !strings.Contains(out, "egressd passwd") {
+				t.Errorf("got:\n%s\nwant one warning at %s", out, tc.want)
+			}
+		})
+	}
+}
