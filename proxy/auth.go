@@ -37,6 +37,18 @@ const (
 	// authWait bounds how long a request waits for its turn to have its
 	// password checked (authGate) before it is refused.
 	authWait = 10 * time.Second
+	// authSamples is how many recent timings of the decoy check (an
+	// unknown user's) authTiming keeps: a failed check is answered no
+	// sooner than the slowest of them took, and a slow one is forgotten
+	// after this many more.
+	authSamples = 8
+	// authSampleRise bounds one timing to this many times the fastest kept,
+	// so that one check slowed by load raises every failure's wait by at
+	// most that much, and only until it is forgotten; sustained load still
+	// raises it, a little more with each check.
+	authSampleRise = 2
+	// maxAuthPad bounds the wait added to one failed check.
+	maxAuthPad = authWait
 )
 
 // authGate bounds password checks, which bcrypt and argon2id make
@@ -60,9 +72,13 @@ type authTurn struct {
 	n     int
 }
 
-// checkPassword verifies a proxy user's password; a test replaces it to
-// watch how many checks run at once.
-var checkPassword = (*policy.Policy).Authenticate
+// checkPassword verifies a proxy user's password, and checkDecoy does an
+// unknown user's hash work; tests replace them to watch how many checks
+// run at once, or to fake their cost.
+var (
+	checkPassword = (*policy.Policy).Authenticate
+	checkDecoy    = (*policy.Policy).CheckDecoy
+)
 
 func newAuthGate() *authGate {
 	return &authGate{sem: make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)), clients: make(map[netip.Addr]*authTurn)}
@@ -162,10 +178,103 @@ func (a *authCache) put(p *policy.Policy, k [32]byte, user string) {
 	a.ok[k] = authEntry{user: user, expires: time.Now().Add(authCacheTTL)}
 }
 
+// authTiming makes every failed password check take as long as an
+// unknown user's. policy checks an unknown user against decoy hashes at
+// least as costly as every declared user's (CheckDecoy), but a wrong
+// password of a user with a cheaper hash (lower bcrypt cost, or the other
+// kind) costs less: answered at once, its speed would tell that the user
+// exists. authTiming times the decoy checks, one at each load of a policy
+// and then every unknown user's, and a failed check waits, after leaving
+// authGate, until it has taken as long as the slowest of the recent ones.
+// A successful check never waits.
+type authTiming struct {
+	mu  sync.Mutex
+	pol *policy.Policy // the policy the samples are of
+	// samples are the last authSamples decoy check timings (n of them),
+	// next the one to replace.
+	samples [authSamples]time.Duration
+	n, next int
+	// now and sleep are time.Now and sleepCtx; a test replaces them.
+	now   func() time.Time
+	sleep func(context.Context, time.Duration)
+}
+
+func newAuthTiming() *authTiming {
+	return &authTiming{now: time.Now, sleep: sleepCtx}
+}
+
+// calibrate times one decoy check of p and makes it the only sample, so
+// that a failed check has a time to wait for from p's first request on;
+// the previous policy's samples go. It runs as p is loaded, before p
+// serves (with no users a decoy check costs nothing).
+func (a *authTiming) calibrate(p *policy.Policy) {
+	start := a.now()
+	checkDecoy(p, "egressd calibration")
+	d := a.now().Sub(start)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pol, a.n, a.next = p, 0, 0
+	a.add(d)
+}
+
+// add records one sample; a.mu is held.
+func (a *authTiming) add(d time.Duration) {
+	if a.n > 0 {
+		fastest := a.samples[0]
+		for _, s := range a.samples[1:a.n] {
+			fastest = min(fastest, s)
+		}
+		d = min(d, authSampleRise*fastest)
+	}
+	a.samples[a.next] = d
+	a.next = (a.next + 1) % authSamples
+	a.n = min(a.n+1, authSamples)
+}
+
+// target is how long a failed check should take: the slowest sample.
+func (a *authTiming) target() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var t time.Duration
+	for _, s := range a.samples[:a.n] {
+		t = max(t, s)
+	}
+	return min(t, maxAuthPad)
+}
+
+// failed is called after a failed check of p that took took (hashing
+// only, not waiting for authGate), of a declared user or not (known): an
+// unknown user's check is a decoy check, and a sample; then it waits out
+// what is left of the target, or until ctx ends (the client went away).
+func (a *authTiming) failed(ctx context.Context, p *policy.Policy, known bool, took time.Duration) {
+	if !known {
+		a.mu.Lock()
+		if a.pol == p {
+			a.add(took)
+		}
+		a.mu.Unlock()
+	}
+	if d := a.target() - took; d > 0 {
+		a.sleep(ctx, d)
+	}
+}
+
+// sleepCtx waits d, or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // proxyUser checks req's Proxy-Authorization. It returns the user and
 // ok = true for valid credentials, "" and true when there are none, and
 // ok = false for wrong or malformed ones (whether or not the user exists),
-// and for credentials that could not be checked in time (authGate).
+// and for credentials that could not be checked in time (authGate). Wrong
+// credentials are answered no sooner than an unknown user's (authTiming);
+// malformed ones, which cost no hashing whoever they name, at once.
 func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	h := req.Header.Get("Proxy-Authorization")
 	if h == "" {
@@ -194,9 +303,13 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if turn == nil {
 		return "", false
 	}
+	known := p.HasUser(name)
+	start := s.authTiming.now()
 	valid := checkPassword(p, name, password)
+	took := s.authTiming.now().Sub(start)
 	s.authGate.leave(client, turn)
 	if !valid {
+		s.authTiming.failed(req.Context(), p, known, took)
 		return "", false
 	}
 	s.auth.put(p, k, name)

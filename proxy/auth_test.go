@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"golang.org/x/crypto/argon2"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -415,5 +416,182 @@ func TestAuthCacheFull(t *testing.T) {
 	if !a.get(p, key("carol")) || !a.get(p, key("u1")) || len(a.ok) != authCacheMax/2+1 {
 		t.Errorf("a full cache with half of it expired: %d entries, carol %v, u1 %v; want the expired gone, carol and u1 kept",
 			len(a.ok), a.get(p, key("carol")), a.get(p, key("u1")))
+	}
+}
+
+// fakeAuthClock is a clock that password checks faked by a test advance.
+type fakeAuthClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeAuthClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeAuthClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// authUsersConfig declares alice and carol with password "s3cret", as
+// argon2id hashes (cheap to check also under the race detector) of which
+// carol's costs four times alice's, and lets them reach a.example.com.
+func authUsersConfig(t *testing.T) *policy.Config {
+	t.Helper()
+	hash := func(m, passes uint32) string {
+		salt := []byte("saltsaltsalt")
+		key := argon2.IDKey([]byte("s3cret"), salt, passes, m, 1, 32)
+		return fmt.Sprintf("$argon2id$v=19$m=%d,t=%d,p=1$%s$%s", m, passes,
+			base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
+	}
+	cfg, diags := policy.Parse([]policy.File{{Name: "auth.hcl", Src: []byte(`
+user "alice" {
+  password_hash = "` + hash(7168, 5) + `"
+}
+user "carol" {
+  password_hash = "` + hash(14336, 10) + `"
+}
+policy "p" {
+  clients { users = ["alice", "carol"] }
+  allow "a" { hosts = ["a.example.com"] }
+}
+`)}})
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	return cfg
+}
+
+// basicAuthRequest is a request from client with Proxy-Authorization:
+// Basic user:password, under ctx.
+func basicAuthRequest(ctx context.Context, client, user, password string) *http.Request {
+	req := (&http.Request{Header: http.Header{}, RemoteAddr: client + ":40000"}).WithContext(ctx)
+	req.Header.Set("Proxy-Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":"+password)))
+	return req
+}
+
+// TestAuthFailuresWaitForDecoy: with faked check costs and clock, a wrong
+// password of a user whose hash is cheaper than the decoy is answered
+// only after waiting out the difference, outside authGate; an unknown
+// user's and a successful check do not wait; a check slowed by load
+// raises the wait by at most authSampleRise and is forgotten after
+// authSamples newer ones; a reload times its own decoy check; a client
+// that goes away ends the wait.
+func TestAuthFailuresWaitForDecoy(t *testing.T) {
+	clock := &fakeAuthClock{t: time.Unix(1e9, 0)}
+	decoy := 200 * time.Millisecond // what an unknown user's check costs
+	origCheck, origDecoy := checkPassword, checkDecoy
+	t.Cleanup(func() { checkPassword, checkDecoy = origCheck, origDecoy })
+	checkDecoy = func(*policy.Policy, string) { clock.advance(decoy) }
+	checkPassword = func(p *policy.Policy, user, password string) bool {
+		if !p.HasUser(user) {
+			clock.advance(decoy)
+			return false
+		}
+		clock.advance(map[string]time.Duration{"alice": 50 * time.Millisecond, "carol": 200 * time.Millisecond}[user])
+		return password == "s3cret"
+	}
+	s, err := New(authUsersConfig(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var slept []time.Duration
+	s.authTiming.now = clock.now
+	s.authTiming.sleep = func(ctx context.Context, d time.Duration) {
+		if n := len(s.authGate.sem); n != 0 {
+			t.Errorf("a failed check waits holding %d authGate slots", n)
+		}
+		slept = append(slept, d)
+	}
+	s.authTiming.calibrate(s.policy()) // on the fake clock
+	check := func(user, password string, wantOK bool, wantSlept ...time.Duration) {
+		t.Helper()
+		slept = nil
+		_, ok := s.proxyUser(basicAuthRequest(context.Background(), "192.0.2.1", user, password))
+		if ok != wantOK || fmt.Sprint(slept) != fmt.Sprint(wantSlept) {
+			t.Errorf("%s:%s: ok %v, waited %v; want ok %v, waited %v", user, password, ok, slept, wantOK, wantSlept)
+		}
+	}
+	check("alice", "guess", false, 150*time.Millisecond)
+	check("carol", "guess", false)
+	check("nobody", "guess", false)
+	check("alice", "s3cret", true)
+	check("alice", "s3cret", true) // cached
+	check("carol", "s3cret", true)
+
+	// One unknown user's check slowed by load to 5 s counts as 400 ms.
+	decoy = 5 * time.Second
+	check("nobody", "guess", false)
+	decoy = 200 * time.Millisecond
+	check("alice", "guess", false, 350*time.Millisecond)
+	check("nobody", "guess", false, 200*time.Millisecond)
+	for range authSamples - 2 {
+		check("nobody", "guess", false, 200*time.Millisecond)
+	}
+	check("nobody", "guess", false) // the slow one is forgotten
+	check("alice", "guess", false, 150*time.Millisecond)
+
+	// A reload times the new policy's decoy check; checks still running
+	// against the old policy add no samples.
+	old := s.policy()
+	decoy = 300 * time.Millisecond
+	if err := s.Reload(authUsersConfig(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	check("alice", "guess", false, 250*time.Millisecond)
+	s.authTiming.failed(context.Background(), old, false, time.Second)
+	check("alice", "guess", false, 250*time.Millisecond)
+
+	// The real wait ends with the request's context.
+	s.authTiming.sleep = sleepCtx
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	start := time.Now()
+	s.authTiming.failed(ctx, s.policy(), true, -time.Hour)
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("a wait for a client that went away lasted %v", d)
+	}
+}
+
+// TestAuthFailureTiming times real checks: alice's hash costs a quarter
+// of carol's, so without the wait a wrong password of alice's was refused
+// about four times as fast as one of a user that does not exist (checked
+// against a decoy as costly as carol's). It must take at least 70 % as
+// long; a right password of alice's still takes well under that.
+func TestAuthFailureTiming(t *testing.T) {
+	s, err := New(authUsersConfig(t), zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeCheck := func(user, password string, wantOK bool) time.Duration {
+		t.Helper()
+		s.auth.mu.Lock()
+		s.auth.ok = nil // no cached success
+		s.auth.mu.Unlock()
+		start := time.Now()
+		_, ok := s.proxyUser(basicAuthRequest(context.Background(), "192.0.2.1", user, password))
+		d := time.Since(start)
+		if ok != wantOK {
+			t.Fatalf("%s:%s: ok %v, want %v", user, password, ok, wantOK)
+		}
+		return d
+	}
+	// The fastest of three of each: load on a shared host only slows.
+	unknown, wrong, right := time.Hour, time.Hour, time.Hour
+	for range 3 {
+		unknown = min(unknown, timeCheck("nobody", "guess", false))
+		wrong = min(wrong, timeCheck("alice", "guess", false))
+		right = min(right, timeCheck("alice", "s3cret", true))
+	}
+	t.Logf("unknown user %v, wrong password %v, right password %v", unknown, wrong, right)
+	if wrong < unknown*7/10 {
+		t.Errorf("a wrong password of a known user is refused in %v, an unknown user in %v: the timing tells that the user exists", wrong, unknown)
+	}
+	if right > unknown*7/10 {
+		t.Errorf("a right password takes %v, an unknown user %v: the successful check waits", right, unknown)
 	}
 }

@@ -82,6 +82,7 @@ func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 			restart = append(restart, f.name)
 		}
 	}
+	s.authTiming.calibrate(cfg.Policy)
 	s.pol.Store(cfg.Policy)
 	s.metrics.prune(cfg.Policy)
 	s.recordReload(true)

@@ -55,6 +55,9 @@ type Server struct {
 	auth     authCache
 	authSalt string
 	authGate *authGate
+	// authTiming makes failed password checks last as long as an unknown
+	// user's.
+	authTiming *authTiming
 
 	// DialContext, when set before Serve, dials every already checked
 	// address instead of egressd's own dialer (dial_timeout, TCP
@@ -131,7 +134,9 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		metrics:     newMetrics(res),
 		authSalt:    randomSalt(),
 		authGate:    newAuthGate(),
+		authTiming:  newAuthTiming(),
 	}
+	s.authTiming.calibrate(cfg.Policy)
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
 	s.httpSrv = &http.Server{
