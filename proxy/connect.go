@@ -42,6 +42,9 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 			c.host = c.host[i+1:]
 			c.detail = "CONNECT target with userinfo (user:password@host:port): send credentials in Proxy-Authorization"
 		}
+		// Cut after the userinfo is gone: the client's bytes, up to the
+		// header limit.
+		c.host, c.detail = cut(c.host, maxLoggedValue), cut(c.detail, maxLoggedValue)
 		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
 		s.logDecision(c)
 		writeStatus(client, req, http.StatusBadRequest, c)

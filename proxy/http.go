@@ -20,14 +20,16 @@ import (
 // request was checked for. It returns the response goproxy writes back.
 func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.Response {
 	c := s.newConn(ModeHTTP, req.RemoteAddr)
+	// req.URL.Host has no userinfo; it is the client's bytes, up to the
+	// header limit, so a refusal logs it cut.
 	if req.URL.Scheme != "http" {
-		c.host = req.URL.Host
+		c.host = cut(req.URL.Host, maxLoggedValue)
 		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, "only http:// URLs can be proxied; use CONNECT for https")
 	}
 	t, err := ParseTarget(req.URL.Host, 80)
 	if err != nil {
-		c.host = req.URL.Host
-		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, err.Error())
+		c.host = cut(req.URL.Host, maxLoggedValue)
+		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, cut(err.Error(), maxLoggedValue))
 	}
 	c.host, c.port = t.Name(), t.Port
 	if !authOK {

@@ -396,3 +396,35 @@ func TestHTTPFiredWatchClosesClient(t *testing.T) {
 		t.Errorf("after the response: %v, want the connection closed (EOF)", err)
 	}
 }
+
+// TestLongTargetsLoggedCut: a refused target is the client's bytes, up to
+// the 32 KiB header limit; its decision line quotes it (and the parse
+// error quoting it) cut, and a CONNECT target's password not at all.
+func TestLongTargetsLoggedCut(t *testing.T) {
+	long := strings.Repeat("a", 20000) + "!"
+	for _, tc := range []struct{ name, head string }{
+		{"CONNECT", "CONNECT " + long + ":443 HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"CONNECT with userinfo", "CONNECT user:pw-" + long[:10000] + "@" + long[10000:] + ":443 HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"http://", "GET http://" + long + "/ HTTP/1.1\r\nHost: x\r\n\r\n"},
+		{"ftp://", "GET ftp://" + long + "/ HTTP/1.1\r\nHost: x\r\n\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.start(t, plainConfig(1))
+			c, br := e.plainRequest(t, 1, tc.head)
+			defer c.Close()
+			if resp, _ := response(t, br); resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("%s, want 400", resp.Status)
+			}
+			e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "bad_request"})
+			for _, line := range strings.Split(strings.TrimSpace(e.log.String()), "\n") {
+				if len(line) > 4*maxLoggedValue {
+					t.Errorf("a log line of %d bytes: %.300s…", len(line), line)
+				}
+				if strings.Contains(line, "pw-") {
+					t.Errorf("the userinfo reached the log: %.300s…", line)
+				}
+			}
+		})
+	}
+}
