@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
@@ -318,6 +319,24 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.Handle("GET /debug/pprof/profile", loopbackOnly(http.HandlerFunc(pprof.Profile)))
 	mux.Handle("GET /debug/pprof/trace", loopbackOnly(http.HandlerFunc(pprof.Trace)))
 	return mux
+}
+
+// adminServer is the http.Server for AdminHandler on ln. ln is recorded as
+// one of egressd's own addresses: a tunnel to it is refused like one to
+// the proxy port, or any proxy client allowed to reach loopback would
+// reach pprof as a loopback client.
+func (s *Server) adminServer(ln net.Listener) *http.Server {
+	s.mu.Lock()
+	s.addSelfLocked(ln.Addr())
+	s.mu.Unlock()
+	return &http.Server{
+		Handler:           s.AdminHandler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+	}
 }
 
 // loopbackOnly serves h to clients on a loopback address, and 404 to the

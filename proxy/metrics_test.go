@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -27,7 +28,7 @@ import (
 func serveAdmin(t *testing.T, s *Server) string {
 	t.Helper()
 	ln := listen(t)
-	hs := &http.Server{Handler: s.AdminHandler(), ReadHeaderTimeout: 5 * time.Second}
+	hs := s.adminServer(ln)
 	go hs.Serve(ln)
 	t.Cleanup(func() { hs.Close() })
 	return "http://" + ln.Addr().String()
@@ -463,4 +464,32 @@ func TestMetricsPrunedOnReload(t *testing.T) {
 	if got := series(); !got["gone"] {
 		t.Errorf("a late decision of the old policy is not counted: %v", got)
 	}
+}
+
+// TestAdminNotThroughTunnel: the admin listener is one of egressd's own
+// addresses: a proxy client whose rules open loopback gets a tunnel to
+// other loopback ports, but not to the admin port, where it would be a
+// loopback client of pprof.
+func TestAdminNotThroughTunnel(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, `
+policy "lab" {
+  allow "loopback" {
+    cidrs       = ["127.0.0.0/8"]
+    ports       = ["1024-65535"]
+    require_tls = false
+  }
+}`)
+	admin := strings.TrimPrefix(serveAdmin(t, e.srv), "http://")
+	if _, _, resp := e.connect(t, "127.0.0.1:"+strconv.Itoa(e.echoPort)); resp.StatusCode != http.StatusOK {
+		t.Fatalf("CONNECT to the echo port: %s, want 200", resp.Status)
+	}
+	// Decided (and refused) at the dial, after the first bytes.
+	c, br, _ := e.connect(t, admin)
+	io.WriteString(c, "GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(br); len(got) != 0 {
+		t.Errorf("through a tunnel to the admin port %s: %.100q", admin, got)
+	}
+	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "bad_request", "detail": admin + " is egressd's own listener"})
 }

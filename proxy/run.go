@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -123,14 +122,7 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 	var admin *http.Server
 	if aln != nil {
 		srv.SetVersion(version)
-		admin = &http.Server{
-			Handler:           srv.AdminHandler(),
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    8 << 10,
-		}
+		admin = srv.adminServer(aln)
 		fmt.Fprintf(status, "egressd %s: admin (metrics, health) listening on %s\n", version, aln.Addr())
 		go func() {
 			if err := admin.Serve(aln); err != nil && !errors.Is(err, http.ErrServerClosed) {
