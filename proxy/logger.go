@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/rs/zerolog"
@@ -79,12 +80,27 @@ func consoleWriter(out io.Writer, color bool) zerolog.ConsoleWriter {
 			if i == nil {
 				return ""
 			}
+			v := consoleSafe(fmt.Sprint(i))
 			if name == consoleTarget {
-				return fmt.Sprintf("-> %v", i)
+				return "-> " + v
 			}
-			return fmt.Sprint(i)
+			return v
 		},
 	}
+}
+
+// consoleSafe returns s as it is when it is printable ASCII, and quoted
+// with every other byte escaped when not: a refused target is the
+// client's bytes, and a terminal must not act on them (escape sequences,
+// U+009B CSI, U+202E right-to-left override). zerolog quotes field
+// values, not the parts.
+func consoleSafe(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return strconv.QuoteToASCII(s)
+		}
+	}
+	return s
 }
 
 // prepareConsole turns a decision-log event into what consoleWriter

@@ -1,13 +1,18 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/json"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/egressd/egressd/policy"
 	"github.com/egressd/egressd/sni"
@@ -101,5 +106,32 @@ policy "p" {
 	s.logDecision(c)
 	if b, _ := os.ReadFile(cfg.Log.Output); !json.Valid(b) || !strings.Contains(string(b), `"decision":"allow"`) {
 		t.Errorf("default format: %q, want a JSON line", b)
+	}
+}
+
+// TestConsoleLogEscapesTarget: a refused target is the client's bytes;
+// the console line quotes it when it is not printable ASCII, so no
+// escape sequence or bidirectional override reaches a terminal.
+func TestConsoleLogEscapesTarget(t *testing.T) {
+	for _, host := range []string{"evil\u202e\u009b31m.example", "a\x1b[2Jb", "tab\there", "caf\u00e9.example"} {
+		var buf bytes.Buffer
+		s, err := New(&policy.Config{Policy: &policy.Policy{}}, zerolog.New(consoleWriter(&buf, false)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := s.newConn(ModeConnect, "10.0.0.7:51234")
+		c.host, c.port = host, 443
+		c.decision = policy.Decision{Reason: policy.ReasonBadRequest}
+		s.logDecision(c)
+		line := buf.String()
+		for _, r := range strings.TrimSuffix(line, "\n") {
+			if r < 0x20 || r > 0x7e {
+				t.Errorf("console line for %q holds %U: %q", host, r, line)
+				break
+			}
+		}
+		if want := "-> " + strconv.QuoteToASCII(net.JoinHostPort(host, "443")); !strings.Contains(line, want) {
+			t.Errorf("console line %q lacks %s", line, want)
+		}
 	}
 }
