@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"math/big"
 	"net"
 	"os"
@@ -1390,7 +1391,10 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 		add(rows[base+1], dst.p50, vst.p50, vst.p50/dst.p50)
 		add(rows[base+2], dst.p99, vst.p99, vst.p99/dst.p99)
 		if dst.failed+vst.failed > 0 {
-			rows[base].note += fmt.Sprintf(" %d+%d failed", dst.failed, vst.failed)
+			// Rate and latencies count completed connections only.
+			for _, r := range rows[base : base+3] {
+				r.note += fmt.Sprintf(" %d+%d failed", dst.failed, vst.failed)
+			}
 		}
 	}
 	return nil
@@ -1537,7 +1541,7 @@ func (b *bench) render(rows []*row) string {
 			switch r.check {
 			case ratioAtLeast:
 				m, _, _ := stats(r.ratio)
-				ok = m >= r.limit
+				ok = m >= r.limit && !math.IsInf(m, 1) // +Inf: direct measured 0
 			case multipleAtMost:
 				m, _, _ := stats(r.ratio)
 				ok = m <= r.limit

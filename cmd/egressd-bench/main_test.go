@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -187,6 +188,14 @@ func TestRenderPeersVerdict(t *testing.T) {
 			t.Errorf("missing %q in:\n%s", want, out)
 		}
 	}
+	// egressd's own lower bound that looks better than a peer's value
+	// does not settle it either.
+	egressd[rowCSConn].lowerBound = true
+	exact := mk(0.1, 0.9, 2)
+	add(exact[rowCSConn], 0, 7, 0)
+	if out := b.renderPeers(egressd, []*peerResult{{spec: peerSpec{name: "exact"}, rows: exact}}); !strings.Contains(out, "| ≥ 5.0 | 7.0 | unknown: exact |") {
+		t.Errorf("egressd's lower bound 5 against a peer's 7 is not unknown:\n%s", out)
+	}
 	if out := b.renderPeers(failRows(newRows("CONNECT", true), errors.New("x")), peers); !strings.Contains(out, "Peers not compared") {
 		t.Errorf("a failed egressd run still compared:\n%s", out)
 	}
@@ -255,5 +264,17 @@ func TestTurnOrder(t *testing.T) {
 	}
 	if via != connTurnsEach {
 		t.Errorf("%d turns via the relay, want %d", via, connTurnsEach)
+	}
+}
+
+// TestRenderInfiniteRatio: a direct run that measured nothing gives an
+// infinite ratio, which is not a target met.
+func TestRenderInfiniteRatio(t *testing.T) {
+	b := &bench{opt: options{runs: 1}}
+	rows := newRows("CONNECT", true)
+	add(rows[rowBulk1], 0, 100, math.Inf(1))
+	out := b.render(rows[:rowBulk1+1])
+	if line := out[strings.Index(out, "| CONNECT |"):]; !strings.Contains(line[:strings.IndexByte(line, '\n')], "| NOT MET |") {
+		t.Errorf("an infinite ratio is not NOT MET:\n%s", out)
 	}
 }

@@ -331,6 +331,9 @@ func (b *bench) renderPeers(egressd []*row, peers []*peerResult) string {
 				} else {
 					ahead = append(ahead, p.spec.name)
 				}
+			case er.lowerBound && !f.higher:
+				// egressd's is at least ev: it may still be worse than pv.
+				unknown = append(unknown, p.spec.name)
 			}
 		}
 		switch {
