@@ -189,10 +189,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	b := &bench{opt: o, stderr: stderr}
-	defer b.cleanup()
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	// In this order at the end: the handler below stops, the cleanup runs
+	// with SIGINT and SIGTERM still caught (and now ignored, so that a
+	// second Ctrl-C does not cut it short), then they are released.
 	defer signal.Stop(sigs)
+	defer b.cleanup()
 	done := make(chan struct{})
 	defer close(done)
 	go func() {
@@ -225,6 +228,7 @@ type bench struct {
 
 	mu       sync.Mutex
 	cleanups []func()
+	stopped  bool // cleanup ran: a later onCleanup runs its function at once
 
 	dir       string
 	bin       string
@@ -246,8 +250,15 @@ type bench struct {
 	dialed, tunnels atomic.Int64
 }
 
+// onCleanup registers f for cleanup; after cleanup began (a signal
+// arrived while the run goes on), f runs at once instead.
 func (b *bench) onCleanup(f func()) {
 	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		f()
+		return
+	}
 	b.cleanups = append(b.cleanups, f)
 	b.mu.Unlock()
 }
@@ -256,7 +267,7 @@ func (b *bench) onCleanup(f func()) {
 func (b *bench) cleanup() {
 	b.mu.Lock()
 	cs := b.cleanups
-	b.cleanups = nil
+	b.cleanups, b.stopped = nil, true
 	b.mu.Unlock()
 	for i := len(cs) - 1; i >= 0; i-- {
 		cs[i]()

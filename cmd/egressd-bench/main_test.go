@@ -278,3 +278,19 @@ func TestRenderInfiniteRatio(t *testing.T) {
 		t.Errorf("an infinite ratio is not NOT MET:\n%s", out)
 	}
 }
+
+// TestCleanupAfterStop: a cleanup registered after cleanup ran (the run
+// went on after a signal's cleanup) runs at once, so nothing it would
+// undo (a namespace, a child) is left behind.
+func TestCleanupAfterStop(t *testing.T) {
+	b := &bench{}
+	var order []int
+	b.onCleanup(func() { order = append(order, 1) })
+	b.onCleanup(func() { order = append(order, 2) })
+	b.cleanup()
+	b.onCleanup(func() { order = append(order, 3) })
+	b.cleanup()
+	if fmt.Sprint(order) != "[2 1 3]" {
+		t.Errorf("cleanups ran as %v, want [2 1 3]", order)
+	}
+}
