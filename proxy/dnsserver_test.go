@@ -390,38 +390,15 @@ func TestDNSAuditMode(t *testing.T) {
 }
 
 // bigUpstream answers TXT for big.egress.test with about 10 KB of records:
-// over UDP truncated to 1232 bytes (TC), as public resolvers do, over TCP
-// whole.
+// over UDP truncated (TC), as public resolvers do, over TCP whole.
 func bigUpstream(t *testing.T) string {
-	t.Helper()
-	pc, ln := listenUDPAndTCP(t)
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		for i := range 40 {
-			rr, _ := dns.NewRR("big.egress.test. 60 IN TXT \"" + strings.Repeat(string(rune('a'+i%26)), 250) + "\"")
-			m.Answer = append(m.Answer, rr)
-		}
-		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
-			size := dns.MinMsgSize
-			if q.IsEdns0() != nil {
-				size = 1232
-			}
-			m.Truncate(size)
-		}
-		w.WriteMsg(m)
-	})
-	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
-		go s.ActivateAndServe()
-		t.Cleanup(func() { s.Shutdown() })
+	var txt []string
+	for i := range 40 {
+		txt = append(txt, "big.egress.test. 60 IN TXT \""+strings.Repeat(string(rune('a'+i%26)), 250)+"\"")
 	}
-	return pc.LocalAddr().String()
+	return staticUpstream(t, map[string][]string{"big.egress.test. TXT": txt})
 }
 
-// TestDNSUDPAnswerCapped: a UDP query that claims an EDNS0 size of 65,000
-// gets at most dnsMaxUDPAnswer bytes, truncated (TC), although egressd
-// fetched the whole 10 KB answer over TCP upstream: no amplification
-// towards a spoofed source. Over TCP the whole answer comes back.
 func TestDNSUDPAnswerCapped(t *testing.T) {
 	e := newEnv(t)
 	e.dnsAddr = bigUpstream(t)

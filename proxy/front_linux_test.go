@@ -298,10 +298,12 @@ func BenchmarkTransparentTunnel(b *testing.B) {
 	}
 }
 
-// TestFrontHelloShortWrite: a hello the upstream socket cannot take at once
-// (a small send buffer, an upstream that does not read for a while) is
-// written in parts as room comes, and arrives whole.
-func TestFrontHelloShortWrite(t *testing.T) {
+// stalledHelloSetup starts a front loop whose upstream sockets have a
+// 4 KiB send buffer, an upstream listener with a 2 KiB receive buffer,
+// and a ClientHello of over 10 KiB: more than the two buffers take until
+// the upstream reads.
+func stalledHelloSetup(t *testing.T) (*env, *gateway, net.Listener, []byte) {
+	t.Helper()
 	e := newEnv(t)
 	e.start(t, frontConfig)
 	e.srv.frontSndBuf = 4096
@@ -314,6 +316,22 @@ func TestFrontHelloShortWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
+	var protos []string
+	for i := range 44 {
+		protos = append(protos, fmt.Sprintf("%03d-%s", i, strings.Repeat("p", 240)))
+	}
+	hello := capturedHello(&tls.Config{ServerName: "x.egress.test", NextProtos: protos})
+	if len(hello) < 10<<10 {
+		t.Fatalf("hello of %d bytes, want a large one", len(hello))
+	}
+	return e, g, ln, hello
+}
+
+// TestFrontHelloShortWrite: a hello the upstream socket cannot take at once
+// (a small send buffer, an upstream that does not read for a while) is
+// written in parts as room comes, and arrives whole.
+func TestFrontHelloShortWrite(t *testing.T) {
+	_, g, ln, hello := stalledHelloSetup(t)
 	go func() {
 		c, err := ln.Accept()
 		if err != nil {
@@ -324,14 +342,6 @@ func TestFrontHelloShortWrite(t *testing.T) {
 		io.Copy(c, c)
 		c.(*net.TCPConn).CloseWrite()
 	}()
-	var protos []string
-	for i := range 44 {
-		protos = append(protos, fmt.Sprintf("%03d-%s", i, strings.Repeat("p", 240)))
-	}
-	hello := capturedHello(&tls.Config{ServerName: "x.egress.test", NextProtos: protos})
-	if len(hello) < 10<<10 {
-		t.Fatalf("hello of %d bytes, want a large one", len(hello))
-	}
 	short := frontShortWrites.Load()
 	c := g.dial(t, ln.Addr().String())
 	if got := exchange(t, c, hello); !bytes.Equal(got, hello) {
@@ -346,29 +356,13 @@ func TestFrontHelloShortWrite(t *testing.T) {
 // until dial_timeout (an upstream that does not read) ends the tunnel,
 // and the close line counts the part that was written.
 func TestFrontHelloStalledCloseBytes(t *testing.T) {
-	e := newEnv(t)
-	e.start(t, frontConfig)
-	e.srv.frontSndBuf = 4096
-	g := e.serveGateway(t)
-	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		return setsockopts(rc, sockopt{syscall.SOL_SOCKET, syscall.SO_RCVBUF, 2048, "SO_RCVBUF"})
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
+	e, g, ln, hello := stalledHelloSetup(t)
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		if c, err := ln.Accept(); err == nil {
 			accepted <- c
 		}
 	}()
-	var protos []string
-	for i := range 44 {
-		protos = append(protos, fmt.Sprintf("%03d-%s", i, strings.Repeat("p", 240)))
-	}
-	hello := capturedHello(&tls.Config{ServerName: "x.egress.test", NextProtos: protos})
 	c := g.dial(t, ln.Addr().String())
 	if _, err := c.Write(hello); err != nil {
 		t.Fatal(err)

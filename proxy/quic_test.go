@@ -500,6 +500,38 @@ func TestQUICOtherConnectionsOnAFlow(t *testing.T) {
 	}
 }
 
+// helloRecorder starts a quic-go server on loopback (of versions, all
+// when nil) that records the SNI of every hello it acts on.
+func helloRecorder(t *testing.T, e *env, versions []quic.Version) (netip.AddrPort, func() []string) {
+	t.Helper()
+	pc := listenUDP(t, "127.0.0.1:0")
+	var mu sync.Mutex
+	var seen []string
+	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
+		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+			mu.Lock()
+			seen = append(seen, chi.ServerName)
+			mu.Unlock()
+			return nil, nil
+		}}, &quic.Config{Versions: versions})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			if _, err := ln.Accept(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort(), func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
 // TestQUICDecidedHelloOnly: the upstream server only ever gets the hello
 // egressd decided. A client gets an allowed hello decided in packets a
 // server drops, then sends another hello for the same connection ID in
@@ -563,32 +595,16 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			pc := listenUDP(t, "127.0.0.1:0")
-			var mu sync.Mutex
-			var seen []string // the SNI of every hello the server acted on
+			up, seen := helloRecorder(t, e, tc.versions)
 			count := func(name string) int {
-				mu.Lock()
-				defer mu.Unlock()
 				n := 0
-				for _, s := range seen {
+				for _, s := range seen() {
 					if s == name {
 						n++
 					}
 				}
 				return n
 			}
-			ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
-				GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-					mu.Lock()
-					seen = append(seen, chi.ServerName)
-					mu.Unlock()
-					return nil, nil
-				}}, &quic.Config{Versions: tc.versions})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { ln.Close() })
-			up := pc.LocalAddr().(*net.UDPAddr).AddrPort()
 			q := e.startQUIC(t, quicTestPolicy, up.Port())
 			c := q.socket(t, up)
 
@@ -608,16 +624,12 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 					return e.countLines(t, "decision", map[string]any{"mode": "quic", "sni": name, "decision": "allow"}) >= d.decisions
 				})
 				if !eventually(func() bool { return count(name) >= d.acted }) {
-					mu.Lock()
-					defer mu.Unlock()
-					t.Fatalf("after datagram %d the server acted on %q, want %d hellos for %s and no other", i+1, seen, d.acted, name)
+					t.Fatalf("after datagram %d the server acted on %q, want %d hellos for %s and no other", i+1, seen(), d.acted, name)
 				}
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			for _, s := range seen {
+			for _, s := range seen() {
 				if s != name {
-					t.Errorf("the server got a hello for %q, which the policy denies (it saw %q)", s, seen)
+					t.Errorf("the server got a hello for %q, which the policy denies (it saw %q)", s, seen())
 				}
 			}
 		})
@@ -681,28 +693,7 @@ func TestQUICSpoofedDatagrams(t *testing.T) {
 // destination does not let its hello reach the redirected upstream.
 func TestQUICRedirectOtherConnection(t *testing.T) {
 	e := newEnv(t)
-	pc := listenUDP(t, "127.0.0.1:0")
-	var mu sync.Mutex
-	var seen []string // the SNI of every hello the server acted on
-	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
-		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-			mu.Lock()
-			seen = append(seen, chi.ServerName)
-			mu.Unlock()
-			return nil, nil
-		}}, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			if _, err := ln.Accept(context.Background()); err != nil {
-				return
-			}
-		}
-	}()
-	up := pc.LocalAddr().(*net.UDPAddr).AddrPort() // allowed.egress.test's address
+	up, seen := helloRecorder(t, e, nil) // allowed.egress.test's address
 	q := e.startQUIC(t, `
 server {
   allow_private_destinations = true # allowed.egress.test is on loopback
@@ -743,10 +734,8 @@ policy "p" {
 		t.Errorf("a connection for evil.example was established through the redirected flow")
 	}
 	e.waitLog(t, "decision", map[string]any{"sni": "evil.example", "decision": "deny", "dst": up.String()})
-	mu.Lock()
-	defer mu.Unlock()
-	if slices.Contains(seen, "evil.example") {
-		t.Errorf("the upstream %s (allowed.egress.test) acted on a hello for evil.example, decided for %s: %q", up, orig, seen)
+	if slices.Contains(seen(), "evil.example") {
+		t.Errorf("the upstream %s (allowed.egress.test) acted on a hello for evil.example, decided for %s: %q", up, orig, seen())
 	}
 }
 
