@@ -393,15 +393,19 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	if t, ok := s.decideHello(context.Background(), c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
 		up, reply = g.open(c, t, f.key.dst)
 	}
-	s.logDecision(c)
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.state == flowClosed && up != nil {
+		// Shut down while it was decided: nothing was relayed, and an
+		// allow would have no close line.
+		_ = up.Close()
+		_ = reply.Close()
+		up = nil
+		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
+	}
+	s.logDecision(c)
 	if f.state == flowClosed || up == nil {
-		if up != nil {
-			_ = up.Close()
-			_ = reply.Close()
-		}
 		if f.state == flowClosed {
 			f.release() // left to this goroutine by close
 			f.slot.free()
@@ -656,7 +660,7 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		// Not a first flight, unless an Initial hides behind a 0-RTT or
 		// Handshake packet, which no client sends: dropped, or its
 		// hello would reach the server unscreened.
-		return !sni.InitialAfterOther(b), nil
+		return !sni.LaterInitial(b), nil
 	}
 	if id == f.verify.ConnID() {
 		return f.verify.Check(b) == nil, nil
@@ -678,17 +682,24 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	err := q.Add(b, &hello)
 	if !q.Opened() {
 		// Not a first flight: the flow's own connection, or nothing a
-		// server could open either.
+		// server could open either; unless another Initial follows the
+		// one that did not open, which no client sends: the reassembly
+		// stopped at the first, and a server may take the other.
 		q.Reset()
 		initialPool.Put(q)
-		return true, nil
+		return !sni.LaterInitial(b), nil
 	}
-	for _, p := range f.others {
-		if p.state == flowPending || len(f.others) >= quicMaxOtherConns {
-			q.Reset()
-			initialPool.Put(q)
-			return false, nil // dropped: the client retransmits
-		}
+	if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {
+		q.Reset()
+		initialPool.Put(q)
+		return false, nil // dropped: the client retransmits
+	}
+	if len(f.others) >= quicMaxOtherConns {
+		// The oldest verdict goes (none is pending): forgotten, its
+		// connection's next first flight is decided again. Otherwise a
+		// sender spoofing the client's address could use up the table
+		// and lock the client's own new connections out.
+		f.others = slices.Delete(f.others, 0, 1)
 	}
 	o := &otherConn{dcid: id, q: q, hello: hello, start: time.Now()}
 	f.others = append(f.others, o)

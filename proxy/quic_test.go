@@ -850,3 +850,93 @@ func TestQUICInitialBehind0RTT(t *testing.T) {
 		t.Errorf("the upstream got %d datagrams, want the hello and its retransmission only", n)
 	}
 }
+
+// TestQUICScreenSpoofing: what a sender spoofing the client's address
+// (or a client hiding a hello) gets nowhere with, on a pending or a
+// relaying flow.
+func TestQUICScreenSpoofing(t *testing.T) {
+	relaying := strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1)
+	// allowed is a CRYPTO frame with a new allowed hello each time.
+	allowed := func(t *testing.T) []byte { return quicCrypto(0, quicClientHello(t, "quic.cftunnel.com")) }
+	t.Run("an Initial behind one that does not open", func(t *testing.T) {
+		e := newEnv(t)
+		up, got := udpSink(t)
+		q := e.startQUIC(t, relaying, up.Port())
+		c := q.socket(t, up)
+		dcid, hello := []byte{1, 2, 3, 4, 5, 6, 7, 8}, allowed(t)
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: hello, padTo: 1200}), q.addr)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+		x := []byte("evil-dcid")
+		garbage := sealQUICInitial(t, quicInitialSpec{dcid: x, pn: 0, frames: []byte{0x01}, padTo: 100})
+		garbage[len(garbage)-1] ^= 1 // fails authentication
+		evil := sealQUICInitial(t, quicInitialSpec{dcid: x, pn: 1, frames: quicCrypto(0, quicClientHello(t, "evil-example.test")), padTo: 1200})
+		c.WriteTo(slices.Concat(garbage, evil), q.addr)
+		// A retransmission of the allowed hello goes on; datagrams from
+		// one socket arrive in order, so once it is there the other would
+		// be too. (quic-go acts on such a datagram's second Initial.)
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: hello, padTo: 1200}), q.addr)
+		waitFor(t, "the retransmission at the upstream", func() bool { return got.Load() >= 2 })
+		if n := got.Load(); n != 2 {
+			t.Errorf("the upstream got %d datagrams, want the hello and its retransmission only", n)
+		}
+	})
+	t.Run("0-RTT datagrams of another DCID on a pending flow", func(t *testing.T) {
+		e := newEnv(t)
+		up, got := udpSink(t)
+		q := e.startQUIC(t, quicTestPolicy, up.Port())
+		c := q.socket(t, up)
+		hello := quicClientHello(t, "quic.cftunnel.com")
+		dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 0, frames: quicCrypto(0, hello[:100]), padTo: 1200}), q.addr)
+		waitFor(t, "the pending flow", func() bool { return q.flows() == 1 })
+		for range maxPendingDatagrams {
+			c.WriteTo([]byte{0xd0, 0, 0, 0, 1, 0, 0, 0}, q.addr) // v1 0-RTT, no connection IDs, Length 0
+		}
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: quicCrypto(100, hello[100:]), padTo: 1200}), q.addr)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": "quic.cftunnel.com", "decision": "allow"})
+		waitFor(t, "the hello's 2 datagrams upstream", func() bool { return got.Load() >= 2 })
+		if n := got.Load(); n != 2 {
+			t.Errorf("the upstream got %d datagrams, want the hello's 2", n)
+		}
+	})
+	t.Run("spoofed first flights do not use up a flow's connections", func(t *testing.T) {
+		e := newEnv(t)
+		up, _ := udpSink(t)
+		q := e.startQUIC(t, relaying, up.Port())
+		c := q.socket(t, up)
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: allowed(t), padTo: 1200}), q.addr)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+		evil := quicCrypto(0, quicClientHello(t, "evil-example.test"))
+		for i := range 2 * quicMaxOtherConns {
+			c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: []byte{9, 9, 9, 9, 9, 9, 9, byte(i)}, frames: evil, padTo: 1200}), q.addr)
+			waitFor(t, "the spoofed connection's deny line", func() bool {
+				return e.countLines(t, "decision", map[string]any{"decision": "deny"}) == i+1
+			})
+		}
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: []byte{7, 7, 7, 7, 7, 7, 7, 7}, frames: allowed(t), padTo: 1200}), q.addr)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow", "sni": "quic.cftunnel.com", "conn": 2*quicMaxOtherConns + 2})
+	})
+	t.Run("a flow decided while egressd shuts down", func(t *testing.T) {
+		e := newEnv(t)
+		up, got := udpSink(t)
+		q := e.startQUIC(t, quicTestPolicy, up.Port())
+		dialing, release := make(chan struct{}), make(chan struct{})
+		var d net.Dialer
+		e.srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			close(dialing)
+			<-release
+			return d.DialContext(ctx, network, addr)
+		}
+		c := q.socket(t, up)
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: allowed(t), padTo: 1200}), q.addr)
+		<-dialing
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		e.srv.Shutdown(ctx)
+		close(release)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny", "reason": "client_closed"})
+		if n := e.countLines(t, "decision", nil) + e.countLines(t, "close", nil); n != 1 || got.Load() != 0 {
+			t.Errorf("%d decision and close lines, %d datagrams upstream; want 1 and 0:\n%s", n, got.Load(), e.log.buf.String())
+		}
+	})
+}

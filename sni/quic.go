@@ -316,7 +316,13 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 	pnOffset := len(b) - len(r)
 	end := pnOffset + int(length)
 	if typ != pktInitial {
-		// 0-RTT or Handshake: not ours to decrypt (RFC 9000 §12.2).
+		// 0-RTT or Handshake: not ours to decrypt (RFC 9000 §12.2). Until
+		// the hello is complete a client sends only 0-RTT, to the
+		// attempt's connection ID: another one is not the attempt's (a
+		// spoofer's, which must not fill the caller's buffer).
+		if q.version != 0 && !q.verify && string(dcid) != string(q.dcid[:q.dcidLen]) {
+			return 0, quicMalformed("Destination Connection ID of a 0-RTT or Handshake packet is not the attempt's")
+		}
 		return end, nil
 	}
 
@@ -661,24 +667,23 @@ func InitialDCID(datagram []byte) (id QUICConnID, ok bool) {
 	return id, true
 }
 
-// InitialAfterOther reports whether datagram holds a v1 or v2 Initial
-// packet after a long-header packet of another type (0-RTT, Handshake),
-// walking the coalesced packets by their Length fields without
-// decrypting. Clients put their Initial first (RFC 9000 §12.2 has
-// senders coalesce in order of encryption level), so such a datagram is
-// not a client's; a first look that stops at the first packet
-// (InitialDCID) would miss the Initial, which a server may still take.
-func InitialAfterOther(datagram []byte) bool {
-	other := false
-	for b := datagram; len(b) >= 5 && b[0]&0x80 != 0; {
+// LaterInitial reports whether datagram holds a v1 or v2 Initial packet
+// after its first packet, walking the coalesced long-header packets by
+// their Length fields without decrypting. A client puts at most one
+// Initial packet in a datagram, and first (RFC 9000 §12.2 has senders
+// coalesce in order of encryption level, and one packet per level holds
+// all its frames), so such a datagram is not a client's. A look at the
+// first packet alone (InitialDCID, or an Add that stops where a packet
+// fails) would miss the later Initial, which a server may still take.
+func LaterInitial(datagram []byte) bool {
+	for b, i := datagram, 0; len(b) >= 5 && b[0]&0x80 != 0; i++ {
 		_, typ, ok := longHeaderType(b)
 		if !ok || typ == pktRetry {
 			return false
 		}
-		if typ == pktInitial && other {
+		if typ == pktInitial && i > 0 {
 			return true
 		}
-		other = other || typ != pktInitial
 		r := quicReader(b[5:])
 		_, ok1 := r.cid()
 		_, ok2 := r.cid()

@@ -216,7 +216,8 @@ func TestQUICCoalesced(t *testing.T) {
 		{"Initial then short header", [][]byte{slices.Concat(rfc, []byte{0x41, 0xde, 0xad, 0xbe, 0xef, 0xff, 0xff})}, []error{nil}},
 		{"Initial then zero padding", [][]byte{slices.Concat(rfc, make([]byte, 100))}, []error{nil}},
 		{"Initial then 0-RTT and Handshake", [][]byte{slices.Concat(rfc,
-			longHeader(quicV1, pkt0RTT, rfcDCID, nil, 50), longHeader(quicV1, pktHandshake, []byte{1, 2, 3}, nil, 30))}, []error{nil}},
+			longHeader(quicV1, pkt0RTT, rfcDCID, nil, 50), longHeader(quicV1, pktHandshake, rfcDCID, nil, 30))}, []error{nil}},
+		{"Initial then a Handshake of another DCID", [][]byte{slices.Concat(rfc, longHeader(quicV1, pktHandshake, []byte{1, 2, 3}, nil, 30))}, []error{ErrMalformed}},
 		{"Initial then truncated long header", [][]byte{slices.Concat(rfc, []byte{0xc0, 0, 0})}, []error{ErrMalformed}},
 		{"Initial then 0-RTT past the end", [][]byte{slices.Concat(rfc, longHeader(quicV1, pkt0RTT, rfcDCID, nil, 50)[:40])}, []error{ErrMalformed}},
 		{"Initial then Retry", [][]byte{slices.Concat(rfc, longHeader(quicV1, pktRetry, rfcDCID, nil, 50))}, []error{ErrMalformed}},
@@ -605,6 +606,11 @@ func TestQUICCrafted(t *testing.T) {
 			sealInitial(t, testInitial{pn: 1, dcid: []byte("01234567"), frames: cryptoFrame(100, hello[100:])}))}, []error{ErrMalformed}},
 		{"later 0-RTT-only datagram", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
 			longHeader(quicV1, pkt0RTT, rfcDCID, nil, 1200), seal(1, cryptoFrame(100, hello[100:]))}, []error{ErrNeedMore, ErrNeedMore, nil}},
+		// A spoofer does not know the DCID: its 0-RTT or Handshake packets
+		// must not count as the attempt's.
+		{"later 0-RTT of another DCID", [][]byte{seal(0, cryptoFrame(0, hello[:100])),
+			longHeader(quicV1, pkt0RTT, nil, nil, 0), longHeader(quicV1, pktHandshake, []byte("01234567"), nil, 100),
+			seal(1, cryptoFrame(100, hello[100:]))}, []error{ErrNeedMore, ErrDiscarded, ErrDiscarded, nil}},
 		{"later short header", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {0x40, 1, 2, 3}}, []error{ErrNeedMore, ErrDiscarded}},
 		{"later empty datagram", [][]byte{seal(0, cryptoFrame(0, hello[:100])), {}}, []error{ErrNeedMore, ErrDiscarded}},
 		{"later unknown version", [][]byte{seal(0, cryptoFrame(0, hello[:100])), longHeader(0xff00001d, pktInitial, rfcDCID, nil, 1200)}, []error{ErrNeedMore, ErrDiscarded}},
@@ -729,9 +735,9 @@ func TestInitialDCID(t *testing.T) {
 	}
 }
 
-// TestInitialAfterOther: an Initial coalesced after a 0-RTT or Handshake
-// packet is found; an Initial first, or none, is not.
-func TestInitialAfterOther(t *testing.T) {
+// TestLaterInitial: an Initial coalesced after another packet is found;
+// an Initial first and alone, or none, is not.
+func TestLaterInitial(t *testing.T) {
 	v1 := readHexFile(t, "rfc9001-a2-client-initial.hex")
 	zeroRTT := longHeader(quicV1, pkt0RTT, rfcDCID, nil, 100)
 	handshake := longHeader(quicV1, pktHandshake, rfcDCID, nil, 100)
@@ -742,7 +748,7 @@ func TestInitialAfterOther(t *testing.T) {
 	}{
 		{"Initial alone", v1, false},
 		{"Initial, then 0-RTT", slices.Concat(v1, zeroRTT), false},
-		{"two Initials", slices.Concat(v1, v1), false},
+		{"two Initials", slices.Concat(v1, v1), true},
 		{"Initial, 0-RTT, Initial", slices.Concat(v1, zeroRTT, v1), true},
 		{"0-RTT, then Initial", slices.Concat(zeroRTT, v1), true},
 		{"Handshake, 0-RTT, then Initial", slices.Concat(handshake, zeroRTT, v1), true},
@@ -754,8 +760,8 @@ func TestInitialAfterOther(t *testing.T) {
 		{"short header", []byte{0x40, 1, 2, 3, 4, 5, 6}, false},
 		{"empty", nil, false},
 	} {
-		if got := InitialAfterOther(tc.b); got != tc.want {
-			t.Errorf("%s: InitialAfterOther = %v, want %v", tc.name, got, tc.want)
+		if got := LaterInitial(tc.b); got != tc.want {
+			t.Errorf("%s: LaterInitial = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
