@@ -326,9 +326,11 @@ func (s *Server) AdminHandler() http.Handler {
 // the proxy port, or any proxy client allowed to reach loopback would
 // reach pprof as a loopback client.
 func (s *Server) adminServer(ln net.Listener) *http.Server {
-	s.mu.Lock()
-	s.addSelfLocked(ln.Addr())
-	s.mu.Unlock()
+	if ap, err := netip.ParseAddrPort(ln.Addr().String()); err == nil {
+		s.mu.Lock()
+		s.adminAddrs = append(s.adminAddrs, unmapAddrPort(ap))
+		s.mu.Unlock()
+	}
 	return &http.Server{
 		Handler:           s.AdminHandler(),
 		ReadHeaderTimeout: 5 * time.Second,

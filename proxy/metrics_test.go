@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -475,7 +477,7 @@ func TestAdminNotThroughTunnel(t *testing.T) {
 	e.start(t, `
 policy "lab" {
   allow "loopback" {
-    cidrs       = ["127.0.0.0/8"]
+    cidrs       = ["127.0.0.0/8", "0.0.0.0/8"]
     ports       = ["1024-65535"]
     require_tls = false
   }
@@ -492,4 +494,44 @@ policy "lab" {
 		t.Errorf("through a tunnel to the admin port %s: %.100q", admin, got)
 	}
 	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "bad_request", "detail": admin + " is egressd's own listener"})
+
+	// 0.0.0.0 is this host, over loopback.
+	unspecified := "0.0.0.0:" + admin[strings.LastIndexByte(admin, ':')+1:]
+	c, _, _ = e.connect(t, unspecified)
+	io.WriteString(c, "GET /debug/pprof/ HTTP/1.1\r\nHost: x\r\n\r\n")
+	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "bad_request", "detail": unspecified + " is egressd's own listener"})
+}
+
+// TestAdminOnAnyAddressNotSelf: an admin listener on 0.0.0.0 is not
+// where redirected connections come from: a workload's connection to
+// another host on the admin port is decided, not refused as a loop.
+func TestAdminOnAnyAddressNotSelf(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, `
+policy "p" {
+  allow "remote" {
+    cidrs       = ["198.51.100.0/24"]
+    ports       = ["1024-65535"]
+    require_tls = false
+  }
+}`)
+	ln := listen(t)
+	port := ln.Addr().(*net.TCPAddr).Port
+	e.srv.adminServer(anyAddrListener{ln}) // as if on 0.0.0.0:port
+	e.srv.checkDial = func(string, netip.AddrPort) error { return errors.New("test: not dialed") }
+	remote := netip.AddrPortFrom(netip.MustParseAddr("198.51.100.1"), uint16(port))
+	c, err := net.Dial("tcp", e.fixedTransparent(t, remote))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "dial_error", "rule": "remote"})
+}
+
+// anyAddrListener is a loopback listener that says it is on 0.0.0.0.
+type anyAddrListener struct{ net.Listener }
+
+func (l anyAddrListener) Addr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4zero, Port: l.Listener.Addr().(*net.TCPAddr).Port}
 }

@@ -104,6 +104,10 @@ type Server struct {
 	// Shutdown; selfAddrs are their addresses, parsed once for isSelf.
 	listeners []net.Listener
 	selfAddrs []netip.AddrPort
+	// adminAddrs are the admin listener's: no tunnel may reach it, but it
+	// is not what a redirect sends to egressd (isSelf), so a workload's
+	// own port 9090 elsewhere is not taken for it.
+	adminAddrs []netip.AddrPort
 	// dnsServers and dnsConns are the gateway DNS servers and their UDP
 	// sockets (ServeDNS), stopped by Shutdown.
 	dnsServers []*dns.Server
@@ -564,7 +568,17 @@ func ownListenerDetail(dst netip.AddrPort) string {
 // address is reached on loopback, on the unspecified address and on this
 // host's own interface addresses, not on another host's same port.
 func (s *Server) isOwnListener(dst netip.AddrPort) bool {
-	return s.listensOn(dst, func(a netip.Addr) bool {
+	dst = unmapAddrPort(dst)
+	if a := dst.Addr(); a.IsUnspecified() {
+		// A connection to the unspecified address goes to this host,
+		// over loopback: to a listener on 127.0.0.1 (or ::1) too.
+		lo := netip.IPv6Loopback()
+		if a.Is4() {
+			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+		dst = netip.AddrPortFrom(lo, dst.Port())
+	}
+	return s.listensOn(dst, true, func(a netip.Addr) bool {
 		return a.IsLoopback() || a.IsUnspecified() || isLocalAddr(a)
 	})
 }
@@ -574,28 +588,35 @@ func (s *Server) isOwnListener(dst netip.AddrPort) bool {
 // loop): a listener on the unspecified address matches ap's port on any
 // address, since whatever reached it on that port was sent to egressd.
 func (s *Server) isSelf(ap netip.AddrPort) bool {
-	return s.listensOn(ap, func(netip.Addr) bool { return true })
+	return s.listensOn(ap, false, func(netip.Addr) bool { return true })
 }
 
-// listensOn reports whether egressd listens on dst: a listener on exactly
-// dst, or on the unspecified address at dst's port when onAny(dst's
-// address) says that listener is reached there.
-func (s *Server) listensOn(dst netip.AddrPort, onAny func(netip.Addr) bool) bool {
+// listensOn reports whether egressd listens on dst (admin: counting the
+// admin listener): a listener on exactly dst, or on the unspecified
+// address at dst's port when onAny(dst's address) says that listener is
+// reached there.
+func (s *Server) listensOn(dst netip.AddrPort, admin bool, onAny func(netip.Addr) bool) bool {
 	dst = unmapAddrPort(dst)
 	s.mu.Lock()
-	var unspecified bool
-	for _, l := range s.selfAddrs {
-		if l.Port() != dst.Port() {
-			continue
-		}
-		if l.Addr() == dst.Addr() {
-			s.mu.Unlock()
-			return true
-		}
-		unspecified = unspecified || l.Addr().IsUnspecified()
+	exact, unspecified := matchListeners(s.selfAddrs, dst)
+	if admin {
+		e, u := matchListeners(s.adminAddrs, dst)
+		exact, unspecified = exact || e, unspecified || u
 	}
 	s.mu.Unlock()
-	return unspecified && onAny(dst.Addr())
+	return exact || unspecified && onAny(dst.Addr())
+}
+
+// matchListeners reports whether one of addrs is dst, and whether one is
+// the unspecified address at dst's port.
+func matchListeners(addrs []netip.AddrPort, dst netip.AddrPort) (exact, unspecified bool) {
+	for _, l := range addrs {
+		if l.Port() == dst.Port() {
+			exact = exact || l.Addr() == dst.Addr()
+			unspecified = unspecified || l.Addr().IsUnspecified()
+		}
+	}
+	return exact, unspecified
 }
 
 // interfaceAddrs lists this host's addresses; tests replace it.
