@@ -184,8 +184,8 @@ func (a *authCache) put(p *policy.Policy, k [32]byte, user string) {
 // password of a user with a cheaper hash (lower bcrypt cost, or the other
 // kind) costs less: answered at once, its speed would tell that the user
 // exists. authTiming times the decoy checks, one at each load of a policy
-// and then every unknown user's, and a failed check waits, after leaving
-// authGate, until it has taken as long as the slowest of the recent ones.
+// and then every unknown user's, and a failed check waits, in its authGate
+// turn, until it has taken as long as the slowest of the recent ones.
 // A successful check never waits.
 type authTiming struct {
 	mu  sync.Mutex
@@ -306,10 +306,14 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	known := p.HasUser(name)
 	start := s.authTiming.now()
 	valid := checkPassword(p, name, password)
-	took := s.authTiming.now().Sub(start)
+	if !valid {
+		// The wait holds the client's turn and the check's slot: released
+		// earlier, a batch of wrong passwords sent at once would come back
+		// at the pace of the real hash work, telling a user that exists.
+		s.authTiming.failed(req.Context(), p, known, s.authTiming.now().Sub(start))
+	}
 	s.authGate.leave(client, turn)
 	if !valid {
-		s.authTiming.failed(req.Context(), p, known, took)
 		return "", false
 	}
 	s.auth.put(p, k, name)

@@ -476,7 +476,7 @@ func basicAuthRequest(ctx context.Context, client, user, password string) *http.
 
 // TestAuthFailuresWaitForDecoy: with faked check costs and clock, a wrong
 // password of a user whose hash is cheaper than the decoy is answered
-// only after waiting out the difference, outside authGate; an unknown
+// only after waiting out the difference, in its authGate turn; an unknown
 // user's and a successful check do not wait; a check slowed by load
 // raises the wait by at most authSampleRise and is forgotten after
 // authSamples newer ones; a reload times its own decoy check; a client
@@ -502,8 +502,8 @@ func TestAuthFailuresWaitForDecoy(t *testing.T) {
 	var slept []time.Duration
 	s.authTiming.now = clock.now
 	s.authTiming.sleep = func(ctx context.Context, d time.Duration) {
-		if n := len(s.authGate.sem); n != 0 {
-			t.Errorf("a failed check waits holding %d authGate slots", n)
+		if n := len(s.authGate.sem); n != 1 {
+			t.Errorf("a failed check waits holding %d authGate slots, want its own", n)
 		}
 		slept = append(slept, d)
 	}
