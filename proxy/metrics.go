@@ -199,10 +199,16 @@ func (m *metrics) decisionCounter(k decisionKey) prometheus.Counter {
 	if k.wouldDeny {
 		wouldDeny = "true"
 	}
-	ctr = m.decisions.WithLabelValues(k.mode, k.policy, k.rule, verdict, string(k.reason), wouldDeny)
+	// Under the lock, so that a prune cannot delete the series between
+	// its creation and its entry (the entry would then count into a
+	// series /metrics no longer has).
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	if ctr, ok := m.dec[k]; ok {
+		return ctr
+	}
+	ctr = m.decisions.WithLabelValues(k.mode, k.policy, k.rule, verdict, string(k.reason), wouldDeny)
 	m.dec[k] = ctr
-	m.mu.Unlock()
 	return ctr
 }
 

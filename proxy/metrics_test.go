@@ -535,3 +535,31 @@ type anyAddrListener struct{ net.Listener }
 func (l anyAddrListener) Addr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4zero, Port: l.Listener.Addr().(*net.TCPAddr).Port}
 }
+
+// TestMetricsPruneRace: a series created while a reload prunes is either
+// pruned with its entry or kept with it, never kept in the entry only
+// (counting into a series /metrics no longer has).
+func TestMetricsPruneRace(t *testing.T) {
+	m := newMetrics(nil)
+	pol := (*policy.Policy)(nil) // no rules: every rule's series goes
+	deadline := time.Now().Add(2 * time.Second)
+	for i := 0; i < 2000 && time.Now().Before(deadline); i++ {
+		// A series of the rule exists: prune deletes all of the rule's.
+		m.decisionCounter(decisionKey{mode: ModeConnect, policy: "p", rule: fmt.Sprint("r", i), reason: policy.ReasonDialError})
+		k := decisionKey{mode: ModeConnect, policy: "p", rule: fmt.Sprint("r", i), reason: policy.ReasonAllowed, allow: true}
+		done := make(chan struct{})
+		go func() { m.prune(pol); close(done) }()
+		ctr := m.decisionCounter(k)
+		<-done
+		m.mu.RLock()
+		stored, ok := m.dec[k]
+		m.mu.RUnlock()
+		if !ok {
+			continue // pruned after it was made: made again on next use
+		}
+		exported, err := m.decisions.GetMetricWithLabelValues(k.mode, k.policy, k.rule, decisionAllow, string(k.reason), "false")
+		if err != nil || exported != stored || stored != ctr {
+			t.Fatalf("iteration %d: the stored counter is not the exported one", i)
+		}
+	}
+}
