@@ -430,7 +430,16 @@ func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 // record: egressd's DNS server hands a workload only addresses it will
 // verify. Like Remember it counts per owner name, A and AAAA together, in
 // answer order, so Remember records every address left.
+//
+// A signed answer (with RRSIG records) is left whole: trimmed, its
+// signatures would no longer verify for a validating client. Addresses
+// past the first maxAddrsPerName of a name are then not remembered.
 func trimAnswer(in *dns.Msg) {
+	for _, rr := range in.Answer {
+		if _, signed := rr.(*dns.RRSIG); signed {
+			return
+		}
+	}
 	n := map[string]int{}
 	kept := in.Answer[:0]
 	for _, rr := range in.Answer {

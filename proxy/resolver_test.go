@@ -296,3 +296,31 @@ func TestResolverCacheEviction(t *testing.T) {
 		})
 	}
 }
+
+// TestTrimAnswer: an answer keeps the first maxAddrsPerName addresses of
+// each name, and a signed one is left whole (its RRSIG must still
+// verify for a validating client).
+func TestTrimAnswer(t *testing.T) {
+	answer := func(signed bool) *dns.Msg {
+		m := new(dns.Msg)
+		for i := range maxAddrsPerName + 8 {
+			rr, _ := dns.NewRR(fmt.Sprintf("many.egress.test. 60 IN A 127.0.9.%d", i+1))
+			m.Answer = append(m.Answer, rr)
+		}
+		if signed {
+			rr, _ := dns.NewRR("many.egress.test. 60 IN RRSIG A 13 3 60 20270101000000 20260101000000 12345 egress.test. AAAA")
+			m.Answer = append(m.Answer, rr)
+		}
+		return m
+	}
+	for _, tc := range []struct {
+		signed bool
+		want   int
+	}{{false, maxAddrsPerName}, {true, maxAddrsPerName + 8 + 1}} {
+		m := answer(tc.signed)
+		trimAnswer(m)
+		if len(m.Answer) != tc.want {
+			t.Errorf("signed %v: %d records left, want %d", tc.signed, len(m.Answer), tc.want)
+		}
+	}
+}
