@@ -158,7 +158,7 @@ func (s *Server) dialAndRelay(c *conn, client net.Conn, f *firstBytes, t Target,
 	// accepts and does not read would hold the tunnel before its idle
 	// watch starts), and a forced Shutdown cuts them short too.
 	_ = up.SetWriteDeadline(time.Now().Add(s.cfg.DialTimeout))
-	stop := context.AfterFunc(tr.ctx, func() { _ = up.SetWriteDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(tr.ctx, func() { _ = up.Close() }) // also for a DialContext conn without deadlines
 	n, err := up.Write(f.bytes())
 	if !stop() || err != nil {
 		up.Close()
