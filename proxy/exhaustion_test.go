@@ -224,16 +224,6 @@ func transparentEcho(addr, msg string) error {
 	return echoOnce(c, c, msg)
 }
 
-// fixedTransparent serves a transparent listener whose connections all have
-// dst as their original destination, and returns its address.
-func (e *env) fixedTransparent(t *testing.T, dst netip.AddrPort) string {
-	t.Helper()
-	e.srv.origDst = func(_, _ netip.AddrPort) (netip.AddrPort, error) { return dst, nil }
-	ln := listen(t)
-	go e.srv.ServeTransparent(ln)
-	return ln.Addr().String()
-}
-
 // TestExhaustHalfOpenConnect: 2,000 CONNECT tunnels that get their 200
 // and never send a hello are each closed at hello_timeout (1 s) with a
 // hello_timeout decision and nothing dialed, while a normal client keeps

@@ -573,3 +573,13 @@ func TestTransparentSelfDestination(t *testing.T) {
 		t.Errorf("decision %v: want a refusal naming egressd's own listener, nothing dialed", d)
 	}
 }
+
+// fixedTransparent serves a transparent listener whose connections all have
+// dst as their original destination, and returns its address.
+func (e *env) fixedTransparent(t *testing.T, dst netip.AddrPort) string {
+	t.Helper()
+	e.srv.origDst = func(_, _ netip.AddrPort) (netip.AddrPort, error) { return dst, nil }
+	ln := listen(t)
+	go e.srv.ServeTransparent(ln)
+	return ln.Addr().String()
+}
