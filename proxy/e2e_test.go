@@ -571,17 +571,19 @@ func TestConnectDecisionLineWithoutTunnel(t *testing.T) {
 // not read gets dial_timeout to take the first bytes.
 func TestTunnelCutBeforeRelay(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		dial     func(ctx context.Context) (net.Conn, error)
-		shutdown bool
-		want     map[string]any // the line that ends the tunnel
+		name       string
+		dial       func(ctx context.Context) (net.Conn, error)
+		shutdown   bool
+		want       map[string]any // the line that ends the tunnel
+		noDeadline bool           // the upstream conn ignores deadlines (an embedder's DialContext)
 	}{
 		{"Shutdown during the dial", func(ctx context.Context) (net.Conn, error) {
 			<-ctx.Done() // an upstream that never answers the SYN
 			return nil, ctx.Err()
-		}, true, map[string]any{"message": "decision", "decision": "deny", "reason": "client_closed", "detail": "closed by shutdown"}},
-		{"Shutdown during the first write", nil, true, map[string]any{"message": "close", "bytes_up": 0}},
-		{"an upstream that does not read", nil, false, map[string]any{"message": "close", "bytes_up": 0}},
+		}, true, map[string]any{"message": "decision", "decision": "deny", "reason": "client_closed", "detail": "closed by shutdown"}, false},
+		{"Shutdown during the first write", nil, true, map[string]any{"message": "close", "bytes_up": 0}, false},
+		{"Shutdown during the first write, no deadlines", nil, true, map[string]any{"message": "close", "bytes_up": 0}, true},
+		{"an upstream that does not read", nil, false, map[string]any{"message": "close", "bytes_up": 0}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
@@ -591,7 +593,11 @@ func TestTunnelCutBeforeRelay(t *testing.T) {
 			if dial == nil { // an upstream that never reads
 				c, peer := net.Pipe()
 				t.Cleanup(func() { peer.Close() }) // before e's: ends a write that was not cut
-				dial = func(context.Context) (net.Conn, error) { return c, nil }
+				var up net.Conn = c
+				if tc.noDeadline {
+					up = noDeadlineConn{c}
+				}
+				dial = func(context.Context) (net.Conn, error) { return up, nil }
 			}
 			e.srv.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
 				dialing <- struct{}{}
@@ -629,3 +635,10 @@ func TestTunnelCutBeforeRelay(t *testing.T) {
 		})
 	}
 }
+
+// noDeadlineConn ignores deadlines, as a net.Conn from an embedder's
+// DialContext may.
+type noDeadlineConn struct{ net.Conn }
+
+func (noDeadlineConn) SetDeadline(time.Time) error      { return nil }
+func (noDeadlineConn) SetWriteDeadline(time.Time) error { return nil }

@@ -216,7 +216,9 @@ func (m *metrics) decisionCounter(k decisionKey) prometheus.Counter {
 // does not have (removed or renamed by a reload), so that the series stay
 // bounded by the configuration a long-running egressd has now, not by
 // every configuration it ever had. A connection decided on the old policy
-// and logged after this brings its series back until the next reload.
+// and logged after this brings its series back until the next reload; one
+// logged while this runs may be counted before its series goes, as if it
+// had come just before the reload.
 func (m *metrics) prune(pol *policy.Policy) {
 	type ruleID struct{ policy, rule string }
 	m.mu.Lock()

@@ -431,13 +431,18 @@ func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 // verify. Like Remember it counts per owner name, A and AAAA together, in
 // answer order, so Remember records every address left.
 //
-// A signed answer (with RRSIG records) is left whole: trimmed, its
-// signatures would no longer verify for a validating client. Addresses
-// past the first maxAddrsPerName of a name are then not remembered.
+// A name whose A or AAAA records are signed (an RRSIG covers them) keeps
+// them all: trimmed, the signature would no longer verify for a validating
+// client. Its addresses past the first maxAddrsPerName are then not
+// remembered.
 func trimAnswer(in *dns.Msg) {
+	var signed map[string]bool
 	for _, rr := range in.Answer {
-		if _, signed := rr.(*dns.RRSIG); signed {
-			return
+		if sig, ok := rr.(*dns.RRSIG); ok && (sig.TypeCovered == dns.TypeA || sig.TypeCovered == dns.TypeAAAA) {
+			if signed == nil {
+				signed = map[string]bool{}
+			}
+			signed[strings.ToLower(sig.Header().Name)] = true
 		}
 	}
 	n := map[string]int{}
@@ -446,7 +451,7 @@ func trimAnswer(in *dns.Msg) {
 		switch rr.(type) {
 		case *dns.A, *dns.AAAA:
 			owner := strings.ToLower(rr.Header().Name)
-			if n[owner] >= maxAddrsPerName {
+			if n[owner] >= maxAddrsPerName && !signed[owner] {
 				continue
 			}
 			n[owner]++

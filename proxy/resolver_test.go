@@ -298,29 +298,40 @@ func TestResolverCacheEviction(t *testing.T) {
 }
 
 // TestTrimAnswer: an answer keeps the first maxAddrsPerName addresses of
-// each name, and a signed one is left whole (its RRSIG must still
-// verify for a validating client).
+// each name, but all of a signed address set (its RRSIG must still
+// verify for a validating client); a signed CNAME in front does not keep
+// an unsigned set whole.
 func TestTrimAnswer(t *testing.T) {
-	answer := func(signed bool) *dns.Msg {
-		m := new(dns.Msg)
-		for i := range maxAddrsPerName + 8 {
-			rr, _ := dns.NewRR(fmt.Sprintf("many.egress.test. 60 IN A 127.0.9.%d", i+1))
-			m.Answer = append(m.Answer, rr)
+	rrs := func(ss ...string) []dns.RR {
+		var out []dns.RR
+		for _, s := range ss {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, rr)
 		}
-		if signed {
-			rr, _ := dns.NewRR("many.egress.test. 60 IN RRSIG A 13 3 60 20270101000000 20260101000000 12345 egress.test. AAAA")
-			m.Answer = append(m.Answer, rr)
-		}
-		return m
+		return out
 	}
+	var many []string
+	for i := range maxAddrsPerName + 8 {
+		many = append(many, fmt.Sprintf("many.egress.test. 60 IN A 127.0.9.%d", i+1))
+	}
+	const sig = " 60 IN RRSIG %s 13 3 60 20270101000000 20260101000000 12345 egress.test. AAAA"
 	for _, tc := range []struct {
-		signed bool
+		name   string
+		answer []dns.RR
 		want   int
-	}{{false, maxAddrsPerName}, {true, maxAddrsPerName + 8 + 1}} {
-		m := answer(tc.signed)
+	}{
+		{"unsigned", rrs(many...), maxAddrsPerName},
+		{"signed", rrs(append(many, "many.egress.test."+fmt.Sprintf(sig, "A"))...), maxAddrsPerName + 8 + 1},
+		{"signed CNAME, unsigned addresses", rrs(append([]string{"www.egress.test. 60 IN CNAME many.egress.test.",
+			"www.egress.test." + fmt.Sprintf(sig, "CNAME")}, many...)...), 2 + maxAddrsPerName},
+	} {
+		m := &dns.Msg{Answer: tc.answer}
 		trimAnswer(m)
 		if len(m.Answer) != tc.want {
-			t.Errorf("signed %v: %d records left, want %d", tc.signed, len(m.Answer), tc.want)
+			t.Errorf("%s: %d records left, want %d", tc.name, len(m.Answer), tc.want)
 		}
 	}
 }
