@@ -103,6 +103,17 @@ func quicUpstream(t *testing.T, e *env) (netip.AddrPort, *atomic.Int32) {
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort(), n
 }
 
+// wantAtUpstream waits until a udpSink got n datagrams, want, and fails
+// if it got more: the datagrams of one socket arrive in order, so once
+// the last one sent is there, any earlier one relayed by mistake is too.
+func wantAtUpstream(t *testing.T, got *atomic.Int32, n int32, want string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%d datagrams at the upstream", n), func() bool { return got.Load() >= n })
+	if m := got.Load(); m != n {
+		t.Errorf("the upstream got %d datagrams, want %s", m, want)
+	}
+}
+
 // udpSink counts the datagrams it receives (a destination that must get
 // none) and echoes them.
 func udpSink(t *testing.T) (netip.AddrPort, *atomic.Int32) {
@@ -677,10 +688,7 @@ func TestQUICSpoofedDatagrams(t *testing.T) {
 	// one socket arrive in order, so once it is there, any spoofed one
 	// sent on would be too.
 	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 2, frames: quicCrypto(0, hello[:100]), padTo: 1200}))
-	waitFor(t, "3 datagrams at the upstream", func() bool { return got.Load() >= 3 })
-	if n := got.Load(); n != 3 {
-		t.Errorf("the upstream got %d datagrams, want the hello's 2 and the retransmission", n)
-	}
+	wantAtUpstream(t, got, 3, "the hello's 2 and the retransmission")
 	if n := e.countLines(t, "decision", nil); n != 1 {
 		t.Errorf("%d decision lines, want 1:\n%s", n, e.log.buf.String())
 	}
@@ -851,10 +859,7 @@ func TestQUICInitialBehind0RTT(t *testing.T) {
 	// A retransmission of the allowed hello goes on; datagrams from one
 	// socket arrive in order, so once it is there the other would be too.
 	send(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: allowed, padTo: 1200}))
-	waitFor(t, "the retransmission at the upstream", func() bool { return got.Load() >= 2 })
-	if n := got.Load(); n != 2 {
-		t.Errorf("the upstream got %d datagrams, want the hello and its retransmission only", n)
-	}
+	wantAtUpstream(t, got, 2, "the hello and its retransmission only")
 }
 
 // TestQUICScreenSpoofing: what a sender spoofing the client's address
@@ -881,10 +886,7 @@ func TestQUICScreenSpoofing(t *testing.T) {
 		// one socket arrive in order, so once it is there the other would
 		// be too. (quic-go acts on such a datagram's second Initial.)
 		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: hello, padTo: 1200}), q.addr)
-		waitFor(t, "the retransmission at the upstream", func() bool { return got.Load() >= 2 })
-		if n := got.Load(); n != 2 {
-			t.Errorf("the upstream got %d datagrams, want the hello and its retransmission only", n)
-		}
+		wantAtUpstream(t, got, 2, "the hello and its retransmission only")
 	})
 	t.Run("0-RTT datagrams of another DCID on a pending flow", func(t *testing.T) {
 		e := newEnv(t)
@@ -900,10 +902,7 @@ func TestQUICScreenSpoofing(t *testing.T) {
 		}
 		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: quicCrypto(100, hello[100:]), padTo: 1200}), q.addr)
 		e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": "quic.cftunnel.com", "decision": "allow"})
-		waitFor(t, "the hello's 2 datagrams upstream", func() bool { return got.Load() >= 2 })
-		if n := got.Load(); n != 2 {
-			t.Errorf("the upstream got %d datagrams, want the hello's 2", n)
-		}
+		wantAtUpstream(t, got, 2, "the hello's 2")
 	})
 	t.Run("spoofed first flights do not use up a flow's connections", func(t *testing.T) {
 		e := newEnv(t)
