@@ -84,7 +84,6 @@ type QUICInitial struct {
 	nonce   [12]byte            // per-packet nonce; a field so it does not escape per call
 	mask    [aes.BlockSize]byte // header protection mask, likewise
 	largest int64               // largest packet number decrypted, -1 before the first
-	opened  bool                // an Initial packet passed authentication
 	packets int                 // Initial packets that passed authentication
 
 	crypto  []byte                       // CRYPTO stream bytes, len MaxQUICCryptoBytes once allocated
@@ -134,7 +133,7 @@ func (q *QUICInitial) Verifier() *QUICVerifier {
 	}
 	v := &QUICVerifier{q: QUICInitial{
 		version: q.version, dcid: q.dcid, dcidLen: q.dcidLen,
-		aead: q.aead, hp: q.hp, iv: q.iv, largest: q.largest, opened: true,
+		aead: q.aead, hp: q.hp, iv: q.iv, largest: q.largest, packets: q.packets,
 		crypto: append([]byte(nil), q.crypto[:q.parsed]...), parsed: q.parsed,
 		verify: true,
 	}}
@@ -162,7 +161,7 @@ func (v *QUICVerifier) Check(datagram []byte) error {
 // authentication with the keys of its Destination Connection ID: whether
 // the datagrams are a connection attempt's first flight, which a server
 // can open, whatever the hello in them.
-func (q *QUICInitial) Opened() bool { return q.opened }
+func (q *QUICInitial) Opened() bool { return q.packets > 0 }
 
 // Version returns the QUIC version of the Initials seen (0 before the first).
 func (q *QUICInitial) Version() uint32 { return q.version }
@@ -296,25 +295,10 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 	if typ == pktRetry {
 		return 0, quicMalformed("Retry packet from a client")
 	}
-	r := quicReader(b[5:])
-	dcid, ok1 := r.cid()
-	_, ok2 := r.cid()
-	if !ok1 || !ok2 {
-		return 0, quicMalformed("bad connection ID length")
+	dcid, token, pnOffset, end, problem := longHeaderFields(b, typ)
+	if problem != "" {
+		return 0, quicMalformed("%s", problem)
 	}
-	var token []byte
-	if typ == pktInitial {
-		tokenLen, ok := r.varint()
-		if !ok || !r.bytes(&token, tokenLen) {
-			return 0, quicMalformed("truncated token")
-		}
-	}
-	length, ok := r.varint()
-	if !ok || length > uint64(len(r)) {
-		return 0, quicMalformed("packet length exceeds the datagram")
-	}
-	pnOffset := len(b) - len(r)
-	end := pnOffset + int(length)
 	if typ != pktInitial {
 		// 0-RTT or Handshake: not ours to decrypt (RFC 9000 §12.2). Until
 		// the hello is complete a client sends only 0-RTT, to the
@@ -369,7 +353,6 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 		return 0, quicMalformed("Initial packet %d fails authentication", pn)
 	}
 	// RFC 9000 §17.2: reserved bits must be 0 once protection is removed.
-	q.opened = true
 	q.packets++
 	if p[0]&0x0c != 0 {
 		return 0, quicMalformed("reserved header bits set")
@@ -684,26 +667,39 @@ func LaterInitial(datagram []byte) bool {
 		if typ == pktInitial && i > 0 {
 			return true
 		}
-		r := quicReader(b[5:])
-		_, ok1 := r.cid()
-		_, ok2 := r.cid()
-		var token []byte
-		if !ok1 || !ok2 || typ == pktInitial && !r.bytesVarint(&token) {
+		_, _, _, end, problem := longHeaderFields(b, typ)
+		if problem != "" {
 			return false
 		}
-		length, ok := r.varint()
-		if !ok || length > uint64(len(r)) {
-			return false
-		}
-		b = r[length:]
+		b = b[end:]
 	}
 	return false
 }
 
-// bytesVarint reads a varint length and that many bytes.
-func (r *quicReader) bytesVarint(out *[]byte) bool {
-	n, ok := r.varint()
-	return ok && r.bytes(out, n)
+// longHeaderFields reads what follows the version of the v1 or v2
+// long-header packet at the start of b, of type typ (not Retry): its
+// Destination Connection ID, its token (Initial only), and where its
+// packet number starts and the packet ends (RFC 9000 §17.2). problem says
+// what is wrong, when not "".
+func longHeaderFields(b []byte, typ int) (dcid, token []byte, pnOffset, end int, problem string) {
+	r := quicReader(b[5:])
+	dcid, ok1 := r.cid()
+	_, ok2 := r.cid()
+	if !ok1 || !ok2 {
+		return nil, nil, 0, 0, "bad connection ID length"
+	}
+	if typ == pktInitial {
+		n, ok := r.varint()
+		if !ok || !r.bytes(&token, n) {
+			return nil, nil, 0, 0, "truncated token"
+		}
+	}
+	length, ok := r.varint()
+	if !ok || length > uint64(len(r)) {
+		return nil, nil, 0, 0, "packet length exceeds the datagram"
+	}
+	pnOffset = len(b) - len(r)
+	return dcid, token, pnOffset, pnOffset + int(length), ""
 }
 
 // cid reads a connection ID: a length byte, at most 20 for v1 and v2.
