@@ -140,8 +140,7 @@ func (f *flow) buffer(b []byte) bool {
 // release drops what only the hello phase needs. f.mu must be held.
 func (f *flow) release() {
 	if f.q != nil {
-		f.q.Reset()
-		initialPool.Put(f.q)
+		putInitial(f.q)
 		f.q = nil
 	}
 	f.pend, f.pendLen = nil, nil
@@ -150,6 +149,12 @@ func (f *flow) release() {
 // initialPool recycles the QUIC Initial reassembly buffers (up to
 // sni.MaxQUICCryptoBytes each) between flows.
 var initialPool = sync.Pool{New: func() any { return new(sni.QUICInitial) }}
+
+// putInitial returns q, reset, to initialPool.
+func putInitial(q *sni.QUICInitial) {
+	q.Reset()
+	initialPool.Put(q)
+}
 
 // quicGateway serves one QUIC listener.
 type quicGateway struct {
@@ -545,8 +550,8 @@ func (g *quicGateway) expire(now time.Time) {
 	for _, f := range waiting {
 		f.mu.Lock()
 		if f.state == flowRelaying {
-			g.abandonOthers(f, false, now.Add(-hello), policy.ReasonHelloTimeout,
-				"another QUIC connection on the flow's socket: no complete ClientHello within "+hello.String()+" (%d datagrams)")
+			g.abandonOthers(f, now.Add(-hello), policy.ReasonHelloTimeout,
+				"another QUIC connection on the flow's socket: no complete ClientHello within "+hello.String())
 		}
 		f.mu.Unlock()
 	}
@@ -559,7 +564,7 @@ func (g *quicGateway) expire(now time.Time) {
 // already out of the table and marked closed.
 func (g *quicGateway) end(f *flow) {
 	f.mu.Lock()
-	g.abandonOthers(f, true, time.Time{}, policy.ReasonClientClosed, "the flow ended before another QUIC connection's ClientHello was complete (%d datagrams)")
+	g.abandonOthers(f, time.Now(), policy.ReasonClientClosed, "the flow ended before another QUIC connection's ClientHello was complete")
 	f.mu.Unlock()
 	_ = f.up.Close()
 	_ = f.reply.Close()
@@ -685,13 +690,11 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		// server could open either; unless another Initial follows the
 		// one that did not open, which no client sends: the reassembly
 		// stopped at the first, and a server may take the other.
-		q.Reset()
-		initialPool.Put(q)
+		putInitial(q)
 		return !sni.LaterInitial(b), nil
 	}
 	if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {
-		q.Reset()
-		initialPool.Put(q)
+		putInitial(q)
 		return false, nil // dropped: the client retransmits
 	}
 	if len(f.others) >= quicMaxOtherConns {
@@ -720,11 +723,8 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 		return nil
 	}
 	v := o.q.Verifier() // nil unless err is nil
-	o.q.Reset()
-	initialPool.Put(o.q)
-	o.q = nil
 	send := o.pend
-	o.pend, o.size = nil, 0
+	o.release()
 	if g.decideOther(f, o, err) {
 		o.state, o.v = flowRelaying, v
 		return send
@@ -765,19 +765,24 @@ func (g *quicGateway) otherConn(f *flow) *conn {
 	return c
 }
 
+// release drops what only o's hello phase needs.
+func (o *otherConn) release() {
+	putInitial(o.q)
+	o.q, o.pend, o.size = nil, nil, 0
+}
+
 // abandonOthers refuses, with reason and a line each, the other
-// connections of f whose hello is still incomplete and, unless all,
-// started before since. f.mu must be held.
-func (g *quicGateway) abandonOthers(f *flow, all bool, since time.Time, r policy.Reason, detail string) {
+// connections of f whose hello is still incomplete and that started
+// before since. f.mu must be held.
+func (g *quicGateway) abandonOthers(f *flow, since time.Time, r policy.Reason, detail string) {
 	for _, o := range f.others {
-		if o.state != flowPending || !all && o.start.After(since) {
+		if o.state != flowPending || o.start.After(since) {
 			continue
 		}
-		o.q.Reset()
-		initialPool.Put(o.q)
 		c := g.otherConn(f)
-		c.refuse(r, fmt.Sprintf(detail, len(o.pend)))
+		c.refuse(r, fmt.Sprintf("%s (%d datagrams)", detail, len(o.pend)))
 		g.s.logDecision(c)
-		o.state, o.q, o.pend, o.size = flowDenied, nil, nil, 0
+		o.release()
+		o.state = flowDenied
 	}
 }
