@@ -303,17 +303,13 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if turn == nil {
 		return "", false
 	}
-	known := p.HasUser(name)
+	defer s.authGate.leave(client, turn)
 	start := s.authTiming.now()
-	valid := checkPassword(p, name, password)
-	if !valid {
+	if !checkPassword(p, name, password) {
 		// The wait holds the client's turn and the check's slot: released
 		// earlier, a batch of wrong passwords sent at once would come back
 		// at the pace of the real hash work, telling a user that exists.
-		s.authTiming.failed(req.Context(), p, known, s.authTiming.now().Sub(start))
-	}
-	s.authGate.leave(client, turn)
-	if !valid {
+		s.authTiming.failed(req.Context(), p, p.HasUser(name), s.authTiming.now().Sub(start))
 		return "", false
 	}
 	s.auth.put(p, k, name)
