@@ -144,6 +144,9 @@ const (
 	// ReasonConnectionLimit: refused at once because max_connections or
 	// max_connections_per_client connections were already open.
 	ReasonConnectionLimit Reason = "connection_limit"
+	// ReasonShuttingDown: refused because egressd began shutting down
+	// between accepting the connection and opening its tunnel.
+	ReasonShuttingDown Reason = "shutting_down"
 )
 
 // Reasons lists every Reason, for pre-registering metric label values.
@@ -154,7 +157,8 @@ func Reasons() []Reason {
 		ReasonPrivateDestination, ReasonDNSError, ReasonDialError,
 		ReasonHelloTimeout, ReasonHelloTooLarge, ReasonHelloMalformed,
 		ReasonBadRequest, ReasonClientClosed, ReasonDstMismatch,
-		ReasonConnectionLimit, ReasonNoPolicyForClient, ReasonAuthFailed,
+		ReasonConnectionLimit, ReasonShuttingDown, ReasonNoPolicyForClient,
+		ReasonAuthFailed,
 	}
 }
 

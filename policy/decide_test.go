@@ -415,8 +415,8 @@ func TestReasonsUnique(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	if len(seen) != 20 {
-		t.Errorf("Reasons() has %d entries, want 20", len(seen))
+	if len(seen) != 21 {
+		t.Errorf("Reasons() has %d entries, want 21", len(seen))
 	}
 	for _, h := range []Hello{HelloPending, HelloTLS, HelloNotTLS, HelloHTTP, 42} {
 		if h.String() == "" {

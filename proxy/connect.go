@@ -75,7 +75,7 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	tr := s.track(client)
 	if tr == nil {
 		sl.free()
-		c.refuse(policy.ReasonConnectionLimit, "egressd is shutting down")
+		c.refuse(policy.ReasonShuttingDown, "egressd is shutting down")
 		s.logDecision(c)
 		writeStatus(client, req, http.StatusServiceUnavailable, c)
 		return

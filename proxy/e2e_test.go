@@ -558,7 +558,7 @@ func TestConnectDecisionLineWithoutTunnel(t *testing.T) {
 		if resp.StatusCode != http.StatusServiceUnavailable {
 			t.Errorf("status %d, want 503", resp.StatusCode)
 		}
-		e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "connection_limit", "detail": "egressd is shutting down"})
+		e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": "shutting_down", "detail": "egressd is shutting down"})
 		if n := e.countLines(t, "decision", nil); n != 1 {
 			t.Errorf("%d decision lines, want 1", n)
 		}
