@@ -663,9 +663,10 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	id, ok := sni.InitialDCID(b)
 	if !ok {
 		// Not a first flight, unless an Initial hides behind a 0-RTT or
-		// Handshake packet, which no client sends: dropped, or its
-		// hello would reach the server unscreened.
-		return !sni.LaterInitial(b), nil
+		// Handshake packet, which no client sends, or it is of a version
+		// the screen cannot read: dropped, or a hello would reach the
+		// server unscreened.
+		return !sni.Unscreened(b), nil
 	}
 	if id == f.verify.ConnID() {
 		return f.verify.Check(b) == nil, nil
@@ -691,7 +692,7 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		// one that did not open, which no client sends: the reassembly
 		// stopped at the first, and a server may take the other.
 		putInitial(q)
-		return !sni.LaterInitial(b), nil
+		return !sni.Unscreened(b), nil
 	}
 	if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {
 		putInitial(q)

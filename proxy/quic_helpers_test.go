@@ -165,7 +165,7 @@ func listenUDP(t *testing.T, addr string) *net.UDPConn {
 
 // quicInitialSpec describes a client Initial packet for sealQUICInitial.
 type quicInitialSpec struct {
-	version uint32 // 1 (the default) or 0x6b3343cf (QUIC v2)
+	version uint32 // 1 (the default), 0x6b3343cf (QUIC v2) or 0xff00001d (draft-29)
 	dcid    []byte
 	pn      uint32 // sent in 4 bytes
 	frames  []byte // the plaintext payload
@@ -181,7 +181,11 @@ func sealQUICInitial(t *testing.T, p quicInitialSpec) []byte {
 	if p.version == 0 {
 		p.version = 1
 	}
-	if p.version != 1 {
+	switch p.version {
+	case 1:
+	case 0xff00001d: // draft-ietf-quic-tls-29 §5.2: v1's labels, its own salt
+		salt = []byte{0xaf, 0xbf, 0xec, 0x28, 0x99, 0x93, 0xd2, 0x4c, 0x9e, 0x97, 0x86, 0xf1, 0x9c, 0x61, 0x11, 0xe0, 0x43, 0x90, 0xa8, 0x99}
+	default:
 		salt = []byte{0x0d, 0xed, 0xe3, 0xde, 0xf7, 0x00, 0xa6, 0xdb, 0x81, 0x93, 0x81, 0xbe, 0x6e, 0x26, 0x9d, 0xcb, 0xf9, 0xbd, 0x2e, 0xd9}
 		prefix, first = "quicv2 ", 0xd3 // RFC 9369 §3.2: Initial is 0b01
 	}

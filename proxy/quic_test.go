@@ -888,6 +888,28 @@ func TestQUICScreenSpoofing(t *testing.T) {
 		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: hello, padTo: 1200}), q.addr)
 		wantAtUpstream(t, got, 2, "the hello and its retransmission only")
 	})
+	t.Run("a hello of another QUIC version on a relaying flow", func(t *testing.T) {
+		e := newEnv(t)
+		up, got := udpSink(t)
+		q := e.startQUIC(t, relaying, up.Port())
+		c := q.socket(t, up)
+		dcid, hello := []byte{1, 2, 3, 4, 5, 6, 7, 8}, allowed(t)
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: hello, padTo: 1200}), q.addr)
+		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+		// draft-29, which servers still spoke after v1 came out: the
+		// screen cannot read it, so it cannot tell a hello in it.
+		evil := quicCrypto(0, quicClientHello(t, "evil-example.test"))
+		zeroRTT := []byte{0xd0, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0x40, 20} // v1 0-RTT of the flow, Length 20
+		zeroRTT = append(zeroRTT, make([]byte, 20)...)
+		for _, d := range [][]byte{
+			sealQUICInitial(t, quicInitialSpec{version: 0xff00001d, dcid: []byte("evil-dcid"), frames: evil, padTo: 1200}),
+			slices.Concat(zeroRTT, sealQUICInitial(t, quicInitialSpec{version: 0xff00001d, dcid: []byte("evil-dcid"), pn: 1, frames: evil, padTo: 1200})),
+		} {
+			c.WriteTo(d, q.addr)
+		}
+		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, pn: 1, frames: hello, padTo: 1200}), q.addr)
+		wantAtUpstream(t, got, 2, "the hello and its retransmission only")
+	})
 	t.Run("0-RTT datagrams of another DCID on a pending flow", func(t *testing.T) {
 		e := newEnv(t)
 		up, got := udpSink(t)

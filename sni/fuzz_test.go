@@ -330,8 +330,10 @@ func FuzzQUICInitial(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, a, b, c []byte) {
 		checkQUICAdds(t, a, b, c)
-		if LaterInitial(a) && len(a) < 2*5 {
-			t.Fatal("LaterInitial for a datagram too short for two packets")
+		if len(a) >= 5 && a[0]&0x80 != 0 {
+			if _, typ, ok := longHeaderType(a); ok && typ != pktRetry && Unscreened(a) && len(a) < 2*5 {
+				t.Fatal("Unscreened for a v1/v2 packet too short to have a second one")
+			}
 		}
 		// A datagram that opens as a connection attempt has the
 		// Destination Connection ID InitialDCID reads without keys.

@@ -650,21 +650,27 @@ func InitialDCID(datagram []byte) (id QUICConnID, ok bool) {
 	return id, true
 }
 
-// LaterInitial reports whether datagram holds a v1 or v2 Initial packet
-// after its first packet, walking the coalesced long-header packets by
-// their Length fields without decrypting. A client puts at most one
-// Initial packet in a datagram, and first (RFC 9000 §12.2 has senders
-// coalesce in order of encryption level, and one packet per level holds
-// all its frames), so such a datagram is not a client's. A look at the
+// Unscreened reports whether datagram holds a packet that a look at its
 // first packet alone (InitialDCID, or an Add that stops where a packet
-// fails) would miss the later Initial, which a server may still take.
-func LaterInitial(datagram []byte) bool {
+// fails) cannot vouch for, walking the coalesced long-header packets by
+// their Length fields without decrypting:
+//   - a v1 or v2 Initial after the first packet. A client puts at most one
+//     Initial packet in a datagram, and first (RFC 9000 §12.2 has senders
+//     coalesce in order of encryption level, and one packet per level
+//     holds all its frames), so such a datagram is not a client's; a
+//     server may still take the later Initial.
+//   - a long-header packet of a version other than v1 and v2, anywhere
+//     (version negotiation included, which only servers send): this
+//     package cannot read it, so it may be a first flight with any hello,
+//     for a server that speaks that version.
+//   - a Retry packet, which only servers send.
+//
+// A short header, or a long header too short to name its version, ends
+// the walk: a server cannot parse what follows either.
+func Unscreened(datagram []byte) bool {
 	for b, i := datagram, 0; len(b) >= 5 && b[0]&0x80 != 0; i++ {
 		_, typ, ok := longHeaderType(b)
-		if !ok || typ == pktRetry {
-			return false
-		}
-		if typ == pktInitial && i > 0 {
+		if !ok || typ == pktRetry || typ == pktInitial && i > 0 {
 			return true
 		}
 		_, _, _, end, problem := longHeaderFields(b, typ)

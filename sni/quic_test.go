@@ -735,12 +735,14 @@ func TestInitialDCID(t *testing.T) {
 	}
 }
 
-// TestLaterInitial: an Initial coalesced after another packet is found;
-// an Initial first and alone, or none, is not.
-func TestLaterInitial(t *testing.T) {
+// TestUnscreened: an Initial coalesced after another packet is found,
+// and so is any long-header packet of a version other than v1 and v2, or
+// a Retry; an Initial first and alone, or none, is not.
+func TestUnscreened(t *testing.T) {
 	v1 := readHexFile(t, "rfc9001-a2-client-initial.hex")
 	zeroRTT := longHeader(quicV1, pkt0RTT, rfcDCID, nil, 100)
 	handshake := longHeader(quicV1, pktHandshake, rfcDCID, nil, 100)
+	draft29 := longHeader(0xff00001d, pktInitial, rfcDCID, nil, 100)
 	for _, tc := range []struct {
 		name string
 		b    []byte
@@ -753,15 +755,20 @@ func TestLaterInitial(t *testing.T) {
 		{"0-RTT, then Initial", slices.Concat(zeroRTT, v1), true},
 		{"Handshake, 0-RTT, then Initial", slices.Concat(handshake, zeroRTT, v1), true},
 		{"0-RTT, then a short header", slices.Concat(zeroRTT, []byte{0x40, 1, 2, 3}), false},
-		{"0-RTT, then an Initial of another version", slices.Concat(zeroRTT, longHeader(0xff00001d, pktInitial, rfcDCID, nil, 100)), false},
+		{"0-RTT, then an Initial of another version", slices.Concat(zeroRTT, draft29), true},
+		{"an Initial of another version", draft29, true},
+		{"Initial, then a packet of another version", slices.Concat(v1, draft29), true},
+		{"a greased version", longHeader(0x1a2a3a4a, pktHandshake, rfcDCID, nil, 100), true},
+		{"version negotiation", slices.Concat([]byte{0x80, 0, 0, 0, 0, 1, 1, 1, 2}, []byte{0, 0, 0, 1}), true},
+		{"a Retry", slices.Concat([]byte{0xf0, 0, 0, 0, 1, 1, 1, 1, 2}, make([]byte, 16)), true},
 		{"0-RTT whose Length passes the datagram", zeroRTT[:len(zeroRTT)-1], false},
 		{"0-RTT whose payload holds an Initial", slices.Concat(longHeaderPrefix(quicV1, pkt0RTT, rfcDCID, nil), []byte{0x40 | byte(len(v1)>>8), byte(len(v1))}, v1), false},
 		{"0-RTT, then a truncated Initial header", slices.Concat(zeroRTT, v1[:3]), false},
 		{"short header", []byte{0x40, 1, 2, 3, 4, 5, 6}, false},
 		{"empty", nil, false},
 	} {
-		if got := LaterInitial(tc.b); got != tc.want {
-			t.Errorf("%s: LaterInitial = %v, want %v", tc.name, got, tc.want)
+		if got := Unscreened(tc.b); got != tc.want {
+			t.Errorf("%s: Unscreened = %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
