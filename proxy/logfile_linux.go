@@ -66,20 +66,39 @@ func localFS(typ int64) bool {
 // writer at a time (so that a line the kernel takes in parts is not torn
 // by another), under a reference to f's descriptor: after f is closed a
 // write fails instead of reaching whatever file reused the number.
+//
+// A line a write error cut (ENOSPC: the disk filled up mid-line) is ended
+// before the next one, so that it is one bad line of its own and the
+// lines after it are whole JSON again.
 type rawFile struct {
 	f       *os.File
 	rc      syscall.RawConn
 	writeFn func(fd uintptr) // w.write, made once
 
-	mu  sync.Mutex
-	b   []byte // the line being written, under mu
-	n   int
-	err error
+	mu   sync.Mutex
+	torn bool   // the file ends in part of a line, under mu
+	b    []byte // the bytes being written, under mu
+	n    int
+	err  error
 }
 
 func (w *rawFile) Write(b []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.torn {
+		if _, err := w.writeAll([]byte{'\n'}); err != nil {
+			return 0, err
+		}
+		w.torn = false
+	}
+	n, err := w.writeAll(b)
+	w.torn = n > 0 && n < len(b)
+	return n, err
+}
+
+// writeAll writes b whole, or as much as the file takes before an error.
+// w.mu must be held.
+func (w *rawFile) writeAll(b []byte) (int, error) {
 	w.b, w.n, w.err = b, 0, nil
 	if err := w.rc.Control(w.writeFn); err != nil {
 		w.err = &os.PathError{Op: "write", Path: w.f.Name(), Err: err}

@@ -2,11 +2,15 @@ package proxy
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -68,6 +72,63 @@ func TestFileWriter(t *testing.T) {
 	defer ro.Close()
 	if _, err := fileWriter(ro).Write([]byte("x")); err == nil || !strings.Contains(err.Error(), "decisions.log") {
 		t.Errorf("write to a read-only file: error %v, want one naming the file", err)
+	}
+}
+
+// TestFileWriterDiskFull: a line cut by a full disk is ended before the
+// next one, so that the lines after it are whole JSON again. A tmpfs of
+// two pages, one taken by a filler: the log has 4096 bytes, four lines
+// of 1000 and 96 bytes of the fifth.
+func TestFileWriterDiskFull(t *testing.T) {
+	needRoot(t, "mounting a small tmpfs")
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=8k"); err != nil {
+		t.Fatalf("mount a tmpfs on %s: %v", dir, err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(dir, syscall.MNT_DETACH) })
+	filler := filepath.Join(dir, "filler")
+	if err := os.WriteFile(filler, make([]byte, 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(dir, "decisions.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	w := fileWriter(f)
+	line := func(i int) []byte {
+		return fmt.Appendf(nil, "{\"line\":%d,\"pad\":%q}\n", i, strings.Repeat("x", 1000-len(`{"line":0,"pad":""}`)-1))
+	}
+	for i := range 5 {
+		n, err := w.Write(line(i))
+		if i < 4 && err != nil || i == 4 && (!errors.Is(err, syscall.ENOSPC) || n != 96) {
+			t.Fatalf("line %d: wrote %d, %v; want 1000 bytes, then 96 and ENOSPC", i, n, err)
+		}
+	}
+	if _, err := w.Write(line(5)); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("a line on the full disk: %v, want ENOSPC", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	for i := 6; i < 8; i++ {
+		if _, err := w.Write(line(i)); err != nil {
+			t.Fatalf("line %d after space was freed: %v", i, err)
+		}
+	}
+	got, err := os.ReadFile(f.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []int
+	for _, l := range strings.SplitAfter(string(got), "\n") {
+		var v struct{ Line int }
+		if json.Unmarshal([]byte(l), &v) == nil {
+			lines = append(lines, v.Line)
+		}
+	}
+	if want := []int{0, 1, 2, 3, 6, 7}; !slices.Equal(lines, want) {
+		t.Errorf("whole lines %v, want %v: the line the full disk cut is not ended before the next", lines, want)
 	}
 }
 
