@@ -422,6 +422,28 @@ func (t *etunnel) pump() {
 	if t.dirs[0].n+t.dirs[1].n != before {
 		t.last = monoNow()
 	}
+	if t.err == nil && ev&(syscall.EPOLLERR|syscall.EPOLLERR<<16) != 0 {
+		t.err = t.sockErr(ev)
+	}
+}
+
+// sockErr returns the pending error of a socket that reported EPOLLERR in
+// ev, when the moves above did not meet it: a reset after that side's FIN
+// (its direction is over, so nothing reads it any more) or while the other
+// way has nothing to write to it. Without this the tunnel would wait for
+// its idle timeout, holding a slot, with the other peer still connected.
+func (t *etunnel) sockErr(ev uint32) error {
+	for i, fd := range t.fds {
+		if ev>>(16*i)&syscall.EPOLLERR == 0 {
+			continue
+		}
+		if soerr, e := getIntOpt(fd, syscall.SOL_SOCKET, syscall.SO_ERROR); e != 0 {
+			return e
+		} else if soerr != 0 {
+			return syscall.Errno(soerr)
+		}
+	}
+	return nil
 }
 
 // move splices src → pipe → dst until src has nothing more (false, nil),
