@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -16,9 +19,10 @@ import (
 func TestChildStopTakesTheGroup(t *testing.T) {
 	b := &bench{}
 	defer b.cleanup()
-	// sh exits on SIGTERM while its background sleep, which ignores
-	// nothing, keeps stdout open.
-	c, err := b.startChild("sh", exec.Command("sh", "-c", "sleep 60 & echo started; wait"), "", func() error { return nil })
+	// sh exits on SIGTERM (trapped: as a PID namespace's init it takes
+	// no signal it has no handler for) while its background sleep keeps
+	// stdout open.
+	c, err := b.startChild("sh", exec.Command("sh", "-c", shWithWorker), "", func() error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +48,74 @@ func TestChildStopTakesTheGroup(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// shWithWorker is a child that leaves a worker behind: sh, which exits on
+// SIGTERM, and a sleep.
+const shWithWorker = `trap "exit 0" TERM; sleep 60 & echo started; wait`
+
+// TestChildDiesWithBench: a bench killed with SIGKILL, which runs no
+// cleanup, takes its children's workers with it, not only the children.
+// The test binary re-runs itself as the bench (childBenchEnv).
+func TestChildDiesWithBench(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("a PID namespace per child needs root; CI runs as root")
+		}
+		t.Skip("a PID namespace per child needs root; skipping")
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childBenchEnv+"=1")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Kill()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	worker, perr := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil || perr != nil {
+		t.Fatalf("the bench printed %q, %v; want its child's worker pid", line, err)
+	}
+	cmd.Process.Kill()
+	for deadline := time.Now().Add(5 * time.Second); alive(worker); {
+		if time.Now().After(deadline) {
+			syscall.Kill(worker, syscall.SIGKILL)
+			t.Fatalf("worker %d still runs 5s after the bench was killed", worker)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// childBenchEnv makes the test binary childBench.
+const childBenchEnv = "EGRESSD_BENCH_TEST_CHILD_BENCH"
+
+func init() {
+	if os.Getenv(childBenchEnv) != "" {
+		childBench()
+	}
+}
+
+// childBench is the bench of TestChildDiesWithBench: it starts a child
+// with a worker, prints the worker's pid and waits to be killed.
+func childBench() {
+	b := &bench{}
+	c, err := b.startChild("sh", exec.Command("sh", "-c", shWithWorker), "", func() error { return nil })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if tree := processTree(c.pid); len(tree) >= 2 {
+			fmt.Println(tree[1])
+			break
+		}
+	}
+	time.Sleep(time.Minute) // killed by the test before
+	os.Exit(1)
 }
 
 // alive: pid exists and is not a zombie.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -11,9 +12,18 @@ func setns(fd uintptr) error { return unix.Setns(int(fd), unix.CLONE_NEWNET) }
 
 // childAttr puts a child in a process group of its own, so that stop
 // reaches the workers of a peer too (nginx's, HAProxy's), and kills it if
-// the thread that started it goes away.
+// the thread that started it goes away. As root the child is also the init
+// of a PID namespace of its own: when the bench is killed (SIGKILL runs
+// no cleanup) Pdeathsig kills only the child, and the kernel then kills
+// whatever is left in its namespace, the workers a master leaves behind.
+// Such an init takes no signal it has no handler for: egressd, the
+// reference relay and the peers all handle SIGTERM.
 func childAttr() *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	a := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if os.Geteuid() == 0 {
+		a.Cloneflags = syscall.CLONE_NEWPID
+	}
+	return a
 }
 
 // signalGroup sends sig to the process group of a child from childAttr.
