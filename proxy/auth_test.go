@@ -189,6 +189,31 @@ func TestClientPoliciesAndAudit(t *testing.T) {
 	e.waitLog(t, "decision", map[string]any{"host": "allowed.egress.test", "decision": "allow", "would_deny": true, "reason": "no_rule"})
 }
 
+// TestAuditRefusalIsADeny: audit mode does not open a private
+// destination; that refusal is real, so its line is a deny without
+// would_deny (which only an allow carries).
+func TestAuditRefusalIsADeny(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "audited" {
+  mode = "audit"
+  allow "echo" {
+    hosts = ["echo.egress.test"]
+    ports = [TLS_PORT]
+  }
+}
+`)
+	if resp, err := e.client().Get("https://127.0.0.1:" + strconv.Itoa(e.tlsPort) + "/"); err == nil {
+		resp.Body.Close()
+		t.Fatal("a private destination was reached in audit mode")
+	}
+	d := e.waitLog(t, "decision", map[string]any{"host": "127.0.0.1", "decision": "deny", "reason": "private_destination"})
+	if d["would_deny"] != nil {
+		t.Errorf("refused in audit mode, logged with would_deny: %v", d)
+	}
+}
+
 // TestNoPolicyForClient: when every policy names its clients, a client none
 // names is refused: 407 (asking for credentials) when some policy admits
 // proxy users, 403 otherwise; transparent connections get no_policy_for_client.

@@ -79,7 +79,6 @@ func (s *Server) acquireSlot(c *conn) *slot {
 	detail, ok := s.limits.acquire(a)
 	if !ok {
 		c.refuse(policy.ReasonConnectionLimit, detail)
-		c.decision.WouldDeny = false // a real refusal, in audit mode too
 		return nil
 	}
 	return &slot{l: s.limits, client: a}

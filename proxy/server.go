@@ -643,8 +643,11 @@ func isLocalAddr(a netip.Addr) bool {
 
 // refuse turns an allow into a deny for a reason found after the policy
 // decision (DNS, private address, dial); the deciding rule stays recorded.
+// The refusal is real in audit mode too, so an audited allow is no longer
+// would_deny (which only an allow carries).
 func (c *conn) refuse(r policy.Reason, detail string) {
 	c.decision.Allow = false
+	c.decision.WouldDeny = false
 	c.decision.Reason = r
 	c.detail = detail
 }

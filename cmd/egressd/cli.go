@@ -285,7 +285,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	d := cfg.Policy.Decide(&r)
 	if d.Allow && t.Addr.IsValid() && !cfg.Policy.AddrAllowed(d, t.Addr) {
-		d.Allow, d.Reason = false, policy.ReasonPrivateDestination
+		d.Allow, d.WouldDeny, d.Reason = false, false, policy.ReasonPrivateDestination
 	}
 	printDecision(stdout, t, d)
 	if d.Allow {

@@ -135,6 +135,7 @@ user "ci" { password_hash = "$2a$10$CGnmuZ1eox82qTJQvO5/w.Hy0JwSLJooh6et.KZ.oWGi
 		{"check with a client address", []string{"check", "--config", scoped, "--client", "10.9.1.2", "registry.npmjs.org:443"}, exitOK, `^allow .* policy=ci rule=npm reason=allowed\n$`, false},
 		{"check with a user", []string{"check", "--config", scoped, "registry.npmjs.org:443", "--user", "ci"}, exitOK, `policy=ci rule=npm`, false},
 		{"check an audited client", []string{"check", "--config", scoped, "--client", "10.8.0.1", "example.com:443"}, exitOK, `^allow example\.com:443 reason=no_rule would_deny\n$`, false},
+		{"check an audited client, private address", []string{"check", "--config", scoped, "--client", "10.8.0.1", "127.0.0.1:443"}, exitFail, `^deny 127\.0\.0\.1:443 reason=private_destination\n$`, false},
 		{"check with a bad client", []string{"check", "--config", scoped, "--client", "10.9.1", "registry.npmjs.org:443"}, exitUsage, "", true},
 	}
 	for _, tc := range tests {
