@@ -410,18 +410,32 @@ func matches(l, want map[string]any) bool {
 	return true
 }
 
-// needTool skips when a tool is missing, but fails under CI=true where
-// .ci/run must have installed it.
+// unavailable skips a test whose machine lacks what it needs (a tool,
+// root, IPv6 loopback, /proc, ...), saying what, except under CI=true:
+// .ci/run provides all of it, so there the test fails instead.
+func unavailable(t testing.TB, format string, args ...any) {
+	t.Helper()
+	what := fmt.Sprintf(format, args...)
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and %s", what)
+	}
+	t.Skipf("%s; skipping", what)
+}
+
+// needTool returns the path of a tool, or is unavailable without it.
 func needTool(t *testing.T, name string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is not installed; .ci/run must install it", name)
-		}
-		t.Skipf("%s is not installed; skipping", name)
+		unavailable(t, "%s is not installed (.ci/run installs it)", name)
 	}
 	return p
+}
+
+// needIPv6 is unavailable: no IPv6 loopback (::1), as err said.
+func needIPv6(t *testing.T, err error) {
+	t.Helper()
+	unavailable(t, "no IPv6 loopback (::1): %v", err)
 }
 
 // connOf returns the *net.TCPConn under a test connection.

@@ -807,7 +807,7 @@ func fullBacklog(t *testing.T) netip.AddrPort {
 	t.Helper()
 	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
-		t.Skipf("KNOWN: no raw socket for a blackhole listener: %v", err)
+		unavailable(t, "no socket for a blackhole listener: %v", err)
 	}
 	t.Cleanup(func() { syscall.Close(fd) })
 	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
@@ -829,7 +829,7 @@ func fullBacklog(t *testing.T) netip.AddrPort {
 		}
 		t.Cleanup(func() { c.Close() })
 	}
-	t.Skip("KNOWN: the listen queue never filled; cannot make a blackhole on this kernel")
+	unavailable(t, "the listen queue never filled: no blackhole on this kernel")
 	return ap
 }
 
@@ -921,7 +921,7 @@ func TestEvasionConnectIPv6(t *testing.T) {
 	t.Parallel()
 	ln6, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
-		t.Skipf("no IPv6 loopback: %v", err)
+		needIPv6(t, err)
 	}
 	t.Cleanup(func() { ln6.Close() })
 	e := newEnv(t)

@@ -561,7 +561,7 @@ func cpuTicks(t *testing.T, pid int) int64 {
 // that it serves again once the connections close.
 func TestExhaustFileDescriptors(t *testing.T) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		t.Skip("needs /proc")
+		unavailable(t, "no /proc: %v", err)
 	}
 	echoLn := listen(t)
 	dials := serveEcho(echoLn)

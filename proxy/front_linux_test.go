@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,16 +172,6 @@ func frontCases(t *testing.T, e *env) []frontCase {
 			}
 		}},
 	}
-}
-
-// needIPv6 skips a test on a machine without IPv6 on loopback, except
-// under CI=true, where it fails.
-func needIPv6(t *testing.T, err error) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true and no IPv6 loopback (::1): %v", err)
-	}
-	t.Skipf("no IPv6 loopback (::1): %v", err)
 }
 
 // TestFrontShutdown: Shutdown waits for a connection in the front loop's

@@ -307,7 +307,7 @@ policy "raw" {
 	// destination, and egressd dials it.
 	ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2), Port: int(sink.Port())})
 	if err != nil {
-		t.Skipf("cannot listen on 127.0.0.2: %v", err)
+		unavailable(t, "cannot listen on 127.0.0.2: %v", err)
 	}
 	defer ln.Close()
 	go func() {
