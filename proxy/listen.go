@@ -15,9 +15,10 @@ import (
 var tunnelKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 15 * time.Second, Count: 4}
 
 // Listen opens a TCP listener for egressd's proxy or transparent
-// listener. The keepalive settings are set once on the listening socket,
-// and Linux copies them to every accepted socket: Go's per-connection
-// default would cost four setsockopt calls per accepted connection.
+// listener. The keepalive settings (and, on Linux, SO_OOBINLINE) are set
+// once on the listening socket, and Linux copies them to every accepted
+// socket: Go's per-connection default would cost four setsockopt calls
+// per accepted connection.
 func Listen(addr string) (net.Listener, error) {
 	return listenConfig(nil).Listen(context.Background(), "tcp", addr)
 }
@@ -26,6 +27,6 @@ func Listen(addr string) (net.Listener, error) {
 // first (nil for none).
 func listenConfig(extra func(network, address string, rc syscall.RawConn) error) *net.ListenConfig {
 	lc := &net.ListenConfig{Control: extra}
-	listenKeepAlive(lc)
+	listenOptions(lc)
 	return lc
 }

@@ -8,8 +8,8 @@ import (
 )
 
 // TestListenKeepAliveInherited: sockets accepted by Listen carry
-// tunnelKeepAlive although egressd never sets it on them (Linux copies it
-// from the listening socket).
+// tunnelKeepAlive and SO_OOBINLINE although egressd never sets them on
+// them (Linux copies them from the listening socket).
 func TestListenKeepAliveInherited(t *testing.T) {
 	ka := tunnelKeepAlive
 	want := [...]struct {
@@ -21,6 +21,7 @@ func TestListenKeepAliveInherited(t *testing.T) {
 		{"TCP_KEEPIDLE", syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, int(ka.Idle / time.Second)},
 		{"TCP_KEEPINTVL", syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(ka.Interval / time.Second)},
 		{"TCP_KEEPCNT", syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, ka.Count},
+		{"SO_OOBINLINE", syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1},
 	}
 	for _, addr := range []string{"127.0.0.1:0", "[::1]:0"} {
 		ln, err := Listen(addr)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -8,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"runtime"
 	"strconv"
@@ -555,6 +557,58 @@ policy "bench" {
 		conns = conns[:0]
 	}
 	b.ReportMetric(perTunnel/float64(b.N), "live-B/tunnel")
+}
+
+// TestConnectUrgentByteFirst: a client's TCP urgent byte among its first
+// bytes, which egressd reads before it decides (a require_tls = false
+// rule), reaches the destination in the stream: the socket was accepted
+// with SO_OOBINLINE (Listen). Without it a read at the urgent mark skips
+// the byte, and the hello phase's first read is at the mark when the byte
+// comes first.
+func TestConnectUrgentByteFirst(t *testing.T) {
+	e := newEnv(t)
+	e.wrapListener = func(ln net.Listener) net.Listener {
+		ln.Close()
+		pl, err := Listen("127.0.0.1:0") // egressd's own listener
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pl.Close() })
+		return pl
+	}
+	e.start(t, baseConfig)
+	target := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	for _, before := range []string{"", "before "} {
+		c, err := net.Dial("tcp", e.proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		// The CONNECT and the first bytes in one go, the urgent byte
+		// among them: all of it is there before egressd reads the head.
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n%s", target, target, before)
+		rc, err := c.(*net.TCPConn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serr error
+		rc.Control(func(fd uintptr) { serr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) })
+		if serr != nil {
+			t.Fatal(serr)
+		}
+		c.Write([]byte(" after"))
+		c.(*net.TCPConn).CloseWrite()
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("CONNECT %s: %v %v", target, resp, err)
+		}
+		got, err := io.ReadAll(br)
+		if want := before + "! after"; err != nil || string(got) != want {
+			t.Errorf("the destination echoed %q (%v), want %q", got, err, want)
+		}
+	}
 }
 
 // TestRelayUrgentData: TCP urgent data (MSG_OOB: telnet's and FTP's

@@ -203,9 +203,9 @@ func transparentReply(dst netip.AddrPort, mark uint32) (*net.UDPConn, error) {
 	return pc.(*net.UDPConn), nil
 }
 
-// listenKeepAlive sets tunnelKeepAlive on the listening socket, whose
-// settings Linux copies to the sockets it accepts, instead of on each.
-func listenKeepAlive(lc *net.ListenConfig) {
+// listenOptions sets listenOpts on the listening socket, whose settings
+// Linux copies to the sockets it accepts, instead of on each.
+func listenOptions(lc *net.ListenConfig) {
 	extra := lc.Control
 	lc.KeepAlive = -1
 	lc.Control = func(network, address string, rc syscall.RawConn) error {
@@ -214,13 +214,8 @@ func listenKeepAlive(lc *net.ListenConfig) {
 				return err
 			}
 		}
-		return keepAliveControl(rc)
+		return setsockopts(rc, listenOpts...)
 	}
-}
-
-// keepAliveControl sets tunnelKeepAlive on a socket.
-func keepAliveControl(rc syscall.RawConn) error {
-	return setsockopts(rc, keepAliveOpts[:]...)
 }
 
 // keepAliveOpts are tunnelKeepAlive as socket options.
@@ -230,6 +225,14 @@ var keepAliveOpts = [...]sockopt{
 	{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, int(tunnelKeepAlive.Interval / time.Second), "TCP_KEEPINTVL"},
 	{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, tunnelKeepAlive.Count, "TCP_KEEPCNT"},
 }
+
+// listenOpts are keepAliveOpts and SO_OOBINLINE: a client's TCP urgent
+// byte (telnet's and FTP's interrupts) is a byte of the stream for every
+// read. Without it a read at the urgent mark skips the byte, and the
+// hello phase's first read is at the mark when the byte comes first: it
+// was lost before the relay set SO_OOBINLINE (stepUrgent).
+var listenOpts = append(keepAliveOpts[:len(keepAliveOpts):len(keepAliveOpts)],
+	sockopt{syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1, "SO_OOBINLINE"})
 
 func setIntOpt(fd, level, name, v int) syscall.Errno {
 	iv := int32(v)

@@ -33,6 +33,6 @@ func transparentReply(dst netip.AddrPort, _ uint32) (*net.UDPConn, error) {
 	return nil, fmt.Errorf("reply socket for %s: %w", dst, errNotLinux)
 }
 
-// listenKeepAlive: elsewhere accepted sockets may not inherit the
-// listener's settings, so Go sets them on each.
-func listenKeepAlive(lc *net.ListenConfig) { lc.KeepAliveConfig = tunnelKeepAlive }
+// listenOptions: elsewhere accepted sockets may not inherit the
+// listener's settings, so Go sets keepalive on each.
+func listenOptions(lc *net.ListenConfig) { lc.KeepAliveConfig = tunnelKeepAlive }
