@@ -94,14 +94,19 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	// client that stopped sending its body or reading the response, and an
 	// upstream that stopped sending or reading, each of which would
 	// otherwise hold a connection slot and the upstream socket for as long
-	// as it liked. A connection whose watch fired is closed once the
-	// request is done (wrapClient).
+	// as it liked. Before the response head came, the client can still
+	// read one: its write deadline stays, and it gets a 504. A connection
+	// whose watch fired is closed once the request is done (wrapClient).
+	var headed atomic.Bool
+	past := time.Unix(1, 0)
 	w := startIdleWatch(s.cfg.IdleTimeout, func() {
+		h := headed.Load() // before closing up ends the wait for the head
 		_ = up.Close()
 		if client != nil {
-			past := time.Unix(1, 0)
 			_ = client.SetReadDeadline(past)
-			_ = client.SetWriteDeadline(past)
+			if h {
+				_ = client.SetWriteDeadline(past)
+			}
 		}
 	})
 	if pc != nil {
@@ -113,31 +118,81 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	}
 	resp, err := tr.RoundTrip(out)
 	w.last.Store(monoNow()) // the response head came (or the exchange failed)
-	if err == nil && resp.StatusCode == http.StatusSwitchingProtocols {
+	headed.Store(true)
+	switch {
+	case err != nil:
+	case resp.StatusCode == http.StatusSwitchingProtocols:
 		// goproxy would write the 101 and then drop the upgraded
 		// connection (never closing the body): refuse upgrades instead.
 		_ = resp.Body.Close()
 		err = errors.New("protocol upgrade")
+	case resp.StatusCode < 100:
+		// The transport takes any three digits; net/http's server panics
+		// on writing a status under 100.
+		_ = resp.Body.Close()
+		err = fmt.Errorf("invalid status code %03d", resp.StatusCode)
 	}
 	if err != nil {
 		w.stop()
 		up.Close()
+		code := http.StatusBadGateway
+		var ne net.Error
+		fired := w.fired()
+		switch {
+		case fired:
+			code, err = http.StatusGatewayTimeout, fmt.Errorf("no response within idle_timeout (%v)", s.cfg.IdleTimeout)
+		case errors.As(err, &ne) && ne.Timeout():
+			code = http.StatusGatewayTimeout
+		}
 		err = fmt.Errorf("upstream: %w", err)
 		s.logCloseFailed(c, upBytes.Load(), 0, err)
 		sl.free()
-		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+cut(err.Error(), maxLoggedValue)+"\n")
+		resp := textResponse(req, code, "egressd: "+c.host+": "+cut(err.Error(), maxLoggedValue)+"\n")
+		if fired && pc != nil {
+			// The client's read deadline is past: net/http ends the
+			// connection after this answer, rather than wrapClient
+			// cutting it before its last chunk.
+			resp.Header.Set("Connection", "close")
+			pc.answered = true
+		}
+		return resp
+	}
+	if w.fired() && client != nil {
+		_ = client.SetWriteDeadline(past) // it fired before headed was set
 	}
 	// The upstream's hop-by-hop fields are not the client's: among them,
 	// Connection: Upgrade with Upgrade: websocket on a response that is
 	// not a 101 would make goproxy hijack the client and drop the body.
 	removeHopHeaders(resp.Header)
-	resp.Body = &countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), last: &w.last, onClose: func(down int64) {
+	resp.Body = &responseBody{countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), last: &w.last, onClose: func(down int64, err error) {
 		w.stop()
 		tr.CloseIdleConnections()
-		s.logClose(c, upBytes.Load(), down)
+		if err != nil {
+			err = fmt.Errorf("upstream body: %w", err)
+		}
+		s.logCloseFailed(c, upBytes.Load(), down, err)
 		sl.free()
-	}}
+	}}}
 	return resp
+}
+
+// responseBody is an upstream response's body as goproxy copies it to the
+// client. When the upstream's body fails (it reset or closed before the
+// length its framing promised, or broke its chunking), the copy is cut
+// off as httputil.ReverseProxy does: the close is logged with the error
+// and the handler aborted, so that net/http closes the client connection
+// without the end of a chunked body. goproxy would only note the error and
+// finish the response, and the client would take what came for the whole
+// body.
+type responseBody struct{ countingBody }
+
+func (b *responseBody) Read(p []byte) (int, error) {
+	n, err := b.countingBody.Read(p)
+	if err != nil && err != io.EOF {
+		b.fail(err)
+		panic(http.ErrAbortHandler)
+	}
+	return n, err
 }
 
 // handleOriginForm answers a request for a path ("GET /metrics"), not a
@@ -184,13 +239,13 @@ func textResponse(req *http.Request, code int, body string) *http.Response {
 }
 
 // countingBody counts the bytes read through it, notes when the last came
-// in last (when set), and reports the total once when closed.
+// in last (when set), and reports the total once when closed (or failed).
 type countingBody struct {
 	io.ReadCloser
 	n       *atomic.Int64
 	last    *atomic.Int64
 	once    sync.Once
-	onClose func(int64)
+	onClose func(n int64, err error)
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
@@ -206,8 +261,18 @@ func (b *countingBody) Read(p []byte) (int, error) {
 
 func (b *countingBody) Close() error {
 	err := b.ReadCloser.Close()
-	if b.onClose != nil {
-		b.once.Do(func() { b.onClose(b.n.Load()) })
-	}
+	b.report(nil)
 	return err
+}
+
+// fail closes the body after a read failed with err, and reports err.
+func (b *countingBody) fail(err error) {
+	_ = b.ReadCloser.Close()
+	b.report(err)
+}
+
+func (b *countingBody) report(err error) {
+	if b.onClose != nil {
+		b.once.Do(func() { b.onClose(b.n.Load(), err) })
+	}
 }

@@ -428,3 +428,97 @@ func TestLongTargetsLoggedCut(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPUpstreamBodyBroken: an upstream body that ends before its
+// framing says (closed or reset mid-chunk, mid-Content-Length, a reset
+// close-delimited body) or breaks its chunking reaches the client as a
+// broken response, not a complete one, and the close line says why. The
+// client is Go's net/http, which reports a clean end of a chunked body as
+// success.
+func TestHTTPUpstreamBodyBroken(t *testing.T) {
+	reset := func(c net.Conn) { c.(*net.TCPConn).SetLinger(0) }
+	for _, tc := range []struct {
+		name   string
+		answer string
+		after  func(net.Conn)
+		detail string
+	}{
+		{"chunk cut by a close", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\nhello", nil, "unexpected EOF"},
+		{"chunk cut by a reset", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3e8\r\nhello", reset, "reset"},
+		{"bad chunking", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", nil, "chunk"},
+		{"Content-Length cut", "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nhello", nil, "unexpected EOF"},
+		{"close-delimited, reset", "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhello", reset, "reset"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				readHead(br)
+				io.WriteString(c, tc.answer)
+				time.Sleep(50 * time.Millisecond) // the head goes out before the end
+				if tc.after != nil {
+					tc.after(c)
+				}
+			})
+			e := newEnv(t)
+			e.start(t, plainConfig(up))
+			_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no response head: %v", err)
+			}
+			body, err := io.ReadAll(resp.Body)
+			if err == nil {
+				t.Errorf("%s, body %q read to a clean end: the cut body passed for a whole one", resp.Status, body)
+			}
+			cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
+			if d, _ := cl["detail"].(string); !strings.HasPrefix(d, "upstream body: ") || !strings.Contains(d, tc.detail) {
+				t.Errorf("close line detail %q, want the upstream body's error (%s)", d, tc.detail)
+			}
+			if n := e.countLines(t, "close", nil); n != 1 {
+				t.Errorf("%d close lines, want 1", n)
+			}
+		})
+	}
+}
+
+// TestHTTPUpstreamNoHead: an upstream that does not answer a valid head
+// gets the client a 5xx with the reason, not an empty reply: a status
+// under 100 (which net/http's server cannot write), a head that does not
+// end within idle_timeout.
+func TestHTTPUpstreamNoHead(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(c net.Conn)
+		code   int
+		detail string
+	}{
+		{"status 000", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 000"},
+		{"status 099", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 099"},
+		{"a head that trickles past idle_timeout", func(c net.Conn) {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Slow: ")
+			for range 30 { // a byte every 100 ms, for at most 3 s
+				time.Sleep(100 * time.Millisecond)
+				if _, err := io.WriteString(c, "a"); err != nil {
+					return
+				}
+			}
+		}, http.StatusGatewayTimeout, "no response within idle_timeout (1s)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				readHead(br)
+				tc.answer(c)
+			})
+			e := newEnv(t)
+			e.start(t, plainConfig(up))
+			_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+			resp, body := response(t, br)
+			if resp.StatusCode != tc.code || !strings.Contains(body, tc.detail) {
+				t.Errorf("%s %q, want %d naming %q", resp.Status, body, tc.code, tc.detail)
+			}
+			cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
+			if d, _ := cl["detail"].(string); !strings.Contains(d, tc.detail) {
+				t.Errorf("close line detail %q, want %q", d, tc.detail)
+			}
+		})
+	}
+}

@@ -230,7 +230,7 @@ func wrapClient(h http.Handler) http.Handler {
 			pc := &plainClient{rc: http.NewResponseController(w)}
 			w = streamingWriter{w, hj, pc.rc}
 			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), plainClientKey{}, pc)))
-			if pc.watch != nil && pc.watch.fired() {
+			if pc.watch != nil && pc.watch.fired() && !pc.answered {
 				// The idle watch put the connection's deadlines in the
 				// past, perhaps just after a complete response: it must
 				// not serve another request.
@@ -250,6 +250,10 @@ func wrapClient(h http.Handler) http.Handler {
 type plainClient struct {
 	rc    *http.ResponseController
 	watch *idleWatch
+	// answered: the watch fired before the response head, and forward
+	// answered with Connection: close, after which net/http closes the
+	// connection itself.
+	answered bool
 }
 
 type plainClientKey struct{}
