@@ -390,6 +390,25 @@ func (e *env) waitLog(t *testing.T, msg string, want map[string]any) map[string]
 	}
 }
 
+// clientDecision waits for the decision line of the connection client,
+// matched by its local address (the client address egressd logs) and
+// want, and fails unless it is the only decision line from that address:
+// a line another connection wrote cannot stand in for the one this
+// connection must get.
+func (e *env) clientDecision(t *testing.T, client net.Conn, want map[string]any) map[string]any {
+	t.Helper()
+	addr := client.LocalAddr().String()
+	w := map[string]any{"client": addr}
+	for k, v := range want {
+		w[k] = v
+	}
+	d := e.waitLog(t, "decision", w)
+	if n := e.countLines(t, "decision", map[string]any{"client": addr}); n != 1 {
+		t.Fatalf("%d decision lines from client %s, want exactly 1:\n%s", n, addr, e.log.String())
+	}
+	return d
+}
+
 // countLines counts the decision-log lines with message msg matching want.
 func (e *env) countLines(t *testing.T, msg string, want map[string]any) int {
 	n := 0

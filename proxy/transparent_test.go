@@ -228,23 +228,29 @@ func TestTransparentDenied(t *testing.T) {
 		want  map[string]any
 	}{
 		{"sni no rule allows", tls, clientHelloBytes("nope.egress.test"), map[string]any{"reason": "no_rule", "sni": "nope.egress.test"}},
-		{"sni denied by rule", tls, clientHelloBytes("blocked.wild.egress.test"), map[string]any{"reason": "denied_by_rule", "rule": "blocked"}},
-		{"allowed sni on a port the rule does not open", "127.0.0.1:" + strconv.Itoa(e.httpPort), clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "no_rule"}},
-		{"no sni", tls, clientHelloBytes(""), map[string]any{"reason": "no_rule"}},
+		{"sni denied by rule", tls, clientHelloBytes("blocked.wild.egress.test"), map[string]any{"reason": "denied_by_rule", "rule": "blocked", "sni": "blocked.wild.egress.test"}},
+		{"allowed sni on a port the rule does not open", "127.0.0.1:" + strconv.Itoa(e.httpPort), clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "no_rule", "sni": "allowed.egress.test", "port": e.httpPort}},
+		{"no sni", tls, clientHelloBytes(""), map[string]any{"reason": "no_rule", "sni": ""}},
 		{"not tls without a require_tls = false cidrs rule", tls, []byte("GET / HTTP/1.1\r\nHost: allowed.egress.test\r\n\r\n"), map[string]any{"reason": "no_rule"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := exchange(t, g.dial(t, tc.dst), tc.first); len(got) != 0 {
+			c := g.dial(t, tc.dst)
+			if got := exchange(t, c, tc.first); len(got) != 0 {
 				t.Fatalf("got %q from a refused connection", got)
 			}
 			want := map[string]any{"mode": "transparent", "decision": "deny", "host": "127.0.0.1"}
 			for k, v := range tc.want {
 				want[k] = v
 			}
-			d := e.waitLog(t, "decision", want)
+			// This connection's own line, and only one: the rows share
+			// the log, and another row's line must not stand in for it.
+			d := e.clientDecision(t, c, want)
 			if d["dst"] != nil {
 				t.Errorf("refused connection was dialed: %v", d)
+			}
+			if _, ok := d["sni"]; ok && tc.want["sni"] == nil {
+				t.Errorf("a connection without a ClientHello logged an sni: %v", d)
 			}
 		})
 	}
