@@ -137,17 +137,21 @@ func TestConnectNetHTTP(t *testing.T) {
 func TestConnectRefusalsAnswer403(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, baseConfig)
+	// want is the row's own decision line beyond decision and reason: a
+	// target that parses is logged as host and port, one that does not
+	// as the raw authority in host.
 	tests := []struct {
 		authority string
 		status    int
 		reason    string
+		want      map[string]any
 	}{
-		{"nope.egress.test:" + strconv.Itoa(e.tlsPort), 403, "no_rule"},
-		{"allowed.egress.test:1", 403, "no_rule"},
-		{"127.1:443", 400, "bad_request"},
-		{"0x7f.0.0.1:443", 400, "bad_request"},
-		{"allowed.egress.test:0", 400, "bad_request"},
-		{"allowed.egress.test:70000", 400, "bad_request"},
+		{"nope.egress.test:" + strconv.Itoa(e.tlsPort), 403, "no_rule", map[string]any{"host": "nope.egress.test", "port": e.tlsPort}},
+		{"allowed.egress.test:1", 403, "no_rule", map[string]any{"host": "allowed.egress.test", "port": 1}},
+		{"127.1:443", 400, "bad_request", map[string]any{"host": "127.1:443"}},
+		{"0x7f.0.0.1:443", 400, "bad_request", map[string]any{"host": "0x7f.0.0.1:443"}},
+		{"allowed.egress.test:0", 400, "bad_request", map[string]any{"host": "allowed.egress.test:0"}},
+		{"allowed.egress.test:70000", 400, "bad_request", map[string]any{"host": "allowed.egress.test:70000"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.authority, func(t *testing.T) {
@@ -160,7 +164,13 @@ func TestConnectRefusalsAnswer403(t *testing.T) {
 				t.Errorf("body %q: want one line naming %s", body, tc.reason)
 			}
 			c.Close()
-			e.waitLog(t, "decision", map[string]any{"decision": "deny", "reason": tc.reason})
+			// This connection's own line, and only one: the rows share
+			// the log, and another row's line must not stand in for it.
+			want := map[string]any{"mode": "connect", "decision": "deny", "reason": tc.reason}
+			for k, v := range tc.want {
+				want[k] = v
+			}
+			e.clientDecision(t, c, want)
 		})
 	}
 }
