@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -372,13 +373,16 @@ func TestFrontHelloStalledCloseBytes(t *testing.T) {
 // TestFrontShutdownUnderLoad: Shutdown, which closes the listener while
 // holding the server's lock, returns while connections keep arriving (the
 // loop must not hold the listener's descriptor while it handles them, which
-// takes that lock), and every accepted connection gets its decision line.
+// takes that lock), and every accepted connection gets its decision line
+// (and every allowed one its close line).
 func TestFrontShutdownUnderLoad(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, frontConfig)
 	g := e.serveGateway(t)
 	dst := netip.MustParseAddrPort("127.0.0.1:" + strconv.Itoa(e.echoPort))
 	hello := clientHelloBytes("x.egress.test")
+	before := frontAccepted.Load()
+	var echoed atomic.Int64 // connections whose hello came back through the echo
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for range 8 {
@@ -395,16 +399,20 @@ func TestFrontShutdownUnderLoad(t *testing.T) {
 				}
 				c.SetLinger(0)
 				c.SetDeadline(time.Now().Add(2 * time.Second))
-				c.Write(hello)
-				io.ReadFull(c, make([]byte, 1))
+				if _, err := c.Write(hello); err == nil {
+					if _, err := io.ReadFull(c, make([]byte, 1)); err == nil {
+						echoed.Add(1)
+					}
+				}
 				c.Close()
 			}
 		})
 	}
-	defer func() {
+	stopLoad := sync.OnceFunc(func() {
 		close(stop)
 		wg.Wait()
-	}()
+	})
+	defer stopLoad()
 	time.Sleep(300 * time.Millisecond)
 	done := make(chan struct{})
 	go func() {
@@ -419,6 +427,48 @@ func TestFrontShutdownUnderLoad(t *testing.T) {
 		t.Fatal("Shutdown did not return within 5 s of a 1 s grace while connections arrived")
 	}
 	g.waitServed(t)
+	stopLoad()
+	if echoed.Load() == 0 {
+		t.Fatal("no connection was served before Shutdown: the load never reached the echo")
+	}
+	// The listener is closed: no connection is accepted any more. Each one
+	// accepted must have exactly one decision line, each allowed one
+	// exactly one close line (relays may end just after Shutdown: wait).
+	accepted := int(frontAccepted.Load() - before)
+	var decisions, conns, allowed, unclosed int
+	eventually(func() bool {
+		lines := e.log.lines(t)
+		closes, seen := map[any]int{}, map[any]bool{}
+		for _, l := range lines {
+			if l["message"] == "close" {
+				closes[l["conn"]]++
+			}
+		}
+		decisions, conns, allowed, unclosed = 0, 0, 0, 0
+		for _, l := range lines {
+			if l["message"] != "decision" {
+				continue
+			}
+			decisions++
+			if !seen[l["conn"]] {
+				seen[l["conn"]] = true
+				conns++
+			}
+			if l["decision"] == "allow" {
+				allowed++
+				if closes[l["conn"]] != 1 {
+					unclosed++
+				}
+			}
+		}
+		return decisions >= accepted && unclosed == 0
+	})
+	if decisions != accepted || conns != accepted {
+		t.Errorf("%d decision lines for %d connections; the front loop accepted %d connections (%d echoed)", decisions, conns, accepted, echoed.Load())
+	}
+	if unclosed > 0 {
+		t.Errorf("%d of %d allowed connections have no single close line", unclosed, allowed)
+	}
 }
 
 // TestFrontListenerCloseWhileLocked: Shutdown closes the listeners holding
