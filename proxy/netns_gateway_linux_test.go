@@ -236,6 +236,25 @@ func gatewayNamespaces(t *testing.T, mode string) {
 		}
 	}
 
+	// ownDecision waits for the decision line of the connection c, by the
+	// client address egressd sees (the gateway does not rewrite sources)
+	// and want, and fails unless it is the only one for c's addresses:
+	// another connection's line must not stand in for it.
+	ownDecision := func(c net.Conn, want map[string]any) map[string]any {
+		t.Helper()
+		w := map[string]any{"client": c.LocalAddr().String()}
+		for k, v := range want {
+			w[k] = v
+		}
+		d := waitLog(w)
+		host, port, _ := net.SplitHostPort(c.RemoteAddr().String())
+		same := map[string]any{"client": w["client"], "host": host, "port": port}
+		if n := e.countLines(t, "decision", same); n != 1 {
+			t.Fatalf("%d decision lines with %v, want exactly 1:\n%s", n, same, e.log.String())
+		}
+		return d
+	}
+
 	allowed := []struct{ dst, sni, rule string }{
 		{"10.77.2.2:443", "allowed.egress.test", "web"},
 		{"10.77.2.2:7844", "h2.cftunnel.com", "tunnel-http2"},
@@ -256,20 +275,21 @@ func gatewayNamespaces(t *testing.T, mode string) {
 		first     []byte
 		want      map[string]any
 	}{
-		{"denied sni", "10.77.2.2:443", clientHelloBytes("evil.example"), map[string]any{"reason": "no_rule", "sni": "evil.example"}},
-		{"no sni", "10.77.2.2:443", clientHelloBytes(""), map[string]any{"reason": "no_rule", "host": "10.77.2.2"}},
-		{"sni spoofing", "10.77.2.3:443", clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "dst_mismatch", "host": "10.77.2.3"}},
+		{"denied sni", "10.77.2.2:443", clientHelloBytes("evil.example"), map[string]any{"reason": "no_rule", "host": "10.77.2.2", "sni": "evil.example"}},
+		{"no sni", "10.77.2.2:443", clientHelloBytes(""), map[string]any{"reason": "no_rule", "host": "10.77.2.2", "sni": ""}},
+		{"sni spoofing", "10.77.2.3:443", clientHelloBytes("allowed.egress.test"), map[string]any{"reason": "dst_mismatch", "host": "10.77.2.3", "sni": "allowed.egress.test"}},
 		{"not tls on 443", "[fd77:2::2]:443", []byte("GET / HTTP/1.0\r\n\r\n"), map[string]any{"reason": "no_rule", "host": "fd77:2::2"}},
 	}
 	for _, tc := range refused {
-		if got := exchange(t, dial(tc.dst), tc.first); len(got) != 0 {
+		c := dial(tc.dst)
+		if got := exchange(t, c, tc.first); len(got) != 0 {
 			t.Fatalf("%s: got %q", tc.name, got)
 		}
 		want := map[string]any{"mode": "transparent", "decision": "deny"}
 		for k, v := range tc.want {
 			want[k] = v
 		}
-		if d := waitLog(want); d["dst"] != nil {
+		if d := ownDecision(c, want); d["dst"] != nil {
 			t.Errorf("%s: dialed %v", tc.name, d["dst"])
 		}
 	}
@@ -282,15 +302,17 @@ func gatewayNamespaces(t *testing.T, mode string) {
 		seen[a] = true
 		payload := []byte(fmt.Sprintf("round %d", i))
 		first := append(clientHelloBytes("allowed.egress.test"), payload...)
-		if got := exchange(t, dial(net.JoinHostPort(a, "443")), first); !bytes.Equal(got, first) {
+		dst := net.JoinHostPort(a, "443")
+		c := dial(dst)
+		if got := exchange(t, c, first); !bytes.Equal(got, first) {
 			t.Fatalf("round %d to %s (answered by egressd's DNS): got %d bytes back, want %d\n%s", i, a, len(got), len(first), childOut.String())
 		}
+		// Each round's own line: the first allowed row's line has the
+		// same host, dst and sni.
+		ownDecision(c, map[string]any{"mode": "transparent", "decision": "allow", "rule": "web", "host": a, "dst": dst, "sni": "allowed.egress.test"})
 	}
 	if len(seen) != 2 {
 		t.Errorf("the upstream DNS did not rotate: answers %v", seen)
-	}
-	for a := range seen {
-		waitLog(map[string]any{"mode": "transparent", "decision": "allow", "host": a, "dst": net.JoinHostPort(a, "443")})
 	}
 	var rcode int
 	inNS(t, cli, func() { rcode = queryRcode(t, "10.77.1.1:53", "exfil.evil.example") })
