@@ -96,29 +96,47 @@ func TestProxyUsers(t *testing.T) {
 		out, err := exec.Command(curl, append(args, url)...).CombinedOutput()
 		return string(out), err
 	}
+	connectAllow := map[string]any{"mode": "connect", "decision": "allow", "identity": "ci", "policy": "ci", "rule": "web", "sni": "allowed.egress.test"}
+	httpAllow := map[string]any{"mode": "http", "decision": "allow", "identity": "ci", "rule": "plain"}
+	connectFailed := map[string]any{"mode": "connect", "decision": "deny", "reason": "auth_failed"}
+	httpFailed := map[string]any{"mode": "http", "decision": "deny", "reason": "auth_failed"}
 	tests := []struct {
 		name, user, url string
-		want            string // suffix of curl's output: " CONNECT-code HTTP-code"
+		want            string         // suffix of curl's output: " CONNECT-code HTTP-code"
+		line            map[string]any // the row's decision line
 	}{
-		{"user over CONNECT", "ci:s3cret", "https://allowed.egress.test:" + tp + "/", "hello allowed.egress.test 200 200"},
-		{"user over plain http", "ci:s3cret", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", "plain plain.egress.test:" + strconv.Itoa(e.httpPort) + " 000 200"},
-		{"wrong password", "ci:guess", "https://allowed.egress.test:" + tp + "/", " 407 000"},
-		{"unknown user", "mallory:s3cret", "https://allowed.egress.test:" + tp + "/", " 407 000"},
-		{"wrong password, plain http", "ci:guess", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", " 000 407"},
+		{"user over CONNECT", "ci:s3cret", "https://allowed.egress.test:" + tp + "/", "hello allowed.egress.test 200 200", connectAllow},
+		{"user over plain http", "ci:s3cret", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", "plain plain.egress.test:" + strconv.Itoa(e.httpPort) + " 000 200", httpAllow},
+		{"wrong password", "ci:guess", "https://allowed.egress.test:" + tp + "/", " 407 000", connectFailed},
+		{"unknown user", "mallory:s3cret", "https://allowed.egress.test:" + tp + "/", " 407 000", connectFailed},
+		{"wrong password, plain http", "ci:guess", "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/", " 000 407", httpFailed},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			// curl's client address is unknown here: the row's line is the
+			// one decision line written while it ran (the rows run one at
+			// a time, and each curl makes one request), so that another
+			// row's line cannot stand in for it.
+			before := e.countLines(t, "decision", nil)
 			out, _ := run(tt.user, tt.url)
 			if !strings.HasSuffix(out, tt.want) {
 				t.Errorf("curl output %q, want suffix %q", out, tt.want)
 			}
+			if !eventually(func() bool { return e.countLines(t, "decision", nil) > before }) {
+				t.Fatalf("no decision line for this request in:\n%s", e.log.String())
+			}
+			var lines []map[string]any
+			for _, l := range e.log.lines(t) {
+				if l["message"] == "decision" {
+					lines = append(lines, l)
+				}
+			}
+			if got := lines[before:]; len(got) != 1 || !matches(got[0], tt.line) {
+				t.Errorf("decision lines of this request %v, want one with %v", got, tt.line)
+			}
 		})
 	}
-	e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "allow", "identity": "ci", "policy": "ci", "rule": "web", "sni": "allowed.egress.test"})
-	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "allow", "identity": "ci", "rule": "plain"})
-	e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "deny", "reason": "auth_failed"})
-	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "auth_failed"})
-	log := e.log.buf.String()
+	log := e.log.String()
 	for _, secret := range []string{"s3cret", "guess", "mallory"} {
 		if strings.Contains(log, secret) {
 			t.Errorf("the decision log contains %q:\n%s", secret, log)
