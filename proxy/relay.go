@@ -155,9 +155,14 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 			closeWrite(dst)
 		default:
 			// Reset or closed: tear down both sides so the other direction
-			// does not wait for its own timeout.
-			_ = dst.Close()
-			_ = src.Close()
+			// does not wait for its own timeout, with a reset, as a direct
+			// connection would end (resetOnClose).
+			for _, c := range [...]net.Conn{dst, src} {
+				if l, ok := c.(interface{ SetLinger(int) error }); ok {
+					_ = l.SetLinger(0)
+				}
+				_ = c.Close()
+			}
 		}
 		return total
 	}

@@ -603,9 +603,20 @@ func shutdownWrite(fd int) error {
 }
 
 // closeFd closes a relay socket's descriptor. No socket of the relay has
-// SO_LINGER set, so the close does not wait for unsent bytes.
+// a non-zero SO_LINGER, so the close does not wait for unsent bytes.
 func closeFd(fd int) {
 	_, _, _ = syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
+}
+
+// resetOnClose has the close of fd send a reset (SO_LINGER on, 0 s): a
+// tunnel that ends on an error (a peer's reset, a broken connection) ends
+// with a reset for the other peer too, as a direct connection would. A
+// clean end (FIN) would pass a cut stream off as complete to a peer that
+// reads until the end (a close-delimited response, a workload behind the
+// gateway that believes it talks to the server).
+func resetOnClose(fd int) {
+	l := syscall.Linger{Onoff: 1, Linger: 0}
+	_, _, _ = syscall.RawSyscall6(syscall.SYS_SETSOCKOPT, uintptr(fd), syscall.SOL_SOCKET, syscall.SO_LINGER, uintptr(unsafe.Pointer(&l)), unsafe.Sizeof(l), 0)
 }
 
 // epollAdd registers a tunnel's socket. It can fail (ENOSPC past
@@ -649,6 +660,9 @@ func (t *etunnel) teardown() {
 		t.dirs[i].putPipe()
 	}
 	for _, fd := range t.fds {
+		if t.err != nil {
+			resetOnClose(fd)
+		}
 		closeFd(fd) // the last descriptor of the socket: it leaves the epoll set
 	}
 	if t.onLoop {

@@ -32,7 +32,7 @@ type relayed struct {
 	done       chan [2]int64
 }
 
-func startRelayed(t testing.TB, idle time.Duration) *relayed {
+func startRelayed(t testing.TB, idle time.Duration, epoll ...bool) *relayed {
 	t.Helper()
 	work, client := tcpPair(t)
 	up, dest := tcpPair(t)
@@ -43,8 +43,8 @@ func startRelayed(t testing.TB, idle time.Duration) *relayed {
 		up.Close()
 		r.done <- [2]int64{u, d}
 	})
-	if relayTunnels.Load() == before {
-		t.Fatal("two *net.TCPConn were not relayed by the epoll relay")
+	if want := len(epoll) == 0 || epoll[0]; (relayTunnels.Load() != before) != want {
+		t.Fatalf("two *net.TCPConn relayed by the epoll relay: %v, want %v", !want, want)
 	}
 	return r
 }
@@ -234,6 +234,43 @@ func TestEpollRelayResetAfterFIN(t *testing.T) {
 			c.Close() // RST
 			r.wait(t)
 		})
+	}
+}
+
+// TestRelayResetPassedOn: a peer's reset reaches the other peer as a
+// reset, after the bytes that came before it, not as a clean end: a
+// reader until the end would take the cut stream for a whole one. Both
+// relays: the epoll relay, and the goroutine relay it falls back to when
+// a socket cannot join its epoll set.
+func TestRelayResetPassedOn(t *testing.T) {
+	for _, relay := range []string{"epoll", "goroutines"} {
+		for _, from := range []string{"destination", "workload"} {
+			t.Run(relay+"/"+from, func(t *testing.T) {
+				if relay == "goroutines" {
+					orig := epollAdd
+					t.Cleanup(func() { epollAdd = orig })
+					epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
+				}
+				r := startRelayed(t, time.Minute, relay == "epoll")
+				resets, peer := r.dest, r.work
+				if from == "workload" {
+					resets, peer = r.work, r.dest
+				}
+				resets.Write([]byte("partial"))
+				got := make([]byte, len("partial"))
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if _, err := io.ReadFull(peer, got); err != nil {
+					t.Fatalf("before the reset: %q, %v", got, err)
+				}
+				resets.SetLinger(0)
+				resets.Close()
+				_, err := peer.Read(make([]byte, 1))
+				if !errors.Is(err, syscall.ECONNRESET) {
+					t.Errorf("after the %s's reset, the other end read %v, want ECONNRESET", from, err)
+				}
+				r.wait(t)
+			})
+		}
 	}
 }
 
