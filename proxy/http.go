@@ -67,13 +67,14 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	// The transport may use only the connection dialed for this request's
 	// checked address, and only once.
 	var handed atomic.Bool
+	wire := &wireConn{Conn: up}
 	tr := &http.Transport{
 		Proxy: nil,
 		DialContext: func(context.Context, string, string) (net.Conn, error) {
 			if handed.Swap(true) {
 				return nil, errUncheckedDial
 			}
-			return up, nil
+			return wire, nil
 		},
 		DisableKeepAlives:      true,
 		DisableCompression:     true,
@@ -112,9 +113,8 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	if pc != nil {
 		pc.watch = w
 	}
-	var upBytes atomic.Int64
 	if out.Body != nil {
-		out.Body = &countingBody{ReadCloser: out.Body, n: &upBytes, last: &w.last}
+		out.Body = &watchedBody{ReadCloser: out.Body, last: &w.last}
 	}
 	resp, err := tr.RoundTrip(out)
 	w.last.Store(monoNow()) // the response head came (or the exchange failed)
@@ -145,7 +145,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 			code = http.StatusGatewayTimeout
 		}
 		err = fmt.Errorf("upstream: %w", err)
-		s.logCloseFailed(c, upBytes.Load(), 0, err)
+		s.logCloseFailed(c, wire.up.Load(), wire.down.Load(), err)
 		sl.free()
 		resp := textResponse(req, code, "egressd: "+c.host+": "+cut(err.Error(), maxLoggedValue)+"\n")
 		if fired && pc != nil {
@@ -164,16 +164,37 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	// Connection: Upgrade with Upgrade: websocket on a response that is
 	// not a 101 would make goproxy hijack the client and drop the body.
 	removeHopHeaders(resp.Header)
-	resp.Body = &responseBody{countingBody{ReadCloser: resp.Body, n: new(atomic.Int64), last: &w.last, onClose: func(down int64, err error) {
+	resp.Body = &responseBody{watchedBody{ReadCloser: resp.Body, last: &w.last, onClose: func(err error) {
 		w.stop()
 		tr.CloseIdleConnections()
 		if err != nil {
 			err = fmt.Errorf("upstream body: %w", err)
 		}
-		s.logCloseFailed(c, upBytes.Load(), down, err)
+		s.logCloseFailed(c, wire.up.Load(), wire.down.Load(), err)
 		sl.free()
 	}}}
 	return resp
+}
+
+// wireConn counts a plain-HTTP exchange's bytes as they cross the upstream
+// connection, heads included: the close line's bytes, so that a request
+// that carries its data in a long URL or header fields is not logged as
+// 0 bytes up.
+type wireConn struct {
+	net.Conn
+	up, down atomic.Int64
+}
+
+func (c *wireConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.down.Add(int64(n))
+	return n, err
+}
+
+func (c *wireConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.up.Add(int64(n))
+	return n, err
 }
 
 // responseBody is an upstream response's body as goproxy copies it to the
@@ -184,10 +205,10 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 // without the end of a chunked body. goproxy would only note the error and
 // finish the response, and the client would take what came for the whole
 // body.
-type responseBody struct{ countingBody }
+type responseBody struct{ watchedBody }
 
 func (b *responseBody) Read(p []byte) (int, error) {
-	n, err := b.countingBody.Read(p)
+	n, err := b.watchedBody.Read(p)
 	if err != nil && err != io.EOF {
 		b.fail(err)
 		panic(http.ErrAbortHandler)
@@ -238,41 +259,38 @@ func textResponse(req *http.Request, code int, body string) *http.Response {
 	return resp
 }
 
-// countingBody counts the bytes read through it, notes when the last came
-// in last (when set), and reports the total once when closed (or failed).
-type countingBody struct {
+// watchedBody notes in last when a byte was last read through it, for the
+// exchange's idle watch, and runs onClose (when set) once, when it is
+// closed or fails.
+type watchedBody struct {
 	io.ReadCloser
-	n       *atomic.Int64
 	last    *atomic.Int64
 	once    sync.Once
-	onClose func(n int64, err error)
+	onClose func(err error)
 }
 
-func (b *countingBody) Read(p []byte) (int, error) {
+func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
-		b.n.Add(int64(n))
-		if b.last != nil {
-			b.last.Store(monoNow())
-		}
+		b.last.Store(monoNow())
 	}
 	return n, err
 }
 
-func (b *countingBody) Close() error {
+func (b *watchedBody) Close() error {
 	err := b.ReadCloser.Close()
 	b.report(nil)
 	return err
 }
 
 // fail closes the body after a read failed with err, and reports err.
-func (b *countingBody) fail(err error) {
+func (b *watchedBody) fail(err error) {
 	_ = b.ReadCloser.Close()
 	b.report(err)
 }
 
-func (b *countingBody) report(err error) {
+func (b *watchedBody) report(err error) {
 	if b.onClose != nil {
-		b.once.Do(func() { b.onClose(b.n.Load(), err) })
+		b.once.Do(func() { b.onClose(err) })
 	}
 }

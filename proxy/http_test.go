@@ -143,9 +143,10 @@ func TestHTTPHopByHopHeaders(t *testing.T) {
 // Connection: Upgrade and Upgrade: websocket is an ordinary response: the
 // client gets its body and the exchange ends.
 func TestHTTPUpgradeHeadersOnA200(t *testing.T) {
+	const answer = "HTTP/1.1 200 OK\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello"
 	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 		readHead(br)
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello")
+		io.WriteString(c, answer)
 		time.Sleep(5 * time.Second) // the client must not depend on this close
 	})
 	e := newEnv(t)
@@ -154,7 +155,7 @@ func TestHTTPUpgradeHeadersOnA200(t *testing.T) {
 	if _, body := response(t, br); body != "hello" {
 		t.Fatalf("body %q, want hello", body)
 	}
-	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": 5})
+	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(answer)})
 }
 
 // TestHTTPContentEncoding: the client's Accept-Encoding goes upstream as
@@ -165,21 +166,26 @@ func TestHTTPContentEncoding(t *testing.T) {
 	zw := gzip.NewWriter(&gz)
 	zw.Write(bytes.Repeat([]byte("A"), 1<<20))
 	zw.Close()
+	heads := map[string]string{
+		"identity": "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+		"gzip":     fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n", gz.Len()),
+	}
 	for _, ae := range []string{"identity", "gzip"} {
 		t.Run(ae, func(t *testing.T) {
-			got := make(chan string, 1)
+			got, answer := make(chan string, 1), make(chan string, 1)
 			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
 				req, err := http.ReadRequest(br)
 				if err != nil {
 					return
 				}
 				got <- req.Header.Get("Accept-Encoding")
+				answer <- heads[ae]
 				if req.Header.Get("Accept-Encoding") == "gzip" {
-					fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n", gz.Len())
+					io.WriteString(c, heads[ae])
 					c.Write(gz.Bytes())
 					return
 				}
-				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+				io.WriteString(c, heads[ae]+"plain")
 			})
 			e := newEnv(t)
 			e.start(t, plainConfig(up))
@@ -195,7 +201,7 @@ func TestHTTPContentEncoding(t *testing.T) {
 			if body != string(want) || resp.Header.Get("Content-Encoding") != map[string]string{"gzip": "gzip"}[ae] {
 				t.Errorf("the client got %d bytes with Content-Encoding %q, want the upstream's %d", len(body), resp.Header.Get("Content-Encoding"), len(want))
 			}
-			e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(want)})
+			e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_down": len(<-answer) + len(want)})
 		})
 	}
 }
@@ -521,4 +527,36 @@ func TestHTTPUpstreamNoHead(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHTTPBytesOnTheWire: an http:// exchange's close line counts the
+// bytes that crossed the upstream connection, heads included: data sent
+// out in a long URL or header fields is not logged as 0 bytes up.
+func TestHTTPBytesOnTheWire(t *testing.T) {
+	const answer = "HTTP/1.1 200 OK\r\nX-Data: 0123456789\r\nContent-Length: 2\r\n\r\nok"
+	sent := make(chan int, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		n := 0
+		for {
+			l, err := br.ReadString('\n')
+			n += len(l)
+			if err != nil || l == "\r\n" {
+				break
+			}
+		}
+		sent <- n
+		io.WriteString(c, answer)
+	})
+	e := newEnv(t)
+	e.start(t, plainConfig(up))
+	secret := strings.Repeat("s", 10000)
+	_, br := e.plainRequest(t, up, "GET http://UP/?q="+secret+" HTTP/1.1\r\nHost: UP\r\nCookie: "+secret+"\r\n\r\n")
+	if _, body := response(t, br); body != "ok" {
+		t.Fatalf("body %q, want ok", body)
+	}
+	n := recv(t, sent, "the request at the upstream")
+	if n < 2*len(secret) {
+		t.Fatalf("the upstream got a %d-byte head, want the URL and the cookie", n)
+	}
+	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_up": n, "bytes_down": len(answer)})
 }
