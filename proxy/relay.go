@@ -144,6 +144,13 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
 		n, err := io.CopyN(dst, src, relayChunk)
+		if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
+			// Go's splice stops at TCP urgent data as at the end of the
+			// stream, or waits there: step over it (stepUrgent).
+			if m, stepped, serr := stepUrgentConn(dst, src); stepped {
+				n, err = n+m, serr
+			}
+		}
 		total += n
 		if n > 0 {
 			last.Store(monoNow())

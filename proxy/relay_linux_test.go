@@ -650,20 +650,26 @@ func TestConnectUrgentByteFirst(t *testing.T) {
 
 // TestRelayUrgentData: TCP urgent data (MSG_OOB: telnet's and FTP's
 // interrupts) does not stall a tunnel. splice stops at the urgent mark
-// for good, so the epoll relay steps over it with recv; the urgent byte
-// goes on inline, before the bytes sent after it.
+// for good, so the epoll relay, and the goroutine relay it falls back to,
+// step over it with recv; the urgent byte goes on inline, before the
+// bytes sent after it.
 func TestRelayUrgentData(t *testing.T) {
 	for _, tc := range []struct {
 		relay string
 		pause bool // the urgent byte arrives alone, before the rest and the FIN
-	}{{"epoll", true}, {"epoll", false}, {"goroutines", true}, {"goroutines", false}} {
+	}{{"epoll", true}, {"epoll", false}, {"goroutines", true}, {"goroutines", false}, {"fallback", true}, {"fallback", false}} {
 		relay := tc.relay
 		t.Run(fmt.Sprintf("%s/pause=%v", relay, tc.pause), func(t *testing.T) {
 			work, client := tcpPair(t)
 			up, dest := tcpPair(t)
 			var c, u net.Conn = client, up
-			if relay == "goroutines" {
+			switch relay {
+			case "goroutines": // wrapped conns: read(2), no splice
 				c, u = wrapped{client}, wrapped{up}
+			case "fallback": // two *net.TCPConn the epoll relay cannot take: splice
+				orig := epollAdd
+				t.Cleanup(func() { epollAdd = orig })
+				epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
 			}
 			startRelay(c, u, time.Minute, func(int64, int64) { client.Close(); up.Close() })
 			work.Write([]byte("before "))
