@@ -869,14 +869,20 @@ func TestQUICScreenSpoofing(t *testing.T) {
 	relaying := strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1)
 	// allowed is a CRYPTO frame with a new allowed hello each time.
 	allowed := func(t *testing.T) []byte { return quicCrypto(0, quicClientHello(t, "quic.cftunnel.com")) }
-	t.Run("an Initial behind one that does not open", func(t *testing.T) {
+	// relayingFlow starts a gateway and has c's flow, of connection ID
+	// dcid, allowed on hello; got counts the datagrams at the upstream.
+	relayingFlow := func(t *testing.T) (q *quicGW, c *net.UDPConn, got *atomic.Int32, dcid, hello []byte) {
 		e := newEnv(t)
 		up, got := udpSink(t)
-		q := e.startQUIC(t, relaying, up.Port())
-		c := q.socket(t, up)
-		dcid, hello := []byte{1, 2, 3, 4, 5, 6, 7, 8}, allowed(t)
+		q = e.startQUIC(t, relaying, up.Port())
+		c = q.socket(t, up)
+		dcid, hello = []byte{1, 2, 3, 4, 5, 6, 7, 8}, allowed(t)
 		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: hello, padTo: 1200}), q.addr)
 		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+		return q, c, got, dcid, hello
+	}
+	t.Run("an Initial behind one that does not open", func(t *testing.T) {
+		q, c, got, dcid, hello := relayingFlow(t)
 		x := []byte("evil-dcid")
 		garbage := sealQUICInitial(t, quicInitialSpec{dcid: x, pn: 0, frames: []byte{0x01}, padTo: 100})
 		garbage[len(garbage)-1] ^= 1 // fails authentication
@@ -889,13 +895,7 @@ func TestQUICScreenSpoofing(t *testing.T) {
 		wantAtUpstream(t, got, 2, "the hello and its retransmission only")
 	})
 	t.Run("a hello of another QUIC version on a relaying flow", func(t *testing.T) {
-		e := newEnv(t)
-		up, got := udpSink(t)
-		q := e.startQUIC(t, relaying, up.Port())
-		c := q.socket(t, up)
-		dcid, hello := []byte{1, 2, 3, 4, 5, 6, 7, 8}, allowed(t)
-		c.WriteTo(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: hello, padTo: 1200}), q.addr)
-		e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "allow"})
+		q, c, got, dcid, hello := relayingFlow(t)
 		// draft-29, which servers still spoke after v1 came out: the
 		// screen cannot read it, so it cannot tell a hello in it.
 		evil := quicCrypto(0, quicClientHello(t, "evil-example.test"))

@@ -247,9 +247,7 @@ func TestRelayResetPassedOn(t *testing.T) {
 		for _, from := range []string{"destination", "workload"} {
 			t.Run(relay+"/"+from, func(t *testing.T) {
 				if relay == "goroutines" {
-					orig := epollAdd
-					t.Cleanup(func() { epollAdd = orig })
-					epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
+					noEpollWatches(t)
 				}
 				r := startRelayed(t, time.Minute, relay == "epoll")
 				resets, peer := r.dest, r.work
@@ -625,15 +623,7 @@ func TestConnectUrgentByteFirst(t *testing.T) {
 		// The CONNECT and the first bytes in one go, the urgent byte
 		// among them: all of it is there before egressd reads the head.
 		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n%s", target, target, before)
-		rc, err := c.(*net.TCPConn).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var serr error
-		rc.Control(func(fd uintptr) { serr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) })
-		if serr != nil {
-			t.Fatal(serr)
-		}
+		sendUrgent(t, c.(*net.TCPConn), "!")
 		c.Write([]byte(" after"))
 		c.(*net.TCPConn).CloseWrite()
 		br := bufio.NewReader(c)
@@ -646,6 +636,27 @@ func TestConnectUrgentByteFirst(t *testing.T) {
 			t.Errorf("the destination echoed %q (%v), want %q", got, err, want)
 		}
 	}
+}
+
+// sendUrgent sends b on c as TCP urgent data (MSG_OOB).
+func sendUrgent(t *testing.T, c *net.TCPConn, b string) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cerr := rc.Control(func(fd uintptr) { err = syscall.Sendto(int(fd), []byte(b), syscall.MSG_OOB, nil) }); cerr != nil || err != nil {
+		t.Fatalf("sending urgent data: %v %v", cerr, err)
+	}
+}
+
+// noEpollWatches has the epoll relay's registrations fail (ENOSPC: no
+// watch left) until the test ends, so that tunnels go to its goroutine
+// fallback.
+func noEpollWatches(t *testing.T) {
+	orig := epollAdd
+	t.Cleanup(func() { epollAdd = orig })
+	epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
 }
 
 // TestRelayUrgentData: TCP urgent data (MSG_OOB: telnet's and FTP's
@@ -667,21 +678,11 @@ func TestRelayUrgentData(t *testing.T) {
 			case "goroutines": // wrapped conns: read(2), no splice
 				c, u = wrapped{client}, wrapped{up}
 			case "fallback": // two *net.TCPConn the epoll relay cannot take: splice
-				orig := epollAdd
-				t.Cleanup(func() { epollAdd = orig })
-				epollAdd = func(int, int, *syscall.EpollEvent) error { return syscall.ENOSPC }
+				noEpollWatches(t)
 			}
 			startRelay(c, u, time.Minute, func(int64, int64) { client.Close(); up.Close() })
 			work.Write([]byte("before "))
-			rc, err := work.SyscallConn()
-			if err != nil {
-				t.Fatal(err)
-			}
-			var serr error
-			rc.Control(func(fd uintptr) { serr = syscall.Sendto(int(fd), []byte("!"), syscall.MSG_OOB, nil) })
-			if serr != nil {
-				t.Fatal(serr)
-			}
+			sendUrgent(t, work, "!")
 			if tc.pause {
 				time.Sleep(50 * time.Millisecond)
 			}
