@@ -11,15 +11,18 @@ import (
 	"time"
 )
 
-// relayChunk is how many bytes one direction moves before the relay looks
-// up: the goroutine relay notes activity and renews its deadline (CopyN
-// over *net.TCPConn still splices: net's splice path accepts an
-// *io.LimitedReader), the epoll relay gives the other direction its turn.
-// 4 MiB keeps the per-round overhead far below 0.1% of the bytes moved.
+// relayChunk is how many bytes one direction of the epoll relay moves
+// before the other direction gets its turn. 4 MiB keeps the per-round
+// overhead far below 0.1% of the bytes moved.
 const relayChunk = 4 << 20
 
+// pipeBuffer is the buffer of one direction of the goroutine relay: 32
+// KiB, io.Copy's size, enough for loopback and LAN rates on the paths it
+// serves (see pipe), and not kept by a tunnel of the epoll relay.
+const pipeBuffer = 32 << 10
+
 // idleChecks is how many times per idle timeout a direction of the
-// goroutine relay ends a round of reading to note the bytes it moved.
+// goroutine relay ends a wait for bytes to note the bytes it moved.
 const idleChecks = 4
 
 // epoch is the reference of the relays' and the QUIC flows' idle times,
@@ -133,39 +136,46 @@ func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
 	}
 }
 
-// pipe moves src→dst in rounds of relayChunk bytes with io.CopyN, which
-// for two *net.TCPConn is splice(2): no user-space copy. Each round has a
-// read deadline of a fraction of idle, so that bytes moved are noted in
-// last at least that often (the tunnel's watchdog ends it once last is
-// idle old); a round that times out just starts the next.
+// pipe moves src→dst with read(2) and write(2) through a buffer of its
+// own, until src ends or either side fails. The goroutine relay serves
+// what the epoll relay does not take (another OS, a client whose early
+// bytes egressd still holds, two sockets it could not register), so it is
+// not splice: Go's splice stops at TCP urgent data as at the end of the
+// stream, or waits there, where read(2) with SO_OOBINLINE (inlineUrgent)
+// passes the urgent byte on as a byte of the stream. Each read has a
+// deadline of a fraction of idle, so that bytes moved are noted in last at
+// least that often (the tunnel's watchdog ends it once last is idle old);
+// a read that times out just waits again.
 func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+	inlineUrgent(src)
+	buf := make([]byte, pipeBuffer)
 	var total int64
 	tick := max(idle/idleChecks, time.Millisecond)
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
-		n, err := io.CopyN(dst, src, relayChunk)
-		if err == io.EOF || errors.Is(err, os.ErrDeadlineExceeded) {
-			// Go's splice stops at TCP urgent data as at the end of the
-			// stream, or waits there: step over it (stepUrgent).
-			if m, stepped, serr := stepUrgentConn(dst, src); stepped {
-				n, err = n+m, serr
-			}
-		}
-		total += n
+		n, err := src.Read(buf)
 		if n > 0 {
 			last.Store(monoNow())
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr != nil {
+				err = werr
+			}
 		}
 		switch {
 		case err == nil, errors.Is(err, os.ErrDeadlineExceeded):
 			continue
-		case errors.Is(err, io.EOF):
+		case err == io.EOF:
 			closeWrite(dst)
 		default:
-			// Reset or closed: tear down both sides so the other direction
-			// does not wait for its own timeout, with a reset, as a direct
-			// connection would end (resetOnClose).
+			// A reset or a broken connection: tear down both sides so
+			// the other direction does not wait for its own timeout, with
+			// a reset, as a direct connection would end. A conn closed
+			// here (the watchdog, an abort, the other direction) is a
+			// clean end.
+			reset := !errors.Is(err, net.ErrClosed)
 			for _, c := range [...]net.Conn{dst, src} {
-				if l, ok := c.(interface{ SetLinger(int) error }); ok {
+				if l, ok := c.(interface{ SetLinger(int) error }); ok && reset {
 					_ = l.SetLinger(0)
 				}
 				_ = c.Close()

@@ -554,47 +554,15 @@ func stepUrgent(src, pw int) (stepped bool, m int, err error) {
 	return true, int(n), nil
 }
 
-// stepUrgentConn is stepUrgent for the goroutine relay, whose io.CopyN
-// splices too (Go's splice takes the mark for the end of the stream, or
-// waits there): when src is a TCP socket at its urgent mark, it moves the
-// bytes there to dst and reports stepped, with the error that ended that,
-// if any. Otherwise it does nothing: stepped false.
-func stepUrgentConn(dst, src net.Conn) (n int64, stepped bool, err error) {
-	sc, ok := src.(syscall.Conn)
-	if !ok {
-		return 0, false, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, false, nil
-	}
-	var buf [512]byte
-	var m int
-	var e error
-	if cerr := rc.Control(func(fd uintptr) {
-		var atMark int32
-		if _, _, errno := syscall.RawSyscall(syscall.SYS_IOCTL, fd, syscall.SIOCATMARK, uintptr(unsafe.Pointer(&atMark))); errno != 0 || atMark == 0 {
-			return
+// inlineUrgent sets SO_OOBINLINE on c's socket, when it has one, so that
+// read(2) returns TCP urgent data as a byte of the stream rather than skip
+// it (accepted sockets have it from their listener).
+func inlineUrgent(c net.Conn) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			_ = rc.Control(func(fd uintptr) { setIntOpt(int(fd), syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1) })
 		}
-		stepped = true
-		if errno := setIntOpt(int(fd), syscall.SOL_SOCKET, syscall.SO_OOBINLINE, 1); errno != 0 {
-			e = errno
-			return
-		}
-		r, _, errno := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), syscall.MSG_DONTWAIT, 0, 0)
-		if errno != 0 && errno != syscall.EAGAIN && errno != syscall.EINTR {
-			e = errno
-		} else if errno == 0 {
-			m = int(r)
-		}
-	}); cerr != nil || !stepped {
-		return 0, false, nil
 	}
-	if e != nil {
-		return 0, true, e
-	}
-	w, err := dst.Write(buf[:m])
-	return int64(w), true, err
 }
 
 // spliceOutErr is the error of a splice into dst that moved nothing: a

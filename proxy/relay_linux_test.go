@@ -272,6 +272,48 @@ func TestRelayResetPassedOn(t *testing.T) {
 	}
 }
 
+// TestRelayCleanEndsStayClean: a tunnel the relay itself ends (its idle
+// timeout, an abort) ends with a FIN for both peers, not a reset: only a
+// peer's error is passed on as one (TestRelayResetPassedOn). 20 rounds
+// each, since in the goroutine relay the order in which the two
+// directions see the close varies.
+func TestRelayCleanEndsStayClean(t *testing.T) {
+	for _, relay := range []string{"epoll", "goroutines"} {
+		for _, end := range []string{"idle", "abort"} {
+			t.Run(relay+"/"+end, func(t *testing.T) {
+				if relay == "goroutines" {
+					noEpollWatches(t)
+				}
+				for range 20 {
+					work, client := tcpPair(t)
+					up, dest := tcpPair(t)
+					idle := time.Minute
+					if end == "idle" {
+						idle = 20 * time.Millisecond
+					}
+					done := make(chan struct{})
+					abort := startRelay(client, up, idle, func(int64, int64) { client.Close(); up.Close(); close(done) })
+					if end == "abort" {
+						time.Sleep(5 * time.Millisecond)
+						abort()
+					}
+					select {
+					case <-done:
+					case <-time.After(5 * time.Second):
+						t.Fatal("the tunnel did not end")
+					}
+					for _, c := range []*net.TCPConn{work, dest} {
+						c.SetReadDeadline(time.Now().Add(2 * time.Second))
+						if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+							t.Fatalf("a peer read %v after the tunnel's %s, want EOF", err, end)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
 // TestEpollRelayIdleHoldsNoGoroutine: 200 quiet tunnels hold no
 // goroutines (the goroutine relay held two each).
 func TestEpollRelayIdleHoldsNoGoroutine(t *testing.T) {
@@ -660,46 +702,45 @@ func noEpollWatches(t *testing.T) {
 }
 
 // TestRelayUrgentData: TCP urgent data (MSG_OOB: telnet's and FTP's
-// interrupts) does not stall a tunnel. splice stops at the urgent mark
-// for good, so the epoll relay, and the goroutine relay it falls back to,
-// step over it with recv; the urgent byte goes on inline, before the
-// bytes sent after it.
+// interrupts) neither stalls nor ends a tunnel, with or without a FIN
+// after it. splice stops at the urgent mark for good, so the epoll relay
+// steps over it with recv; the goroutine relay it falls back to reads
+// with read(2). The urgent byte goes on inline, before the bytes sent
+// after it.
 func TestRelayUrgentData(t *testing.T) {
-	for _, tc := range []struct {
-		relay string
-		pause bool // the urgent byte arrives alone, before the rest and the FIN
-	}{{"epoll", true}, {"epoll", false}, {"goroutines", true}, {"goroutines", false}, {"fallback", true}, {"fallback", false}} {
-		relay := tc.relay
-		t.Run(fmt.Sprintf("%s/pause=%v", relay, tc.pause), func(t *testing.T) {
-			work, client := tcpPair(t)
-			up, dest := tcpPair(t)
-			var c, u net.Conn = client, up
-			switch relay {
-			case "goroutines": // wrapped conns: read(2), no splice
-				c, u = wrapped{client}, wrapped{up}
-			case "fallback": // two *net.TCPConn the epoll relay cannot take: splice
-				noEpollWatches(t)
-			}
-			startRelay(c, u, time.Minute, func(int64, int64) { client.Close(); up.Close() })
-			work.Write([]byte("before "))
-			sendUrgent(t, work, "!")
-			if tc.pause {
-				time.Sleep(50 * time.Millisecond)
-			}
-			work.Write([]byte(" after"))
-			work.CloseWrite()
-			dest.SetReadDeadline(time.Now().Add(5 * time.Second))
-			got, err := io.ReadAll(dest)
-			if err != nil {
-				t.Fatalf("after %q: %v (the tunnel stalled at the urgent byte)", got, err)
-			}
-			want := "before ! after"
-			if relay == "goroutines" {
-				want = "before  after" // read(2) skips the urgent byte
-			}
-			if string(got) != want {
-				t.Errorf("destination got %q, want %q", got, want)
-			}
-		})
+	for _, relay := range []string{"epoll", "goroutines"} {
+		for _, tc := range []struct {
+			pause bool // the urgent byte arrives alone, before the rest
+			fin   bool // the rest is followed by a FIN
+		}{{true, true}, {false, true}, {true, false}} {
+			t.Run(fmt.Sprintf("%s/pause=%v/fin=%v", relay, tc.pause, tc.fin), func(t *testing.T) {
+				work, client := tcpPair(t)
+				up, dest := tcpPair(t)
+				if relay == "goroutines" { // the fallback for sockets the epoll relay cannot take
+					noEpollWatches(t)
+				}
+				startRelay(client, up, time.Minute, func(int64, int64) { client.Close(); up.Close() })
+				work.Write([]byte("before "))
+				sendUrgent(t, work, "!")
+				if tc.pause {
+					time.Sleep(50 * time.Millisecond)
+				}
+				work.Write([]byte(" after"))
+				const want = "before ! after"
+				got := make([]byte, len(want))
+				dest.SetReadDeadline(time.Now().Add(2 * time.Second)) // the tunnel's idle timeout is a minute
+				if tc.fin {
+					work.CloseWrite()
+					got, err := io.ReadAll(dest)
+					if err != nil || string(got) != want {
+						t.Fatalf("destination got %q, %v; want %q and the end (a stall at the urgent byte?)", got, err, want)
+					}
+					return
+				}
+				if _, err := io.ReadFull(dest, got); err != nil || string(got) != want {
+					t.Errorf("destination got %q, %v; want %q at once (a stall at the urgent byte?)", got, err, want)
+				}
+			})
+		}
 	}
 }
