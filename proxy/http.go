@@ -118,7 +118,6 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	}
 	resp, err := tr.RoundTrip(out)
 	w.last.Store(monoNow()) // the response head came (or the exchange failed)
-	headed.Store(true)
 	switch {
 	case err != nil:
 	case resp.StatusCode == http.StatusSwitchingProtocols:
@@ -157,6 +156,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		}
 		return resp
 	}
+	headed.Store(true)
 	if w.fired() && client != nil {
 		_ = client.SetWriteDeadline(past) // it fired before headed was set
 	}
@@ -167,7 +167,13 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	resp.Body = &responseBody{watchedBody{ReadCloser: resp.Body, last: &w.last, onClose: func(err error) {
 		w.stop()
 		tr.CloseIdleConnections()
-		if err != nil {
+		switch {
+		case err == nil:
+		case w.fired(): // it closed up
+			err = fmt.Errorf("no body byte within idle_timeout (%v)", s.cfg.IdleTimeout)
+		case req.Context().Err() != nil:
+			err = nil // the client went away: not the upstream's failure
+		default:
 			err = fmt.Errorf("upstream body: %w", err)
 		}
 		s.logCloseFailed(c, wire.up.Load(), wire.down.Load(), err)

@@ -560,3 +560,49 @@ func TestHTTPBytesOnTheWire(t *testing.T) {
 	}
 	e.waitLog(t, "close", map[string]any{"mode": "http", "bytes_up": n, "bytes_down": len(answer)})
 }
+
+// TestHTTPBodyEndsNotTheUpstreams: a response body cut by the client
+// hanging up, or by idle_timeout, is not logged as the upstream's body
+// failing: no detail, and the idle timeout named. One close line, the
+// slot freed.
+func TestHTTPBodyEndsNotTheUpstreams(t *testing.T) {
+	for _, tc := range []struct {
+		name, idle string
+		hangUp     bool
+		detail     string // "": none
+	}{
+		{"the client hangs up mid-body", "30s", true, ""},
+		{"idle_timeout mid-body", "500ms", false, "no body byte within idle_timeout (500ms)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stop := make(chan struct{})
+			t.Cleanup(func() { close(stop) })
+			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+				readHead(br)
+				io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nhello")
+				<-stop
+			})
+			e := newEnv(t)
+			e.start(t, plainConfigIdle(up, tc.idle))
+			c, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(resp.Body, make([]byte, 5)); err != nil {
+				t.Fatal(err)
+			}
+			if tc.hangUp {
+				c.Close()
+			}
+			cl := e.waitLog(t, "close", map[string]any{"mode": "http"})
+			waitFor(t, "the slot to be freed", func() bool { return e.srv.limits.open() == 0 })
+			if d, _ := cl["detail"].(string); d != tc.detail {
+				t.Errorf("close line detail %q, want %q", d, tc.detail)
+			}
+			if n := e.countLines(t, "close", nil); n != 1 {
+				t.Errorf("%d close lines, want 1", n)
+			}
+		})
+	}
+}
