@@ -25,7 +25,7 @@ import (
 func needRoot(t *testing.T, what string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		unavailable(t, "%s needs root (CAP_NET_ADMIN; CI runs as root)", what)
+		unavailable(t, "%s needs root (CI runs as root)", what)
 	}
 }
 
