@@ -528,6 +528,22 @@ policy "fd" {
 	go srv.ServeTransparent(tl)
 	go srv.ServeTransparent(fl)
 	go srv.ServeDNS(nil, dl)
+	if runtime.GOOS == "linux" {
+		// The front loop must run before the parent fills the table: one
+		// whose goroutine starts after cannot make its epoll set, and fl
+		// goes to the goroutine path, whose failures are not counted.
+		before := frontAccepted.Load()
+		c, err := net.Dial("tcp", fl.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(10 * time.Second); frontAccepted.Load() == before; time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the front loop accepted nothing within 10s")
+			}
+		}
+		c.Close()
+	}
 	fmt.Printf("ADDRS %s %s %s %s\n", cl.Addr(), tl.Addr(), fl.Addr(), dl.Addr())
 	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
