@@ -284,25 +284,18 @@ func TestRelayCleanEndsStayClean(t *testing.T) {
 				if relay == "goroutines" {
 					noEpollWatches(t)
 				}
+				idle := time.Minute
+				if end == "idle" {
+					idle = 20 * time.Millisecond
+				}
 				for range 20 {
-					work, client := tcpPair(t)
-					up, dest := tcpPair(t)
-					idle := time.Minute
-					if end == "idle" {
-						idle = 20 * time.Millisecond
-					}
-					done := make(chan struct{})
-					abort := startRelay(client, up, idle, func(int64, int64) { client.Close(); up.Close(); close(done) })
+					r := startRelayed(t, idle, relay == "epoll")
 					if end == "abort" {
 						time.Sleep(5 * time.Millisecond)
-						abort()
+						r.abort()
 					}
-					select {
-					case <-done:
-					case <-time.After(5 * time.Second):
-						t.Fatal("the tunnel did not end")
-					}
-					for _, c := range []*net.TCPConn{work, dest} {
+					r.wait(t)
+					for _, c := range []*net.TCPConn{r.work, r.dest} {
 						c.SetReadDeadline(time.Now().Add(2 * time.Second))
 						if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 							t.Fatalf("a peer read %v after the tunnel's %s, want EOF", err, end)
