@@ -23,10 +23,17 @@ func setns(fd uintptr) error { return unix.Setns(int(fd), unix.CLONE_NEWNET) }
 // reference relay and the peers all handle SIGTERM.
 func childAttr() *syscall.SysProcAttr {
 	a := &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
-	if b, err := os.ReadFile("/proc/self/status"); err == nil && hasCap(string(b), capSysAdmin) {
+	if haveCapSysAdmin() {
 		a.Cloneflags = syscall.CLONE_NEWPID
 	}
 	return a
+}
+
+// haveCapSysAdmin reports whether this process has CAP_SYS_ADMIN in its
+// effective set.
+func haveCapSysAdmin() bool {
+	b, err := os.ReadFile("/proc/self/status")
+	return err == nil && hasCap(string(b), capSysAdmin)
 }
 
 // capSysAdmin is CAP_SYS_ADMIN's bit (linux/capability.h), which
