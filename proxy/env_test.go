@@ -233,6 +233,9 @@ type env struct {
 	// noFront, when set before start, serves transparent listeners on the
 	// goroutine path instead of the front loop (front_linux.go).
 	noFront bool
+	// configure, when set before start, sets the new server's test hooks
+	// before it serves.
+	configure func(*Server)
 }
 
 // goroutinePath makes newEnv's servers use the goroutine path for
@@ -276,6 +279,9 @@ func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
 	}
 	guardLoopbackDials(t, srv)
 	srv.noFront = e.noFront
+	if e.configure != nil {
+		e.configure(srv)
+	}
 	ln := listen(t)
 	if e.wrapListener != nil {
 		ln = e.wrapListener(ln)

@@ -78,7 +78,7 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		},
 		DisableKeepAlives:      true,
 		DisableCompression:     true,
-		ResponseHeaderTimeout:  upstreamHeaderTimeout,
+		ResponseHeaderTimeout:  s.headerTimeout,
 		MaxResponseHeaderBytes: maxHeaderBytes,
 	}
 	out := req.Clone(req.Context())

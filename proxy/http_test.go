@@ -492,13 +492,14 @@ func TestHTTPUpstreamBodyBroken(t *testing.T) {
 // end within idle_timeout.
 func TestHTTPUpstreamNoHead(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		answer func(c net.Conn)
-		code   int
-		detail string
+		name          string
+		answer        func(c net.Conn)
+		code          int
+		detail        string
+		headerTimeout time.Duration // 0: the default
 	}{
-		{"status 000", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 000"},
-		{"status 099", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 099"},
+		{"status 000", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 000 Zero\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 000", 0},
+		{"status 099", func(c net.Conn) { io.WriteString(c, "HTTP/1.1 099 Low\r\nContent-Length: 2\r\n\r\nok") }, http.StatusBadGateway, "invalid status code 099", 0},
 		{"a head that trickles past idle_timeout", func(c net.Conn) {
 			io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Slow: ")
 			for range 30 { // a byte every 100 ms, for at most 3 s
@@ -507,7 +508,16 @@ func TestHTTPUpstreamNoHead(t *testing.T) {
 					return
 				}
 			}
-		}, http.StatusGatewayTimeout, "no response within idle_timeout (1s)"},
+		}, http.StatusGatewayTimeout, "no response within idle_timeout (1s)", 0},
+		{"a head that trickles past the header timeout", func(c net.Conn) {
+			io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Slow: ")
+			for range 30 { // a byte every 100 ms (no idle timeout), for at most 3 s
+				time.Sleep(100 * time.Millisecond)
+				if _, err := io.WriteString(c, "a"); err != nil {
+					return
+				}
+			}
+		}, http.StatusGatewayTimeout, "timeout awaiting response headers", 300 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
@@ -515,6 +525,9 @@ func TestHTTPUpstreamNoHead(t *testing.T) {
 				tc.answer(c)
 			})
 			e := newEnv(t)
+			if tc.headerTimeout != 0 {
+				e.configure = func(s *Server) { s.headerTimeout = tc.headerTimeout }
+			}
 			e.start(t, plainConfig(up))
 			_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
 			resp, body := response(t, br)

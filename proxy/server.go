@@ -81,6 +81,9 @@ type Server struct {
 	// upstream sockets (a test hook: a small one makes the hello's write
 	// wait for room).
 	frontSndBuf int
+	// headerTimeout is upstreamHeaderTimeout (a test hook: a shorter one
+	// shows its 504 without a minute's wait).
+	headerTimeout time.Duration
 
 	gp      *goproxy.ProxyHttpServer
 	httpSrv *http.Server
@@ -139,6 +142,8 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		authSalt:    randomSalt(),
 		authGate:    newAuthGate(),
 		authTiming:  newAuthTiming(),
+
+		headerTimeout: upstreamHeaderTimeout,
 	}
 	s.authTiming.calibrate(cfg.Policy)
 	s.pol.Store(cfg.Policy)
