@@ -110,10 +110,15 @@ func diffGo(h *Hello, chi *tls.ClientHelloInfo) string {
 // stricterThanGo lists the checks this package makes that crypto/tls's
 // ClientHello parser leaves to later stages (after GetConfigForClient): the
 // RFC 8446 §4.1.2 vector bounds of cipher_suites, legacy_compression_methods
-// and legacy_session_id.
+// and legacy_session_id. It also accepts the package's own explicit bounds
+// that a hello within MaxHandshakeBytes can reach (maxALPNNames), which
+// crypto/tls does not have.
 func stricterThanGo(err error) bool {
+	if errors.Is(err, ErrTooLarge) {
+		return strings.Contains(err.Error(), "protocol names")
+	}
 	for _, s := range []string{"empty cipher suite list", "empty compression method list", "session id of"} {
-		if strings.Contains(err.Error(), s) {
+		if errors.Is(err, ErrMalformed) && strings.Contains(err.Error(), s) {
 			return true
 		}
 	}
