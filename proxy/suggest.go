@@ -69,7 +69,19 @@ const (
 	unfixNoDest   = "no destination"
 	unfixSNI      = "invalid sni"
 	unfixIdentity = "invalid identity"
+	unfixReason   = "unknown reason"
 )
+
+// knownReasons are the reasons egressd writes. Any other reason of a line
+// is counted as unfixReason, not under its own text: the unfixable counts
+// would otherwise grow with every distinct reason a log holds.
+var knownReasons = func() map[string]bool {
+	m := make(map[string]bool)
+	for _, r := range policy.Reasons() {
+		m[string(r)] = true
+	}
+	return m
+}()
 
 // connModes are the modes of connection decision lines (not dns).
 var connModes = map[string]bool{ModeConnect: true, ModeHTTP: true, ModeTransparent: true, ModeQUIC: true}
@@ -286,6 +298,9 @@ func (s *suggestion) destination(l *logLine) (destKey, string, bool) {
 		return destKey{}, "", false
 	}
 	if !fixable[reason] {
+		if !knownReasons[reason] {
+			return unfix(unfixReason)
+		}
 		return unfix(reason)
 	}
 	var k destKey
@@ -525,6 +540,8 @@ func (s *suggestion) writeSkipped(b *strings.Builder) {
 			add(s.unfixable[r], "with an SNI that is not a host name")
 		case unfixIdentity:
 			add(s.unfixable[r], "with an identity that is not a user or policy name")
+		case unfixReason:
+			add(s.unfixable[r], "with a reason egressd does not write")
 		default:
 			add(s.unfixable[r], "denied with "+r+" (no allow rule fixes it)")
 		}

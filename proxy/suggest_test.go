@@ -401,4 +401,16 @@ func TestSuggestLimits(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", want, out)
 		}
 	}
+
+	// Reasons egressd does not write are counted together, not each under
+	// its own text: the counts and the summary do not grow with them.
+	b.Reset()
+	for i := range 100 {
+		b.WriteString(line(fmt.Sprintf(`"mode":"connect","client":"10.0.0.1:1","host":"a.example.com","port":443,"decision":"deny","reason":"r%d-%s"`, i, strings.Repeat("x", 1000))))
+	}
+	b.WriteString(deny("b.example.com", 443))
+	out = suggest(t, b.String())
+	if !strings.Contains(out, "100 with a reason egressd does not write") || len(out) > 4096 {
+		t.Errorf("100 lines with made-up reasons: %d bytes of output, want them counted as one:\n%.2000s", len(out), out)
+	}
 }
