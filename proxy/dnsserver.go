@@ -51,8 +51,8 @@ func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
 	}
 	if ln != nil {
 		srvs = append(srvs, &dns.Server{Listener: dnsListener{ln, s}, Handler: h, ReadTimeout: dnsReadTimeout,
-			WriteTimeout: dnsWriteTimeout, MaxTCPQueries: dnsMaxTCPQueries,
-			IdleTimeout: func() time.Duration { return dnsReadTimeout }})
+			MaxTCPQueries: dnsMaxTCPQueries, // dnsConn.Write bounds writes: miekg/dns ignores WriteTimeout
+			IdleTimeout:   func() time.Duration { return dnsReadTimeout }})
 	}
 	if len(srvs) == 0 {
 		return errors.New("ServeDNS: no listener")
@@ -254,4 +254,18 @@ type dnsConn struct {
 func (c *dnsConn) Close() error {
 	c.sl.free() // at most once
 	return c.Conn.Close()
+}
+
+// Write bounds each answer's write by dnsWriteTimeout (miekg/dns does not
+// apply its Server.WriteTimeout), and closes the connection when a write
+// fails: a client that sends queries and does not read the answers gets no
+// more of them, and its slot and goroutine are freed rather than each
+// further answer waiting out the timeout again.
+func (c *dnsConn) Write(b []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(dnsWriteTimeout))
+	n, err := c.Conn.Write(b)
+	if err != nil {
+		_ = c.Close()
+	}
+	return n, err
 }

@@ -491,8 +491,12 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 // eventually polls cond every 10 ms for up to 5 s and reports whether it
 // held.
-func eventually(cond func() bool) bool {
-	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+func eventually(cond func() bool) bool { return eventuallyWithin(5*time.Second, cond) }
+
+// eventuallyWithin polls cond every 10 ms for up to d and reports whether
+// it held.
+func eventuallyWithin(d time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			return false
 		}

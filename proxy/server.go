@@ -384,10 +384,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		g.close()
 	}
 	closed := max(open-s.limits.open(), 0)
+	// The DNS servers wait for their TCP connections' handlers while the
+	// proxy port stops and drains, not before it.
+	var dnsDone sync.WaitGroup
 	for _, d := range dnsServers {
-		_ = d.ShutdownContext(ctx) // "not started" when the socket closed first
+		dnsDone.Go(func() { _ = d.ShutdownContext(ctx) }) // "not started" when the socket closed first
 	}
 	err := s.httpSrv.Shutdown(ctx)
+	dnsDone.Wait()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {
