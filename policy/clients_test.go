@@ -118,7 +118,7 @@ policy "web" {
 	}
 	// Audit mode never opens private destinations by itself.
 	d = p.Decide(&Request{Addr: netip.MustParseAddr("169.254.169.254"), Port: 80, Hello: HelloHTTP})
-	if !d.WouldDeny || p.AddrAllowed(d, netip.MustParseAddr("169.254.169.254")) {
+	if !d.WouldDeny || d.AddrAllowed(netip.MustParseAddr("169.254.169.254")) {
 		t.Errorf("audit opened the metadata address: %+v", d)
 	}
 }

@@ -180,6 +180,14 @@ type Decision struct {
 
 	rule  *rule // the deciding rule, for AddrAllowed
 	grant *rule // for an audit-mode deny rule: the allow rule that would have allowed, if any
+	// The deciding policy's server settings that the checks after a
+	// decision read (AddrAllowed, VerifyDestination): carried in the
+	// decision, so that a reload between the decision and the dial cannot
+	// mix two policies' settings into one connection. Copies rather than
+	// the *Policy, so that a long tunnel does not keep a replaced policy's
+	// indexes alive.
+	allowPrivate bool
+	verify       string
 }
 
 // Decide applies the policy to r. See the package documentation for the
@@ -205,6 +213,7 @@ func (p *Policy) Decide(r *Request) Decision {
 	if !d.Allow && p.audited(d, client, r.User) {
 		d.Allow, d.WouldDeny = true, true
 	}
+	d.allowPrivate, d.verify = p.allowPrivate, p.verify
 	return d
 }
 
@@ -305,17 +314,18 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 // AddrAllowed reports whether the proxy may dial a under decision d: d
 // allows, and a is not private (IsPrivate), or d's rule is an allow rule
 // that lists a CIDR containing a and lying wholly in private space, or the
-// server block sets allow_private_destinations. When an audit-mode deny
+// server block of the policy that decided d sets
+// allow_private_destinations. When an audit-mode deny
 // rule decided d (it lets the connection through), its cidrs name what to
 // refuse, not what to open: the allow rule that would have allowed the
 // connection, if any, opens private addresses instead. An IPv4-mapped a is
 // unmapped first.
-func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
-	if p == nil || !d.Allow || !a.IsValid() {
+func (d *Decision) AddrAllowed(a netip.Addr) bool {
+	if !d.Allow || !a.IsValid() {
 		return false
 	}
 	a = a.Unmap().WithZone("")
-	if p.allowPrivate || !IsPrivate(a) {
+	if d.allowPrivate || !IsPrivate(a) {
 		return true
 	}
 	ru := d.rule
@@ -328,8 +338,8 @@ func (p *Policy) AddrAllowed(d Decision, a netip.Addr) bool {
 // RuleHasCIDR reports whether the rule that decided d lists a cidr that
 // contains a (unmapped first). It is the first test of destination
 // verification in transparent mode.
-func (p *Policy) RuleHasCIDR(d Decision, a netip.Addr) bool {
-	if p == nil || d.rule == nil || !a.IsValid() {
+func (d *Decision) RuleHasCIDR(a netip.Addr) bool {
+	if d.rule == nil || !a.IsValid() {
 		return false
 	}
 	return prefixesContain(d.rule.cidrs, a.Unmap().WithZone(""))
@@ -338,8 +348,8 @@ func (p *Policy) RuleHasCIDR(d Decision, a netip.Addr) bool {
 // RuleHosts returns the exact (non-wildcard) host names of the rule that
 // decided d, normalized. Wildcards are left out: they name no address to
 // resolve.
-func (p *Policy) RuleHosts(d Decision) []string {
-	if p == nil || d.rule == nil {
+func (d *Decision) RuleHosts() []string {
+	if d.rule == nil {
 		return nil
 	}
 	var out []string
@@ -352,14 +362,14 @@ func (p *Policy) RuleHosts(d Decision) []string {
 }
 
 // VerifyDestination returns the verify_destination setting that applies to
-// decision d: the deciding rule's own, else the server block's (default
-// VerifyRefuse).
-func (p *Policy) VerifyDestination(d Decision) string {
+// decision d: the deciding rule's own, else the server block's of the
+// policy that decided d (default VerifyRefuse).
+func (d *Decision) VerifyDestination() string {
 	if d.rule != nil && d.rule.verify != "" {
 		return d.rule.verify
 	}
-	if p != nil && p.verify != "" {
-		return p.verify
+	if d.verify != "" {
+		return d.verify
 	}
 	return VerifyRefuse
 }

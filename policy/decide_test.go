@@ -331,35 +331,33 @@ policy "p" {
 
 	tests := []struct {
 		name string
-		p    *Policy
 		d    Decision
 		a    netip.Addr
 		want bool
 	}{
-		{"public addr under a name rule", p, byName, ip("93.184.216.34"), true},
-		{"public v6 addr", p, byName, ip("2606:4700::1"), true},
-		{"private refused", p, byName, ip("10.0.0.1"), false},
-		{"loopback refused", p, byName, ip("127.0.0.1"), false},
-		{"metadata refused", p, byName, ip("169.254.169.254"), false},
-		{"mapped private refused", p, byName, ip("::ffff:10.0.0.1"), false},
-		{"NAT64 metadata refused", p, byName, ip("64:ff9b::a9fe:a9fe"), false},
-		{"ULA refused", p, byName, ip("fd00:ec2::254"), false},
-		{"allowed by the rule's cidr", p, internal, ip("10.1.200.1"), true},
-		{"mapped, allowed by the rule's cidr", p, internal, ip("::ffff:10.1.200.1"), true},
-		{"private outside the rule's cidr", p, internal, ip("10.2.0.1"), false},
-		{"0.0.0.0/0 does not grant private", p, everything, ip("10.2.0.1"), false},
-		{"deny decision never dials", p, denied, ip("93.184.216.34"), false},
-		{"invalid addr", p, byName, netip.Addr{}, false},
-		{"an audited deny rule's cidr does not grant private", audit, auditD, ip("169.254.169.254"), false},
-		{"under an audited deny, the allow rule's cidr grants", auditAllow, auditAllowD, ip("10.1.2.3"), true},
-		{"allow_private_destinations", open, openD, ip("10.0.0.1"), true},
-		{"allow_private_destinations, metadata", open, openD, ip("169.254.169.254"), true},
-		{"zero decision", p, Decision{}, ip("93.184.216.34"), false},
-		{"nil policy", nil, byName, ip("93.184.216.34"), false},
+		{"public addr under a name rule", byName, ip("93.184.216.34"), true},
+		{"public v6 addr", byName, ip("2606:4700::1"), true},
+		{"private refused", byName, ip("10.0.0.1"), false},
+		{"loopback refused", byName, ip("127.0.0.1"), false},
+		{"metadata refused", byName, ip("169.254.169.254"), false},
+		{"mapped private refused", byName, ip("::ffff:10.0.0.1"), false},
+		{"NAT64 metadata refused", byName, ip("64:ff9b::a9fe:a9fe"), false},
+		{"ULA refused", byName, ip("fd00:ec2::254"), false},
+		{"allowed by the rule's cidr", internal, ip("10.1.200.1"), true},
+		{"mapped, allowed by the rule's cidr", internal, ip("::ffff:10.1.200.1"), true},
+		{"private outside the rule's cidr", internal, ip("10.2.0.1"), false},
+		{"0.0.0.0/0 does not grant private", everything, ip("10.2.0.1"), false},
+		{"deny decision never dials", denied, ip("93.184.216.34"), false},
+		{"invalid addr", byName, netip.Addr{}, false},
+		{"an audited deny rule's cidr does not grant private", auditD, ip("169.254.169.254"), false},
+		{"under an audited deny, the allow rule's cidr grants", auditAllowD, ip("10.1.2.3"), true},
+		{"allow_private_destinations", openD, ip("10.0.0.1"), true},
+		{"allow_private_destinations, metadata", openD, ip("169.254.169.254"), true},
+		{"zero decision", Decision{}, ip("93.184.216.34"), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.p.AddrAllowed(tt.d, tt.a); got != tt.want {
+			if got := tt.d.AddrAllowed(tt.a); got != tt.want {
 				t.Errorf("AddrAllowed(%s/%s, %s) = %v, want %v", tt.d.Policy, tt.d.Rule, tt.a, got, tt.want)
 			}
 		})
@@ -452,16 +450,16 @@ policy "p" {
 	if !cf.Allow || cf.Rule != "cf" {
 		t.Fatalf("cf decision = %+v", cf)
 	}
-	if !p.RuleHasCIDR(cf, netip.MustParseAddr("198.41.192.7")) || !p.RuleHasCIDR(cf, netip.MustParseAddr("::ffff:198.41.192.8")) {
+	if !cf.RuleHasCIDR(netip.MustParseAddr("198.41.192.7")) || !cf.RuleHasCIDR(netip.MustParseAddr("::ffff:198.41.192.8")) {
 		t.Error("RuleHasCIDR false for an address inside the rule's cidrs")
 	}
-	if p.RuleHasCIDR(cf, netip.MustParseAddr("198.41.193.1")) {
+	if cf.RuleHasCIDR(netip.MustParseAddr("198.41.193.1")) {
 		t.Error("RuleHasCIDR true for an address outside the rule's cidrs")
 	}
-	if got := p.RuleHosts(cf); !reflect.DeepEqual(got, []string{"region1.v2.argotunnel.com"}) {
+	if got := cf.RuleHosts(); !reflect.DeepEqual(got, []string{"region1.v2.argotunnel.com"}) {
 		t.Errorf("RuleHosts = %q, want only the exact host", got)
 	}
-	if got := p.VerifyDestination(cf); got != VerifyRedirect {
+	if got := cf.VerifyDestination(); got != VerifyRedirect {
 		t.Errorf("rule VerifyDestination = %q, want redirect", got)
 	}
 	web := p.Decide(&Request{Addr: netip.MustParseAddr("203.0.113.1"), Port: 443, Hello: HelloTLS, SNI: "a.test"})
@@ -485,14 +483,14 @@ policy "p" {
 		t.Errorf("transparent non-TLS request = %+v, want deny", tr)
 	}
 	web = p.Decide(&Request{Host: "a.test", Port: 443, Hello: HelloTLS, SNI: "a.test"})
-	if got := p.VerifyDestination(web); got != VerifyRefuse {
+	if got := web.VerifyDestination(); got != VerifyRefuse {
 		t.Errorf("server default VerifyDestination = %q, want refuse", got)
 	}
-	if p.RuleHasCIDR(web, netip.MustParseAddr("198.41.192.7")) || p.RuleHasCIDR(Decision{}, netip.MustParseAddr("198.41.192.7")) {
+	if web.RuleHasCIDR(netip.MustParseAddr("198.41.192.7")) || (&Decision{}).RuleHasCIDR(netip.MustParseAddr("198.41.192.7")) {
 		t.Error("RuleHasCIDR true for a rule without cidrs / no rule")
 	}
-	if (*Policy)(nil).VerifyDestination(Decision{}) != VerifyRefuse {
-		t.Error("nil policy VerifyDestination is not refuse")
+	if (&Decision{}).VerifyDestination() != VerifyRefuse {
+		t.Error("a zero decision's VerifyDestination is not refuse")
 	}
 }
 

@@ -132,9 +132,11 @@
 // decision is a deny with reason "no_rule" and empty policy and rule.
 //
 // After an allow, the proxy checks each address it is about to dial with
-// Policy.AddrAllowed: a public address is fine; a private one only if the
-// deciding rule has a wholly private cidr containing it, or
-// allow_private_destinations is true.
+// Decision.AddrAllowed: a public address is fine; a private one only if
+// the deciding rule has a wholly private cidr containing it, or the
+// deciding policy's allow_private_destinations is true. The decision
+// carries that setting, so a reload between the decision and the dial
+// does not change what is dialed.
 //
 // # Transparent gateway
 //

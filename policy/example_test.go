@@ -45,7 +45,7 @@ policy "cloudflare-tunnel" {
 	fmt.Println(d.Allow, d.Reason, d.Policy, d.Rule)
 
 	// Dialing: the name resolved to a private address.
-	fmt.Println(cfg.Policy.AddrAllowed(d, netip.MustParseAddr("169.254.169.254")))
+	fmt.Println(d.AddrAllowed(netip.MustParseAddr("169.254.169.254")))
 	// Output:
 	// true allowed chainguard-images registry
 	// false sni_mismatch

@@ -115,7 +115,7 @@ func FuzzDecide(f *testing.F) {
 		if d.Allow && (d.Policy == "" || d.Rule == "") {
 			t.Fatalf("allowed without a rule: %+v", d)
 		}
-		if d.Allow && r.Addr.IsValid() && !p.AddrAllowed(d, r.Addr) {
+		if d.Allow && r.Addr.IsValid() && !d.AddrAllowed(r.Addr) {
 			t.Fatalf("Decide allowed %s but AddrAllowed refuses it: %+v", r.Addr, d)
 		}
 		// HelloPending asks "could any rule allow this?": whatever a later

@@ -415,7 +415,7 @@ func (c *Config) RunTests() []TestResult {
 func (p *Policy) RunTest(t *Test) TestResult {
 	r := t.Request
 	d := p.Decide(&r)
-	if d.Allow && r.Addr.IsValid() && !p.AddrAllowed(d, r.Addr) {
+	if d.Allow && r.Addr.IsValid() && !d.AddrAllowed(r.Addr) {
 		if d.WouldDeny {
 			d.Allow, d.WouldDeny = false, false
 		} else {

@@ -616,7 +616,7 @@ func (f *front) decide(p *frontConn) {
 func (f *front) connect(p *frontConn) {
 	s, c, dst := f.s, p.c, p.dst
 	switch {
-	case !s.policy().AddrAllowed(c.decision, dst.Addr()):
+	case !c.decision.AddrAllowed(dst.Addr()):
 		c.refuse(policy.ReasonPrivateDestination, privateDetail(Target{Addr: dst.Addr(), Port: dst.Port()}, []netip.Addr{dst.Addr()}))
 		f.fail(p)
 		return

@@ -524,7 +524,7 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 	var lastErr error
 	tried := 0
 	for _, a := range addrs {
-		if !s.policy().AddrAllowed(c.decision, a) {
+		if !c.decision.AddrAllowed(a) {
 			continue
 		}
 		dst := netip.AddrPortFrom(a, t.Port)

@@ -278,7 +278,7 @@ func TestSuggestRoundTrip(t *testing.T) {
 		if !d.Allow || d.WouldDeny || !strings.HasPrefix(d.Policy, "suggested-") {
 			t.Errorf("line %d (%+v): with the suggestion %s, want allow by a suggested policy", n, r, policy.DescribeDecision(d))
 		}
-		if d.Allow && r.Addr.IsValid() && !after.Policy.AddrAllowed(d, r.Addr) {
+		if d.Allow && r.Addr.IsValid() && !d.AddrAllowed(r.Addr) {
 			t.Errorf("line %d: address %s refused", n, r.Addr)
 		}
 	}

@@ -185,11 +185,10 @@ const selfDetail = "original destination is egressd's own listener (not redirect
 // the DNS: it is in the deciding rule's cidrs, or remembered for the SNI
 // name or one of the rule's exact hosts.
 func (s *Server) dstKnown(d policy.Decision, a netip.Addr, sni string) bool {
-	p := s.policy()
-	if p.RuleHasCIDR(d, a) || sni != "" && s.resolver.Knows(sni, a) {
+	if d.RuleHasCIDR(a) || sni != "" && s.resolver.Knows(sni, a) {
 		return true
 	}
-	for _, h := range p.RuleHosts(d) {
+	for _, h := range d.RuleHosts() {
 		if s.resolver.Knows(h, a) {
 			return true
 		}
@@ -205,7 +204,7 @@ func (s *Server) dstKnown(d policy.Decision, a netip.Addr, sni string) bool {
 // refused with dst_mismatch (or dns_error).
 func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (Target, bool) {
 	d := c.decision
-	if s.policy().RuleHasCIDR(d, t.Addr) {
+	if d.RuleHasCIDR(t.Addr) {
 		return t, true
 	}
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
@@ -214,7 +213,7 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 	if sni != "" {
 		names = append(names, sni)
 	}
-	for _, h := range s.policy().RuleHosts(d) {
+	for _, h := range d.RuleHosts() {
 		if h != sni {
 			names = append(names, h)
 		}
@@ -229,7 +228,7 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 			lastErr = err
 		}
 	}
-	if s.policy().VerifyDestination(d) == policy.VerifyRedirect && sni != "" {
+	if d.VerifyDestination() == policy.VerifyRedirect && sni != "" {
 		c.detail = fmt.Sprintf("original destination %s is not an address of %s; redirected", t.Addr, sni)
 		return Target{Host: sni, Port: t.Port}, true
 	}

@@ -284,7 +284,7 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 		r.SNI = *sniName
 	}
 	d := cfg.Policy.Decide(&r)
-	if d.Allow && t.Addr.IsValid() && !cfg.Policy.AddrAllowed(d, t.Addr) {
+	if d.Allow && t.Addr.IsValid() && !d.AddrAllowed(t.Addr) {
 		d.Allow, d.WouldDeny, d.Reason = false, false, policy.ReasonPrivateDestination
 	}
 	printDecision(stdout, t, d)

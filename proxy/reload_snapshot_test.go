@@ -1,0 +1,158 @@
+package proxy
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/egressd/egressd/policy"
+)
+
+// These tests reload the configuration while a connection is between its
+// request and its dial (a DNS lookup held open, a password being hashed,
+// a hello not yet sent). A connection must be decided, checked and dialed
+// under the one policy that was in force when its request came: never
+// partly under the one loaded since.
+
+// reload parses src as start does and reloads e.srv with it.
+func (e *env) reload(t *testing.T, src string) {
+	t.Helper()
+	src = strings.NewReplacer(
+		"TLS_PORT", fmt.Sprint(e.tlsPort),
+		"HTTP_PORT", fmt.Sprint(e.httpPort),
+		"ECHO_PORT", fmt.Sprint(e.echoPort),
+		"DNS_ADDR", e.dnsAddr,
+	).Replace(src)
+	cfg, diags := policy.Parse([]policy.File{{Name: "reload.hcl", Src: []byte(src)}})
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	if err := e.srv.Reload(cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// heldDNS answers slow.egress.test A 127.0.0.1 only once release is closed
+// (or after 5 s); asked is closed at the first such query.
+func heldDNS(t *testing.T) (addr string, asked, release chan struct{}) {
+	asked, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	addr = serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA && strings.EqualFold(q.Question[0].Name, "slow.egress.test.") {
+			once.Do(func() { close(asked) })
+			select {
+			case <-release:
+			case <-time.After(5 * time.Second):
+			}
+			rr, _ := dns.NewRR("slow.egress.test. 60 IN A 127.0.0.1")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	return addr, asked, release
+}
+
+func awaitSignal(t *testing.T, ch chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+	}
+}
+
+// TestReloadDuringLookup: a plain request allowed by a policy that refuses
+// private destinations resolves to 127.0.0.1; a reload during the lookup
+// loads a policy that opens private destinations (and does not allow the
+// host). The address check is the deciding policy's: 502.
+func TestReloadDuringLookup(t *testing.T) {
+	e := newEnv(t)
+	var asked, release chan struct{}
+	e.dnsAddr, asked, release = heldDNS(t)
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "old" {
+  allow "slow" {
+    hosts       = ["slow.egress.test"]
+    ports       = [HTTP_PORT]
+    require_tls = false
+  }
+}
+`)
+	code := make(chan int, 1)
+	go func() {
+		resp, err := e.client().Get(fmt.Sprintf("http://slow.egress.test:%d/", e.httpPort))
+		if err != nil {
+			code <- 0
+			return
+		}
+		resp.Body.Close()
+		code <- resp.StatusCode
+	}()
+	awaitSignal(t, asked, "the lookup")
+	e.reload(t, `
+resolver { servers = ["DNS_ADDR"] }
+server { allow_private_destinations = true }
+policy "new" {
+  allow "other" {
+    hosts       = ["other.egress.test"]
+    require_tls = false
+  }
+}
+`)
+	close(release)
+	if got := <-code; got != http.StatusBadGateway {
+		t.Errorf("status %d, want 502: the deciding policy refuses private destinations", got)
+	}
+	e.waitLog(t, "decision", map[string]any{"policy": "old", "decision": "deny", "reason": "private_destination"})
+}
+
+// TestReloadDuringVerification: a transparent connection whose original
+// destination is not an address of its SNI name, decided by a policy whose
+// verify_destination is refuse; a reload during the verification lookup
+// loads one with verify_destination = "redirect". It is refused
+// (dst_mismatch), not redirected.
+func TestReloadDuringVerification(t *testing.T) {
+	e := newEnv(t)
+	var asked, release chan struct{}
+	e.dnsAddr, asked, release = heldDNS(t)
+	other := serveEcho(listenOn(t, "127.0.0.9:"+fmt.Sprint(e.tlsPort)))
+	g := e.startTransparent(t, `
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "old" {
+  allow "web" {
+    hosts = ["slow.egress.test"]
+    ports = [TLS_PORT]
+  }
+}
+`)
+	c := g.dial(t, "127.0.0.9:"+fmt.Sprint(e.tlsPort))
+	go c.Write(clientHelloBytes("slow.egress.test"))
+	awaitSignal(t, asked, "the verification lookup")
+	e.reload(t, `
+server {
+  allow_private_destinations = true
+  verify_destination         = "redirect"
+}
+resolver { servers = ["DNS_ADDR"] }
+policy "new" {
+  allow "other" { hosts = ["other.egress.test"] }
+}
+`)
+	close(release)
+	d := e.clientDecision(t, c, map[string]any{"mode": "transparent"})
+	if d["decision"] != "deny" || d["reason"] != "dst_mismatch" || d["policy"] != "old" {
+		t.Errorf("decision %v, want deny dst_mismatch by policy old", d)
+	}
+	if n := other.Load(); n != 0 {
+		t.Errorf("the original destination got %d connections", n)
+	}
+}
