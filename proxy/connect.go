@@ -20,12 +20,19 @@ import (
 // 200, read the ClientHello, decide with SNI and fingerprints, and only
 // then dial the checked address and relay.
 func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.ProxyCtx) {
+	// The connection's slot, taken on accept (proxyListener), is the
+	// tunnel's: it is freed when the tunnel ends.
+	client, sl := detachSlot(client)
+	// An answer egressd made to an earlier request on this connection may
+	// have left a write deadline (answerDeadline).
+	_ = client.SetWriteDeadline(time.Time{})
 	// handed: the relay owns the client now and cleans up when it ends;
 	// this handler (and net/http's goroutine with its buffers) returns.
 	handed := false
 	defer func() {
 		if !handed {
 			client.Close()
+			sl.free()
 		}
 	}()
 	c := s.newConn(ModeConnect, client.RemoteAddr().String())
@@ -66,15 +73,8 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		writeStatus(client, req, s.denyStatus(d, user), c)
 		return
 	}
-	sl := s.acquireSlot(c)
-	if sl == nil {
-		s.logDecision(c)
-		writeStatus(client, req, http.StatusServiceUnavailable, c)
-		return
-	}
 	tr := s.track(client)
 	if tr == nil {
-		sl.free()
 		c.refuse(policy.ReasonShuttingDown, "egressd is shutting down")
 		s.logDecision(c)
 		writeStatus(client, req, http.StatusServiceUnavailable, c)
@@ -230,7 +230,7 @@ func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
 	}
 	resp := fmt.Sprintf("HTTP/%d.%d %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s",
 		max(req.ProtoMajor, 1), req.ProtoMinor, code, http.StatusText(code), challenge, strconv.Itoa(len(body)), body)
-	_ = w.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_ = w.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
 	_, _ = w.Write([]byte(resp))
 }
 

@@ -429,7 +429,7 @@ func TestExhaustPerClientFlood(t *testing.T) {
 	if slowest > time.Second {
 		t.Errorf("the other client's slowest tunnel took %v", slowest)
 	}
-	e.waitCount(t, "decision", map[string]any{"mode": "connect", "reason": "connection_limit"}, attempts-perClient)
+	e.waitCount(t, "decision", map[string]any{"mode": "proxy", "reason": "connection_limit"}, attempts-perClient)
 	for _, l := range e.log.lines(t) {
 		if l["reason"] == "connection_limit" && !strings.HasPrefix(fmt.Sprint(l["client"]), "127.0.0.2:") {
 			t.Fatalf("a connection of another client was refused: %v", l)

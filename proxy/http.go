@@ -45,25 +45,19 @@ func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.R
 		}
 		return challengeResponse(req, c)
 	}
-	// The slot is held until the response body is closed (forward).
-	sl := s.acquireSlot(c)
-	if sl == nil {
-		s.logDecision(c)
-		return textResponse(req, http.StatusServiceUnavailable, refusalBody(http.StatusServiceUnavailable, c))
-	}
+	// The exchange runs on its client connection's slot (proxyListener).
 	up := s.dial(req.Context(), c, t, "tcp")
 	s.logDecision(c)
 	if up == nil {
-		sl.free()
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
-	return s.forward(req, c, up, sl)
+	return s.forward(req, c, up)
 }
 
 // forward sends req over the already dialed connection up and returns the
 // response with a body that logs the close event when goproxy finishes
-// copying it. The request's connection slot sl is freed with it.
-func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *http.Response {
+// copying it.
+func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response {
 	// The transport may use only the connection dialed for this request's
 	// checked address, and only once.
 	var handed atomic.Bool
@@ -112,6 +106,8 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 	})
 	if pc != nil {
 		pc.watch = w
+		// An earlier answer's bound on this connection (answerDeadline).
+		_ = client.SetWriteDeadline(time.Time{})
 	}
 	if out.Body != nil {
 		out.Body = &watchedBody{ReadCloser: out.Body, last: &w.last}
@@ -145,7 +141,6 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 		}
 		err = fmt.Errorf("upstream: %w", err)
 		s.logCloseFailed(c, wire.up.Load(), wire.down.Load(), err)
-		sl.free()
 		resp := textResponse(req, code, "egressd: "+c.host+": "+cut(err.Error(), maxLoggedValue)+"\n")
 		if fired && pc != nil {
 			// The client's read deadline is past: net/http ends the
@@ -177,7 +172,6 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn, sl *slot) *htt
 			err = fmt.Errorf("upstream body: %w", err)
 		}
 		s.logCloseFailed(c, wire.up.Load(), wire.down.Load(), err)
-		sl.free()
 	}}}
 	return resp
 }
@@ -231,6 +225,7 @@ func (s *Server) handleOriginForm(w http.ResponseWriter, req *http.Request) {
 	c.host = cut(req.Host, maxLoggedValue)
 	c.refuse(policy.ReasonBadRequest, "a request for a path, not a URL: egressd is a proxy; set HTTP_PROXY or HTTPS_PROXY to it, or use the admin listener for metrics and health")
 	s.logDecision(c)
+	answerDeadline(req)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusBadRequest)
 	_, _ = io.WriteString(w, "egressd: "+c.detail+"\n")
@@ -250,7 +245,21 @@ func challengeResponse(req *http.Request, c *conn) *http.Response {
 	return resp
 }
 
+// answerDeadline bounds the writing of a response egressd makes itself to
+// a plain request's client (statusWriteTimeout): a client that sends
+// requests and never reads the answers must not hold the goroutine
+// serving it in a write. forward clears it for a relayed response, whose
+// writes the idle watch bounds.
+func answerDeadline(req *http.Request) {
+	if pc, _ := req.Context().Value(plainClientKey{}).(*plainClient); pc != nil {
+		_ = pc.rc.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
+	}
+}
+
+// textResponse is a response egressd makes itself, with its write bounded
+// by answerDeadline.
 func textResponse(req *http.Request, code int, body string) *http.Response {
+	answerDeadline(req)
 	resp := &http.Response{
 		StatusCode:    code,
 		Status:        http.StatusText(code),

@@ -2,14 +2,20 @@ package proxy
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
+	"strconv"
 	"sync"
+	"time"
 
 	"github.com/egressd/egressd/policy"
 )
 
-// limiter counts the connections egressd holds open (CONNECT tunnels,
-// plain-HTTP requests, transparent connections, QUIC flows), in total and
+// limiter counts the connections egressd holds open (connections to the
+// proxy port, with the CONNECT tunnels and plain-HTTP exchanges they
+// carry; transparent connections; QUIC flows; DNS-over-TCP connections),
+// in total and
 // per client address, against server.max_connections and
 // server.max_connections_per_client. A client's entry is deleted when its
 // count drops to zero, so the map never holds more entries than there are
@@ -90,4 +96,80 @@ func (sl *slot) free() {
 		return
 	}
 	sl.once.Do(func() { sl.l.release(sl.client) })
+}
+
+// proxyListener is the proxy port's listener (http_listen). Each accepted
+// connection takes a slot until it is closed, so that a connection between
+// requests (its head being read, its credentials being checked, idle after
+// a refusal or a finished exchange) counts against max_connections and
+// max_connections_per_client as a tunnel does: one client cannot hold
+// descriptors and goroutines beyond its share. A CONNECT or http://
+// request that is allowed runs on its connection's slot and takes no
+// other. A connection over a limit is refused on accept, before its
+// request is read: a deny line of mode proxy with reason connection_limit,
+// a best-effort 503, and close.
+type proxyListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l proxyListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err // net/http backs off a temporary error
+		}
+		var client netip.AddrPort
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			client = ta.AddrPort()
+		} else {
+			client, _ = netip.ParseAddrPort(c.RemoteAddr().String())
+		}
+		detail, ok := l.s.limits.acquire(client.Addr())
+		if !ok {
+			rec := l.s.newConnFrom(ModeProxy, client)
+			rec.refuse(policy.ReasonConnectionLimit, detail)
+			l.s.logDecision(rec)
+			// Written without reading the request: the client sees the
+			// 503 unless its request arrives after the close (then a
+			// reset). A handful of bytes into an empty socket buffer.
+			body := "egressd: refused: " + string(rec.decision.Reason) + " (" + rec.detail + ")\n"
+			_ = c.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
+			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "+
+				strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
+			_ = c.Close()
+			continue
+		}
+		return &proxyConn{Conn: c, sl: &slot{l: l.s.limits, client: client.Addr()}}, nil
+	}
+}
+
+// proxyConn is a proxy-port connection with its slot, released on Close
+// unless a CONNECT took the slot over (detachSlot).
+type proxyConn struct {
+	net.Conn
+	sl *slot
+}
+
+func (c *proxyConn) Close() error {
+	c.sl.free() // at most once
+	return c.Conn.Close()
+}
+
+// detachSlot takes the slot of a hijacked proxy-port connection (a
+// *proxyConn, perhaps under a prefixConn) and returns the connection
+// without the wrapper, so the relay gets the socket itself. The caller
+// frees the slot when the tunnel ends. For another conn (a test's) it
+// returns c and a nil slot.
+func detachSlot(c net.Conn) (net.Conn, *slot) {
+	switch pc := c.(type) {
+	case *proxyConn:
+		return pc.Conn, pc.sl
+	case *prefixConn:
+		if inner, ok := pc.Conn.(*proxyConn); ok {
+			pc.Conn = inner.Conn
+			return pc, inner.sl
+		}
+	}
+	return c, nil
 }

@@ -91,9 +91,10 @@ func (e *env) refused503(t *testing.T, from, detail string) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "connection_limit") {
 		t.Fatalf("CONNECT at the limit: %s %q, want 503 naming connection_limit", resp.Status, body)
 	}
-	d := e.waitLog(t, "decision", map[string]any{"mode": "connect", "decision": "deny", "reason": "connection_limit"})
-	if !strings.Contains(fmt.Sprint(d["detail"]), detail) || d["dst"] != nil {
-		t.Errorf("decision %v: want detail %q and nothing dialed", d, detail)
+	// Refused on accept, before the request was read: mode proxy, no host.
+	d := e.waitLog(t, "decision", map[string]any{"mode": "proxy", "decision": "deny", "reason": "connection_limit"})
+	if !strings.Contains(fmt.Sprint(d["detail"]), detail) || d["dst"] != nil || d["host"] != nil {
+		t.Errorf("decision %v: want detail %q, no host and nothing dialed", d, detail)
 	}
 }
 
@@ -137,7 +138,9 @@ func TestConnectLimitPerClient(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "connection_limit") {
 		t.Fatalf("plain HTTP at the limit: %s %q, want 503", resp.Status, body)
 	}
-	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "connection_limit"})
+	if n := e.countLines(t, "decision", map[string]any{"mode": "proxy", "reason": "connection_limit"}); n != 2 {
+		t.Errorf("%d connection_limit lines, want 2 (the CONNECT and the plain request)", n)
+	}
 	e.reaccept(t, c1, "127.0.0.1")
 	echoes(t, c2, br2, "still two")
 }
@@ -154,7 +157,7 @@ func TestConnectLimitInAuditMode(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("audited CONNECT at the limit: %s, want 503", resp.Status)
 	}
-	d := e.waitLog(t, "decision", map[string]any{"host": "127.0.0.2", "reason": "connection_limit"})
+	d := e.waitLog(t, "decision", map[string]any{"mode": "proxy", "reason": "connection_limit"})
 	if d["decision"] != "deny" || d["would_deny"] != nil {
 		t.Errorf("the refusal at the limit is logged as an audit allow: %v", d)
 	}
@@ -173,13 +176,17 @@ func TestConnectLimitTotal(t *testing.T) {
 	}
 }
 
-// TestPlainHTTPReleasesSlot: a plain-HTTP request holds its slot only
-// until its response is done.
+// TestPlainHTTPReleasesSlot: plain-HTTP requests run on their client
+// connection's slot: keep-alive requests on one connection take that one
+// slot, and closing the connection frees it.
 func TestPlainHTTPReleasesSlot(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, limitConfig("max_connections = 1"))
+	tr := &http.Transport{Proxy: http.ProxyURL(mustURL("http://" + e.proxyAddr)), MaxConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
 	for i := range 3 {
-		resp, err := e.client().Get("http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/")
+		resp, err := client.Get("http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -188,14 +195,59 @@ func TestPlainHTTPReleasesSlot(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("request %d: %s", i, resp.Status)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for e.srv.limits.open() != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("request %d: its slot was not released", i)
-			}
-			time.Sleep(5 * time.Millisecond)
+		if n := e.srv.limits.open(); n != 1 {
+			t.Fatalf("request %d: %d slots taken, want 1 (its keep-alive connection's)", i, n)
 		}
 	}
+	tr.CloseIdleConnections()
+	waitFor(t, "the closed connection's slot released", func() bool { return e.srv.limits.open() == 0 })
+}
+
+// holdRefused opens a proxy connection from local address from, has a
+// plain request refused on it (403) and returns it open (keep-alive).
+func (e *env) holdRefused(t *testing.T, from string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", e.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET http://127.0.0.1:1/ HTTP/1.1\r\nHost: 127.0.0.1:1\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("a refused request from %s: %v", from, err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || resp.Close {
+		t.Fatalf("a refused request from %s: %s (close %v), want 403 keeping the connection", from, resp.Status, resp.Close)
+	}
+	c.SetDeadline(time.Time{})
+	return c
+}
+
+// TestIdleProxyConnectionsCounted: a connection to the proxy port holds a
+// slot from accept to close, so a client cannot keep connections open
+// between requests (idle after a refusal) beyond its share: the next one
+// is refused on accept, and other clients still get tunnels.
+func TestIdleProxyConnectionsCounted(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections = 6\n  max_connections_per_client = 3"))
+	var idle []net.Conn
+	for range 3 {
+		idle = append(idle, e.holdRefused(t, "127.0.0.2"))
+	}
+	e.refused503(t, "127.0.0.2", "max_connections_per_client: 3")
+	c, br := e.echoTunnel(t, "127.0.0.3") // another client is not affected
+	if n := e.srv.limits.open(); n != 4 {
+		t.Errorf("%d slots taken, want 4 (3 idle connections, 1 tunnel)", n)
+	}
+	// Closing an idle connection gives its slot back.
+	idle[0].Close()
+	waitFor(t, "the idle connection's slot released", func() bool { return e.srv.limits.open() == 3 })
+	e.holdRefused(t, "127.0.0.2")
+	echoes(t, c, br, "still")
 }
 
 func TestTransparentLimit(t *testing.T) {

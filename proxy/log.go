@@ -63,6 +63,9 @@ const (
 	// ModeDNS: a query to the gateway DNS server (dns_listen); host is the
 	// queried name and qtype its type.
 	ModeDNS = "dns"
+	// ModeProxy: a connection to http_listen refused on accept, before its
+	// request was read (connection_limit); host is empty.
+	ModeProxy = "proxy"
 )
 
 // ModeQUIC is declared in quic.go.

@@ -49,7 +49,7 @@ const (
 )
 
 // allModes are the modes metrics are pre-registered for.
-var allModes = []string{ModeConnect, ModeHTTP, ModeTransparent, ModeQUIC, ModeDNS}
+var allModes = []string{ModeConnect, ModeHTTP, ModeTransparent, ModeQUIC, ModeDNS, ModeProxy}
 
 // latencyBuckets (seconds) suit both the hello wait and the dial: from a
 // millisecond on loopback to the 10 s default timeouts.

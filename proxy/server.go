@@ -35,6 +35,12 @@ const (
 	// upstreamHeaderTimeout bounds how long a plain-HTTP upstream may take
 	// to start answering.
 	upstreamHeaderTimeout = 60 * time.Second
+	// statusWriteTimeout bounds writing a response egressd makes itself (a
+	// refusal, a 502 or 504): a few hundred bytes, which a client that
+	// reads at all takes at once. One that stops reading (sending
+	// pipelined requests it never reads the answers of) must not hold its
+	// connection's goroutine in a write.
+	statusWriteTimeout = 5 * time.Second
 )
 
 // Server is egressd's HTTP proxy: CONNECT tunnels and absolute-form
@@ -346,7 +352,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	s.addSelfLocked(ln.Addr()) // a CONNECT to egressd itself is refused (dial)
 	s.mu.Unlock()
-	err := s.httpSrv.Serve(ln)
+	err := s.httpSrv.Serve(proxyListener{ln, s})
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
