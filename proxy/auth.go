@@ -274,8 +274,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // ok = false for wrong or malformed ones (whether or not the user exists),
 // and for credentials that could not be checked in time (authGate). Wrong
 // credentials are answered no sooner than an unknown user's (authTiming);
-// malformed ones, which cost no hashing whoever they name, at once.
-func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
+// malformed ones, which cost no hashing whoever they name, at once. The
+// credentials are checked against p, the policy the request is decided by.
+func (s *Server) proxyUser(req *http.Request, p *policy.Policy) (user string, ok bool) {
 	h := req.Header.Get("Proxy-Authorization")
 	if h == "" {
 		return "", true
@@ -292,7 +293,6 @@ func (s *Server) proxyUser(req *http.Request) (user string, ok bool) {
 	if !found || name == "" {
 		return "", false
 	}
-	p := s.policy()
 	k := s.authKey(raw)
 	if s.auth.get(p, k) {
 		return name, true

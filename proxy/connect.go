@@ -58,7 +58,11 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		return
 	}
 	c.host, c.port = t.Name(), t.Port
-	user, authOK := s.proxyUser(req)
+	// The policy in force now checks the credentials and makes both of
+	// the tunnel's decisions (here and on its hello), whatever reload
+	// comes in between.
+	c.pol = s.policy()
+	user, authOK := s.proxyUser(req, c.pol)
 	if !authOK {
 		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
 		s.logDecision(c)
@@ -66,11 +70,11 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		return
 	}
 	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloPending, Client: c.client.Addr(), User: user}
-	d := s.policy().Decide(&r)
+	d := c.pol.Decide(&r)
 	c.decision = d
 	if !d.Allow {
 		s.logDecision(c)
-		writeStatus(client, req, s.denyStatus(d, user), c)
+		writeStatus(client, req, denyStatus(c.pol, d, user), c)
 		return
 	}
 	tr := s.track(client)
@@ -205,13 +209,20 @@ func (s *Server) decideHello(ctx context.Context, c *conn, r *policy.Request, he
 }
 
 // decide fingerprints hello (nil: none) into c and r and records the
-// policy's decision on r in c; it reports whether r is allowed.
+// policy's decision on r in c; it reports whether r is allowed. The policy
+// is c.pol when the connection has one (a CONNECT's, from its request),
+// else the one in force. It is c's last decision: c.pol is dropped, and
+// what the checks after it need is in the decision.
 func (s *Server) decide(c *conn, r *policy.Request, hello *sni.Hello, quic bool) bool {
 	if hello != nil {
 		c.fingerprint(hello, quic)
 		r.Hello, r.SNI, r.JA3, r.JA4 = policy.HelloTLS, hello.ServerName, c.ja3, c.ja4
 	}
-	c.decision = s.policy().Decide(r)
+	p := c.pol
+	if p == nil {
+		p = s.policy()
+	}
+	c.decision, c.pol = p.Decide(r), nil
 	return c.decision.Allow
 }
 
@@ -235,9 +246,10 @@ func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
 }
 
 // denyStatus is the HTTP status for a denial: 407 when the client gave no
-// credentials and only a proxy user could be covered by a policy, else 403.
-func (s *Server) denyStatus(d policy.Decision, user string) int {
-	if d.Reason == policy.ReasonNoPolicyForClient && user == "" && s.policy().NeedsAuth() {
+// credentials and only a proxy user could be covered by a policy (p, the
+// policy that decided d), else 403.
+func denyStatus(p *policy.Policy, d policy.Decision, user string) int {
+	if d.Reason == policy.ReasonNoPolicyForClient && user == "" && p.NeedsAuth() {
 		return http.StatusProxyAuthRequired
 	}
 	return http.StatusForbidden

@@ -158,11 +158,12 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		refuse(policy.Decision{Reason: policy.ReasonNoRule})
 		return
 	}
-	pol, rule, ok := s.policy().NameAllowed(name)
+	p := s.policy() // one policy decides the query, whatever reload comes in between
+	pol, rule, ok := p.NameAllowed(name)
 	switch {
 	case ok:
 		c.decision = policy.Decision{Allow: true, Reason: policy.ReasonAllowed, Policy: pol, Rule: rule}
-	case s.policy().Audit():
+	case p.Audit():
 		// Server audit mode: answer, so the workload goes on to connect
 		// and its connection shows what it needs.
 		c.decision = policy.Decision{Allow: true, WouldDeny: true, Reason: policy.ReasonNoRule}

@@ -17,8 +17,9 @@ import (
 
 // handleHTTP decides an absolute-form http:// request on its host and port,
 // and forwards it through a transport that can dial only the address this
-// request was checked for. It returns the response goproxy writes back.
-func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.Response {
+// request was checked for. It returns the response goproxy writes back. p
+// is the policy that checked the request's credentials.
+func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, authOK bool) *http.Response {
 	c := s.newConn(ModeHTTP, req.RemoteAddr)
 	// req.URL.Host has no userinfo; it is the client's bytes, up to the
 	// header limit, so a refusal logs it cut.
@@ -37,10 +38,10 @@ func (s *Server) handleHTTP(req *http.Request, user string, authOK bool) *http.R
 		s.logDecision(c)
 		return challengeResponse(req, c)
 	}
-	c.decision = s.policy().Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP, Client: c.client.Addr(), User: user})
+	c.decision = p.Decide(&policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloHTTP, Client: c.client.Addr(), User: user})
 	if !c.decision.Allow {
 		s.logDecision(c)
-		if code := s.denyStatus(c.decision, user); code != http.StatusProxyAuthRequired {
+		if code := denyStatus(p, c.decision, user); code != http.StatusProxyAuthRequired {
 			return textResponse(req, code, refusalBody(code, c))
 		}
 		return challengeResponse(req, c)

@@ -88,7 +88,11 @@ type conn struct {
 	ja4      string
 	qtype    string // DNS query type (mode dns), e.g. "A"
 	decision policy.Decision
-	detail   string // short error text for refusals that need one (never credentials)
+	// pol is the policy a CONNECT is decided by, from its request until
+	// its hello's decision (then nil: a tunnel does not keep a replaced
+	// policy alive).
+	pol    *policy.Policy
+	detail string // short error text for refusals that need one (never credentials)
 
 	// helloWait is how long the ClientHello took to complete from the
 	// start of the hello phase (metric egressd_hello_wait_seconds); 0 when

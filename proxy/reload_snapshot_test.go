@@ -1,7 +1,12 @@
 package proxy
 
 import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -154,5 +159,110 @@ policy "new" {
 	}
 	if n := other.Load(); n != 0 {
 		t.Errorf("the original destination got %d connections", n)
+	}
+}
+
+// authPolicy is a policy named name whose only client is the user ci with
+// password's hash.
+func authPolicy(t *testing.T, name, password string) string {
+	h, err := policy.HashPassword(password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return `
+resolver { servers = ["DNS_ADDR"] }
+server { allow_private_destinations = true }
+user "ci" { password_hash = "` + h + `" }
+policy "` + name + `" {
+  clients { users = ["ci"] }
+  allow "web" {
+    hosts = ["allowed.egress.test"]
+    ports = [TLS_PORT]
+  }
+  allow "plain" {
+    hosts       = ["plain.egress.test"]
+    ports       = [HTTP_PORT]
+    require_tls = false
+  }
+}
+`
+}
+
+func proxyBasic(user, password string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+password))
+}
+
+// TestReloadDuringTunnelHello: a CONNECT authenticated as ci under policy
+// "old"; a reload rotates ci's password (policy "new") before the tunnel's
+// hello. The hello is decided by "old", which checked the credentials,
+// not by "new" under an identity its password check never gave; a new
+// CONNECT with the old password is refused.
+func TestReloadDuringTunnelHello(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authPolicy(t, "old", "old-password"))
+	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
+	connect := func(password string) (net.Conn, int) {
+		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", password))
+		resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, resp.StatusCode
+	}
+	held, code := connect("old-password")
+	if code != http.StatusOK {
+		t.Fatalf("CONNECT before the reload: %d", code)
+	}
+	e.reload(t, authPolicy(t, "new", "new-password"))
+	if _, code := connect("old-password"); code != http.StatusProxyAuthRequired {
+		t.Errorf("CONNECT with the old password after the reload: %d, want 407", code)
+	}
+	tc := tls.Client(held, &tls.Config{ServerName: "allowed.egress.test", RootCAs: e.ca.pool})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("the held tunnel's handshake: %v", err)
+	}
+	d := e.clientDecision(t, held, map[string]any{"mode": "connect", "sni": "allowed.egress.test"})
+	if d["policy"] != "old" || d["identity"] != "ci" {
+		t.Errorf("the held tunnel's hello was decided by %v as %v, want policy old, which checked its credentials", d["policy"], d["identity"])
+	}
+}
+
+// TestReloadDuringPasswordCheck: a reload that rotates ci's password lands
+// while the old policy hashes the request's password: the request is
+// decided by the policy that checked it.
+func TestReloadDuringPasswordCheck(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authPolicy(t, "old", "old-password"))
+	newSrc := authPolicy(t, "new", "new-password")
+	real := checkPassword
+	t.Cleanup(func() { checkPassword = real })
+	var once sync.Once
+	checkPassword = func(p *policy.Policy, user, password string) bool {
+		ok := real(p, user, password)
+		once.Do(func() { e.reload(t, newSrc) })
+		return ok
+	}
+	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "GET http://plain.egress.test:%d/ HTTP/1.1\r\nHost: plain.egress.test\r\nProxy-Authorization: %s\r\n\r\n", e.httpPort, proxyBasic("ci", "old-password"))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	d := e.clientDecision(t, c, map[string]any{"mode": "http"})
+	if d["policy"] != "old" || d["decision"] != "allow" || resp.StatusCode != http.StatusOK {
+		t.Errorf("%d, decision %v: want 200 allowed by policy old, which checked the password", resp.StatusCode, d)
 	}
 }

@@ -187,9 +187,12 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 	gp.OnRequest().DoFunc(func(req *http.Request, _ *goproxy.ProxyCtx) (*http.Request, *http.Response) {
 		// Credentials are read before the hop-by-hop headers, theirs
 		// among them, are removed: they are never forwarded upstream.
-		user, ok := s.proxyUser(req)
+		// One policy checks the credentials and decides the request,
+		// whatever reload comes in between.
+		p := s.policy()
+		user, ok := s.proxyUser(req, p)
 		removeHopHeaders(req.Header)
-		return req, s.handleHTTP(req, user, ok)
+		return req, s.handleHTTP(req, p, user, ok)
 	})
 	return gp
 }
