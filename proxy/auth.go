@@ -275,8 +275,9 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // and for credentials that could not be checked in time (authGate). Wrong
 // credentials are answered no sooner than an unknown user's (authTiming);
 // malformed ones, which cost no hashing whoever they name, at once. The
-// credentials are checked against p, the policy the request is decided by.
-func (s *Server) proxyUser(req *http.Request, p *policy.Policy) (user string, ok bool) {
+// credentials are checked against p, the policy the request is decided by;
+// the waits end with ctx.
+func (s *Server) proxyUser(ctx context.Context, req *http.Request, p *policy.Policy) (user string, ok bool) {
 	h := req.Header.Get("Proxy-Authorization")
 	if h == "" {
 		return "", true
@@ -299,7 +300,7 @@ func (s *Server) proxyUser(req *http.Request, p *policy.Policy) (user string, ok
 	}
 	ap, _ := netip.ParseAddrPort(req.RemoteAddr)
 	client := ap.Addr().Unmap()
-	turn := s.authGate.enter(req.Context(), client)
+	turn := s.authGate.enter(ctx, client)
 	if turn == nil {
 		return "", false
 	}
@@ -309,7 +310,7 @@ func (s *Server) proxyUser(req *http.Request, p *policy.Policy) (user string, ok
 		// The wait holds the client's turn and the check's slot: released
 		// earlier, a batch of wrong passwords sent at once would come back
 		// at the pace of the real hash work, telling a user that exists.
-		s.authTiming.failed(req.Context(), p, p.HasUser(name), s.authTiming.now().Sub(start))
+		s.authTiming.failed(ctx, p, p.HasUser(name), s.authTiming.now().Sub(start))
 		return "", false
 	}
 	s.auth.put(p, k, name)

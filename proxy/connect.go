@@ -26,6 +26,10 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	// An answer egressd made to an earlier request on this connection may
 	// have left a write deadline (answerDeadline).
 	_ = client.SetWriteDeadline(time.Time{})
+	// Registered with Shutdown from the start, so that it waits for this
+	// CONNECT's decision line (a password check can take seconds) and
+	// cancels its waits when the grace ends; nil once Shutdown began.
+	tr := s.track(client)
 	// handed: the relay owns the client now and cleans up when it ends;
 	// this handler (and net/http's goroutine with its buffers) returns.
 	handed := false
@@ -33,6 +37,9 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		if !handed {
 			client.Close()
 			sl.free()
+			if tr != nil {
+				s.untrack(tr)
+			}
 		}
 	}()
 	c := s.newConn(ModeConnect, client.RemoteAddr().String())
@@ -58,11 +65,17 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		return
 	}
 	c.host, c.port = t.Name(), t.Port
+	if tr == nil {
+		c.refuse(policy.ReasonShuttingDown, "egressd is shutting down")
+		s.logDecision(c)
+		writeStatus(client, req, http.StatusServiceUnavailable, c)
+		return
+	}
 	// The policy in force now checks the credentials and makes both of
 	// the tunnel's decisions (here and on its hello), whatever reload
 	// comes in between.
 	c.pol = s.policy()
-	user, authOK := s.proxyUser(req, c.pol)
+	user, authOK := s.proxyUser(tr.ctx, req, c.pol)
 	if !authOK {
 		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
 		s.logDecision(c)
@@ -77,8 +90,8 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 		writeStatus(client, req, denyStatus(c.pol, d, user), c)
 		return
 	}
-	tr := s.track(client)
-	if tr == nil {
+	if s.isClosing() {
+		// Shutdown began while it was checked: no new tunnel.
 		c.refuse(policy.ReasonShuttingDown, "egressd is shutting down")
 		s.logDecision(c)
 		writeStatus(client, req, http.StatusServiceUnavailable, c)

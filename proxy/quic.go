@@ -309,12 +309,10 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 	switch {
 	case err == nil:
 		f.c.helloWait = max(time.Since(f.c.start), time.Nanosecond)
-		f.state = flowDeciding
-		go g.decide(f, true)
+		g.startDecide(f, true)
 	case errors.Is(err, sni.ErrNeedMore):
 	case errors.Is(err, sni.ErrNotQUIC) && len(f.pendLen) == 1:
-		f.state = flowDeciding // other UDP: only require_tls = false rules admit it
-		go g.decide(f, false)
+		g.startDecide(f, false) // other UDP: only require_tls = false rules admit it
 	case errors.Is(err, sni.ErrTooLarge):
 		g.deny(f, policy.ReasonHelloTooLarge, err.Error())
 	default:
@@ -383,9 +381,24 @@ func (f *flow) hold() {
 	f.slot.free() // a held flow holds no sockets
 }
 
+// startDecide hands f to decide, in its own goroutine registered with
+// Shutdown: Shutdown waits for its decision line, and cancels its DNS
+// lookups when the grace ends. Once Shutdown has begun the flow is refused
+// at once.
+func (g *quicGateway) startDecide(f *flow, isQUIC bool) {
+	tr := g.s.track(nil)
+	if tr == nil {
+		g.deny(f, policy.ReasonShuttingDown, "egressd is shutting down")
+		return
+	}
+	f.state = flowDeciding
+	go g.decide(f, isQUIC, tr)
+}
+
 // decide runs once per flow, in its own goroutine (verification may wait
 // for DNS): decision, verification, sockets, then the buffered datagrams.
-func (g *quicGateway) decide(f *flow, isQUIC bool) {
+func (g *quicGateway) decide(f *flow, isQUIC bool, tr *tracked) {
+	defer g.s.untrack(tr)
 	s, c := g.s, f.c
 	r := policy.Request{Addr: f.key.dst.Addr(), Port: f.key.dst.Port(), Hello: policy.HelloNotTLS,
 		Protocol: policy.ProtocolQUIC, Transparent: true, Client: f.key.client.Addr()}
@@ -395,18 +408,21 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 	}
 	var up *net.UDPConn
 	var reply quicReplier
-	if t, ok := s.decideHello(context.Background(), c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
-		up, reply = g.open(c, t, f.key.dst)
+	if t, ok := s.decideHello(tr.ctx, c, &r, hello, true, Target{Addr: r.Addr, Port: r.Port}); ok {
+		up, reply = g.open(tr.ctx, c, t, f.key.dst)
 	}
 
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.state == flowClosed && up != nil {
-		// Shut down while it was decided: nothing was relayed, and an
+	if f.state == flowClosed && (up != nil || tr.ctx.Err() != nil) {
+		// Shut down while it was decided (and, when the grace ended,
+		// its lookup or dial cancelled): nothing was relayed, and an
 		// allow would have no close line.
-		_ = up.Close()
-		_ = reply.Close()
-		up = nil
+		if up != nil {
+			_ = up.Close()
+			_ = reply.Close()
+			up = nil
+		}
 		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
 	}
 	s.logDecision(c)
@@ -449,9 +465,9 @@ func (g *quicGateway) decide(f *flow, isQUIC bool) {
 // open dials the upstream socket for an allowed flow and opens its reply
 // socket, bound to the flow's original destination orig; on failure it
 // refuses c and returns nils.
-func (g *quicGateway) open(c *conn, t Target, orig netip.AddrPort) (*net.UDPConn, quicReplier) {
+func (g *quicGateway) open(ctx context.Context, c *conn, t Target, orig netip.AddrPort) (*net.UDPConn, quicReplier) {
 	s := g.s
-	uc := s.dial(context.Background(), c, t, "udp")
+	uc := s.dial(ctx, c, t, "udp")
 	if uc == nil {
 		return nil, nil
 	}

@@ -951,7 +951,11 @@ func TestQUICScreenSpoofing(t *testing.T) {
 		var d net.Dialer
 		e.srv.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			close(dialing)
-			<-release
+			select {
+			case <-release:
+			case <-ctx.Done(): // Shutdown's grace ended
+				return nil, ctx.Err()
+			}
 			return d.DialContext(ctx, network, addr)
 		}
 		c := q.socket(t, up)

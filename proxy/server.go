@@ -190,7 +190,7 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 		// One policy checks the credentials and decides the request,
 		// whatever reload comes in between.
 		p := s.policy()
-		user, ok := s.proxyUser(req, p)
+		user, ok := s.proxyUser(req.Context(), req, p)
 		removeHopHeaders(req.Header)
 		return req, s.handleHTTP(req, p, user, ok)
 	})
