@@ -353,6 +353,26 @@ func (g *quicGateway) evictHeldLocked() bool {
 	return false
 }
 
+// forgetHeld removes every denied flow whose datagrams are being held
+// (dropped), after a reload: a policy loaded since may allow what the old
+// one denied, and their next datagrams are decided (and logged) anew
+// rather than dropped for the rest of quicDenyHold.
+func (g *quicGateway) forgetHeld() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for k, f := range g.flows {
+		f.mu.Lock()
+		held := f.state == flowDenied
+		if held {
+			f.state = flowClosed
+		}
+		f.mu.Unlock()
+		if held {
+			delete(g.flows, k)
+		}
+	}
+}
+
 // full counts a datagram dropped because the flow table is full and warns
 // now and then. g.mu must be held.
 func (g *quicGateway) full() {

@@ -84,6 +84,12 @@ func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 	}
 	s.authTiming.calibrate(cfg.Policy)
 	s.pol.Store(cfg.Policy)
+	s.mu.Lock()
+	quic := s.quic
+	s.mu.Unlock()
+	for _, g := range quic {
+		g.forgetHeld()
+	}
 	s.metrics.prune(cfg.Policy)
 	s.recordReload(true)
 	e := s.log.Info().Str(fieldOutcome, "ok").Int(fieldRules, cfg.Policy.Rules())

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"github.com/quic-go/quic-go"
 
 	"github.com/egressd/egressd/policy"
 )
@@ -264,5 +266,50 @@ func TestReloadDuringPasswordCheck(t *testing.T) {
 	d := e.clientDecision(t, c, map[string]any{"mode": "http"})
 	if d["policy"] != "old" || d["decision"] != "allow" || resp.StatusCode != http.StatusOK {
 		t.Errorf("%d, decision %v: want 200 allowed by policy old, which checked the password", resp.StatusCode, d)
+	}
+}
+
+// TestReloadReleasesHeldQUICFlows: a QUIC flow denied under the old policy
+// drops its socket's datagrams for quicDenyHold; a reload to a policy that
+// allows it ends the hold, so the same socket's next connection is decided
+// by the new policy.
+func TestReloadReleasesHeldQUICFlows(t *testing.T) {
+	e := newEnv(t)
+	up, _ := quicUpstream(t, e)
+	const src = `
+server { hello_timeout = "1s" }
+resolver { servers = ["DNS_ADDR"] }
+policy "cf" {
+  allow "tunnel-quic" {
+    cidrs = ["127.0.0.0/8"]
+    sni   = [SNIS]
+    ports = [QUIC_PORT]
+  }
+}
+`
+	policyFor := func(snis string) string {
+		return strings.NewReplacer("SNIS", snis, "QUIC_PORT", fmt.Sprint(up.Port())).Replace(src)
+	}
+	q := e.startQUIC(t, policyFor(`"quic.cftunnel.com"`), up.Port())
+	tr := &quic.Transport{Conn: q.socket(t, up)}
+	t.Cleanup(func() { tr.Close() })
+	dial := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		conf := &tls.Config{ServerName: "allowed.egress.test", RootCAs: e.ca.pool, NextProtos: []string{quicALPN}}
+		c, err := tr.Dial(ctx, q.addr, conf, quicTestConfig())
+		if err != nil {
+			return err
+		}
+		defer c.CloseWithError(0, "")
+		return quicEcho(c, []byte("x"))
+	}
+	if err := dial(); err == nil {
+		t.Fatal("allowed before the reload")
+	}
+	e.waitLog(t, "decision", map[string]any{"mode": "quic", "decision": "deny"})
+	e.reload(t, policyFor(`"quic.cftunnel.com", "allowed.egress.test"`))
+	if err := dial(); err != nil {
+		t.Errorf("after a reload that allows it, the denied flow's socket still gets nothing: %v", err)
 	}
 }
