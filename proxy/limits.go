@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -105,13 +106,29 @@ func (sl *slot) free() {
 // max_connections_per_client as a tunnel does: one client cannot hold
 // descriptors and goroutines beyond its share. A CONNECT or http://
 // request that is allowed runs on its connection's slot and takes no
-// other. A connection over a limit is refused on accept, before its
-// request is read: a deny line of mode proxy with reason connection_limit,
-// a best-effort 503, and close.
+// other. A connection over a limit is refused on accept: a deny line of
+// mode proxy with reason connection_limit, then (refuseOverLimit) its
+// request head is read and answered 503.
 type proxyListener struct {
 	net.Listener
 	s *Server
 }
+
+const (
+	// maxRefusing bounds the over-limit connections whose request is being
+	// read to answer it 503 (refuseOverLimit), each with a goroutine, a
+	// descriptor and a refusalHeadBytes buffer for up to refusalTimeout:
+	// 64 is 256 KiB and 64 descriptors at most, whatever a client floods.
+	// Beyond it an over-limit connection is closed at once.
+	maxRefusing = 64
+	// refusalTimeout bounds reading an over-limit connection's request
+	// head and writing its 503: a client sends its request at once.
+	refusalTimeout = time.Second
+	// refusalHeadBytes is as much of the request head as is read before
+	// answering: enough for any CONNECT and most requests; the rest is not
+	// needed to refuse.
+	refusalHeadBytes = 4 << 10
+)
 
 func (l proxyListener) Accept() (net.Conn, error) {
 	for {
@@ -130,18 +147,40 @@ func (l proxyListener) Accept() (net.Conn, error) {
 			rec := l.s.newConnFrom(ModeProxy, client)
 			rec.refuse(policy.ReasonConnectionLimit, detail)
 			l.s.logDecision(rec)
-			// Written without reading the request: the client sees the
-			// 503 unless its request arrives after the close (then a
-			// reset). A handful of bytes into an empty socket buffer.
-			body := "egressd: refused: " + string(rec.decision.Reason) + " (" + rec.detail + ")\n"
-			_ = c.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
-			_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "+
-				strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
-			_ = c.Close()
+			select {
+			case l.s.refusing <- struct{}{}:
+				go func() {
+					refuseOverLimit(c, "egressd: refused: "+string(rec.decision.Reason)+" ("+rec.detail+")\n")
+					<-l.s.refusing
+				}()
+			default:
+				_ = c.Close()
+			}
 			continue
 		}
 		return &proxyConn{Conn: c, sl: &slot{l: l.s.limits, client: client.Addr()}}, nil
 	}
+}
+
+// refuseOverLimit answers an over-limit connection 503 with body once its
+// request head has come (or refusalHeadBytes of it, or refusalTimeout
+// passed), and closes it. Answered before its request was sent, an HTTP
+// client takes the 503 for an unsolicited response and fails with an
+// error of its own (Go's net/http does); answered after, it shows the
+// 503.
+func refuseOverLimit(c net.Conn, body string) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(refusalTimeout))
+	var buf [refusalHeadBytes]byte
+	for n := 0; n < len(buf); {
+		k, err := c.Read(buf[n:])
+		n += k
+		if err != nil || bytes.Contains(buf[max(0, n-k-3):n], []byte("\r\n\r\n")) {
+			break
+		}
+	}
+	_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "+
+		strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
 }
 
 // proxyConn is a proxy-port connection with its slot, released on Close

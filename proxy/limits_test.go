@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -225,6 +226,37 @@ func (e *env) holdRefused(t *testing.T, from string) net.Conn {
 	}
 	c.SetDeadline(time.Time{})
 	return c
+}
+
+// TestLimitRefusalAnswersTheRequest: a connection refused on accept is
+// answered after its request has come, not before it is sent, which an
+// HTTP client takes for an unsolicited response (Go's net/http fails the
+// request with an error of its own).
+func TestLimitRefusalAnswersTheRequest(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections_per_client = 1"))
+	e.echoTunnel(t, "127.0.0.1")
+	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	e.waitLog(t, "decision", map[string]any{"mode": "proxy", "reason": "connection_limit"})
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 1)); n > 0 || !os.IsTimeout(err) {
+		t.Fatalf("before the request was sent: read %d bytes (%v), want nothing", n, err)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	authority := "127.0.0.1:" + strconv.Itoa(e.echoPort)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", authority, authority)
+	resp, err := http.ReadResponse(bufio.NewReader(c), &http.Request{Method: http.MethodConnect})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_connections_per_client") {
+		t.Errorf("%s %q, want 503 naming the limit", resp.Status, body)
+	}
 }
 
 // TestIdleProxyConnectionsCounted: a connection to the proxy port holds a

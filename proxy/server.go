@@ -64,6 +64,9 @@ type Server struct {
 	// authTiming makes failed password checks last as long as an unknown
 	// user's.
 	authTiming *authTiming
+	// refusing holds a token per over-limit proxy connection being
+	// answered 503 (maxRefusing).
+	refusing chan struct{}
 
 	// DialContext, when set before Serve, dials every already checked
 	// address instead of egressd's own dialer (dial_timeout, TCP
@@ -147,6 +150,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		metrics:     newMetrics(res),
 		authSalt:    randomSalt(),
 		authGate:    newAuthGate(),
+		refusing:    make(chan struct{}, maxRefusing),
 		authTiming:  newAuthTiming(),
 
 		headerTimeout: upstreamHeaderTimeout,
