@@ -192,9 +192,14 @@ func (c *wireConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// Write counts p before writing it: the upstream can answer, and the
+// exchange end and be logged, before the writing goroutine runs again
+// after its write returns (on a loaded machine it waits for a CPU). What
+// was not written is taken back.
 func (c *wireConn) Write(p []byte) (int, error) {
+	c.up.Add(int64(len(p)))
 	n, err := c.Conn.Write(p)
-	c.up.Add(int64(n))
+	c.up.Add(int64(n - len(p)))
 	return n, err
 }
 
