@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"time"
 
@@ -34,6 +35,11 @@ const (
 	// dnsMaxInFlight bounds the queries forwarded at once; more are
 	// answered SERVFAIL at once instead of piling up goroutines.
 	dnsMaxInFlight = 512
+	// dnsMaxInFlightPerClient bounds one client address's share of them,
+	// so that a client asking for names that resolve slowly cannot take
+	// every slot and have every other client answered SERVFAIL. A quarter:
+	// a node-local cache forwarding for many pods is one client.
+	dnsMaxInFlightPerClient = dnsMaxInFlight / 4
 )
 
 // ServeDNS runs the gateway DNS server (server { dns_listen }) on pc (UDP)
@@ -43,7 +49,7 @@ const (
 // destination verification cache. It returns when Shutdown is called, or
 // with the first error of either server.
 func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
-	h := &dnsHandler{s: s, sem: make(chan struct{}, dnsMaxInFlight)}
+	h := &dnsHandler{s: s, inFlight: newLimiter(dnsMaxInFlight, dnsMaxInFlightPerClient)}
 	var srvs []*dns.Server
 	if pc != nil {
 		srvs = append(srvs, &dns.Server{PacketConn: pc, Handler: h, UDPSize: dnsUDPSize,
@@ -102,8 +108,8 @@ func (s *Server) ServeDNS(pc net.PacketConn, ln net.Listener) error {
 }
 
 type dnsHandler struct {
-	s   *Server
-	sem chan struct{}
+	s        *Server
+	inFlight *limiter // queries being forwarded, in total and per client
 }
 
 // ServeDNS answers one query (dns.Handler).
@@ -178,10 +184,9 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		refuse(d)
 		return
 	}
-	select {
-	case h.sem <- struct{}{}:
-	default:
-		c.refuse(policy.ReasonDNSError, "too many queries in flight")
+	client := c.client.Addr()
+	if _, ok := h.inFlight.acquire(client); !ok {
+		c.refuse(policy.ReasonDNSError, fmt.Sprintf("too many queries in flight (%d in total, %d from one client)", dnsMaxInFlight, dnsMaxInFlightPerClient))
 		s.logDecision(c)
 		reply(dns.RcodeServerFailure)
 		return
@@ -189,7 +194,7 @@ func (h *dnsHandler) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	ctx, cancel := context.WithTimeout(context.Background(), dnsForwardTimeout)
 	in, err := s.resolver.Exchange(ctx, req)
 	cancel()
-	<-h.sem
+	h.inFlight.release(client)
 	if err != nil {
 		c.refuse(policy.ReasonDNSError, err.Error())
 		s.logDecision(c)

@@ -5,9 +5,11 @@ package proxy
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -131,4 +133,68 @@ policy "gw" {
 		t.Error("the proxy port still accepts 1 s into Shutdown, while a DNS query is in flight")
 	}
 	<-done
+}
+
+// TestDNSInFlightPerClient: one client whose queries the upstream is slow
+// to answer takes at most its share of the forwarding slots: another
+// client's query is still forwarded and answered.
+func TestDNSInFlightPerClient(t *testing.T) {
+	e := newEnv(t)
+	release := make(chan struct{})
+	var held atomic.Int32
+	e.dnsAddr = serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		if strings.HasPrefix(q.Question[0].Name, "slow") {
+			held.Add(1)
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 127.0.0.1")
+		m.Answer = append(m.Answer, rr)
+		w.WriteMsg(m)
+	})
+	defer close(release)
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "zone" { hosts = ["*.egress.test"] }
+}
+`)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go e.srv.ServeDNS(pc, nil)
+	addr := pc.LocalAddr().String()
+	// 127.0.0.2 asks for more slow names than its share, without waiting.
+	a, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ask := dnsMaxInFlightPerClient + 20
+	for i := range ask {
+		m := new(dns.Msg)
+		m.SetQuestion(fmt.Sprintf("slow%d.egress.test.", i), dns.TypeA)
+		b, _ := m.Pack()
+		a.Write(b)
+		if i%16 == 15 {
+			time.Sleep(2 * time.Millisecond) // no drops in the sockets' buffers
+		}
+	}
+	waitFor(t, "the client's share of queries held at the upstream", func() bool { return held.Load() >= dnsMaxInFlightPerClient })
+	time.Sleep(100 * time.Millisecond)
+	if n := held.Load(); n != dnsMaxInFlightPerClient {
+		t.Errorf("%d of one client's queries forwarded at once, want its share %d", n, dnsMaxInFlightPerClient)
+	}
+	c := &dns.Client{Net: "udp", Timeout: 5 * time.Second, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 3)}}}
+	m := new(dns.Msg)
+	m.SetQuestion("fast.egress.test.", dns.TypeA)
+	in, _, err := c.Exchange(m, addr)
+	if err != nil || in.Rcode != dns.RcodeSuccess {
+		t.Errorf("another client's query while the first holds its share: %v %v, want an answer", in, err)
+	}
 }
