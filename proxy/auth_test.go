@@ -24,22 +24,22 @@ import (
 	"github.com/egressd/egressd/policy"
 )
 
-// authConfig: the proxy user "ci" may reach allowed.egress.test and the
-// plain upstream; loopback clients without credentials fall under the
-// audited "loopback" policy, which allows echo.egress.test only and audits
-// the rest.
-func authConfig(t *testing.T) string {
+// authPolicy is a configuration whose proxy user "ci" has password's hash
+// and whose policy name lets ci (only) reach allowed.egress.test and the
+// plain upstream.
+func authPolicy(t *testing.T, name, password string) string {
 	t.Helper()
-	h, err := policy.HashPassword("s3cret")
+	h, err := policy.HashPassword(password)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return `
 resolver { servers = ["DNS_ADDR"] }
+server { allow_private_destinations = true }
 user "ci" {
   password_hash = "` + h + `"
 }
-policy "ci" {
+policy "` + name + `" {
   clients { users = ["ci"] }
   allow "web" {
     hosts = ["allowed.egress.test"]
@@ -51,6 +51,16 @@ policy "ci" {
     require_tls = false
   }
 }
+`
+}
+
+// authConfig: the proxy user "ci" (password s3cret) may reach
+// allowed.egress.test and the plain upstream; loopback clients without
+// credentials fall under the audited "loopback" policy, which allows
+// echo.egress.test only and audits the rest.
+func authConfig(t *testing.T) string {
+	t.Helper()
+	return authPolicy(t, "ci", "s3cret") + `
 policy "loopback" {
   mode = "audit"
   clients { cidrs = ["127.0.0.0/8"] }
@@ -59,7 +69,6 @@ policy "loopback" {
     ports = [TLS_PORT]
   }
 }
-server { allow_private_destinations = true }
 `
 }
 

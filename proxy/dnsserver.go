@@ -247,20 +247,12 @@ func (l dnsListener) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
-		return &dnsConn{Conn: c, sl: sl}, nil
+		return &dnsConn{slotConn{Conn: c, sl: sl}}, nil
 	}
 }
 
-// dnsConn holds its connection slot until it is closed.
-type dnsConn struct {
-	net.Conn
-	sl *slot
-}
-
-func (c *dnsConn) Close() error {
-	c.sl.free() // at most once
-	return c.Conn.Close()
-}
+// dnsConn is a DNS-over-TCP connection with its slot.
+type dnsConn struct{ slotConn }
 
 // Write bounds each answer's write by dnsWriteTimeout (miekg/dns does not
 // apply its Server.WriteTimeout), and closes the connection when a write

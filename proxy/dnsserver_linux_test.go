@@ -42,23 +42,7 @@ func blockedIn(fn, at string) int {
 // write deadline of its own).
 func TestDNSTCPUnreadAnswers(t *testing.T) {
 	e := newEnv(t)
-	var txt []string
-	for i := range 200 { // about 51 KB: an answer near the TCP message limit
-		txt = append(txt, "big.egress.test. 60 IN TXT \""+strings.Repeat(string(rune('a'+i%26)), 250)+"\"")
-	}
-	e.dnsAddr = staticUpstream(t, map[string][]string{"big.egress.test. TXT": txt})
-	e.start(t, `
-resolver { servers = ["DNS_ADDR"] }
-policy "gw" {
-  allow "big" { hosts = ["big.egress.test"] }
-}
-`)
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tl := listen(t)
-	go e.srv.ServeDNS(pc, tl)
+	_, tl := e.startBigDNS(t, 200) // about 51 KB: an answer near the TCP message limit
 	c, err := smallRcvbuf.Dial("tcp", tl.Addr().String())
 	if err != nil {
 		t.Fatal(err)

@@ -391,17 +391,12 @@ func TestDNSAuditMode(t *testing.T) {
 
 // bigUpstream answers TXT for big.egress.test with about 10 KB of records:
 // over UDP truncated (TC), as public resolvers do, over TCP whole.
-func bigUpstream(t *testing.T) string {
-	var txt []string
-	for i := range 40 {
-		txt = append(txt, "big.egress.test. 60 IN TXT \""+strings.Repeat(string(rune('a'+i%26)), 250)+"\"")
-	}
-	return staticUpstream(t, map[string][]string{"big.egress.test. TXT": txt})
-}
-
-func TestDNSUDPAnswerCapped(t *testing.T) {
-	e := newEnv(t)
-	e.dnsAddr = bigUpstream(t)
+// startBigDNS starts egressd allowing big.egress.test, whose TXT answer
+// from the upstream has records records of 250 bytes, and serves its DNS
+// server on loopback: UDP on pc, TCP on tl.
+func (e *env) startBigDNS(t *testing.T, records int) (pc net.PacketConn, tl net.Listener) {
+	t.Helper()
+	e.dnsAddr = bigUpstream(t, records)
 	e.start(t, `
 resolver { servers = ["DNS_ADDR"] }
 policy "gw" {
@@ -412,8 +407,22 @@ policy "gw" {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tl := listen(t)
+	tl = listen(t)
 	go e.srv.ServeDNS(pc, tl)
+	return pc, tl
+}
+
+func bigUpstream(t *testing.T, records int) string {
+	var txt []string
+	for i := range records {
+		txt = append(txt, "big.egress.test. 60 IN TXT \""+strings.Repeat(string(rune('a'+i%26)), 250)+"\"")
+	}
+	return staticUpstream(t, map[string][]string{"big.egress.test. TXT": txt})
+}
+
+func TestDNSUDPAnswerCapped(t *testing.T) {
+	e := newEnv(t)
+	pc, tl := e.startBigDNS(t, 40)
 	for _, tc := range []struct {
 		network, addr string
 		udpSize       uint16

@@ -260,15 +260,21 @@ func (e *env) start(t testing.TB, hclSrc string) {
 	e.startLogger(t, hclSrc, zerolog.New(e.log).With().Timestamp().Logger())
 }
 
-// startLogger is start with the decision log going to logger.
-func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
-	t.Helper()
-	src := strings.NewReplacer(
+// expand replaces TLS_PORT, HTTP_PORT, ECHO_PORT and DNS_ADDR in an HCL
+// source with e's.
+func (e *env) expand(hclSrc string) string {
+	return strings.NewReplacer(
 		"TLS_PORT", fmt.Sprint(e.tlsPort),
 		"HTTP_PORT", fmt.Sprint(e.httpPort),
 		"ECHO_PORT", fmt.Sprint(e.echoPort),
 		"DNS_ADDR", e.dnsAddr,
 	).Replace(hclSrc)
+}
+
+// startLogger is start with the decision log going to logger.
+func (e *env) startLogger(t testing.TB, hclSrc string, logger zerolog.Logger) {
+	t.Helper()
+	src := e.expand(hclSrc)
 	cfg, diags := policy.Parse([]policy.File{{Name: "test.hcl", Src: []byte(src)}})
 	if diags.HasErrors() {
 		t.Fatalf("test config:\n%s\n%s", policy.FormatDiagnostics(diags), src)

@@ -158,7 +158,7 @@ func (l proxyListener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &proxyConn{Conn: c, sl: &slot{l: l.s.limits, client: client.Addr()}}, nil
+		return &slotConn{Conn: c, sl: &slot{l: l.s.limits, client: client.Addr()}}, nil
 	}
 }
 
@@ -183,29 +183,29 @@ func refuseOverLimit(c net.Conn, body string) {
 		strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
 }
 
-// proxyConn is a proxy-port connection with its slot, released on Close
-// unless a CONNECT took the slot over (detachSlot).
-type proxyConn struct {
+// slotConn is an accepted connection (proxy port, DNS over TCP) with its
+// slot, released on Close unless a CONNECT took it over (detachSlot).
+type slotConn struct {
 	net.Conn
 	sl *slot
 }
 
-func (c *proxyConn) Close() error {
+func (c *slotConn) Close() error {
 	c.sl.free() // at most once
 	return c.Conn.Close()
 }
 
 // detachSlot takes the slot of a hijacked proxy-port connection (a
-// *proxyConn, perhaps under a prefixConn) and returns the connection
+// *slotConn, perhaps under a prefixConn) and returns the connection
 // without the wrapper, so the relay gets the socket itself. The caller
 // frees the slot when the tunnel ends. For another conn (a test's) it
 // returns c and a nil slot.
 func detachSlot(c net.Conn) (net.Conn, *slot) {
 	switch pc := c.(type) {
-	case *proxyConn:
+	case *slotConn:
 		return pc.Conn, pc.sl
 	case *prefixConn:
-		if inner, ok := pc.Conn.(*proxyConn); ok {
+		if inner, ok := pc.Conn.(*slotConn); ok {
 			pc.Conn = inner.Conn
 			return pc, inner.sl
 		}

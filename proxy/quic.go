@@ -338,19 +338,27 @@ func (g *quicGateway) evictHeldLocked() bool {
 		if n++; n > quicEvictSample {
 			return false
 		}
-		f.mu.Lock()
-		held := f.state == flowDenied
-		if held {
-			f.state = flowClosed
-		}
-		f.mu.Unlock()
-		if held {
-			delete(g.flows, k)
+		if g.dropHeldLocked(k, f) {
 			g.evicted++
 			return true
 		}
 	}
 	return false
+}
+
+// dropHeldLocked removes f (under key k) from the table if it is a held
+// denied flow, and reports whether it did. g.mu must be held.
+func (g *quicGateway) dropHeldLocked(k flowKey, f *flow) bool {
+	f.mu.Lock()
+	held := f.state == flowDenied
+	if held {
+		f.state = flowClosed
+	}
+	f.mu.Unlock()
+	if held {
+		delete(g.flows, k)
+	}
+	return held
 }
 
 // forgetHeld removes every denied flow whose datagrams are being held
@@ -361,15 +369,7 @@ func (g *quicGateway) forgetHeld() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for k, f := range g.flows {
-		f.mu.Lock()
-		held := f.state == flowDenied
-		if held {
-			f.state = flowClosed
-		}
-		f.mu.Unlock()
-		if held {
-			delete(g.flows, k)
-		}
+		g.dropHeldLocked(k, f)
 	}
 }
 

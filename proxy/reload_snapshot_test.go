@@ -29,13 +29,7 @@ import (
 // reload parses src as start does and reloads e.srv with it.
 func (e *env) reload(t *testing.T, src string) {
 	t.Helper()
-	src = strings.NewReplacer(
-		"TLS_PORT", fmt.Sprint(e.tlsPort),
-		"HTTP_PORT", fmt.Sprint(e.httpPort),
-		"ECHO_PORT", fmt.Sprint(e.echoPort),
-		"DNS_ADDR", e.dnsAddr,
-	).Replace(src)
-	cfg, diags := policy.Parse([]policy.File{{Name: "reload.hcl", Src: []byte(src)}})
+	cfg, diags := policy.Parse([]policy.File{{Name: "reload.hcl", Src: []byte(e.expand(src))}})
 	if diags.HasErrors() {
 		t.Fatal(policy.FormatDiagnostics(diags))
 	}
@@ -162,32 +156,6 @@ policy "new" {
 	if n := other.Load(); n != 0 {
 		t.Errorf("the original destination got %d connections", n)
 	}
-}
-
-// authPolicy is a policy named name whose only client is the user ci with
-// password's hash.
-func authPolicy(t *testing.T, name, password string) string {
-	h, err := policy.HashPassword(password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return `
-resolver { servers = ["DNS_ADDR"] }
-server { allow_private_destinations = true }
-user "ci" { password_hash = "` + h + `" }
-policy "` + name + `" {
-  clients { users = ["ci"] }
-  allow "web" {
-    hosts = ["allowed.egress.test"]
-    ports = [TLS_PORT]
-  }
-  allow "plain" {
-    hosts       = ["plain.egress.test"]
-    ports       = [HTTP_PORT]
-    require_tls = false
-  }
-}
-`
 }
 
 func proxyBasic(user, password string) string {
