@@ -181,6 +181,14 @@ func refuseOverLimit(c net.Conn, body string) {
 	}
 	_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "+
 		strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
+	// Closed with request bytes unread (a body, a head past the buffer),
+	// the socket would send a reset, which can reach the client before
+	// it reads the 503. Half-close, then read what is left, within the
+	// same deadline.
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+		_, _ = io.Copy(io.Discard, c)
+	}
 }
 
 // slotConn is an accepted connection (proxy port, DNS over TCP) with its
@@ -193,6 +201,16 @@ type slotConn struct {
 func (c *slotConn) Close() error {
 	c.sl.free() // at most once
 	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the socket: net/http does so (and waits for the
+// client) after answering a request whose body it did not read, when the
+// connection has this method; without it the client gets a reset.
+func (c *slotConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }
 
 // detachSlot takes the slot of a hijacked proxy-port connection (a

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -256,6 +257,74 @@ func TestLimitRefusalAnswersTheRequest(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "max_connections_per_client") {
 		t.Errorf("%s %q, want 503 naming the limit", resp.Status, body)
+	}
+}
+
+// TestLimitRefusalWithBody: a request over the limit that sends more
+// than its head (a body, a head larger than what is read) still gets the
+// 503, not a reset from the bytes left unread.
+func TestLimitRefusalWithBody(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, limitConfig("max_connections_per_client = 1"))
+	e.echoTunnel(t, "127.0.0.1")
+	tr := &http.Transport{Proxy: http.ProxyURL(mustURL("http://" + e.proxyAddr)), DisableKeepAlives: true}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Timeout: 10 * time.Second, Transport: tr}
+	url := "http://plain.egress.test:" + strconv.Itoa(e.httpPort) + "/"
+	for _, tc := range []struct {
+		name string
+		req  func() *http.Request
+	}{
+		{"POST 1 MiB", func() *http.Request {
+			r, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(make([]byte, 1<<20)))
+			return r
+		}},
+		{"GET with an 8 KiB cookie", func() *http.Request {
+			r, _ := http.NewRequest(http.MethodGet, url, nil)
+			r.Header.Set("Cookie", "a="+strings.Repeat("x", 8<<10))
+			return r
+		}},
+	} {
+		for i := range 3 {
+			resp, err := client.Do(tc.req())
+			if err != nil {
+				t.Fatalf("%s, try %d: %v, want the 503", tc.name, i, err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("%s, try %d: %s, want 503", tc.name, i, resp.Status)
+			}
+		}
+	}
+}
+
+// TestHalfCloseAfterUnreadBody: after answering a request whose body it
+// did not read, net/http half-closes the connection (the client reads the
+// end at once) when the connection can: the slot wrapper must keep
+// CloseWrite, or the client gets a reset half a second later.
+func TestHalfCloseAfterUnreadBody(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, baseConfig)
+	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// Denied (no rule for port 1), declaring a 10 MB body: answered 403
+	// without reading it.
+	io.WriteString(c, "POST http://denied.egress.test:1/ HTTP/1.1\r\nHost: denied.egress.test:1\r\nContent-Length: 10000000\r\n\r\n")
+	c.Write(make([]byte, 64<<10))
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	start := time.Now()
+	if _, err := br.ReadByte(); err != io.EOF || time.Since(start) > 200*time.Millisecond {
+		t.Errorf("after the %s: %v after %v, want the end of the stream at once", resp.Status, err, time.Since(start))
 	}
 }
 
