@@ -76,6 +76,12 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	// comes in between.
 	c.pol = s.policy()
 	user, authOK := s.proxyUser(tr.ctx, req, c.pol)
+	if !authOK && tr.ctx.Err() != nil {
+		// The check was cut short by Shutdown's grace ending, not failed.
+		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
+		s.logDecision(c)
+		return
+	}
 	if !authOK {
 		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
 		s.logDecision(c)

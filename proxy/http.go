@@ -33,6 +33,13 @@ func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, au
 		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, cut(err.Error(), maxLoggedValue))
 	}
 	c.host, c.port = t.Name(), t.Port
+	if !authOK && req.Context().Err() != nil {
+		// The check was cut short (the client went away, or Shutdown
+		// closed the connection), not failed.
+		c.refuse(policy.ReasonClientClosed, goneDetail(s))
+		s.logDecision(c)
+		return textResponse(req, http.StatusServiceUnavailable, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
+	}
 	if !authOK {
 		c.decision = policy.Decision{Reason: policy.ReasonAuthFailed}
 		s.logDecision(c)
@@ -48,11 +55,24 @@ func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, au
 	}
 	// The exchange runs on its client connection's slot (proxyListener).
 	up := s.dial(req.Context(), c, t, "tcp")
+	if up == nil && req.Context().Err() != nil {
+		// The lookup or dial was cancelled, not failed.
+		c.refuse(policy.ReasonClientClosed, goneDetail(s))
+	}
 	s.logDecision(c)
 	if up == nil {
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
 	return s.forward(req, c, up)
+}
+
+// goneDetail says why a plain request's context ended before its answer:
+// Shutdown closed its connection, or the client went away.
+func goneDetail(s *Server) string {
+	if s.isClosing() {
+		return "closed by shutdown"
+	}
+	return "the client went away"
 }
 
 // forward sends req over the already dialed connection up and returns the

@@ -384,7 +384,7 @@ func TestHTTPFiredWatchClosesClient(t *testing.T) {
 		io.WriteString(w, "ok")
 	})
 	ln := listen(t)
-	srv := &http.Server{Handler: wrapClient(h)}
+	srv := &http.Server{Handler: (&Server{tunnels: make(map[*tracked]struct{})}).wrapClient(h)}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())

@@ -159,7 +159,7 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 	s.pol.Store(cfg.Policy)
 	s.gp = s.newGoproxy()
 	s.httpSrv = &http.Server{
-		Handler:           wrapClient(s.gp),
+		Handler:           s.wrapClient(s.gp),
 		ReadHeaderTimeout: readHeaderTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       cfg.Server.IdleTimeout,
@@ -237,7 +237,7 @@ func removeHopHeaders(h http.Header) {
 // A plain request gets a streamingWriter, and its context a plainClient,
 // with which forward's idle watch unblocks a client that stopped sending
 // or reading; a connection whose watch fired is closed after the request.
-func wrapClient(h http.Handler) http.Handler {
+func (s *Server) wrapClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		hj, ok := w.(http.Hijacker)
 		switch {
@@ -245,6 +245,12 @@ func wrapClient(h http.Handler) http.Handler {
 		case r.Method == http.MethodConnect:
 			w = bufferedHijacker{w, hj}
 		default:
+			// Tracked, so that Shutdown waits for its decision and close
+			// lines when the grace ends (http.Server.Close cancels it);
+			// one that starts after Shutdown began is served untracked.
+			if tr := s.track(nil); tr != nil {
+				defer s.untrack(tr)
+			}
 			pc := &plainClient{rc: http.NewResponseController(w)}
 			w = streamingWriter{w, hj, pc.rc}
 			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), plainClientKey{}, pc)))

@@ -89,3 +89,111 @@ policy "p" {
 	awaitSignal(t, asked, "the verification lookup")
 	decidedBeforeShutdown(t, e.shutdownWith(t, release), "quic")
 }
+
+// TestShutdownWaitsForPlainRequests: plain requests still running when the
+// grace ends (one in its password check, one waiting for a silent
+// upstream) are cut by Shutdown, and their lines come before its last one.
+// A cut check or lookup is client_closed, not a failed login.
+func TestShutdownWaitsForPlainRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cut    map[string]any // the cut request's line
+		checks bool           // the request's password check outlasts the grace
+	}{
+		{"password check", map[string]any{"message": "decision", "mode": "http", "reason": "client_closed", "detail": "closed by shutdown"}, true},
+		{"silent upstream", map[string]any{"message": "close", "mode": "http"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			src := authPolicy(t, "p", "pw")
+			release := make(chan struct{})
+			defer close(release)
+			if tc.checks {
+				real := checkPassword
+				t.Cleanup(func() { checkPassword = real })
+				checkPassword = func(p *policy.Policy, user, password string) bool {
+					// The hash work outlasts the grace (a real check
+					// ends by itself, so Shutdown waits for it).
+					select {
+					case <-release:
+					case <-time.After(time.Second):
+					}
+					return real(p, user, password)
+				}
+			} else {
+				silent := serveConns(t, func(c net.Conn) { <-release; c.Close() })
+				src = strings.ReplaceAll(src, "HTTP_PORT", fmt.Sprint(silent))
+				e.httpPort = silent
+			}
+			e.start(t, src)
+			c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			fmt.Fprintf(c, "GET http://plain.egress.test:%d/ HTTP/1.1\r\nHost: plain.egress.test\r\nProxy-Authorization: %s\r\n\r\n", e.httpPort, proxyBasic("ci", "pw"))
+			if !tc.checks {
+				e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "allow"})
+			} else {
+				time.Sleep(100 * time.Millisecond) // in the check
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			e.srv.Shutdown(ctx)
+			cut, last := -1, -1
+			for i, l := range e.log.lines(t) {
+				if matches(l, tc.cut) {
+					cut = i
+				}
+				if l["message"] == "shutdown" {
+					last = i
+				}
+			}
+			if cut < 0 || cut > last {
+				t.Errorf("no line %v before Shutdown's last line:\n%s", tc.cut, e.log.String())
+			}
+		})
+	}
+}
+
+// TestShutdownCutCheckIsNotAFailedLogin: a CONNECT with the right
+// password, waiting for its turn at the password check when the grace
+// ends, is logged client_closed, not auth_failed.
+func TestShutdownCutCheckIsNotAFailedLogin(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authPolicy(t, "p", "pw"))
+	real := checkPassword
+	t.Cleanup(func() { checkPassword = real })
+	entered, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	checkPassword = func(p *policy.Policy, user, password string) bool {
+		first := false
+		once.Do(func() { close(entered); first = true })
+		if first {
+			<-release
+		}
+		return real(p, user, password)
+	}
+	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
+	send := func(password string) net.Conn {
+		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", password))
+		return c
+	}
+	send("other") // holds the client's turn at the check
+	awaitSignal(t, entered, "the first password check")
+	second := send("pw")
+	time.Sleep(200 * time.Millisecond) // waiting for its turn
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	go func() { time.Sleep(time.Second); close(release) }()
+	e.srv.Shutdown(ctx)
+	d := e.clientDecision(t, second, map[string]any{"mode": "connect"})
+	if d["reason"] != "client_closed" || d["detail"] != "closed by shutdown" {
+		t.Errorf("the right password's CONNECT cut by Shutdown: %v, want client_closed", d)
+	}
+}
