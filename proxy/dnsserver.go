@@ -240,10 +240,8 @@ func (l dnsListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		delay = 0
-		rec := l.s.newConn(ModeDNS, c.RemoteAddr().String())
-		sl := l.s.acquireSlot(rec)
+		sl, _ := l.s.acceptSlot(c, ModeDNS)
 		if sl == nil {
-			l.s.logDecision(rec)
 			_ = c.Close()
 			continue
 		}

@@ -136,21 +136,12 @@ func (l proxyListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err // net/http backs off a temporary error
 		}
-		var client netip.AddrPort
-		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-			client = ta.AddrPort()
-		} else {
-			client, _ = netip.ParseAddrPort(c.RemoteAddr().String())
-		}
-		detail, ok := l.s.limits.acquire(client.Addr())
-		if !ok {
-			rec := l.s.newConnFrom(ModeProxy, client)
-			rec.refuse(policy.ReasonConnectionLimit, detail)
-			l.s.logDecision(rec)
+		sl, detail := l.s.acceptSlot(c, ModeProxy)
+		if sl == nil {
 			select {
 			case l.s.refusing <- struct{}{}:
 				go func() {
-					refuseOverLimit(c, "egressd: refused: "+string(rec.decision.Reason)+" ("+rec.detail+")\n")
+					refuseOverLimit(c, "egressd: refused: "+string(policy.ReasonConnectionLimit)+" ("+detail+")\n")
 					<-l.s.refusing
 				}()
 			default:
@@ -158,8 +149,28 @@ func (l proxyListener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &slotConn{Conn: c, sl: &slot{l: l.s.limits, client: client.Addr()}}, nil
+		return &slotConn{Conn: c, sl: sl}, nil
 	}
+}
+
+// acceptSlot takes a slot for a connection a listener accepted (mode
+// proxy or dns). Over a limit it logs the deny line (connection_limit) and
+// returns nil and the limit's detail; no record is made otherwise.
+func (s *Server) acceptSlot(c net.Conn, mode string) (*slot, string) {
+	var client netip.AddrPort
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		client = ta.AddrPort()
+	} else {
+		client, _ = netip.ParseAddrPort(c.RemoteAddr().String())
+	}
+	detail, ok := s.limits.acquire(client.Addr())
+	if !ok {
+		rec := s.newConnFrom(mode, client)
+		rec.refuse(policy.ReasonConnectionLimit, detail)
+		s.logDecision(rec)
+		return nil, detail
+	}
+	return &slot{l: s.limits, client: client.Addr()}, ""
 }
 
 // refuseOverLimit answers an over-limit connection 503 with body once its
