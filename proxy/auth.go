@@ -276,33 +276,35 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 // credentials are answered no sooner than an unknown user's (authTiming);
 // malformed ones, which cost no hashing whoever they name, at once. The
 // credentials are checked against p, the policy the request is decided by;
-// the waits end with ctx.
-func (s *Server) proxyUser(ctx context.Context, req *http.Request, p *policy.Policy) (user string, ok bool) {
+// the waits end with ctx. cut reports a check that did not run because ctx
+// ended while it waited for its turn (Shutdown, or the client went away):
+// not a failed login.
+func (s *Server) proxyUser(ctx context.Context, req *http.Request, p *policy.Policy) (user string, ok, cut bool) {
 	h := req.Header.Get("Proxy-Authorization")
 	if h == "" {
-		return "", true
+		return "", true, false
 	}
 	scheme, cred, found := strings.Cut(h, " ")
 	if !found || !strings.EqualFold(scheme, "Basic") || len(cred) > maxAuthHeader {
-		return "", false
+		return "", false, false
 	}
 	raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
 	if err != nil {
-		return "", false
+		return "", false, false
 	}
 	name, password, found := strings.Cut(string(raw), ":")
 	if !found || name == "" {
-		return "", false
+		return "", false, false
 	}
 	k := s.authKey(raw)
 	if s.auth.get(p, k) {
-		return name, true
+		return name, true, false
 	}
 	ap, _ := netip.ParseAddrPort(req.RemoteAddr)
 	client := ap.Addr().Unmap()
 	turn := s.authGate.enter(ctx, client)
 	if turn == nil {
-		return "", false
+		return "", false, ctx.Err() != nil
 	}
 	defer s.authGate.leave(client, turn)
 	start := s.authTiming.now()
@@ -311,10 +313,10 @@ func (s *Server) proxyUser(ctx context.Context, req *http.Request, p *policy.Pol
 		// earlier, a batch of wrong passwords sent at once would come back
 		// at the pace of the real hash work, telling a user that exists.
 		s.authTiming.failed(ctx, p, p.HasUser(name), s.authTiming.now().Sub(start))
-		return "", false
+		return "", false, false
 	}
 	s.auth.put(p, k, name)
-	return name, true
+	return name, true, false
 }
 
 // authKey is the credential cache's key for the decoded "user:password":

@@ -324,7 +324,7 @@ policy "ci" {
 		req := &http.Request{Header: http.Header{}}
 		req.SetBasicAuth("ci", password)
 		req.Header.Set("Proxy-Authorization", req.Header.Get("Authorization"))
-		_, ok := s.proxyUser(req.Context(), req, s.policy())
+		_, ok, _ := s.proxyUser(req.Context(), req, s.policy())
 		return ok
 	}
 	if !check("old-password") || !check("old-password") {
@@ -563,7 +563,7 @@ func TestAuthFailuresWaitForDecoy(t *testing.T) {
 	check := func(user, password string, wantOK bool, wantSlept ...time.Duration) {
 		t.Helper()
 		slept = nil
-		_, ok := s.proxyUser(context.Background(), basicAuthRequest(context.Background(), "192.0.2.1", user, password), s.policy())
+		_, ok, _ := s.proxyUser(context.Background(), basicAuthRequest(context.Background(), "192.0.2.1", user, password), s.policy())
 		if ok != wantOK || fmt.Sprint(slept) != fmt.Sprint(wantSlept) {
 			t.Errorf("%s:%s: ok %v, waited %v; want ok %v, waited %v", user, password, ok, slept, wantOK, wantSlept)
 		}
@@ -625,7 +625,7 @@ func TestAuthFailureTiming(t *testing.T) {
 		s.auth.ok = nil // no cached success
 		s.auth.mu.Unlock()
 		start := time.Now()
-		_, ok := s.proxyUser(context.Background(), basicAuthRequest(context.Background(), "192.0.2.1", user, password), s.policy())
+		_, ok, _ := s.proxyUser(context.Background(), basicAuthRequest(context.Background(), "192.0.2.1", user, password), s.policy())
 		d := time.Since(start)
 		if ok != wantOK {
 			t.Fatalf("%s:%s: ok %v, want %v", user, password, ok, wantOK)

@@ -75,9 +75,9 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	// the tunnel's decisions (here and on its hello), whatever reload
 	// comes in between.
 	c.pol = s.policy()
-	user, authOK := s.proxyUser(tr.ctx, req, c.pol)
-	if !authOK && tr.ctx.Err() != nil {
-		// The check was cut short by Shutdown's grace ending, not failed.
+	user, authOK, cut := s.proxyUser(tr.ctx, req, c.pol)
+	if cut {
+		// The check never ran: Shutdown's grace ended while it waited.
 		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
 		s.logDecision(c)
 		return

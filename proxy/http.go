@@ -19,7 +19,7 @@ import (
 // and forwards it through a transport that can dial only the address this
 // request was checked for. It returns the response goproxy writes back. p
 // is the policy that checked the request's credentials.
-func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, authOK bool) *http.Response {
+func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, authOK, authCut bool) *http.Response {
 	c := s.newConn(ModeHTTP, req.RemoteAddr)
 	// req.URL.Host has no userinfo; it is the client's bytes, up to the
 	// header limit, so a refusal logs it cut.
@@ -33,9 +33,9 @@ func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, au
 		return s.refuseHTTP(req, c, http.StatusBadRequest, policy.ReasonBadRequest, cut(err.Error(), maxLoggedValue))
 	}
 	c.host, c.port = t.Name(), t.Port
-	if !authOK && req.Context().Err() != nil {
-		// The check was cut short (the client went away, or Shutdown
-		// closed the connection), not failed.
+	if authCut {
+		// The check never ran: the request's context ended while it
+		// waited for its turn (the client went away, or Shutdown).
 		c.refuse(policy.ReasonClientClosed, goneDetail(s))
 		s.logDecision(c)
 		return textResponse(req, http.StatusServiceUnavailable, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")

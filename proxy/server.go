@@ -194,9 +194,9 @@ func (s *Server) newGoproxy() *goproxy.ProxyHttpServer {
 		// One policy checks the credentials and decides the request,
 		// whatever reload comes in between.
 		p := s.policy()
-		user, ok := s.proxyUser(req.Context(), req, p)
+		user, ok, cut := s.proxyUser(req.Context(), req, p)
 		removeHopHeaders(req.Header)
-		return req, s.handleHTTP(req, p, user, ok)
+		return req, s.handleHTTP(req, p, user, ok, cut)
 	})
 	return gp
 }
@@ -246,10 +246,17 @@ func (s *Server) wrapClient(h http.Handler) http.Handler {
 			w = bufferedHijacker{w, hj}
 		default:
 			// Tracked, so that Shutdown waits for its decision and close
-			// lines when the grace ends (http.Server.Close cancels it);
-			// one that starts after Shutdown began is served untracked.
+			// lines, and cancels its waits (credentials, lookup, dial)
+			// when the grace ends: http.Server.Close closes the socket
+			// but cancels a request's context only from a read it may
+			// not be doing (a body not yet read). One that starts after
+			// Shutdown began is served untracked.
 			if tr := s.track(nil); tr != nil {
 				defer s.untrack(tr)
+				ctx, cancel := context.WithCancel(r.Context())
+				defer cancel()
+				defer context.AfterFunc(tr.ctx, cancel)()
+				r = r.WithContext(ctx)
 			}
 			pc := &plainClient{rc: http.NewResponseController(w)}
 			w = streamingWriter{w, hj, pc.rc}

@@ -197,3 +197,22 @@ func TestShutdownCutCheckIsNotAFailedLogin(t *testing.T) {
 		t.Errorf("the right password's CONNECT cut by Shutdown: %v, want client_closed", d)
 	}
 }
+
+// TestHalfClosedClientFailedLogin: a client that half-closes after
+// sending a wrong password still has a failed login logged: the check
+// ran. Only a check that never ran (its turn's wait cut) is client_closed.
+func TestHalfClosedClientFailedLogin(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, authPolicy(t, "p", "pw"))
+	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET http://plain.egress.test:%d/ HTTP/1.1\r\nHost: plain.egress.test\r\nProxy-Authorization: %s\r\n\r\n", e.httpPort, proxyBasic("ci", "wrong"))
+	time.Sleep(20 * time.Millisecond) // the check has started
+	c.(*net.TCPConn).CloseWrite()
+	if d := e.clientDecision(t, c, map[string]any{"mode": "http"}); d["reason"] != "auth_failed" {
+		t.Errorf("a wrong password, then a half-close: %v, want auth_failed", d)
+	}
+}
