@@ -44,22 +44,8 @@ func decidedBeforeShutdown(t *testing.T, log, mode string) {
 func TestShutdownWaitsForPasswordCheck(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, authPolicy(t, "p", "pw"))
-	real := checkPassword
-	t.Cleanup(func() { checkPassword = real })
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	checkPassword = func(p *policy.Policy, user, password string) bool {
-		once.Do(func() { close(entered) })
-		<-release
-		return real(p, user, password)
-	}
-	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
-	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", "pw"))
+	entered, release := holdFirstCheck(t)
+	e.connectAs(t, "pw")
 	awaitSignal(t, entered, "the password check")
 	decidedBeforeShutdown(t, e.shutdownWith(t, release), "connect")
 }
@@ -162,31 +148,10 @@ func TestShutdownWaitsForPlainRequests(t *testing.T) {
 func TestShutdownCutCheckIsNotAFailedLogin(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, authPolicy(t, "p", "pw"))
-	real := checkPassword
-	t.Cleanup(func() { checkPassword = real })
-	entered, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	checkPassword = func(p *policy.Policy, user, password string) bool {
-		first := false
-		once.Do(func() { close(entered); first = true })
-		if first {
-			<-release
-		}
-		return real(p, user, password)
-	}
-	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
-	send := func(password string) net.Conn {
-		c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", password))
-		return c
-	}
-	send("other") // holds the client's turn at the check
+	entered, release := holdFirstCheck(t)
+	e.connectAs(t, "other") // holds the client's turn at the check
 	awaitSignal(t, entered, "the first password check")
-	second := send("pw")
+	second := e.connectAs(t, "pw")
 	time.Sleep(200 * time.Millisecond) // waiting for its turn
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -215,4 +180,36 @@ func TestHalfClosedClientFailedLogin(t *testing.T) {
 	if d := e.clientDecision(t, c, map[string]any{"mode": "http"}); d["reason"] != "auth_failed" {
 		t.Errorf("a wrong password, then a half-close: %v, want auth_failed", d)
 	}
+}
+
+// holdFirstCheck makes the first password check wait until release is
+// closed (entered is closed when it starts); later checks run at once.
+func holdFirstCheck(t *testing.T) (entered, release chan struct{}) {
+	real := checkPassword
+	t.Cleanup(func() { checkPassword = real })
+	entered, release = make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	checkPassword = func(p *policy.Policy, user, password string) bool {
+		first := false
+		once.Do(func() { close(entered); first = true })
+		if first {
+			<-release
+		}
+		return real(p, user, password)
+	}
+	return entered, release
+}
+
+// connectAs sends a CONNECT to allowed.egress.test with ci's credentials
+// (password) and returns the connection without reading the answer.
+func (e *env) connectAs(t *testing.T, password string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", e.proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", password))
+	return c
 }
