@@ -575,10 +575,28 @@ func (r *Resolver) Remember(name string, in *dns.Msg) int {
 // exchangeOne asks one server over UDP, and again over TCP when the UDP
 // answer was truncated.
 func (r *Resolver) exchangeOne(ctx context.Context, m *dns.Msg, server string) (*dns.Msg, error) {
-	in, _, err := r.client.ExchangeContext(ctx, m, server)
+	in, err := cancellableExchange(ctx, r.client, m, server)
 	if err == nil && in.Truncated {
-		tcp := &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}
-		in, _, err = tcp.ExchangeContext(ctx, m, server)
+		in, err = cancellableExchange(ctx, &dns.Client{Net: "tcp", Timeout: dnsQueryTimeout}, m, server)
+	}
+	return in, err
+}
+
+// cancellableExchange is c.ExchangeContext, ended at once when ctx is cancelled:
+// miekg/dns applies only ctx's deadline, so a lookup that Shutdown (or a
+// client that went away) cancels would otherwise wait out
+// dnsQueryTimeout. The socket is closed on cancellation, which ends the
+// read however miekg/dns set its deadlines.
+func cancellableExchange(ctx context.Context, c *dns.Client, m *dns.Msg, server string) (*dns.Msg, error) {
+	conn, err := c.DialContext(ctx, server)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close()
+	defer context.AfterFunc(ctx, func() { _ = conn.Close() })()
+	in, _, err := c.ExchangeWithConnContext(ctx, m, conn)
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 	}
 	return in, err
 }

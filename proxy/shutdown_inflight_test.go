@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -212,4 +213,61 @@ func (e *env) connectAs(t *testing.T, password string) net.Conn {
 	authority := fmt.Sprintf("allowed.egress.test:%d", e.tlsPort)
 	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\nProxy-Authorization: %s\r\n\r\n", authority, authority, proxyBasic("ci", password))
 	return c
+}
+
+// TestShutdownCutsLookup: a CONNECT or plain request whose DNS lookup is
+// unanswered when the grace ends is cut at once (miekg/dns would wait out
+// the query timeout: it applies only a context's deadline) and logged
+// client_closed.
+func TestShutdownCutsLookup(t *testing.T) {
+	for _, mode := range []string{"connect", "http"} {
+		t.Run(mode, func(t *testing.T) {
+			e := newEnv(t)
+			var asked, release chan struct{}
+			e.dnsAddr, asked, release = heldDNS(t)
+			defer close(release)
+			e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+server { allow_private_destinations = true }
+policy "p" {
+  allow "slow-tls" {
+    hosts = ["slow.egress.test"]
+    ports = [TLS_PORT]
+  }
+  allow "slow-http" {
+    hosts       = ["slow.egress.test"]
+    ports       = [HTTP_PORT]
+    require_tls = false
+  }
+}
+`)
+			var c net.Conn
+			if mode == "connect" {
+				var resp *http.Response
+				c, _, resp = e.connect(t, fmt.Sprintf("slow.egress.test:%d", e.tlsPort))
+				if resp.StatusCode != http.StatusOK {
+					t.Fatalf("CONNECT: %s", resp.Status)
+				}
+				c.Write(clientHelloBytes("slow.egress.test"))
+			} else {
+				var err error
+				if c, err = net.DialTimeout("tcp", e.proxyAddr, 5*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				fmt.Fprintf(c, "GET http://slow.egress.test:%d/ HTTP/1.1\r\nHost: slow.egress.test\r\n\r\n", e.httpPort)
+			}
+			awaitSignal(t, asked, "the lookup")
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			e.srv.Shutdown(ctx)
+			if took := time.Since(start); took > 1500*time.Millisecond {
+				t.Errorf("Shutdown with a 300 ms grace took %v", took)
+			}
+			if d := e.clientDecision(t, c, map[string]any{"mode": mode}); d["reason"] != "client_closed" {
+				t.Errorf("decision %v, want client_closed", d)
+			}
+		})
+	}
 }
