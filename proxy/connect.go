@@ -23,9 +23,6 @@ func (s *Server) handleConnect(req *http.Request, client net.Conn, _ *goproxy.Pr
 	// The connection's slot, taken on accept (proxyListener), is the
 	// tunnel's: it is freed when the tunnel ends.
 	client, sl := detachSlot(client)
-	// An answer egressd made to an earlier request on this connection may
-	// have left a write deadline (answerDeadline).
-	_ = client.SetWriteDeadline(time.Time{})
 	// Registered with Shutdown from the start, so that it waits for this
 	// CONNECT's decision line (a password check can take seconds) and
 	// cancels its waits when the grace ends; nil once Shutdown began.

@@ -127,8 +127,6 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response
 	})
 	if pc != nil {
 		pc.watch = w
-		// An earlier answer's bound on this connection (answerDeadline).
-		_ = client.SetWriteDeadline(time.Time{})
 	}
 	if out.Body != nil {
 		out.Body = &watchedBody{ReadCloser: out.Body, last: &w.last}
@@ -274,8 +272,9 @@ func challengeResponse(req *http.Request, c *conn) *http.Response {
 // answerDeadline bounds the writing of a response egressd makes itself to
 // a plain request's client (statusWriteTimeout): a client that sends
 // requests and never reads the answers must not hold the goroutine
-// serving it in a write. forward clears it for a relayed response, whose
-// writes the idle watch bounds.
+// serving it in a write. net/http clears it once the request is done
+// (server.go, after finishRequest), so a later request on the connection,
+// a relayed response or a CONNECT tunnel, does not inherit it.
 func answerDeadline(req *http.Request) {
 	if pc, _ := req.Context().Value(plainClientKey{}).(*plainClient); pc != nil {
 		_ = pc.rc.SetWriteDeadline(time.Now().Add(statusWriteTimeout))

@@ -444,3 +444,32 @@ func TestQUICLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestAnswerDeadlineNotInherited: the write deadline an answer of
+// egressd's own gets (statusWriteTimeout) ends with its request (net/http
+// clears it): a relayed response that comes later than that on the same
+// keep-alive connection still reaches the client.
+func TestAnswerDeadlineNotInherited(t *testing.T) {
+	e := newEnv(t)
+	late := serveConns(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(statusWriteTimeout + 5*time.Second))
+		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+			return
+		}
+		time.Sleep(statusWriteTimeout + 500*time.Millisecond)
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate")
+	})
+	e.httpPort = late
+	e.start(t, baseConfig)
+	c := e.holdRefused(t, "127.0.0.1") // a 403 of egressd's own, connection kept
+	c.SetDeadline(time.Now().Add(statusWriteTimeout + 5*time.Second))
+	fmt.Fprintf(c, "GET http://plain.egress.test:%d/ HTTP/1.1\r\nHost: plain.egress.test\r\n\r\n", late)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the late response on the connection of an earlier refusal: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || string(body) != "late" {
+		t.Errorf("%s %q, want 200 late", resp.Status, body)
+	}
+}
