@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
@@ -250,15 +251,21 @@ func helloName(r *policy.Request) string {
 
 // writeStatus answers a refused CONNECT with a one-line plain-text reason.
 func writeStatus(w net.Conn, req *http.Request, code int, c *conn) {
-	body := refusalBody(code, c)
+	writeAnswer(w, max(req.ProtoMajor, 1), req.ProtoMinor, code, refusalBody(code, c))
+}
+
+// writeAnswer writes a plain-text answer of egressd's own on a connection
+// net/http does not serve (a hijacked CONNECT, one refused on accept),
+// with Connection: close and a statusWriteTimeout deadline.
+func writeAnswer(w net.Conn, major, minor, code int, body string) {
 	challenge := ""
 	if code == http.StatusProxyAuthRequired {
 		challenge = "Proxy-Authenticate: " + proxyRealm + "\r\n"
 	}
 	resp := fmt.Sprintf("HTTP/%d.%d %d %s\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s",
-		max(req.ProtoMajor, 1), req.ProtoMinor, code, http.StatusText(code), challenge, strconv.Itoa(len(body)), body)
+		major, minor, code, http.StatusText(code), challenge, strconv.Itoa(len(body)), body)
 	_ = w.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
-	_, _ = w.Write([]byte(resp))
+	_, _ = io.WriteString(w, resp)
 }
 
 // denyStatus is the HTTP status for a denial: 407 when the client gave no

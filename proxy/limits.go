@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
-	"strconv"
 	"sync"
 	"time"
 
@@ -122,7 +122,8 @@ const (
 	// Beyond it an over-limit connection is closed at once.
 	maxRefusing = 64
 	// refusalTimeout bounds reading an over-limit connection's request
-	// head and writing its 503: a client sends its request at once.
+	// head, and what is left of it after the 503 (whose write has
+	// statusWriteTimeout): a client sends its request at once.
 	refusalTimeout = time.Second
 	// refusalHeadBytes is as much of the request head as is read before
 	// answering: enough for any CONNECT and most requests; the rest is not
@@ -190,8 +191,7 @@ func refuseOverLimit(c net.Conn, body string) {
 			break
 		}
 	}
-	_, _ = io.WriteString(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "+
-		strconv.Itoa(len(body))+"\r\nConnection: close\r\n\r\n"+body)
+	writeAnswer(c, 1, 1, http.StatusServiceUnavailable, body)
 	// Closed with request bytes unread (a body, a head past the buffer),
 	// the socket would send a reset, which can reach the client before
 	// it reads the 503. Half-close, then read what is left, within the
