@@ -3,7 +3,6 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"testing"
@@ -43,13 +42,7 @@ policy "p" {
 				fmt.Fprintf(c, "GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n", port)
 			}
 			time.Sleep(300 * time.Millisecond) // in the dial
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			e.srv.Shutdown(ctx)
-			if took := time.Since(start); took > 1500*time.Millisecond {
-				t.Errorf("Shutdown with a 300 ms grace took %v", took)
-			}
+			e.shutdownCutting(t)
 			d := e.clientDecision(t, c, map[string]any{"mode": "http"})
 			if d["reason"] != "client_closed" || d["detail"] != "closed by shutdown" {
 				t.Errorf("decision %v, want client_closed, closed by shutdown", d)

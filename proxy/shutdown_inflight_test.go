@@ -28,6 +28,19 @@ func (e *env) shutdownWith(t *testing.T, release chan struct{}) string {
 	return e.log.String()
 }
 
+// shutdownCutting runs Shutdown with a 300 ms grace, which cuts what is
+// still in flight, and fails the test unless it returns within 1.5 s.
+func (e *env) shutdownCutting(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	e.srv.Shutdown(ctx)
+	if took := time.Since(start); took > 1500*time.Millisecond {
+		t.Errorf("Shutdown with a 300 ms grace took %v", took)
+	}
+}
+
 // decidedBeforeShutdown fails unless log, as Shutdown left it, has one
 // decision line of mode, written before the "shutdown" line.
 func decidedBeforeShutdown(t *testing.T, log, mode string) {
@@ -258,13 +271,7 @@ policy "p" {
 				fmt.Fprintf(c, "GET http://slow.egress.test:%d/ HTTP/1.1\r\nHost: slow.egress.test\r\n\r\n", e.httpPort)
 			}
 			awaitSignal(t, asked, "the lookup")
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-			defer cancel()
-			start := time.Now()
-			e.srv.Shutdown(ctx)
-			if took := time.Since(start); took > 1500*time.Millisecond {
-				t.Errorf("Shutdown with a 300 ms grace took %v", took)
-			}
+			e.shutdownCutting(t)
 			if d := e.clientDecision(t, c, map[string]any{"mode": mode}); d["reason"] != "client_closed" {
 				t.Errorf("decision %v, want client_closed", d)
 			}
