@@ -241,7 +241,7 @@ udp_rules_present() {
 route_cleanup() { udp_rules_present || route_remove; }
 
 if [ "$action" = install ] && [ -n "$QUIC_PORT" ] && ! have ip; then
-  die "the UDP part needs ip (iproute2) for its policy routing; install it, or set EGRESSD_QUIC_PORT=0"
+  die "the UDP part needs ip (iproute2) for its policy routing; install it (EGRESSD_QUIC_PORT=0 would leave UDP ${UDP_PORTS} unfiltered)"
 fi
 
 # --- nftables -----------------------------------------------------------------
