@@ -43,7 +43,7 @@
 //	cfg, diags := policy.Load("egressd.hcl")
 //	if diags.HasErrors() { ... }
 //	srv, err := proxy.New(cfg, zerolog.New(os.Stdout))
-//	ln, _ := net.Listen("tcp", cfg.Server.HTTPListen)
+//	ln, _ := proxy.Listen(cfg.Server.HTTPListen)
 //	go srv.Serve(ln)
 //	defer srv.Shutdown(ctx)
 package proxy

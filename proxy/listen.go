@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 )
@@ -20,7 +21,30 @@ var tunnelKeepAlive = net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, 
 // socket: Go's per-connection default would cost four setsockopt calls
 // per accepted connection.
 func Listen(addr string) (net.Listener, error) {
-	return listenConfig(nil).Listen(context.Background(), "tcp", addr)
+	return listenConfig(nil).Listen(context.Background(), listenNetwork("tcp", addr), addr)
+}
+
+// listenTCP opens a plain TCP listener (the admin and DNS servers'), of
+// the address families listenNetwork says.
+func listenTCP(addr string) (net.Listener, error) {
+	return net.Listen(listenNetwork("tcp", addr), addr)
+}
+
+// listenNetwork is network ("tcp" or "udp") for a listener on addr,
+// narrowed to IPv4 ("tcp4", "udp4") when addr's host is an IPv4 address.
+// Go listens on both families for 0.0.0.0 (net.Listen's documentation);
+// an operator who writes 0.0.0.0 means IPv4, as it means in nginx, HAProxy
+// and Squid, and a firewall written for IPv4 would not guard the IPv6 side
+// of such a listener. "[::]" (or no host) listens on both.
+func listenNetwork(network, addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return network // the listen call reports it
+	}
+	if a, err := netip.ParseAddr(host); err == nil && a.Is4() {
+		return network + "4"
+	}
+	return network
 }
 
 // listenConfig is the ListenConfig of Listen, with extra run on the socket

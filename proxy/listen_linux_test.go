@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"net"
+	"net/netip"
 	"syscall"
 	"testing"
 	"time"
@@ -51,5 +52,26 @@ func TestListenKeepAliveInherited(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestListenQUICFamilies: quic_listen on 0.0.0.0 is an IPv4 socket, on
+// [::] a dual-stack one (with the IPv6 options as well), as the other
+// listeners (TestListenFamilies).
+func TestListenQUICFamilies(t *testing.T) {
+	needRoot(t, "quic_listen's IP_TRANSPARENT needs CAP_NET_ADMIN")
+	for addr, want := range map[string]string{"0.0.0.0:0": "IPv4", "[::]:0": "IPv6"} {
+		pc, err := ListenQUIC(addr)
+		if err != nil {
+			if want == "IPv6" {
+				needIPv6(t, err)
+			}
+			t.Fatal(err)
+		}
+		got := family(netip.MustParseAddrPort(pc.LocalAddr().String()).Addr())
+		pc.Close()
+		if got != want {
+			t.Errorf("quic_listen %s: an %s socket, want %s", addr, got, want)
+		}
 	}
 }

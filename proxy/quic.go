@@ -71,7 +71,7 @@ type quicReplier interface {
 // It needs CAP_NET_ADMIN.
 func ListenQUIC(addr string) (*net.UDPConn, error) {
 	lc := net.ListenConfig{Control: quicListenControl}
-	pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+	pc, err := lc.ListenPacket(context.Background(), listenNetwork("udp", addr), addr)
 	if err != nil {
 		return nil, err
 	}

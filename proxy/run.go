@@ -83,7 +83,7 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 	}
 	var aln net.Listener
 	if a := cfg.Server.AdminListen; a != "" {
-		if aln, err = net.Listen("tcp", a); err != nil {
+		if aln, err = listenTCP(a); err != nil {
 			return fail("admin listen", a, "server.admin_listen or --admin-listen", err)
 		}
 		opened = append(opened, aln)
@@ -161,11 +161,11 @@ func Run(ctx context.Context, cfg *policy.Config, o RunOptions) error {
 func listenDNS(addr string) (net.PacketConn, net.Listener, error) {
 	var lastErr error
 	for range 5 {
-		pc, err := net.ListenPacket("udp", addr)
+		pc, err := net.ListenPacket(listenNetwork("udp", addr), addr)
 		if err != nil {
 			return nil, nil, err
 		}
-		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		ln, err := listenTCP(pc.LocalAddr().String())
 		if err == nil {
 			return pc, ln, nil
 		}

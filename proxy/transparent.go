@@ -35,7 +35,7 @@ func ListenTransparent(addr string, tproxy bool) (net.Listener, error) {
 	if !tproxy {
 		return Listen(addr)
 	}
-	ln, err := listenConfig(transparentControl).Listen(context.Background(), "tcp", addr)
+	ln, err := listenConfig(transparentControl).Listen(context.Background(), listenNetwork("tcp", addr), addr)
 	if err != nil {
 		return nil, err
 	}
