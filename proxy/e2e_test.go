@@ -465,6 +465,47 @@ policy "p" {
 	e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": "dial_error"})
 }
 
+// TestPlainRefusedAtDial: a plain request refused by the checks at its
+// dial is answered as a refusal of the policy (403) or a bad request
+// (400), the same body as one refused at its decision; only a failed
+// dial is the upstream's 502 (TestDialError).
+func TestPlainRefusedAtDial(t *testing.T) {
+	e := newEnv(t)
+	e.start(t, `
+resolver { servers = ["DNS_ADDR"] }
+policy "p" {
+  allow "private" {
+    hosts       = ["private.egress.test"]
+    ports       = [HTTP_PORT]
+    require_tls = false
+  }
+  allow "loopback" {
+    cidrs       = ["127.0.0.0/8"]
+    ports       = ["1024-65535"]
+    require_tls = false
+  }
+}`)
+	self := e.proxyAddr
+	for _, c := range []struct {
+		url, reason, body string
+		status            int
+	}{
+		{"http://private.egress.test:" + strconv.Itoa(e.httpPort) + "/", "private_destination", "egressd: denied private.egress.test: private_destination\n", http.StatusForbidden},
+		{"http://" + self + "/", "bad_request", "egressd: bad request 127.0.0.1: bad_request\n", http.StatusBadRequest},
+	} {
+		r, err := e.client().Get(c.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(r.Body)
+		r.Body.Close()
+		if r.StatusCode != c.status || string(body) != c.body {
+			t.Errorf("GET %s: %s %q, want %d %q", c.url, r.Status, body, c.status, c.body)
+		}
+		e.waitLog(t, "decision", map[string]any{"mode": "http", "decision": "deny", "reason": c.reason})
+	}
+}
+
 // TestHelloSplitAcrossWrites: a ClientHello delivered one byte per write is
 // reassembled and decided like a whole one.
 func TestHelloSplitAcrossWrites(t *testing.T) {

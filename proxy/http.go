@@ -61,9 +61,27 @@ func (s *Server) handleHTTP(req *http.Request, p *policy.Policy, user string, au
 	}
 	s.logDecision(c)
 	if up == nil {
+		if code := dialRefusalStatus(c.decision.Reason); code != http.StatusBadGateway {
+			return textResponse(req, code, refusalBody(code, c))
+		}
 		return textResponse(req, http.StatusBadGateway, "egressd: "+c.host+": "+string(c.decision.Reason)+"\n")
 	}
 	return s.forward(req, c, up)
+}
+
+// dialRefusalStatus is the answer to a plain request refused at its dial:
+// the checks there are the policy's as much as the decision's (every
+// address private: 403, as a denied request; egressd's own listener: 400,
+// as that CONNECT), and only a failed lookup or dial is the upstream's
+// (502).
+func dialRefusalStatus(r policy.Reason) int {
+	switch r {
+	case policy.ReasonPrivateDestination:
+		return http.StatusForbidden
+	case policy.ReasonBadRequest:
+		return http.StatusBadRequest
+	}
+	return http.StatusBadGateway
 }
 
 // goneDetail says why a plain request's context ended before its answer:

@@ -72,7 +72,7 @@ func awaitSignal(t *testing.T, ch chan struct{}, what string) {
 // TestReloadDuringLookup: a plain request allowed by a policy that refuses
 // private destinations resolves to 127.0.0.1; a reload during the lookup
 // loads a policy that opens private destinations (and does not allow the
-// host). The address check is the deciding policy's: 502.
+// host). The address check is the deciding policy's: 403.
 func TestReloadDuringLookup(t *testing.T) {
 	e := newEnv(t)
 	var asked, release chan struct{}
@@ -109,8 +109,8 @@ policy "new" {
 }
 `)
 	close(release)
-	if got := <-code; got != http.StatusBadGateway {
-		t.Errorf("status %d, want 502: the deciding policy refuses private destinations", got)
+	if got := <-code; got != http.StatusForbidden {
+		t.Errorf("status %d, want 403: the deciding policy refuses private destinations", got)
 	}
 	e.waitLog(t, "decision", map[string]any{"policy": "old", "decision": "deny", "reason": "private_destination"})
 }
