@@ -86,8 +86,13 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: egressd %s\n\nFlags:\n", synopsis)
-		fs.PrintDefaults()
+		fmt.Fprintf(stderr, "Usage: egressd %s\n", synopsis)
+		n := 0
+		fs.VisitAll(func(*flag.Flag) { n++ })
+		if n > 0 {
+			fmt.Fprint(stderr, "\nFlags:\n")
+			fs.PrintDefaults()
+		}
 	}
 	return fs
 }
@@ -247,8 +252,12 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	if code := parseFlags(fs, reorder(fs, args)); code >= 0 {
 		return code
 	}
-	if fs.NArg() != 1 || (*plain && *httpReq) || (*quic && *httpReq) {
+	switch {
+	case fs.NArg() != 1:
 		fs.Usage()
+		return exitUsage
+	case *httpReq && (*plain || *quic):
+		fmt.Fprintln(stderr, "egressd check: --http (a plain http:// request) excludes --plain and --quic (kinds of tunnel and flow); give one of them")
 		return exitUsage
 	}
 	t, err := proxy.ParseTarget(fs.Arg(0), 0)
@@ -265,6 +274,11 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg, ok := loadConfig(*path, stderr)
 	if !ok {
+		return exitUsage
+	}
+	if *user != "" && !cfg.Policy.HasUser(*user) {
+		// egressd would answer such a user 407 before any decision.
+		fmt.Fprintf(stderr, "egressd check: --user %q is not declared by a user block or the users_file; name a declared user\n", *user)
 		return exitUsage
 	}
 	r := policy.Request{Host: t.Host, Addr: t.Addr, Port: t.Port, Hello: policy.HelloTLS, SNI: t.Host, JA3: strings.ToLower(*ja3), JA4: *ja4,

@@ -159,6 +159,50 @@ user "ci" { password_hash = "$2a$10$CGnmuZ1eox82qTJQvO5/w.Hy0JwSLJooh6et.KZ.oWGi
 	}
 }
 
+// TestCheckArgumentErrors: check's refusals of its arguments say what is
+// wrong (exit 2), not only its usage.
+func TestCheckArgumentErrors(t *testing.T) {
+	scoped := writeFile(t, t.TempDir(), "scoped.hcl", `policy "ci" {
+  clients { users = ["ci"] }
+  allow "npm" { hosts = ["registry.npmjs.org"] }
+}
+user "ci" { password_hash = "$2a$10$CGnmuZ1eox82qTJQvO5/w.Hy0JwSLJooh6et.KZ.oWGiC5lDnpHrm" }
+`)
+	for _, tc := range []struct {
+		name   string
+		args   []string
+		stderr string
+	}{
+		{"plain with http", []string{"check", "--plain", "--http", "cgr.dev:443"}, `--http .* excludes --plain and --quic`},
+		{"quic with http", []string{"check", "--quic", "--http", "198.41.192.7:7844"}, `--http .* excludes --plain and --quic`},
+		{"undeclared user", []string{"check", "--config", scoped, "--user", "nobody", "registry.npmjs.org:443"}, `--user "nobody" is not declared`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			if code := run(tc.args, strings.NewReader(""), &stdout, &stderr); code != exitUsage || stdout.Len() > 0 {
+				t.Errorf("exit %d, stdout %q; want exit %d and nothing on stdout", code, stdout.String(), exitUsage)
+			}
+			if !regexp.MustCompile(tc.stderr).MatchString(stderr.String()) {
+				t.Errorf("stderr %q does not match %s", stderr.String(), tc.stderr)
+			}
+		})
+	}
+}
+
+// TestHelpFlagsSection: a command's --help lists its flags under
+// "Flags:", and a command without flags prints no empty section.
+func TestHelpFlagsSection(t *testing.T) {
+	for cmd, want := range map[string]bool{"validate": true, "check": true, "suggest": false, "passwd": false} {
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{cmd, "--help"}, strings.NewReader(""), &stdout, &stderr); code != exitOK {
+			t.Errorf("%s --help: exit %d, want 0", cmd, code)
+		}
+		if got := strings.Contains(stderr.String(), "Flags:"); got != want || !strings.HasPrefix(stderr.String(), "Usage: egressd "+cmd) {
+			t.Errorf("%s --help printed %q; want its usage, with a Flags: section %v", cmd, stderr.String(), want)
+		}
+	}
+}
+
 // TestServeEmbeddedDefault runs "egressd serve" as a process on the
 // embedded presets: a CONNECT no preset allows gets 403 with its reason, and
 // SIGTERM stops the process with exit 0.
