@@ -360,8 +360,13 @@ func ParseDestination(host, port string) (name string, addr netip.Addr, p uint16
 		}
 		return "", a.Unmap(), uint16(n), nil
 	}
-	if name, err = NormalizeHost(host); err != nil {
-		return "", netip.Addr{}, 0, err
+	name, e := normalizeHost(host)
+	switch {
+	case e == hostNonCanonicalIP && !isIPLiteral(strings.TrimSuffix(host, ".")):
+		// Not hostError's advice for a rule's hosts (cidrs): a destination.
+		return "", netip.Addr{}, 0, fmt.Errorf("%s is an IP address in a non-canonical form; refused, never reinterpreted (some resolvers read a name whose last label is all digits or starts with 0x as an IPv4 address); write the address as a dotted quad such as \"127.0.0.1\"", quote(host))
+	case e != hostOK:
+		return "", netip.Addr{}, 0, hostError(host, e)
 	}
 	return name, netip.Addr{}, uint16(n), nil
 }

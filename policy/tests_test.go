@@ -237,7 +237,7 @@ func TestTestDiagnostics(t *testing.T) {
 		{"unknown attribute", "target = \"a.example:443\"\n  expect = \"allow\"\n  sn1 = \"x\"", "t.hcl:34:3", "Unsupported argument"},
 		{"bad target no port", "target = \"a.example\"\n  expect = \"allow\"", "t.hcl:32:12", "Invalid test target"},
 		{"bad target port 0", "target = \"a.example:0\"\n  expect = \"allow\"", "t.hcl:32:12", "Invalid test target"},
-		{"bad target non-canonical ip", "target = \"127.1:443\"\n  expect = \"allow\"", "t.hcl:32:12", "Invalid test target"},
+		{"bad target non-canonical ip", "target = \"127.1:443\"\n  expect = \"allow\"", "t.hcl:32:12", `write the address as a dotted quad such as "127.0.0.1"`},
 		{"bad target ipv6 without brackets", "target = \"::1:443\"\n  expect = \"allow\"", "t.hcl:32:12", "Invalid test target"},
 		{"target not a string", "target = 443\n  expect = \"allow\"", "t.hcl:32:12", "Wrong type"},
 		{"unknown mode", "target = \"a.example:443\"\n  mode = \"udp\"\n  expect = \"allow\"", "t.hcl:33:10", "Invalid test mode"},
