@@ -97,7 +97,7 @@ func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 		e = e.Strs(fieldRestart, restart)
 	}
 	if len(warnings) > 0 {
-		e = e.Str(fieldWarnings, policy.FormatDiagnostics(warnings))
+		e = e.Str(fieldWarnings, strings.TrimSuffix(policy.FormatDiagnostics(warnings), "\n"))
 	}
 	e.Msg(msgReload)
 	return nil
@@ -107,5 +107,5 @@ func (s *Server) Reload(cfg *policy.Config, warnings hcl.Diagnostics) error {
 // detail holds its diagnostics) and counts it; the old policy stays.
 func (s *Server) ReloadFailed(detail string) {
 	s.recordReload(false)
-	s.log.Error().Str(fieldOutcome, "error").Str(fieldDetail, detail).Msg(msgReload)
+	s.log.Error().Str(fieldOutcome, "error").Str(fieldDetail, strings.TrimSuffix(detail, "\n")).Msg(msgReload)
 }

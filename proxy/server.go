@@ -389,7 +389,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	open := s.limits.open()
 	ev := s.log.Info().Int(fieldOpen, open)
 	if dl, ok := ctx.Deadline(); ok {
-		ev = ev.Int64(fieldGraceMS, time.Until(dl).Milliseconds())
+		// Rounded: the grace as configured, not the 19,999 ms left of it.
+		ev = ev.Int64(fieldGraceMS, time.Until(dl).Round(10*time.Millisecond).Milliseconds())
 	}
 	ev.Msg(msgShutdownStarted)
 	s.ready.Store(false) // first, so that load balancers stop sending

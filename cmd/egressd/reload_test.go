@@ -163,6 +163,9 @@ policy "lab" {
 	if out := p.stdout.String(); !strings.Contains(out, "egressd.hcl:3:") || !strings.Contains(out, "Invalid CIDR") {
 		t.Errorf("the refused reload does not carry its diagnostics:\n%s", out)
 	}
+	if out := p.stdout.String(); strings.Contains(out, `\n"`) {
+		t.Errorf("a reload line's detail ends in a line break:\n%s", out)
+	}
 	if got := status(other); got != http.StatusOK {
 		t.Errorf("after a refused reload: %d, want the previous policy's 200", got)
 	}

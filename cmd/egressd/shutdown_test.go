@@ -154,6 +154,11 @@ func TestServeShutdownForcesAfterGrace(t *testing.T) {
 	if !shutdownLine.MatchString(out) || !strings.Contains(out, `"message":"shutdown started"`) || !strings.Contains(out, `"closed":1,`) {
 		t.Errorf("no shutdown lines with open >= 1 and closed 1: %q", out)
 	}
+	// The grace as configured, not as the milliseconds left of it a
+	// moment after it started (2999).
+	if !strings.Contains(out, `"grace_ms":3000,`) {
+		t.Errorf("no grace_ms 3000 (--shutdown-grace %v) in the shutdown started line: %q", shutdownGraceTest, out)
+	}
 }
 
 // shutdownLine matches a "shutdown started" line's open count of 1 or more.
