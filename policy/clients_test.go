@@ -221,6 +221,14 @@ policy "p" {
 		t.Errorf("bad users line: %s", out)
 	}
 
+	// In line order, although the lines are checked in two passes.
+	write("users", "alice:$2a$10$short\n\nbob hunter2\n")
+	_, diags = Load(dir)
+	out = FormatDiagnostics(diags)
+	if i, j := strings.Index(out, "users:1:1:"), strings.Index(out, "users:3:1:"); i < 0 || j < 0 || j < i {
+		t.Errorf("users file diagnostics not in line order:\n%s", out)
+	}
+
 	write("users", "bob:"+testHash+"\n")
 	_, diags = Load(dir)
 	if out := FormatDiagnostics(diags); !strings.Contains(out, "Unknown user") {

@@ -410,6 +410,21 @@ func readLimited(open func() (fs.File, error)) ([]byte, error) {
 // ("warning:" for warnings; the location is left out when a diagnostic has
 // none). Newlines inside a detail become spaces.
 func FormatDiagnostics(diags hcl.Diagnostics) string {
+	// In file and line order, as a compiler prints them: the checks run
+	// in passes (a users file's lines are split first, their hashes
+	// checked later), which would otherwise print line 3 before line 1.
+	diags = slices.Clone(diags)
+	slices.SortStableFunc(diags, func(a, b *hcl.Diagnostic) int {
+		switch {
+		case a == nil || a.Subject == nil || b == nil || b.Subject == nil:
+			return boolCmp(a == nil || a.Subject == nil, b == nil || b.Subject == nil) // placeless last
+		case a.Subject.Filename != b.Subject.Filename:
+			return strings.Compare(a.Subject.Filename, b.Subject.Filename)
+		case a.Subject.Start.Line != b.Subject.Start.Line:
+			return a.Subject.Start.Line - b.Subject.Start.Line
+		}
+		return a.Subject.Start.Column - b.Subject.Start.Column
+	})
 	var b strings.Builder
 	for _, d := range diags {
 		if d == nil {
@@ -431,6 +446,17 @@ func FormatDiagnostics(diags hcl.Diagnostics) string {
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// boolCmp orders false before true.
+func boolCmp(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 func oneLine(s string) string {
