@@ -84,22 +84,34 @@ func TestListenFamilies(t *testing.T) {
 		}
 	}
 	t.Run("dns_listen (udp)", func(t *testing.T) {
-		for addr, want := range map[string]string{"0.0.0.0:0": "IPv4", "[::]:0": "IPv6"} {
+		udpFamilies(t, "dns_listen", func(addr string) (net.PacketConn, func(), error) {
 			pc, ln, err := listenDNS(addr)
 			if err != nil {
-				if want == "IPv6" {
-					needIPv6(t, err)
-				}
-				t.Fatal(err)
+				return nil, nil, err
 			}
-			got := family(netip.MustParseAddrPort(pc.LocalAddr().String()).Addr())
-			pc.Close()
-			ln.Close()
-			if got != want {
-				t.Errorf("UDP socket for %s is %s, want %s", addr, got, want)
-			}
-		}
+			return pc, func() { pc.Close(); ln.Close() }, nil
+		})
 	})
+}
+
+// udpFamilies checks the family of the UDP socket listen opens on 0.0.0.0
+// (IPv4) and on [::] (IPv6, dual-stack); closeAll closes what it opened.
+func udpFamilies(t *testing.T, what string, listen func(addr string) (pc net.PacketConn, closeAll func(), err error)) {
+	t.Helper()
+	for addr, want := range map[string]string{"0.0.0.0:0": "IPv4", "[::]:0": "IPv6"} {
+		pc, closeAll, err := listen(addr)
+		if err != nil {
+			if want == "IPv6" {
+				needIPv6(t, err)
+			}
+			t.Fatal(err)
+		}
+		got := family(netip.MustParseAddrPort(pc.LocalAddr().String()).Addr())
+		closeAll()
+		if got != want {
+			t.Errorf("%s %s: an %s socket, want %s", what, addr, got, want)
+		}
+	}
 }
 
 func family(a netip.Addr) string {
