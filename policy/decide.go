@@ -252,6 +252,17 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		ds.visit(ids)
 	}
+	if v4, ok := EmbeddedIPv4(addr); ok {
+		// A NAT64 or 6to4 address reaches this IPv4 host: its denies
+		// hold. (Allows do not widen: an IPv4 prefix allows only IPv4.)
+		for it := p.denyIdx.addrs(v4); ; {
+			ids := it.next()
+			if ids == nil {
+				break
+			}
+			ds.visit(ids)
+		}
+	}
 	if ds.best >= 0 {
 		ru := &p.deny[ds.best]
 		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}

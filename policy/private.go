@@ -105,3 +105,22 @@ func wholePrivate(p netip.Prefix) bool {
 	n := privateBits(p.Addr())
 	return n >= 0 && n <= p.Bits()
 }
+
+// EmbeddedIPv4 returns the IPv4 address that a reaches by a well-known
+// translation, NAT64's 64:ff9b::a.b.c.d (RFC 6052) or 6to4's
+// 2002:aabb:ccdd::/48 (RFC 3056), and whether it has one. An IPv4-mapped
+// address is not one of these: Decide unmaps it first.
+func EmbeddedIPv4(a netip.Addr) (netip.Addr, bool) {
+	if !a.Is6() || a.Is4In6() {
+		return netip.Addr{}, false
+	}
+	b := a.As16()
+	switch {
+	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b &&
+		b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && b[9] == 0 && b[10] == 0 && b[11] == 0:
+		return netip.AddrFrom4([4]byte(b[12:16])), true
+	case b[0] == 0x20 && b[1] == 0x02:
+		return netip.AddrFrom4([4]byte(b[2:6])), true
+	}
+	return netip.Addr{}, false
+}

@@ -110,3 +110,27 @@ func TestWholePrivate(t *testing.T) {
 		}
 	}
 }
+
+func TestEmbeddedIPv4(t *testing.T) {
+	for _, c := range []struct{ addr, want string }{
+		{"64:ff9b::cb00:7105", "203.0.113.5"},
+		{"64:ff9b::a9fe:a9fe", "169.254.169.254"},
+		{"2002:cb00:7105::1", "203.0.113.5"},
+		{"2002:a00:1:ff::5", "10.0.0.1"},
+		{"64:ff9b:1::cb00:7105", ""}, // local-use NAT64: the operator places it
+		{"64:ff9b::1:cb00:7105", ""}, // not the /96 form
+		{"::ffff:203.0.113.5", ""},   // mapped: unmapped before, not translated
+		{"203.0.113.5", ""},
+		{"2001:db8::1", ""},
+		{"", ""},
+	} {
+		var a netip.Addr
+		if c.addr != "" {
+			a = netip.MustParseAddr(c.addr)
+		}
+		got, ok := EmbeddedIPv4(a)
+		if want := c.want != ""; ok != want || ok && got.String() != c.want {
+			t.Errorf("EmbeddedIPv4(%s) = %v, %v; want %q", c.addr, got, ok, c.want)
+		}
+	}
+}
