@@ -35,6 +35,12 @@ const (
 	maxAddrsPerName = 32
 	// dnsQueryTimeout bounds one exchange with one server.
 	dnsQueryTimeout = 3 * time.Second
+	// partialAnswerTTL is how long an answer is kept when the query of one
+	// family (A or AAAA) failed and the other's answered: long enough to
+	// spare the servers a query per connection, short enough that a lost
+	// datagram or a passing SERVFAIL does not leave an IPv4-only host
+	// without the name's A records for the AAAA records' TTL.
+	partialAnswerTTL = 5 * time.Second
 	// maxKnownPerName bounds how many addresses of one name are remembered
 	// for destination verification (every answer within its TTL, not only
 	// the latest). When full, the address closest to expiry is dropped.
@@ -232,7 +238,11 @@ func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr,
 	} else if len(v6) == 0 {
 		ttl = ttl4
 	}
-	added = r.store(name, addrs, time.Duration(ttl)*time.Second)
+	keep := time.Duration(ttl) * time.Second
+	if err4 != nil || err6 != nil {
+		keep = min(keep, partialAnswerTTL)
+	}
+	added = r.store(name, addrs, keep)
 	return addrs, added, nil
 }
 

@@ -38,6 +38,10 @@ func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
 			add("ttl60.test. 60 IN A 192.0.2.2")
 		case name == "v6.test." && qt == dns.TypeAAAA:
 			add("v6.test. 60 IN AAAA 2001:db8::6")
+		case name == "half.test." && qt == dns.TypeAAAA:
+			add("half.test. 300 IN AAAA 2001:db8::7")
+		case name == "half.test.":
+			m.Rcode = dns.RcodeServerFailure
 		case name == "cname.test." && qt == dns.TypeA:
 			add("cname.test. 60 IN CNAME ttl60.test.")
 			add("ttl60.test. 60 IN A 192.0.2.2")
@@ -103,6 +107,29 @@ func TestResolverTTLCache(t *testing.T) {
 		if a, err := r.Lookup(ctx, name); err == nil {
 			t.Errorf("Lookup %s = %v, want an error", name, a)
 		}
+	}
+}
+
+// TestResolverPartialAnswer: when one family's query fails and the other
+// answers, the answer is used but kept only partialAnswerTTL, not the
+// answering family's TTL (300 s): an IPv4-only host would otherwise be
+// left without the name's A records for five minutes after one lost or
+// SERVFAIL'd query.
+func TestResolverPartialAnswer(t *testing.T) {
+	r, queries, now := countingResolver(t)
+	ctx := context.Background()
+	if got, err := r.Lookup(ctx, "half.test"); err != nil || len(got) != 1 || got[0] != netip.MustParseAddr("2001:db8::7") {
+		t.Fatalf("half.test = %v, %v; want its AAAA", got, err)
+	}
+	asked := queries.Load()
+	r.Lookup(ctx, "half.test")
+	if n := queries.Load(); n != asked {
+		t.Errorf("a lookup within partialAnswerTTL asked again: %d queries, want %d", n, asked)
+	}
+	*now = now.Add(partialAnswerTTL + time.Second)
+	r.Lookup(ctx, "half.test")
+	if n := queries.Load(); n == asked {
+		t.Errorf("the failed family was not asked again %v later (the answer was kept for its TTL)", partialAnswerTTL+time.Second)
 	}
 }
 
