@@ -536,9 +536,9 @@ func (s *Server) newConnFrom(mode string, client netip.AddrPort) *conn {
 }
 
 // dial resolves t when it is a name, keeps the addresses the decision
-// allows, and dials them in order (network "tcp" or "udp") until one
-// answers. On failure it turns c's decision into a deny with the reason and
-// returns nil.
+// allows, and dials them (network "tcp" or "udp") within dial_timeout
+// (dialAddrs). On failure it turns c's decision into a deny with the
+// reason and returns nil.
 func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) net.Conn {
 	addrs := []netip.Addr{t.Addr}
 	if t.Host != "" {
@@ -548,10 +548,10 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 			return nil
 		}
 	}
-	var lastErr error
-	tried := 0
+	var dsts [maxAddrsPerName]netip.AddrPort
+	n := 0
 	for _, a := range addrs {
-		if !c.decision.AddrAllowed(a) {
+		if !c.decision.AddrAllowed(a) || n == len(dsts) {
 			continue
 		}
 		dst := netip.AddrPortFrom(a, t.Port)
@@ -559,29 +559,154 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 			c.refuse(policy.ReasonBadRequest, ownListenerDetail(dst))
 			return nil
 		}
-		tried++
-		if s.checkDial != nil {
-			if lastErr = s.checkDial(network, dst); lastErr != nil {
-				continue
-			}
-		}
-		dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-		t0 := time.Now()
-		up, err := s.dialContext(dctx, network, dst.String())
-		cancel()
-		if err == nil {
-			s.metrics.dialed(c.mode, time.Since(t0))
-			c.dst = dst
-			return up
-		}
-		lastErr = err
+		dsts[n] = dst
+		n++
 	}
-	if tried == 0 {
+	if n == 0 {
 		c.refuse(policy.ReasonPrivateDestination, privateDetail(t, addrs))
 		return nil
 	}
-	c.refuse(policy.ReasonDialError, lastErr.Error())
-	return nil
+	t0 := time.Now()
+	up, dst, err := s.dialAddrs(ctx, network, interleaveFamilies(dsts[:n]))
+	if err != nil {
+		c.refuse(policy.ReasonDialError, err.Error())
+		return nil
+	}
+	s.metrics.dialed(c.mode, time.Since(t0))
+	c.dst = dst
+	return up
+}
+
+// happyEyeballsDelay is how long an attempt at one address of a name has
+// before the next address is tried beside it (RFC 8305 §5 recommends 250
+// ms): an address that swallows SYNs (IPv6 broken on the path, a dead
+// server in a DNS answer) delays the connection by this much, not by
+// dial_timeout.
+const happyEyeballsDelay = 250 * time.Millisecond
+
+// dialAddrs connects to one of dsts, all checked, within dial_timeout for
+// the whole dial. Over TCP, several addresses are raced as RFC 8305's
+// Happy Eyeballs does: the next attempt starts when the last one failed or
+// happyEyeballsDelay after it began, earlier ones keep going, and the
+// first to connect wins; the rest are cancelled (and closed, if they
+// connect all the same). A UDP connect does not wait for the peer: the
+// first address that connects is taken.
+func (s *Server) dialAddrs(ctx context.Context, network string, dsts []netip.AddrPort) (net.Conn, netip.AddrPort, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	if len(dsts) == 1 || network != "tcp" {
+		var lastErr error
+		for _, dst := range dsts {
+			up, err := s.attempt(ctx, network, dst)
+			if err == nil {
+				return up, dst, nil
+			}
+			lastErr = err
+		}
+		return nil, netip.AddrPort{}, lastErr
+	}
+	results := make(chan dialResult, len(dsts)) // no attempt ever blocks
+	next, pending := 0, 0
+	delay := time.NewTimer(happyEyeballsDelay)
+	defer delay.Stop()
+	startNext := func() {
+		dst := dsts[next]
+		next++
+		pending++
+		go func() {
+			up, err := s.attempt(ctx, network, dst)
+			results <- dialResult{up, dst, err}
+		}()
+		delay.Reset(happyEyeballsDelay)
+	}
+	startNext()
+	var lastErr error
+	for pending > 0 {
+		select {
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				cancel()
+				if pending > 0 {
+					go closeLosers(results, pending)
+				}
+				return r.up, r.dst, nil
+			}
+			lastErr = r.err
+			if next < len(dsts) {
+				startNext()
+			}
+		case <-delay.C:
+			if next < len(dsts) {
+				startNext()
+			}
+		}
+	}
+	return nil, netip.AddrPort{}, lastErr
+}
+
+// attempt dials one checked address for dialAddrs.
+func (s *Server) attempt(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+	if s.checkDial != nil {
+		if err := s.checkDial(network, dst); err != nil {
+			return nil, err
+		}
+	}
+	return s.dialContext(ctx, network, dst.String())
+}
+
+// dialResult is one attempt of dialAddrs.
+type dialResult struct {
+	up  net.Conn
+	dst netip.AddrPort
+	err error
+}
+
+// closeLosers waits for the n attempts still running after another won
+// (cancelled, they end within moments) and closes any connection one of
+// them made all the same.
+func closeLosers(results <-chan dialResult, n int) {
+	for ; n > 0; n-- {
+		if r := <-results; r.up != nil {
+			r.up.Close()
+		}
+	}
+}
+
+// interleaveFamilies orders a name's addresses for dialing as RFC 8305 §4
+// does: the first address's family first, then alternating, so that a
+// family that does not work on this host or path costs one attempt, not
+// one per address. It reorders dsts in place.
+func interleaveFamilies(dsts []netip.AddrPort) []netip.AddrPort {
+	if len(dsts) < 3 {
+		return dsts
+	}
+	var buf [maxAddrsPerName]netip.AddrPort
+	first, n := dsts[0].Addr().Is4(), 0
+	for _, d := range dsts {
+		if d.Addr().Is4() == first {
+			buf[n] = d
+			n++
+		}
+	}
+	m := n
+	for _, d := range dsts {
+		if d.Addr().Is4() != first {
+			buf[m] = d
+			m++
+		}
+	}
+	same, other := buf[:n], buf[n:m]
+	out := dsts[:0]
+	for i := 0; i < len(same) || i < len(other); i++ {
+		if i < len(same) {
+			out = append(out, same[i])
+		}
+		if i < len(other) {
+			out = append(out, other[i])
+		}
+	}
+	return out
 }
 
 // dialContext dials with DialContext when an embedder set it, else with
