@@ -26,8 +26,9 @@ type blackholeDialer struct {
 	late, lateTo netip.AddrPort
 	lateBy       time.Duration
 
-	mu    sync.Mutex
-	conns []*recordedConn
+	mu                      sync.Mutex
+	conns                   []*recordedConn
+	attempts, pending, peak int
 }
 
 type recordedConn struct {
@@ -54,6 +55,16 @@ var docNets = []netip.Prefix{netip.MustParsePrefix("2001:db8::/32"), netip.MustP
 
 func (b *blackholeDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	dst := netip.MustParseAddrPort(addr)
+	b.mu.Lock()
+	b.attempts++
+	b.pending++
+	b.peak = max(b.peak, b.pending)
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		b.pending--
+		b.mu.Unlock()
+	}()
 	if docNets[0].Contains(dst.Addr()) || docNets[1].Contains(dst.Addr()) {
 		<-ctx.Done()
 		return nil, fmt.Errorf("dial %s: %w", addr, ctx.Err())
@@ -172,6 +183,33 @@ func TestDialHappyEyeballs(t *testing.T) {
 				t.Errorf("the dial took %v (dial_timeout %v), want under %v", took.Round(time.Millisecond), tc.timeout, tc.maxDuration)
 			}
 		})
+	}
+}
+
+// TestDialAttemptsBounded: a name whose many addresses all swallow the
+// connect costs at most maxDialAttempts sockets at once, and no attempt
+// starts after dial_timeout.
+func TestDialAttemptsBounded(t *testing.T) {
+	var aaaa, a []string
+	for i := 1; i <= 8; i++ {
+		aaaa = append(aaaa, fmt.Sprintf("2001:db8::%d", i))
+		a = append(a, fmt.Sprintf("192.0.2.%d", i))
+	}
+	e := newEnv(t)
+	e.dnsAddr = answerDNS(t, aaaa, a)
+	var bd blackholeDialer
+	e.configure = bd.install(t)
+	e.start(t, strings.Replace(dialPolicy, "DIAL_TIMEOUT", "1s", 1))
+	c, br, _ := e.connect(t, fmt.Sprintf("dual.egress.test:%d", e.echoPort))
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.Write([]byte("ping"))
+	io.ReadAll(br)
+	e.clientDecision(t, c, map[string]any{"reason": "dial_error"})
+	time.Sleep(300 * time.Millisecond) // an attempt started late would show now
+	bd.mu.Lock()
+	defer bd.mu.Unlock()
+	if bd.peak > maxDialAttempts || bd.attempts > 1000/250+1 {
+		t.Errorf("%d attempts, %d at once; want at most %d at once, none after dial_timeout", bd.attempts, bd.peak, maxDialAttempts)
 	}
 }
 

@@ -584,13 +584,25 @@ func (s *Server) dial(ctx context.Context, c *conn, t Target, network string) ne
 // dial_timeout.
 const happyEyeballsDelay = 250 * time.Millisecond
 
+// maxDialAttempts is how many attempts of one dial may be pending at once,
+// as in Go's own dialer (one per family): a name whose 32 addresses all
+// swallow SYNs must not cost 32 sockets per connection, and a connection
+// costs at most two descriptors more while it dials.
+const maxDialAttempts = 2
+
+// minAttemptTimeout is the least time an attempt gets when dial_timeout is
+// shared among many addresses (as Go's dialer, 2 s): enough for a
+// connection across the world with a lost SYN or two.
+const minAttemptTimeout = 2 * time.Second
+
 // dialAddrs connects to one of dsts, all checked, within dial_timeout for
 // the whole dial. Over TCP, several addresses are raced as RFC 8305's
 // Happy Eyeballs does: the next attempt starts when the last one failed or
-// happyEyeballsDelay after it began, earlier ones keep going, and the
-// first to connect wins; the rest are cancelled (and closed, if they
-// connect all the same). A UDP connect does not wait for the peer: the
-// first address that connects is taken.
+// happyEyeballsDelay after it began, with at most maxDialAttempts pending;
+// each attempt has its share of the time left (at least
+// minAttemptTimeout), and the first to connect wins; the rest are
+// cancelled (and closed, if they connect all the same). A UDP connect
+// does not wait for the peer: the first address that connects is taken.
 func (s *Server) dialAddrs(ctx context.Context, network string, dsts []netip.AddrPort) (net.Conn, netip.AddrPort, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
@@ -611,14 +623,17 @@ func (s *Server) dialAddrs(ctx context.Context, network string, dsts []netip.Add
 	defer delay.Stop()
 	startNext := func() {
 		dst := dsts[next]
+		actx, acancel := context.WithTimeout(ctx, attemptTimeout(ctx, len(dsts)-next))
 		next++
 		pending++
 		go func() {
-			up, err := s.attempt(ctx, network, dst)
+			defer acancel() // a connection made outlives its dial's context
+			up, err := s.attempt(actx, network, dst)
 			results <- dialResult{up, dst, err}
 		}()
 		delay.Reset(happyEyeballsDelay)
 	}
+	canStart := func() bool { return next < len(dsts) && pending < maxDialAttempts && ctx.Err() == nil }
 	startNext()
 	var lastErr error
 	for pending > 0 {
@@ -633,16 +648,29 @@ func (s *Server) dialAddrs(ctx context.Context, network string, dsts []netip.Add
 				return r.up, r.dst, nil
 			}
 			lastErr = r.err
-			if next < len(dsts) {
+			if canStart() {
 				startNext()
 			}
 		case <-delay.C:
-			if next < len(dsts) {
+			if canStart() {
 				startNext()
 			}
 		}
 	}
 	return nil, netip.AddrPort{}, lastErr
+}
+
+// attemptTimeout is an attempt's share of the time ctx has left when left
+// addresses remain to be tried: an equal share, but at least
+// minAttemptTimeout (or all that is left, when that is less).
+func attemptTimeout(ctx context.Context, left int) time.Duration {
+	dl, _ := ctx.Deadline() // dialAddrs set one
+	remaining := time.Until(dl)
+	share := remaining / time.Duration(max(left, 1))
+	if share < minAttemptTimeout {
+		share = min(minAttemptTimeout, remaining)
+	}
+	return share
 }
 
 // attempt dials one checked address for dialAddrs.
