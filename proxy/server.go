@@ -801,12 +801,13 @@ func (s *Server) listensOn(dst netip.AddrPort, admin bool, onAny func(netip.Addr
 }
 
 // matchListeners reports whether one of addrs is dst, and whether one is
-// the unspecified address at dst's port.
+// the unspecified address at dst's port that takes dst's family: [::]
+// takes both (a dual-stack socket), 0.0.0.0 only IPv4 (listenNetwork).
 func matchListeners(addrs []netip.AddrPort, dst netip.AddrPort) (exact, unspecified bool) {
 	for _, l := range addrs {
 		if l.Port() == dst.Port() {
 			exact = exact || l.Addr() == dst.Addr()
-			unspecified = unspecified || l.Addr().IsUnspecified()
+			unspecified = unspecified || l.Addr().IsUnspecified() && (l.Addr().Is6() || dst.Addr().Is4())
 		}
 	}
 	return exact, unspecified
