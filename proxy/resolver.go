@@ -35,11 +35,13 @@ const (
 	maxAddrsPerName = 32
 	// dnsQueryTimeout bounds one exchange with one server.
 	dnsQueryTimeout = 3 * time.Second
-	// partialAnswerTTL is how long an answer is kept when the query of one
-	// family (A or AAAA) failed and the other's answered: long enough to
-	// spare the servers a query per connection, short enough that a lost
-	// datagram or a passing SERVFAIL does not leave an IPv4-only host
-	// without the name's A records for the AAAA records' TTL.
+	// partialAnswerTTL is how long an answer of AAAA records alone is kept
+	// when the A query failed: long enough to spare the servers a query per
+	// connection, short enough that a lost datagram or a passing SERVFAIL
+	// does not leave an IPv4-only host without the name's A records for the
+	// AAAA records' TTL. A failed AAAA query does not shorten an A answer:
+	// middleboxes that drop AAAA queries are common, and every lookup of the
+	// name would wait out dnsQueryTimeout for it again.
 	partialAnswerTTL = 5 * time.Second
 	// maxKnownPerName bounds how many addresses of one name are remembered
 	// for destination verification (every answer within its TTL, not only
@@ -239,7 +241,7 @@ func (r *Resolver) lookup(ctx context.Context, name string) (addrs []netip.Addr,
 		ttl = ttl4
 	}
 	keep := time.Duration(ttl) * time.Second
-	if err4 != nil || err6 != nil {
+	if err4 != nil {
 		keep = min(keep, partialAnswerTTL)
 	}
 	added = r.store(name, addrs, keep)

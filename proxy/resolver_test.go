@@ -42,6 +42,10 @@ func countingDNS(t *testing.T) (addr string, queries *atomic.Int64) {
 			add("half.test. 300 IN AAAA 2001:db8::7")
 		case name == "half.test.":
 			m.Rcode = dns.RcodeServerFailure
+		case name == "v4half.test." && qt == dns.TypeA:
+			add("v4half.test. 300 IN A 192.0.2.8")
+		case name == "v4half.test.":
+			m.Rcode = dns.RcodeServerFailure
 		case name == "cname.test." && qt == dns.TypeA:
 			add("cname.test. 60 IN CNAME ttl60.test.")
 			add("ttl60.test. 60 IN A 192.0.2.2")
@@ -110,11 +114,11 @@ func TestResolverTTLCache(t *testing.T) {
 	}
 }
 
-// TestResolverPartialAnswer: when one family's query fails and the other
-// answers, the answer is used but kept only partialAnswerTTL, not the
-// answering family's TTL (300 s): an IPv4-only host would otherwise be
-// left without the name's A records for five minutes after one lost or
-// SERVFAIL'd query.
+// TestResolverPartialAnswer: when the A query fails and AAAA answers, the
+// answer is used but kept only partialAnswerTTL, not the AAAA TTL (300 s):
+// an IPv4-only host would otherwise be left without the name's A records
+// for five minutes after one lost or SERVFAIL'd query. A failed AAAA query
+// (middleboxes drop them) does not shorten an A answer.
 func TestResolverPartialAnswer(t *testing.T) {
 	r, queries, now := countingResolver(t)
 	ctx := context.Background()
@@ -130,6 +134,16 @@ func TestResolverPartialAnswer(t *testing.T) {
 	r.Lookup(ctx, "half.test")
 	if n := queries.Load(); n == asked {
 		t.Errorf("the failed family was not asked again %v later (the answer was kept for its TTL)", partialAnswerTTL+time.Second)
+	}
+
+	if got, err := r.Lookup(ctx, "v4half.test"); err != nil || len(got) != 1 {
+		t.Fatalf("v4half.test = %v, %v; want its A", got, err)
+	}
+	asked = queries.Load()
+	*now = now.Add(partialAnswerTTL + time.Second)
+	r.Lookup(ctx, "v4half.test")
+	if n := queries.Load(); n != asked {
+		t.Errorf("an A answer was kept only %v because the AAAA query failed: %d queries, want %d", partialAnswerTTL, n, asked)
 	}
 }
 
