@@ -5,7 +5,7 @@
 #   docker build -t egressd:dev --build-arg VERSION=v0.1.0 .
 #   docker run --rm -p 3128:3128 egressd:dev                       # embedded presets
 #   docker run --rm -p 3128:3128 -v $PWD/my-policy:/etc/egressd/custom:ro \
-#       egressd:dev serve --config /etc/egressd/custom --http-listen 0.0.0.0:3128
+#       egressd:dev serve --config /etc/egressd/custom --http-listen :3128
 #
 # Targets:
 #   (default, last stage) egressd   the proxy on a distroless static base
@@ -65,4 +65,4 @@ ENTRYPOINT ["/egressd"]
 # so that a published port or a Service reaches the proxy. A --config whose
 # server block sets http_listen needs "serve --config DIR" without this flag
 # (the flag overrides the file).
-CMD ["serve", "--http-listen", "0.0.0.0:3128"]
+CMD ["serve", "--http-listen", ":3128"]

@@ -207,6 +207,9 @@ func check(obj any) []error {
 			if strings.HasSuffix(k, ".hcl") && strings.TrimSpace(v) == "" {
 				errs = append(errs, fmt.Errorf("ConfigMap %s: policy %s is empty", o.Name, k))
 			}
+			if strings.HasSuffix(k, ".hcl") {
+				errs = append(errs, checkListens("ConfigMap "+o.Name+" "+k, v)...)
+			}
 		}
 	case *corev1.Pod:
 		errs = append(errs, checkPodSpec("Pod "+o.Name, &o.Spec)...)
@@ -226,6 +229,23 @@ func check(obj any) []error {
 	case *corev1.Service:
 		if len(o.Spec.Selector) == 0 {
 			errs = append(errs, fmt.Errorf("Service %s: no selector", o.Name))
+		}
+	}
+	return errs
+}
+
+// listenAttr is a server block's listener setting and its address.
+var listenAttr = regexp.MustCompile(`(?m)^\s*(\w+_listen)\s*=\s*"([^"]*)"`)
+
+// checkListens: a listener on every address is written ":PORT" (or
+// "[::]:PORT"), not "0.0.0.0:PORT", which egressd opens on IPv4 only: the
+// kubelet's probes and a Service reach a pod on its IPv6 address in an
+// IPv6 or dual-stack cluster. Loopback listeners (a sidecar's) are fine.
+func checkListens(what, hcl string) []error {
+	var errs []error
+	for _, m := range listenAttr.FindAllStringSubmatch(hcl, -1) {
+		if strings.HasPrefix(m[2], "0.0.0.0:") {
+			errs = append(errs, fmt.Errorf("%s: %s = %q listens on IPv4 only; write %q to listen on every address", what, m[1], m[2], strings.TrimPrefix(m[2], "0.0.0.0")))
 		}
 	}
 	return errs
@@ -464,6 +484,10 @@ func TestNegativeCases(t *testing.T) {
 		if len(check(obj)) == 0 {
 			t.Errorf("%s: semantic checks passed", name)
 		}
+	}
+	ipv4Only := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  server.hcl: |\n    server {\n      admin_listen = \"0.0.0.0:9090\"\n    }\n"
+	if obj, err := decode(doc{file: "IPv4-only listener", data: []byte(ipv4Only)}); err != nil || len(check(obj)) == 0 {
+		t.Errorf("IPv4-only listener: semantic checks passed (%v)", err)
 	}
 	emptyPolicy := "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  policy.hcl: \"  \\n\"\n"
 	obj, err := decode(doc{file: "empty policy", data: []byte(emptyPolicy)})
