@@ -56,18 +56,28 @@ func privateBits(a netip.Addr) int {
 		return 10 // fec0::/10
 	case b[0] == 0xff:
 		return 8 // ff00::/8
-	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b:
-		if b[4] == 0 && b[5] == 1 {
-			return 48 // 64:ff9b:1::/48
-		}
-		if b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && b[9] == 0 && b[10] == 0 && b[11] == 0 {
-			return embedded(96, b[12:16]) // 64:ff9b::a.b.c.d
-		}
-		return -1
-	case b[0] == 0x20 && b[1] == 0x02:
-		return embedded(16, b[2:6]) // 2002:aabb:ccdd::/48
+	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 1:
+		return 48 // 64:ff9b:1::/48
+	}
+	if v4, prefix, ok := embedded4(b); ok {
+		return embedded(prefix, v4[:]) // 64:ff9b::a.b.c.d, 2002:aabb:ccdd::/48
 	}
 	return -1
+}
+
+// embedded4 returns the IPv4 address that b carries by a well-known
+// translation, NAT64's 64:ff9b::a.b.c.d (RFC 6052) or 6to4's
+// 2002:aabb:ccdd::/48 (RFC 3056), with the length of the IPv6 prefix before
+// it.
+func embedded4(b [16]byte) (v4 [4]byte, prefix int, ok bool) {
+	switch {
+	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b &&
+		b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && b[9] == 0 && b[10] == 0 && b[11] == 0:
+		return [4]byte(b[12:16]), 96, true
+	case b[0] == 0x20 && b[1] == 0x02:
+		return [4]byte(b[2:6]), 16, true
+	}
+	return v4, 0, false
 }
 
 // embedded returns the private block length of the IPv4 address v4 placed
@@ -114,13 +124,8 @@ func EmbeddedIPv4(a netip.Addr) (netip.Addr, bool) {
 	if !a.Is6() || a.Is4In6() {
 		return netip.Addr{}, false
 	}
-	b := a.As16()
-	switch {
-	case b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b &&
-		b[4] == 0 && b[5] == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 && b[9] == 0 && b[10] == 0 && b[11] == 0:
-		return netip.AddrFrom4([4]byte(b[12:16])), true
-	case b[0] == 0x20 && b[1] == 0x02:
-		return netip.AddrFrom4([4]byte(b[2:6])), true
+	if v4, _, ok := embedded4(a.As16()); ok {
+		return netip.AddrFrom4(v4), true
 	}
 	return netip.Addr{}, false
 }
