@@ -251,16 +251,18 @@ func (s *Server) wrapClient(h http.Handler) http.Handler {
 			// but cancels a request's context only from a read it may
 			// not be doing (a body not yet read). One that starts after
 			// Shutdown began is served untracked.
+			ctx := r.Context()
 			if tr := s.track(nil); tr != nil {
 				defer s.untrack(tr)
-				ctx, cancel := context.WithCancel(r.Context())
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
 				defer cancel()
 				defer context.AfterFunc(tr.ctx, cancel)()
-				r = r.WithContext(ctx)
 			}
 			pc := &plainClient{rc: http.NewResponseController(w)}
 			w = streamingWriter{w, hj, pc.rc}
-			h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), plainClientKey{}, pc)))
+			r = r.WithContext(context.WithValue(ctx, plainClientKey{}, pc)) // one copy of the request
+			h.ServeHTTP(w, r)
 			if pc.watch != nil && pc.watch.fired() && !pc.answered {
 				// The idle watch put the connection's deadlines in the
 				// past, perhaps just after a complete response: it must
