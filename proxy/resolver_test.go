@@ -2,9 +2,12 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -67,6 +70,9 @@ func countingResolver(t *testing.T) (r *Resolver, queries *atomic.Int64, now *ti
 	now = new(time.Time)
 	*now = time.Now()
 	r.now = func() time.Time { return *now }
+	// Both answers always: an AAAA answer later than resolutionDelay on a
+	// loaded machine would be stored after the test moved its clock on.
+	r.resolutionDelay = time.Minute
 	return r, queries, now
 }
 
@@ -374,5 +380,167 @@ func TestTrimAnswer(t *testing.T) {
 		if len(m.Answer) != tc.want {
 			t.Errorf("%s: %d records left, want %d", tc.name, len(m.Answer), tc.want)
 		}
+	}
+}
+
+// gatedDNS answers A queries for every name at once with 192.0.2.1, and
+// AAAA queries with 2001:db8::1 only once release is called; AAAA queries
+// for names under drop.test. get no answer at all (a middlebox that drops
+// them). It counts the queries of each type.
+func gatedDNS(t *testing.T) (r *Resolver, release func(), a, aaaa *atomic.Int64) {
+	t.Helper()
+	gate := make(chan struct{})
+	var once sync.Once
+	release = func() { once.Do(func() { close(gate) }) }
+	a, aaaa = new(atomic.Int64), new(atomic.Int64)
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		name := q.Question[0].Name
+		if q.Question[0].Qtype == dns.TypeAAAA {
+			aaaa.Add(1)
+			if strings.HasSuffix(name, "drop.test.") {
+				return
+			}
+			<-gate
+			rr, _ := dns.NewRR(name + " 60 IN AAAA 2001:db8::1")
+			m.Answer = append(m.Answer, rr)
+		} else {
+			a.Add(1)
+			rr, _ := dns.NewRR(name + " 60 IN A 192.0.2.1")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	t.Cleanup(release) // before the server's Shutdown (cleanups run last first)
+	r, err := NewResolver([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, release, a, aaaa
+}
+
+// TestResolverCoalesces: callers looking up a name while its lookup is in
+// progress wait for it rather than asking the servers again; a caller that
+// goes away does not end the lookup for the others; when every caller has
+// gone, the next one asks anew.
+func TestResolverCoalesces(t *testing.T) {
+	r, release, aQueries, aaaaQueries := gatedDNS(t)
+	r.resolutionDelay = time.Minute // wait for the gated AAAA answer
+	const callers = 16
+	gone, cancelGone := context.WithCancel(context.Background())
+	errs := make(chan error, callers)
+	lookup := func(ctx context.Context) {
+		addrs, err := r.Lookup(ctx, "burst.test")
+		if err == nil && len(addrs) != 2 {
+			err = fmt.Errorf("addrs %v, want the AAAA and the A record", addrs)
+		}
+		errs <- err
+	}
+	go lookup(gone)
+	waitFor(t, "the first lookup's queries", func() bool { return aaaaQueries.Load() == 1 })
+	for range callers - 1 {
+		go lookup(context.Background())
+	}
+	waitFor(t, "every caller waiting", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.flights["burst.test"] != nil && r.flights["burst.test"].waiters == callers
+	})
+	cancelGone()
+	if err := <-errs; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the cancelled caller got %v, want context.Canceled at once", err)
+	}
+	release()
+	for range callers - 1 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if a, aaaa := aQueries.Load(), aaaaQueries.Load(); a != 1 || aaaa != 1 {
+		t.Errorf("%d concurrent lookups sent %d A and %d AAAA queries, want 1 and 1", callers, a, aaaa)
+	}
+
+	// Every caller gone: the queries are cancelled, and the next lookup
+	// asks again rather than joining them.
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		waitFor(t, "the drop.test AAAA query", func() bool { return aaaaQueries.Load() == 2 })
+		cancel()
+	}()
+	if _, err := r.Verify(ctx, "x.drop.test", netip.MustParseAddr("2001:db8::1")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled lookup: %v, want context.Canceled", err)
+	}
+	r.mu.Lock()
+	r.resolutionDelay = 0
+	r.mu.Unlock()
+	if addrs, err := r.Lookup(context.Background(), "x.drop.test"); err != nil || len(addrs) != 1 {
+		t.Fatalf("lookup after every caller left: %v, %v; want the A record", addrs, err)
+	}
+	waitFor(t, "a new AAAA query after every caller left", func() bool { return aaaaQueries.Load() == 3 })
+}
+
+// TestResolverResolutionDelay: when the A records come first, Lookup waits
+// resolutionDelay for the AAAA answer, then goes on with IPv4 alone (RFC
+// 8305 section 3) rather than dnsQueryTimeout; the AAAA answer, when it
+// comes, joins the cache. Verify waits for both.
+func TestResolverResolutionDelay(t *testing.T) {
+	r, release, _, aaaaQueries := gatedDNS(t)
+	v4, v6 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("2001:db8::1")
+	ctx := context.Background()
+
+	// AAAA queries dropped. Old: every uncached lookup took dnsQueryTimeout.
+	t0 := time.Now()
+	addrs, err := r.Lookup(ctx, "a.drop.test")
+	if took := time.Since(t0); err != nil || !slices.Equal(addrs, []netip.Addr{v4}) || took > dnsQueryTimeout/3 {
+		t.Fatalf("Lookup with AAAA dropped = %v, %v after %v; want %v within %v", addrs, err, took.Round(time.Millisecond), v4, dnsQueryTimeout/3)
+	}
+	if got, ok := r.cached("a.drop.test"); !ok || !slices.Equal(got, []netip.Addr{v4}) {
+		t.Errorf("cached %v, %v; want the A record, kept while the AAAA query runs", got, ok)
+	}
+
+	// AAAA late: the A record at once, both once the AAAA answer is in.
+	addrs, err = r.Lookup(ctx, "late.test")
+	if err != nil || !slices.Equal(addrs, []netip.Addr{v4}) {
+		t.Fatalf("Lookup with AAAA late = %v, %v; want %v", addrs, err, v4)
+	}
+	release()
+	waitFor(t, "the late AAAA record in the cache", func() bool {
+		got, _ := r.cached("late.test")
+		return slices.Equal(got, []netip.Addr{v6, v4})
+	})
+
+	// Verify of an IPv6 destination waits for the AAAA answer.
+	n := aaaaQueries.Load()
+	if ok, err := r.Verify(ctx, "verify.test", v6); !ok || err != nil {
+		t.Errorf("Verify(%v) = %v, %v; want true", v6, ok, err)
+	}
+	if aaaaQueries.Load() != n+1 {
+		t.Errorf("Verify sent %d AAAA queries, want 1", aaaaQueries.Load()-n)
+	}
+}
+
+// TestResolverCancelledLookupNotStored: a lookup every caller left before
+// its answer stores nothing: its A records alone (the AAAA query cut
+// short) would have hidden the name's IPv6 addresses for the A records'
+// TTL.
+func TestResolverCancelledLookupNotStored(t *testing.T) {
+	r, release, aQueries, _ := gatedDNS(t)
+	r.resolutionDelay = time.Minute
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		waitFor(t, "the A answer", func() bool { return aQueries.Load() == 1 })
+		cancel()
+	}()
+	if _, err := r.Lookup(ctx, "cut.test"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lookup = %v, want context.Canceled", err)
+	}
+	r.flying.Wait()
+	if got, ok := r.cached("cut.test"); ok {
+		t.Fatalf("a cancelled lookup cached %v", got)
+	}
+	release()
+	if got, err := r.Lookup(context.Background(), "cut.test"); err != nil || len(got) != 2 {
+		t.Errorf("Lookup after the cancelled one = %v, %v; want the AAAA and the A record", got, err)
 	}
 }
