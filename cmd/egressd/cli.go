@@ -72,14 +72,26 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	case "passwd":
 		return runPasswd(rest, stdin, stdout, stderr)
 	case "version", "--version":
-		fmt.Fprintln(stdout, "egressd", version)
-		return exitOK
+		return runVersion(rest, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "egressd: unknown command %q\n\n%s", cmd, usage)
 	return exitUsage
+}
+
+func runVersion(args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("version", "version", stderr)
+	if code := parseFlags(fs, args); code >= 0 {
+		return code
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "egressd version: takes no arguments, got %q\n", fs.Args())
+		return exitUsage
+	}
+	fmt.Fprintln(stdout, "egressd", version)
+	return exitOK
 }
 
 func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
