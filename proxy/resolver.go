@@ -54,12 +54,6 @@ const (
 	minVerifyRefresh = 5 * time.Second
 	// maxVerifyQueries bounds the queries one Verify sends.
 	maxVerifyQueries = 4
-	// resolutionDelay is how long a lookup whose A records came first
-	// waits for the AAAA answer before it goes on with IPv4 alone, as RFC
-	// 8305 section 3 recommends: a middlebox that drops AAAA queries would
-	// otherwise hold every uncached lookup for dnsQueryTimeout. The AAAA
-	// answer, when it comes, is added to the cache.
-	resolutionDelay = 50 * time.Millisecond
 )
 
 // ErrNoAddress is returned when a name exists but has no A or AAAA records.
@@ -85,17 +79,13 @@ type Resolver struct {
 	asked map[string]time.Time
 	// flights are the lookups in progress, by name: a caller asking for a
 	// name that is being looked up waits for that lookup rather than
-	// asking the servers again. A flight has a caller waiting until its
-	// first answer, and then ends within dnsQueryTimeout per server, so
-	// the map is bounded by the connections and queries in progress,
-	// which the server's limits bound.
+	// asking the servers again. A flight is cancelled and dropped when its
+	// last caller stops waiting, so the map is bounded by the connections
+	// and queries in progress, which the server's limits bound.
 	flights map[string]*flight
 	// flying counts the flights' goroutines, for tests that must see a
 	// flight's end.
 	flying sync.WaitGroup
-	// resolutionDelay is the constant resolutionDelay; tests that count
-	// queries on a clock of their own wait for both answers. Under mu.
-	resolutionDelay time.Duration
 
 	// cacheHits and cacheMisses count Lookup's cache lookups (metric
 	// egressd_dns_cache_total).
@@ -146,8 +136,6 @@ func NewResolver(servers []string) (*Resolver, error) {
 		cache:   make(map[string]cacheEntry),
 		asked:   make(map[string]time.Time),
 		flights: make(map[string]*flight),
-
-		resolutionDelay: resolutionDelay,
 	}, nil
 }
 
@@ -159,7 +147,7 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 		return addrs, nil
 	}
 	r.cacheMisses.Add(1)
-	res, err := r.lookup(ctx, name, false)
+	res, err := r.lookup(ctx, name)
 	return res.addrs, err
 }
 
@@ -179,7 +167,7 @@ func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool,
 	// Ask again while the answers keep bringing addresses not seen before:
 	// a server rotating through a pool gives each query another part of it.
 	for range maxVerifyQueries {
-		res, err := r.lookup(ctx, name, true)
+		res, err := r.lookup(ctx, name)
 		if err != nil {
 			return false, err
 		}
@@ -232,17 +220,10 @@ func (r *Resolver) noteAsked(name string) {
 // flight is a lookup of one name in progress, shared by every caller that
 // asks for the name while it runs.
 type flight struct {
-	cancel context.CancelFunc
-	// waiters counts the callers waiting for first or done; published
-	// is set when first is closed. Both are under Resolver.mu.
-	waiters   int
-	published bool
-	// first is closed when Lookup's answer is in: both families', or the
-	// A records alone when the AAAA answer did not follow them within
-	// resolutionDelay. done is closed when both queries have ended, with
-	// the whole answer. firstRes and doneRes are written before.
-	first, done       chan struct{}
-	firstRes, doneRes lookupResult
+	cancel  context.CancelFunc
+	waiters int           // callers waiting for done; under Resolver.mu
+	done    chan struct{} // closed when res is in
+	res     lookupResult
 }
 
 // lookupResult is an answer as the cache stored it; added reports whether
@@ -254,11 +235,9 @@ type lookupResult struct {
 }
 
 // lookup asks the servers for name (no cache read) and stores the answer,
-// joining the lookup of name in progress if there is one. With whole, it
-// waits for both families' answers (Verify, which must see every address);
-// without, it may go on with the A records alone (Lookup). A caller whose
+// joining the lookup of name in progress if there is one. A caller whose
 // ctx ends stops waiting; the queries are cancelled when no caller waits.
-func (r *Resolver) lookup(ctx context.Context, name string, whole bool) (lookupResult, error) {
+func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error) {
 	r.noteAsked(name)
 	r.mu.Lock()
 	f := r.flights[name]
@@ -266,35 +245,28 @@ func (r *Resolver) lookup(ctx context.Context, name string, whole bool) (lookupR
 		// The queries run for every waiter, not for the first caller:
 		// they are cancelled when the last waiter goes (leave).
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{cancel: cancel, first: make(chan struct{}), done: make(chan struct{})}
+		f = &flight{cancel: cancel, done: make(chan struct{})}
 		r.flights[name] = f
-		delay := r.resolutionDelay
-		r.flying.Go(func() { r.fly(fctx, name, f, delay) })
+		r.flying.Go(func() { r.fly(fctx, name, f) })
 	}
 	f.waiters++
 	r.mu.Unlock()
 	defer r.leave(name, f)
-	wait, res := f.first, &f.firstRes
-	if whole {
-		wait, res = f.done, &f.doneRes
-	}
 	select {
-	case <-wait:
-		return *res, res.err
+	case <-f.done:
+		return f.res, f.res.err
 	case <-ctx.Done():
 		return lookupResult{}, fmt.Errorf("resolve %s: %w", name, ctx.Err())
 	}
 }
 
-// leave ends a caller's wait for f. The last caller to leave before the
-// first answer is in cancels the queries, and the next caller starts
-// anew; after it, they run on (bounded by dnsQueryTimeout) so that a late
-// AAAA answer still reaches the cache.
+// leave ends a caller's wait for f. The last caller to leave cancels the
+// queries, and the next caller starts anew.
 func (r *Resolver) leave(name string, f *flight) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	f.waiters--
-	if f.waiters == 0 && !f.published {
+	if f.waiters == 0 {
 		f.cancel()
 		if r.flights[name] == f {
 			delete(r.flights, name)
@@ -302,75 +274,35 @@ func (r *Resolver) leave(name string, f *flight) {
 	}
 }
 
-// fly runs the A and AAAA queries of f and stores their answers: the A
-// records alone first when the AAAA answer is later than delay after
-// them, then both.
-func (r *Resolver) fly(ctx context.Context, name string, f *flight, delay time.Duration) {
+// fly runs the A and AAAA queries of f, stores their answer and hands it
+// to f's waiters.
+func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	defer f.cancel()
-	type answer struct {
-		addrs []netip.Addr
-		ttl   uint32
-		err   error
-	}
-	aaaa := make(chan answer, 1)
-	go func() {
-		a, ttl, err := r.query(ctx, name, dns.TypeAAAA)
-		aaaa <- answer{a, ttl, err}
-	}()
-	v4, ttl4, err4 := r.query(ctx, name, dns.TypeA)
 	var (
-		v6    answer
-		early bool // the A records went out alone first
-		first lookupResult
+		wg   sync.WaitGroup
+		v6   []netip.Addr
+		ttl6 uint32
+		err6 error
+		res  lookupResult
 	)
-	if len(v4) > 0 {
-		t := time.NewTimer(delay)
-		select {
-		case v6 = <-aaaa:
-		case <-t.C:
-			early = true
-		}
-		t.Stop()
-	}
-	if early {
-		first = lookupResult{addrs: v4, added: r.store(name, v4, time.Duration(ttl4)*time.Second)}
-		r.publish(name, f, first, false)
-	}
-	if early || len(v4) == 0 {
-		v6 = <-aaaa
-	}
+	wg.Go(func() { v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA) })
+	v4, ttl4, err4 := r.query(ctx, name, dns.TypeA)
+	wg.Wait()
 	if err := ctx.Err(); err != nil {
-		// Every caller left before the first answer: what the cancelled
-		// queries brought is not a whole answer, and is not stored.
-		r.publish(name, f, lookupResult{err: fmt.Errorf("resolve %s: %w", name, err)}, true)
-		return
+		// Every caller left: what the cut-short queries brought is not a
+		// whole answer (the A records alone would hide the name's IPv6
+		// addresses for their TTL), and is not stored.
+		res.err = fmt.Errorf("resolve %s: %w", name, err)
+	} else {
+		res = r.settle(name, v6, v4, ttl6, ttl4, err6, err4)
 	}
-	res := r.settle(name, v6.addrs, v4, v6.ttl, ttl4, v6.err, err4)
-	if early {
-		// The A records were stored already: Verify asks again when
-		// either store brought an address not remembered before.
-		res.added = res.added || first.added
-	}
-	r.publish(name, f, res, true)
-}
-
-// publish hands res to f's waiters: Lookup's answer when it is the first,
-// and with final, the whole answer, which ends f.
-func (r *Resolver) publish(name string, f *flight, res lookupResult, final bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !f.published {
-		f.published = true
-		f.firstRes = res
-		close(f.first)
+	f.res = res
+	if r.flights[name] == f {
+		delete(r.flights, name)
 	}
-	if final {
-		f.doneRes = res
-		if r.flights[name] == f {
-			delete(r.flights, name)
-		}
-		close(f.done)
-	}
+	close(f.done)
 }
 
 // settle stores the answers of both queries and returns them as Lookup
