@@ -155,14 +155,21 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 // TTL: remembered from an earlier answer, in the current answer, or, when
 // neither holds it and the servers were last asked for name at least
 // minVerifyRefresh ago (whatever they answered), in a fresh answer (which
-// is remembered too).
+// is remembered too). Asked less long ago, it sends no query of its own
+// but waits for a lookup of name in progress: connections to a name not
+// yet known that arrive together are verified by the first one's lookup.
 func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
 	a = a.Unmap()
 	if r.Knows(name, a) {
 		return true, nil
 	}
 	if !r.mayAsk(name) {
-		return false, nil
+		res, err := r.await(ctx, name, false)
+		if err != nil {
+			return false, err
+		}
+		// No lookup in progress: it may have ended since Knows.
+		return slices.Contains(res.addrs, a) || r.Knows(name, a), nil
 	}
 	// Ask again while the answers keep bringing addresses not seen before:
 	// a server rotating through a pool gives each query another part of it.
@@ -235,12 +242,23 @@ type lookupResult struct {
 }
 
 // lookup asks the servers for name (no cache read) and stores the answer,
-// joining the lookup of name in progress if there is one. A caller whose
-// ctx ends stops waiting; the queries are cancelled when no caller waits.
+// joining the lookup of name in progress if there is one.
 func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error) {
 	r.noteAsked(name)
+	return r.await(ctx, name, true)
+}
+
+// await waits for the lookup of name in progress, or, with start, for a
+// new one when there is none (without, it returns no addresses at once).
+// A caller whose ctx ends stops waiting; the queries are cancelled when no
+// caller waits.
+func (r *Resolver) await(ctx context.Context, name string, start bool) (lookupResult, error) {
 	r.mu.Lock()
 	f := r.flights[name]
+	if f == nil && !start {
+		r.mu.Unlock()
+		return lookupResult{}, nil
+	}
 	if f == nil {
 		// The queries run for every waiter, not for the first caller:
 		// they are cancelled when the last waiter goes (leave).

@@ -528,3 +528,36 @@ func TestResolverCancelledLookupsStress(t *testing.T) {
 	}
 	t.Logf("%d of 500 lookups cancelled", cancelled)
 }
+
+// TestVerifyJoinsLookupInProgress: connections to a name not yet known
+// arriving together (a workload opening several at once) are verified by
+// the one lookup in progress: the rate limit on queries (minVerifyRefresh)
+// must not refuse the second while the first's answer is on its way.
+func TestVerifyJoinsLookupInProgress(t *testing.T) {
+	r, release, _, aaaaQueries := gatedDNS(t)
+	v6 := netip.MustParseAddr("2001:db8::1")
+	const conns = 4
+	oks := make(chan bool, conns)
+	verify := func() {
+		ok, err := r.Verify(context.Background(), "burst.test", v6)
+		if err != nil {
+			t.Error(err)
+		}
+		oks <- ok
+	}
+	go verify()
+	waitFor(t, "the first Verify's lookup", func() bool { return aaaaQueries.Load() == 1 })
+	for range conns - 1 {
+		go verify()
+	}
+	waitFor(t, "every Verify waiting", func() bool { return r.waiting("burst.test") == conns })
+	release()
+	for i := range conns {
+		if !<-oks {
+			t.Errorf("Verify %d of %d refused an address of the lookup in progress", i+1, conns)
+		}
+	}
+	if n := aaaaQueries.Load(); n != 1 {
+		t.Errorf("%d AAAA queries, want 1", n)
+	}
+}

@@ -589,3 +589,58 @@ func (e *env) fixedTransparent(t *testing.T, dst netip.AddrPort) string {
 	go e.srv.ServeTransparent(ln)
 	return ln.Addr().String()
 }
+
+// TestTransparentBurstToNewName: a workload that resolved a name with a
+// DNS server of its own opens several connections to it at once; egressd
+// has not seen the name yet. Every connection is verified by the one
+// lookup in progress, none is refused dst_mismatch because the servers
+// were asked for the name a moment before.
+func TestTransparentBurstToNewName(t *testing.T) {
+	var queries atomic.Int32
+	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			queries.Add(1)
+			time.Sleep(200 * time.Millisecond) // the connections overlap the lookup
+			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 127.0.0.5")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	ln := listenOn(t, "127.0.0.5:0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "burst" {
+  allow "burst" {
+    hosts = ["burst.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	const conns = 4
+	var wg sync.WaitGroup
+	for i := range conns {
+		c := g.dial(t, "127.0.0.5:"+p)
+		wg.Go(func() {
+			first := append(clientHelloBytes("burst.egress.test"), fmt.Sprintf("ping %d", i)...)
+			if got := exchange(t, c, first); !bytes.Equal(got, first) {
+				t.Errorf("connection %d: got %d bytes back, want %d", i, len(got), len(first))
+			}
+		})
+	}
+	wg.Wait()
+	for i := range conns {
+		e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "conn": i + 1})
+	}
+	if n := queries.Load(); n != 1 {
+		t.Errorf("%d A queries for %d connections at once, want 1", n, conns)
+	}
+	if t.Failed() {
+		t.Logf("log:\n%s", e.log.buf.String())
+	}
+}
