@@ -86,6 +86,10 @@ type Resolver struct {
 	// flying counts the flights' goroutines, for tests that must see a
 	// flight's end.
 	flying sync.WaitGroup
+	// verifying holds, by name, the done channel of the Verify that is
+	// asking the servers, which the Verifies that may not ask wait for.
+	// One entry per Verify in progress, which the server's limits bound.
+	verifying map[string]chan struct{}
 
 	// cacheHits and cacheMisses count Lookup's cache lookups (metric
 	// egressd_dns_cache_total).
@@ -136,6 +140,8 @@ func NewResolver(servers []string) (*Resolver, error) {
 		cache:   make(map[string]cacheEntry),
 		asked:   make(map[string]time.Time),
 		flights: make(map[string]*flight),
+
+		verifying: make(map[string]chan struct{}),
 	}, nil
 }
 
@@ -156,28 +162,53 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 // neither holds it and the servers were last asked for name at least
 // minVerifyRefresh ago (whatever they answered), in a fresh answer (which
 // is remembered too). Asked less long ago, it sends no query of its own
-// but waits for a lookup of name in progress: connections to a name not
-// yet known that arrive together are verified by the first one's lookup.
+// but waits for the Verify (or Lookup) of name that is asking, its ctx
+// allowing, then looks at what that one remembered: connections to a name
+// not yet known that arrive together are verified by the first one's
+// queries.
+//
+// Its queries run under ctx, not in a Lookup's shared flight: when ctx's
+// deadline cuts one family's query short, the other family's answer is
+// still used and stored, as for a query that failed. When ctx is cancelled
+// before any answer was stored, name counts as not asked, and a Verify
+// waiting for this one asks in its stead.
 func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
 	a = a.Unmap()
-	if r.Knows(name, a) {
-		return true, nil
-	}
-	if !r.mayAsk(name) {
-		res, err := r.await(ctx, name, false)
-		if err != nil {
-			return false, err
+	// Twice at most: a Verify waiting for one that was cancelled asks once.
+	for range 2 {
+		if r.Knows(name, a) {
+			return true, nil
 		}
-		// No lookup in progress: it may have ended since Knows.
-		return slices.Contains(res.addrs, a) || r.Knows(name, a), nil
+		if err := ctx.Err(); err != nil {
+			return false, fmt.Errorf("resolve %s: %w", name, err) // and name is not marked asked
+		}
+		v, asking := r.startVerify(name)
+		if asking {
+			return r.ask(ctx, name, a, v)
+		}
+		if v == nil {
+			break
+		}
+		select {
+		case <-v:
+		case <-ctx.Done():
+		}
 	}
+	return r.Knows(name, a), nil
+}
+
+// ask is Verify's asking part, which startVerify noted as v.
+func (r *Resolver) ask(ctx context.Context, name string, a netip.Addr, v chan struct{}) (ok bool, err error) {
+	stored := false
+	defer func() { r.endVerify(name, v, !stored && errors.Is(err, context.Canceled)) }()
 	// Ask again while the answers keep bringing addresses not seen before:
 	// a server rotating through a pool gives each query another part of it.
 	for range maxVerifyQueries {
-		res, err := r.lookup(ctx, name)
-		if err != nil {
-			return false, err
+		res := r.resolve(ctx, name)
+		if res.err != nil {
+			return false, res.err
 		}
+		stored = true
 		if slices.Contains(res.addrs, a) {
 			return true, nil
 		}
@@ -203,14 +234,43 @@ func (r *Resolver) Knows(name string, a netip.Addr) bool {
 	return false
 }
 
-// mayAsk reports whether Verify may ask the servers for name: not when
-// they were asked for it less than minVerifyRefresh ago.
-func (r *Resolver) mayAsk(name string) bool {
+// startVerify decides whether a Verify of name asks the servers: not when
+// they were asked for it less than minVerifyRefresh ago, whoever asked.
+// An asking Verify is noted (and must call endVerify); one that may not
+// ask gets the done channel of the asking Verify in progress, or else of
+// a Lookup of name in progress, if any.
+func (r *Resolver) startVerify(name string) (v chan struct{}, asking bool) {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	t, ok := r.asked[name]
-	return !ok || now.Sub(t) >= minVerifyRefresh
+	if t, ok := r.asked[name]; ok && now.Sub(t) < minVerifyRefresh {
+		if v := r.verifying[name]; v != nil {
+			return v, false
+		}
+		if f := r.flights[name]; f != nil {
+			return f.done, false // a Lookup's, which stores what it gets
+		}
+		return nil, false
+	}
+	r.noteAskedLocked(name, now)
+	v = make(chan struct{})
+	r.verifying[name] = v
+	return v, true
+}
+
+// endVerify ends the asking Verify of name that startVerify noted. When
+// it was cancelled before any answer was stored (the client went away, or
+// another name verified the connection), name counts as not asked.
+func (r *Resolver) endVerify(name string, v chan struct{}, cancelled bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.verifying[name] == v {
+		delete(r.verifying, name)
+	}
+	if cancelled {
+		delete(r.asked, name)
+	}
+	close(v)
 }
 
 // noteAsked records that the servers are being asked for name.
@@ -218,6 +278,10 @@ func (r *Resolver) noteAsked(name string) {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.noteAskedLocked(name, now)
+}
+
+func (r *Resolver) noteAskedLocked(name string, now time.Time) {
 	if _, ok := r.asked[name]; !ok && len(r.asked) >= maxCacheEntries {
 		clear(r.asked) // at worst one more query per name
 	}
@@ -242,23 +306,18 @@ type lookupResult struct {
 }
 
 // lookup asks the servers for name (no cache read) and stores the answer,
-// joining the lookup of name in progress if there is one.
+// joining the lookup of name in progress if there is one (a flight). A
+// caller whose ctx ends stops waiting; the queries are cancelled when no
+// caller waits. A caller joining a flight may get an answer received
+// shortly before it asked (at most the flight's own time, as with Go's own
+// resolver, which shares lookups the same way).
 func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error) {
+	if err := ctx.Err(); err != nil {
+		return lookupResult{}, fmt.Errorf("resolve %s: %w", name, err)
+	}
 	r.noteAsked(name)
-	return r.await(ctx, name, true)
-}
-
-// await waits for the lookup of name in progress, or, with start, for a
-// new one when there is none (without, it returns no addresses at once).
-// A caller whose ctx ends stops waiting; the queries are cancelled when no
-// caller waits.
-func (r *Resolver) await(ctx context.Context, name string, start bool) (lookupResult, error) {
 	r.mu.Lock()
 	f := r.flights[name]
-	if f == nil && !start {
-		r.mu.Unlock()
-		return lookupResult{}, nil
-	}
 	if f == nil {
 		// The queries run for every waiter, not for the first caller:
 		// they are cancelled when the last waiter goes (leave).
@@ -292,28 +351,10 @@ func (r *Resolver) leave(name string, f *flight) {
 	}
 }
 
-// fly runs the A and AAAA queries of f, stores their answer and hands it
-// to f's waiters.
+// fly resolves name for f's waiters and hands them the answer.
 func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	defer f.cancel()
-	var (
-		wg   sync.WaitGroup
-		v6   []netip.Addr
-		ttl6 uint32
-		err6 error
-		res  lookupResult
-	)
-	wg.Go(func() { v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA) })
-	v4, ttl4, err4 := r.query(ctx, name, dns.TypeA)
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		// Every caller left: what the cut-short queries brought is not a
-		// whole answer (the A records alone would hide the name's IPv6
-		// addresses for their TTL), and is not stored.
-		res.err = fmt.Errorf("resolve %s: %w", name, err)
-	} else {
-		res = r.settle(name, v6, v4, ttl6, ttl4, err6, err4)
-	}
+	res := r.resolve(ctx, name)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	f.res = res
@@ -321,6 +362,28 @@ func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 		delete(r.flights, name)
 	}
 	close(f.done)
+}
+
+// resolve runs the A and AAAA queries of name under ctx and stores their
+// answer. When ctx is cancelled (every caller went away), what the
+// cut-short queries brought is not a whole answer (the A records alone
+// would hide the name's IPv6 addresses for their TTL) and is not stored;
+// when its deadline passes, a family that answered is used, as when the
+// other family's query fails.
+func (r *Resolver) resolve(ctx context.Context, name string) lookupResult {
+	var (
+		wg   sync.WaitGroup
+		v6   []netip.Addr
+		ttl6 uint32
+		err6 error
+	)
+	wg.Go(func() { v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA) })
+	v4, ttl4, err4 := r.query(ctx, name, dns.TypeA)
+	wg.Wait()
+	if err := ctx.Err(); errors.Is(err, context.Canceled) {
+		return lookupResult{err: fmt.Errorf("resolve %s: %w", name, err)}
+	}
+	return r.settle(name, v6, v4, ttl6, ttl4, err6, err4)
 }
 
 // settle stores the answers of both queries and returns them as Lookup

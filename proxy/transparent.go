@@ -22,6 +22,61 @@ var frontAccepted, frontHandOffs, frontAcceptFails, frontShortWrites atomic.Int6
 // verifyTimeout bounds the DNS work of one destination verification.
 const verifyTimeout = 5 * time.Second
 
+// maxVerifyLookups bounds the names one destination verification looks up
+// at once. The names (the SNI and the rule's exact hosts) are looked up
+// side by side, so that one whose DNS is slow does not use up
+// verifyTimeout for the others; a rule with many hosts costs at most this
+// many lookups (and sockets) at a time.
+const maxVerifyLookups = 4
+
+// verifyNames reports whether a is an address of one of names (Verify),
+// within verifyTimeout, looking them up at most maxVerifyLookups at a
+// time; the first that holds a ends the others. An error of a lookup that
+// did not verify is put in *lastErr.
+func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr, lastErr *error) bool {
+	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+	defer cancel() // the lookups still running end with it
+	if len(names) == 1 {
+		ok, err := r.Verify(ctx, names[0], a)
+		if err != nil {
+			*lastErr = err
+		}
+		return ok
+	}
+	type verdict struct {
+		ok  bool
+		err error
+	}
+	work := make(chan string, len(names))
+	for _, n := range names {
+		work <- n
+	}
+	close(work)
+	verdicts := make(chan verdict, len(names)) // no worker ever blocks
+	for range min(len(names), maxVerifyLookups) {
+		go func() {
+			for n := range work {
+				if err := ctx.Err(); err != nil {
+					verdicts <- verdict{err: err}
+					continue
+				}
+				ok, err := r.Verify(ctx, n, a)
+				verdicts <- verdict{ok, err}
+			}
+		}()
+	}
+	for range names {
+		v := <-verdicts
+		if v.ok {
+			return true
+		}
+		if v.err != nil {
+			*lastErr = v.err
+		}
+	}
+	return false
+}
+
 // tproxyListener marks a listener opened with IP_TRANSPARENT: the local
 // address of each accepted connection is its original destination.
 type tproxyListener struct{ net.Listener }
@@ -207,8 +262,7 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 	if d.RuleHasCIDR(t.Addr) {
 		return t, true
 	}
-	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
-	defer cancel()
+	var lastErr error
 	names := make([]string, 0, 4)
 	if sni != "" {
 		names = append(names, sni)
@@ -218,15 +272,8 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 			names = append(names, h)
 		}
 	}
-	var lastErr error
-	for _, n := range names {
-		ok, err := s.resolver.Verify(ctx, n, t.Addr)
-		if ok {
-			return t, true
-		}
-		if err != nil {
-			lastErr = err
-		}
+	if verifyNames(ctx, s.resolver, names, t.Addr, &lastErr) {
+		return t, true
 	}
 	if d.VerifyDestination() == policy.VerifyRedirect && sni != "" {
 		c.detail = fmt.Sprintf("original destination %s is not an address of %s; redirected", t.Addr, sni)

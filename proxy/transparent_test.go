@@ -644,3 +644,167 @@ policy "burst" {
 		t.Logf("log:\n%s", e.log.buf.String())
 	}
 }
+
+// TestTransparentBurstRotatingPool: TestTransparentBurstToNewName with a
+// DNS server rotating through a pool whose first answer does not hold the
+// address the workload dials. (From a helper's review.)
+func TestTransparentBurstRotatingPool(t *testing.T) {
+	dnsAddr, n := rotatingDNS(t, 4, 200*time.Millisecond) // 127.0.0.5, then .6, .7 ...
+	ln := listenOn(t, "127.0.0.6:0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "burst" {
+  allow "burst" {
+    hosts = ["rot.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	const conns = 4
+	var wg sync.WaitGroup
+	for i := range conns {
+		c := g.dial(t, "127.0.0.6:"+p)
+		wg.Go(func() {
+			first := append(clientHelloBytes("rot.egress.test"), fmt.Sprintf("ping %d", i)...)
+			if got := exchange(t, c, first); !bytes.Equal(got, first) {
+				t.Errorf("connection %d: got %d bytes back, want %d", i, len(got), len(first))
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.Logf("%d A queries; log:\n%s", n.Load(), e.log.String())
+	}
+}
+
+// TestTransparentVerifySlowName: the rule's hosts are looked up side by
+// side. The SNI name's lookup is stuck (its servers never answer) while
+// the destination is an address of the rule's other host: the connection
+// is verified by that host at once, not refused once the stuck lookup has
+// used up verifyTimeout. (From a helper's review.)
+func TestTransparentVerifySlowName(t *testing.T) {
+	var slow atomic.Int32
+	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		if strings.HasPrefix(q.Question[0].Name, "slow.") {
+			slow.Add(1)
+			return // never answered
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 127.0.0.5")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	ln := listenOn(t, "127.0.0.5:0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "multi" {
+  allow "multi" {
+    hosts = ["slow.egress.test", "b.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	// Another connection is looking slow.egress.test up.
+	go e.srv.resolver.Lookup(t.Context(), "slow.egress.test")
+	waitFor(t, "the lookup of slow.egress.test", func() bool { return slow.Load() >= 2 })
+	c := g.dial(t, "127.0.0.5:"+p)
+	first := append(clientHelloBytes("slow.egress.test"), "ping"...)
+	start := time.Now()
+	if got := exchange(t, c, first); !bytes.Equal(got, first) {
+		t.Errorf("after %v: got %d bytes back, want %d: 127.0.0.5 is an address of b.egress.test, a host of the rule; log:\n%s",
+			time.Since(start).Round(time.Millisecond), len(got), len(first), e.log.String())
+	} else if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("verified after %v, want at once", took.Round(time.Millisecond))
+	}
+}
+
+// TestTransparentAAAADroppedTwoServers: two servers (resolv.conf often
+// lists two) behind a middlebox dropping AAAA queries: a lookup takes
+// 2 x dnsQueryTimeout, more than verifyTimeout. The A answer, in at once,
+// verifies the destination when verifyTimeout cuts the AAAA queries
+// short. (From a helper's review, of a version that refused it.)
+func TestTransparentAAAADroppedTwoServers(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out verifyTimeout (5 s)")
+	}
+	dns1 := serveTestDNS(t, "127.0.0.1:0", dropAAAA)
+	dns2 := serveTestDNS(t, "127.0.0.1:0", dropAAAA)
+	ln := listenOn(t, "127.0.0.5:0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	e := newEnv(t)
+	g := e.startTransparent(t, strings.NewReplacer("PORT", p, "DNS1", dns1, "DNS2", dns2).Replace(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS1", "DNS2"] }
+policy "v4" {
+  allow "v4" {
+    hosts = ["v4only.egress.test"]
+    ports = [PORT]
+  }
+}`))
+	for i := range 2 { // the second is verified by the remembered answer
+		c := g.dial(t, "127.0.0.5:"+p)
+		first := append(clientHelloBytes("v4only.egress.test"), fmt.Sprintf("ping %d", i)...)
+		start := time.Now()
+		if got := exchange(t, c, first); !bytes.Equal(got, first) {
+			t.Fatalf("connection %d after %v: got %d bytes back, want %d; log:\n%s", i, time.Since(start).Round(time.Millisecond), len(got), len(first), e.log.String())
+		}
+		if took := time.Since(start); i == 1 && took > time.Second {
+			t.Errorf("the second connection took %v, want the remembered answer at once", took.Round(time.Millisecond))
+		}
+	}
+}
+
+// TestTransparentVerifySiblingsCut: the rule's hosts are looked up side by
+// side; when one verifies a connection, the lookups of the others are cut
+// short and store nothing. Those hosts must count as not asked: a
+// connection to one of them right after asks the servers and is verified,
+// not refused dst_mismatch for minVerifyRefresh.
+func TestTransparentVerifySiblingsCut(t *testing.T) {
+	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			addr := "127.0.0.5"
+			if strings.HasPrefix(q.Question[0].Name, "b.") {
+				addr = "127.0.0.6"
+				time.Sleep(300 * time.Millisecond)
+			}
+			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A " + addr)
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	lnA := listenOn(t, "127.0.0.5:0")
+	serveEcho(lnA)
+	p := strconv.Itoa(port(lnA))
+	serveEcho(listenOn(t, "127.0.0.6:"+p))
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "pair" {
+  allow "pair" {
+    hosts = ["a.egress.test", "b.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	for i, c := range []struct{ sni, dst string }{{"a.egress.test", "127.0.0.5"}, {"b.egress.test", "127.0.0.6"}} {
+		first := append(clientHelloBytes(c.sni), fmt.Sprintf("ping %d", i)...)
+		if got := exchange(t, g.dial(t, c.dst+":"+p), first); !bytes.Equal(got, first) {
+			t.Fatalf("connection %d (SNI %s to %s): got %d bytes back, want %d; log:\n%s", i, c.sni, c.dst, len(got), len(first), e.log.String())
+		}
+	}
+}
