@@ -592,12 +592,14 @@ func (e *env) fixedTransparent(t *testing.T, dst netip.AddrPort) string {
 
 // TestTransparentBurstToNewName: a workload that resolved a name with a
 // DNS server of its own opens several connections to it at once; egressd
-// has not seen the name yet. Every connection is verified by the one
-// lookup in progress, none is refused dst_mismatch because the servers
-// were asked for the name a moment before.
+// has not seen the name yet. Every connection is verified by the first
+// one's lookup, none is refused dst_mismatch because the servers were
+// asked for the name a moment before: with a plain answer (one query),
+// and with a DNS server rotating through a pool whose first answer does
+// not hold the address the workload dials (from a helper's review).
 func TestTransparentBurstToNewName(t *testing.T) {
 	var queries atomic.Int32
-	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+	plain := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		if q.Question[0].Qtype == dns.TypeA {
@@ -608,12 +610,22 @@ func TestTransparentBurstToNewName(t *testing.T) {
 		}
 		w.WriteMsg(m)
 	})
-	ln := listenOn(t, "127.0.0.5:0")
-	serveEcho(ln)
-	p := strconv.Itoa(port(ln))
-	e := newEnv(t)
-	e.dnsAddr = dnsAddr
-	g := e.startTransparent(t, strings.ReplaceAll(`
+	rotating, rotated := rotatingDNS(t, 4, 200*time.Millisecond) // 127.0.0.5, then .6, .7 ...
+	for _, tc := range []struct {
+		name, dnsAddr, dst string
+		queries            *atomic.Int32
+		wantQueries        int32
+	}{
+		{"one answer", plain, "127.0.0.5", &queries, 1},
+		{"rotating pool", rotating, "127.0.0.6", rotated, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln := listenOn(t, tc.dst+":0")
+			serveEcho(ln)
+			p := strconv.Itoa(port(ln))
+			e := newEnv(t)
+			e.dnsAddr = tc.dnsAddr
+			g := e.startTransparent(t, strings.ReplaceAll(`
 server { allow_private_destinations = true }
 resolver { servers = ["DNS_ADDR"] }
 policy "burst" {
@@ -622,62 +634,28 @@ policy "burst" {
     ports = [PORT]
   }
 }`, "PORT", p))
-	const conns = 4
-	var wg sync.WaitGroup
-	for i := range conns {
-		c := g.dial(t, "127.0.0.5:"+p)
-		wg.Go(func() {
-			first := append(clientHelloBytes("burst.egress.test"), fmt.Sprintf("ping %d", i)...)
-			if got := exchange(t, c, first); !bytes.Equal(got, first) {
-				t.Errorf("connection %d: got %d bytes back, want %d", i, len(got), len(first))
+			const conns = 4
+			var wg sync.WaitGroup
+			for i := range conns {
+				c := g.dial(t, tc.dst+":"+p)
+				wg.Go(func() {
+					first := append(clientHelloBytes("burst.egress.test"), fmt.Sprintf("ping %d", i)...)
+					if got := exchange(t, c, first); !bytes.Equal(got, first) {
+						t.Errorf("connection %d: got %d bytes back, want %d", i, len(got), len(first))
+					}
+				})
+			}
+			wg.Wait()
+			for i := range conns {
+				e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "conn": i + 1})
+			}
+			if n := tc.queries.Load(); n != tc.wantQueries {
+				t.Errorf("%d A queries for %d connections at once, want %d", n, conns, tc.wantQueries)
+			}
+			if t.Failed() {
+				t.Logf("log:\n%s", e.log.String())
 			}
 		})
-	}
-	wg.Wait()
-	for i := range conns {
-		e.waitLog(t, "decision", map[string]any{"mode": "transparent", "decision": "allow", "conn": i + 1})
-	}
-	if n := queries.Load(); n != 1 {
-		t.Errorf("%d A queries for %d connections at once, want 1", n, conns)
-	}
-	if t.Failed() {
-		t.Logf("log:\n%s", e.log.buf.String())
-	}
-}
-
-// TestTransparentBurstRotatingPool: TestTransparentBurstToNewName with a
-// DNS server rotating through a pool whose first answer does not hold the
-// address the workload dials. (From a helper's review.)
-func TestTransparentBurstRotatingPool(t *testing.T) {
-	dnsAddr, n := rotatingDNS(t, 4, 200*time.Millisecond) // 127.0.0.5, then .6, .7 ...
-	ln := listenOn(t, "127.0.0.6:0")
-	serveEcho(ln)
-	p := strconv.Itoa(port(ln))
-	e := newEnv(t)
-	e.dnsAddr = dnsAddr
-	g := e.startTransparent(t, strings.ReplaceAll(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS_ADDR"] }
-policy "burst" {
-  allow "burst" {
-    hosts = ["rot.egress.test"]
-    ports = [PORT]
-  }
-}`, "PORT", p))
-	const conns = 4
-	var wg sync.WaitGroup
-	for i := range conns {
-		c := g.dial(t, "127.0.0.6:"+p)
-		wg.Go(func() {
-			first := append(clientHelloBytes("rot.egress.test"), fmt.Sprintf("ping %d", i)...)
-			if got := exchange(t, c, first); !bytes.Equal(got, first) {
-				t.Errorf("connection %d: got %d bytes back, want %d", i, len(got), len(first))
-			}
-		})
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.Logf("%d A queries; log:\n%s", n.Load(), e.log.String())
 	}
 }
 
