@@ -168,55 +168,54 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 // queries.
 //
 // Its queries run under ctx, not in a Lookup's shared flight: when ctx's
-// deadline cuts one family's query short, the other family's answer is
-// still used and stored, as for a query that failed. When ctx is cancelled
-// before any answer was stored, name counts as not asked, and a Verify
-// waiting for this one asks in its stead.
+// deadline cuts one family's query short, the family that answered is
+// remembered for verification (not handed to Lookup).
 func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
-	a = a.Unmap()
-	// Twice at most: a Verify waiting for one that was cancelled asks once.
-	for range 2 {
-		if r.Knows(name, a) {
-			return true, nil
-		}
-		if err := ctx.Err(); err != nil {
-			return false, fmt.Errorf("resolve %s: %w", name, err) // and name is not marked asked
-		}
-		v, asking := r.startVerify(name)
-		if asking {
-			return r.ask(ctx, name, a, v)
-		}
-		if v == nil {
-			break
-		}
-		select {
-		case <-v:
-		case <-ctx.Done():
-		}
+	ok, wait, err := r.verifyOrWait(ctx, name, a)
+	if wait == nil {
+		return ok, err
+	}
+	select {
+	case <-wait:
+	case <-ctx.Done():
 	}
 	return r.Knows(name, a), nil
 }
 
-// ask is Verify's asking part, which startVerify noted as v.
-func (r *Resolver) ask(ctx context.Context, name string, a netip.Addr, v chan struct{}) (ok bool, err error) {
-	stored := false
-	defer func() { r.endVerify(name, v, !stored && errors.Is(err, context.Canceled)) }()
+// verifyOrWait is Verify without the wait: when another Verify (or a
+// Lookup) is asking the servers for name, it returns that one's done
+// channel, after which Knows has what it remembered.
+func (r *Resolver) verifyOrWait(ctx context.Context, name string, a netip.Addr) (ok bool, wait <-chan struct{}, err error) {
+	a = a.Unmap()
+	if r.Knows(name, a) {
+		return true, nil, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, nil, fmt.Errorf("resolve %s: %w", name, err) // and name is not marked asked
+	}
+	v, asking := r.startVerify(name)
+	if !asking {
+		if v == nil {
+			return false, nil, nil
+		}
+		return false, v, nil
+	}
+	defer r.endVerify(name, v)
 	// Ask again while the answers keep bringing addresses not seen before:
 	// a server rotating through a pool gives each query another part of it.
 	for range maxVerifyQueries {
 		res := r.resolve(ctx, name)
 		if res.err != nil {
-			return false, res.err
+			return false, nil, res.err
 		}
-		stored = true
 		if slices.Contains(res.addrs, a) {
-			return true, nil
+			return true, nil, nil
 		}
 		if !res.added {
 			break
 		}
 	}
-	return false, nil
+	return false, nil, nil
 }
 
 // Knows reports whether a is remembered for name within its TTL, without
@@ -258,17 +257,12 @@ func (r *Resolver) startVerify(name string) (v chan struct{}, asking bool) {
 	return v, true
 }
 
-// endVerify ends the asking Verify of name that startVerify noted. When
-// it was cancelled before any answer was stored (the client went away, or
-// another name verified the connection), name counts as not asked.
-func (r *Resolver) endVerify(name string, v chan struct{}, cancelled bool) {
+// endVerify ends the asking Verify of name that startVerify noted.
+func (r *Resolver) endVerify(name string, v chan struct{}) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.verifying[name] == v {
 		delete(r.verifying, name)
-	}
-	if cancelled {
-		delete(r.asked, name)
 	}
 	close(v)
 }
@@ -365,11 +359,11 @@ func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 }
 
 // resolve runs the A and AAAA queries of name under ctx and stores their
-// answer. When ctx is cancelled (every caller went away), what the
-// cut-short queries brought is not a whole answer (the A records alone
-// would hide the name's IPv6 addresses for their TTL) and is not stored;
-// when its deadline passes, a family that answered is used, as when the
-// other family's query fails.
+// answer. What queries cut short by ctx brought is not a whole answer
+// (the A records alone would hide the name's IPv6 addresses from Lookup
+// for their TTL): when ctx is cancelled (every caller went away) it is
+// not stored; when its deadline passes (Verify's time is up), the family
+// that answered is used and remembered for verification only.
 func (r *Resolver) resolve(ctx context.Context, name string) lookupResult {
 	var (
 		wg   sync.WaitGroup
@@ -383,12 +377,17 @@ func (r *Resolver) resolve(ctx context.Context, name string) lookupResult {
 	if err := ctx.Err(); errors.Is(err, context.Canceled) {
 		return lookupResult{err: fmt.Errorf("resolve %s: %w", name, err)}
 	}
-	return r.settle(name, v6, v4, ttl6, ttl4, err6, err4)
+	// The sockets' deadlines are ctx's, and may fire before ctx's own
+	// timer marks it done: the clock says whether a query was cut.
+	dl, ok := ctx.Deadline()
+	cut := ok && !time.Now().Before(dl)
+	return r.settle(name, v6, v4, ttl6, ttl4, err6, err4, cut)
 }
 
 // settle stores the answers of both queries and returns them as Lookup
-// does (IPv6 first).
-func (r *Resolver) settle(name string, v6, v4 []netip.Addr, ttl6, ttl4 uint32, err6, err4 error) lookupResult {
+// does (IPv6 first). With cut, a failed query was cut short by a deadline,
+// and the answer is remembered for verification only.
+func (r *Resolver) settle(name string, v6, v4 []netip.Addr, ttl6, ttl4 uint32, err6, err4 error, cut bool) lookupResult {
 	addrs := joinAddrs(v6, v4)
 	if len(addrs) == 0 {
 		if err4 != nil {
@@ -406,10 +405,11 @@ func (r *Resolver) settle(name string, v6, v4 []netip.Addr, ttl6, ttl4 uint32, e
 		ttl = ttl4
 	}
 	keep := time.Duration(ttl) * time.Second
-	if err4 != nil {
+	knownOnly := cut && (err4 != nil || err6 != nil)
+	if err4 != nil && !knownOnly {
 		keep = min(keep, partialAnswerTTL)
 	}
-	return lookupResult{addrs: addrs, added: r.store(name, addrs, keep)}
+	return lookupResult{addrs: addrs, added: r.store(name, addrs, keep, knownOnly)}
 }
 
 // joinAddrs is a name's addresses as Lookup returns them: IPv6 first,
@@ -442,8 +442,10 @@ func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
 }
 
 // store caches an answer and remembers its addresses; it reports whether
-// one of them was not remembered before.
-func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) (added bool) {
+// one of them was not remembered before. With knownOnly, the addresses are
+// remembered for verification, and the answer Lookup returns is left as
+// it was.
+func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, knownOnly bool) (added bool) {
 	if ttl <= 0 {
 		return false // TTL 0: the publisher asked us not to reuse the answer
 	}
@@ -474,7 +476,11 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration) (ad
 		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
 		known = slices.Clone(known[len(known)-maxKnownPerName:])
 	}
-	r.cache[name] = cacheEntry{addrs: addrs, expires: exp, known: known}
+	e := cacheEntry{addrs: addrs, expires: exp, known: known}
+	if knownOnly {
+		e.addrs, e.expires = old.addrs, old.expires // Lookup's answer unchanged
+	}
+	r.cache[name] = e
 	return added
 }
 

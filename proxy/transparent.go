@@ -22,56 +22,39 @@ var frontAccepted, frontHandOffs, frontAcceptFails, frontShortWrites atomic.Int6
 // verifyTimeout bounds the DNS work of one destination verification.
 const verifyTimeout = 5 * time.Second
 
-// maxVerifyLookups bounds the names one destination verification looks up
-// at once. The names (the SNI and the rule's exact hosts) are looked up
-// side by side, so that one whose DNS is slow does not use up
-// verifyTimeout for the others; a rule with many hosts costs at most this
-// many lookups (and sockets) at a time.
-const maxVerifyLookups = 4
-
 // verifyNames reports whether a is an address of one of names (Verify),
-// within verifyTimeout, looking them up at most maxVerifyLookups at a
-// time; the first that holds a ends the others. An error of a lookup that
-// did not verify is put in *lastErr.
+// within verifyTimeout. The names are tried in order, but one that another
+// connection's Verify is asking the servers for is waited for only after
+// the others were tried: a name whose lookup is slow or stuck does not use
+// up verifyTimeout before the rest are looked at. An error of a lookup
+// that did not verify is put in *lastErr.
 func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr, lastErr *error) bool {
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
-	defer cancel() // the lookups still running end with it
-	if len(names) == 1 {
-		ok, err := r.Verify(ctx, names[0], a)
+	defer cancel()
+	type pending struct {
+		name string
+		wait <-chan struct{}
+	}
+	var later []pending
+	for _, n := range names {
+		ok, wait, err := r.verifyOrWait(ctx, n, a)
+		if ok {
+			return true
+		}
 		if err != nil {
 			*lastErr = err
 		}
-		return ok
-	}
-	type verdict struct {
-		ok  bool
-		err error
-	}
-	work := make(chan string, len(names))
-	for _, n := range names {
-		work <- n
-	}
-	close(work)
-	verdicts := make(chan verdict, len(names)) // no worker ever blocks
-	for range min(len(names), maxVerifyLookups) {
-		go func() {
-			for n := range work {
-				if err := ctx.Err(); err != nil {
-					verdicts <- verdict{err: err}
-					continue
-				}
-				ok, err := r.Verify(ctx, n, a)
-				verdicts <- verdict{ok, err}
-			}
-		}()
-	}
-	for range names {
-		v := <-verdicts
-		if v.ok {
-			return true
+		if wait != nil {
+			later = append(later, pending{n, wait})
 		}
-		if v.err != nil {
-			*lastErr = v.err
+	}
+	for _, p := range later {
+		select {
+		case <-p.wait:
+		case <-ctx.Done():
+		}
+		if r.Knows(p.name, a) {
+			return true
 		}
 	}
 	return false

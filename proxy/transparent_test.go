@@ -659,10 +659,10 @@ policy "burst" {
 	}
 }
 
-// TestTransparentVerifySlowName: the rule's hosts are looked up side by
-// side. The SNI name's lookup is stuck (its servers never answer) while
-// the destination is an address of the rule's other host: the connection
-// is verified by that host at once, not refused once the stuck lookup has
+// TestTransparentVerifySlowName: the SNI name's lookup, by another
+// connection, is stuck (its servers never answer) while the destination
+// is an address of the rule's other host: the connection is verified by
+// that host at once, not refused once the wait for the stuck lookup has
 // used up verifyTimeout. (From a helper's review.)
 func TestTransparentVerifySlowName(t *testing.T) {
 	var slow atomic.Int32
@@ -744,12 +744,12 @@ policy "v4" {
 	}
 }
 
-// TestTransparentVerifySiblingsCut: the rule's hosts are looked up side by
-// side; when one verifies a connection, the lookups of the others are cut
-// short and store nothing. Those hosts must count as not asked: a
-// connection to one of them right after asks the servers and is verified,
-// not refused dst_mismatch for minVerifyRefresh.
-func TestTransparentVerifySiblingsCut(t *testing.T) {
+// TestTransparentVerifyOtherHostAfter: a connection verified by the
+// rule's first host leaves the other host free to be asked for: a
+// connection to it right after is verified, not refused dst_mismatch for
+// minVerifyRefresh (as when a version looking the hosts up side by side
+// cut the other host's lookup short after marking it asked).
+func TestTransparentVerifyOtherHostAfter(t *testing.T) {
 	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -784,5 +784,52 @@ policy "pair" {
 		if got := exchange(t, g.dial(t, c.dst+":"+p), first); !bytes.Equal(got, first) {
 			t.Fatalf("connection %d (SNI %s to %s): got %d bytes back, want %d; log:\n%s", i, c.sni, c.dst, len(got), len(first), e.log.String())
 		}
+	}
+}
+
+// TestTransparentVerifySiblingQueries: connections with fresh SNI names
+// under a wildcard rule that also lists an exact host cost no query for
+// that host. (From a helper's review of a version that sent one per
+// connection.)
+func TestTransparentVerifySiblingQueries(t *testing.T) {
+	var slowQ atomic.Int64
+	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			addr := "127.0.0.5"
+			if strings.HasPrefix(q.Question[0].Name, "slow.") {
+				slowQ.Add(1)
+				addr = "127.0.0.6"
+				time.Sleep(200 * time.Millisecond)
+			}
+			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A " + addr)
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	ln := listenOn(t, "127.0.0.5:0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	e := newEnv(t)
+	e.dnsAddr = dnsAddr
+	g := e.startTransparent(t, strings.ReplaceAll(`
+server { allow_private_destinations = true }
+resolver { servers = ["DNS_ADDR"] }
+policy "w" {
+  allow "w" {
+    hosts = ["*.egress.test", "slow.egress.test"]
+    ports = [PORT]
+  }
+}`, "PORT", p))
+	const conns = 20
+	for i := range conns {
+		first := append(clientHelloBytes(fmt.Sprintf("n%d.egress.test", i)), "ping"...)
+		if got := exchange(t, g.dial(t, "127.0.0.5:"+p), first); !bytes.Equal(got, first) {
+			t.Fatalf("connection %d: %d bytes back, want %d; log:\n%s", i, len(got), len(first), e.log.String())
+		}
+	}
+	if q := slowQ.Load(); q > 1 {
+		t.Errorf("%d connections with fresh SNI names sent %d A queries for slow.egress.test, want at most 1 per %v", conns, q, minVerifyRefresh)
 	}
 }
