@@ -171,13 +171,18 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 // deadline cuts one family's query short, the family that answered is
 // remembered for verification (not handed to Lookup).
 func (r *Resolver) Verify(ctx context.Context, name string, a netip.Addr) (bool, error) {
-	ok, wait, err := r.verifyOrWait(ctx, name, a)
-	if wait == nil {
-		return ok, err
-	}
-	select {
-	case <-wait:
-	case <-ctx.Done():
+	// Twice: a Lookup waited for may end cancelled (its plain-HTTP client
+	// went away), leaving name to be asked for again.
+	for range 2 {
+		ok, wait, err := r.verifyOrWait(ctx, name, a)
+		if wait == nil {
+			return ok, err
+		}
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return r.Knows(name, a), nil
+		}
 	}
 	return r.Knows(name, a), nil
 }
@@ -289,6 +294,7 @@ type flight struct {
 	waiters int           // callers waiting for done; under Resolver.mu
 	done    chan struct{} // closed when res is in
 	res     lookupResult
+	asked   time.Time // when it marked its name asked
 }
 
 // lookupResult is an answer as the cache stored it; added reports whether
@@ -309,14 +315,15 @@ func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error
 	if err := ctx.Err(); err != nil {
 		return lookupResult{}, fmt.Errorf("resolve %s: %w", name, err)
 	}
-	r.noteAsked(name)
+	now := r.now()
 	r.mu.Lock()
 	f := r.flights[name]
 	if f == nil {
 		// The queries run for every waiter, not for the first caller:
 		// they are cancelled when the last waiter goes (leave).
+		r.noteAskedLocked(name, now)
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{cancel: cancel, done: make(chan struct{})}
+		f = &flight{cancel: cancel, done: make(chan struct{}), asked: now}
 		r.flights[name] = f
 		r.flying.Go(func() { r.fly(fctx, name, f) })
 	}
@@ -345,7 +352,9 @@ func (r *Resolver) leave(name string, f *flight) {
 	}
 }
 
-// fly resolves name for f's waiters and hands them the answer.
+// fly resolves name for f's waiters and hands them the answer. A flight
+// cancelled (every caller went away) un-marks its name, which it did not
+// get an answer for, unless someone asked for it since.
 func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	defer f.cancel()
 	res := r.resolve(ctx, name)
@@ -354,6 +363,10 @@ func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	f.res = res
 	if r.flights[name] == f {
 		delete(r.flights, name)
+	}
+	if errors.Is(res.err, context.Canceled) && r.asked[name].Equal(f.asked) {
+		// Cancelled, it stored nothing: a Verify may ask for name.
+		delete(r.asked, name)
 	}
 	close(f.done)
 }

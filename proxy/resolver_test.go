@@ -778,3 +778,29 @@ func TestVerifyDeadlineCutNotForLookup(t *testing.T) {
 		t.Errorf("Lookup after a deadline-cut Verify = %v, %v; want the AAAA and the A record (the AAAA answer is only slow)", got, err)
 	}
 }
+
+// TestVerifyAfterCancelledLookup: a Lookup whose callers all went away (a
+// plain-HTTP client) is cancelled and stores nothing; a Verify that waited
+// for it asks the servers itself, and so does one right after it, rather
+// than refusing for minVerifyRefresh. (From a helper's review.)
+func TestVerifyAfterCancelledLookup(t *testing.T) {
+	r, release, _, aaaaQueries := gatedDNS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	go r.Lookup(ctx, "lk.test")
+	waitFor(t, "the Lookup's queries", func() bool { return aaaaQueries.Load() == 1 })
+	a := netip.MustParseAddr("192.0.2.1")
+	res := make(chan bool, 1)
+	go func() {
+		ok, _ := r.Verify(context.Background(), "lk.test", a)
+		res <- ok
+	}()
+	time.Sleep(50 * time.Millisecond) // Verify waits for the Lookup
+	cancel()
+	release()
+	if !<-res {
+		t.Error("a Verify waiting for a cancelled Lookup refused 192.0.2.1, an address the DNS gives")
+	}
+	if ok, _ := r.Verify(context.Background(), "lk.test", a); !ok {
+		t.Error("a Verify after a cancelled Lookup refused 192.0.2.1")
+	}
+}

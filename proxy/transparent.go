@@ -53,7 +53,7 @@ func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr,
 		case <-p.wait:
 		case <-ctx.Done():
 		}
-		if r.Knows(p.name, a) {
+		if ok, _ := r.Verify(ctx, p.name, a); ok { // what the lookup waited for remembered
 			return true
 		}
 	}
