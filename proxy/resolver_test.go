@@ -489,18 +489,18 @@ func TestResolverCancelledLookupNotStored(t *testing.T) {
 	}
 }
 
-// TestResolverCancelledLookupsStress: callers whose deadline lands
-// anywhere around the answers never leave the A records alone in the
-// cache (from a helper's review, which found an earlier design caching
-// them in 167 of 1,382 cancelled lookups).
-func TestResolverCancelledLookupsStress(t *testing.T) {
+// slowAAAAResolver is a Resolver asking a server that answers A queries
+// at once with 192.0.2.1 and AAAA queries with 2001:db8::1 after
+// aaaaDelay, both with TTL 3600.
+func slowAAAAResolver(t *testing.T, aaaaDelay time.Duration) *Resolver {
+	t.Helper()
 	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := q.Question[0].Name
 		rr, _ := dns.NewRR(name + " 3600 IN A 192.0.2.1")
 		if q.Question[0].Qtype == dns.TypeAAAA {
-			time.Sleep(2 * time.Millisecond)
+			time.Sleep(aaaaDelay)
 			rr, _ = dns.NewRR(name + " 3600 IN AAAA 2001:db8::1")
 		}
 		m.Answer = append(m.Answer, rr)
@@ -510,6 +510,15 @@ func TestResolverCancelledLookupsStress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r
+}
+
+// TestResolverCancelledLookupsStress: callers whose deadline lands
+// anywhere around the answers never leave the A records alone in the
+// cache (from a helper's review, which found an earlier design caching
+// them in 167 of 1,382 cancelled lookups).
+func TestResolverCancelledLookupsStress(t *testing.T) {
+	r := slowAAAAResolver(t, 2*time.Millisecond)
 	rng := rand.New(rand.NewPCG(1, 2))
 	cancelled := 0
 	for i := range 500 {
@@ -752,22 +761,7 @@ func TestVerifyNamesRateLimit(t *testing.T) {
 // does not hand them to Lookup as the name's answer: the dial would go
 // without the name's IPv6 addresses for the A records' TTL.
 func TestVerifyDeadlineCutNotForLookup(t *testing.T) {
-	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		name := q.Question[0].Name
-		rr, _ := dns.NewRR(name + " 3600 IN A 192.0.2.1")
-		if q.Question[0].Qtype == dns.TypeAAAA {
-			time.Sleep(300 * time.Millisecond)
-			rr, _ = dns.NewRR(name + " 3600 IN AAAA 2001:db8::1")
-		}
-		m.Answer = append(m.Answer, rr)
-		w.WriteMsg(m)
-	})
-	r, err := NewResolver([]string{addr})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := slowAAAAResolver(t, 300*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond) // a Verify with little time left
 	defer cancel()
 	if ok, err := r.Verify(ctx, "late.test", netip.MustParseAddr("192.0.2.1")); !ok {

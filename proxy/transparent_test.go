@@ -590,6 +590,34 @@ func (e *env) fixedTransparent(t *testing.T, dst netip.AddrPort) string {
 	return ln.Addr().String()
 }
 
+// verifyGateway starts an echo server on dstIP and a transparent gateway
+// whose policy allows hosts on its port, resolving with dnsAddrs; it
+// returns the gateway, its env and the port.
+func verifyGateway(t *testing.T, dstIP string, hosts []string, dnsAddrs ...string) (*gateway, *env, string) {
+	t.Helper()
+	ln := listenOn(t, dstIP+":0")
+	serveEcho(ln)
+	p := strconv.Itoa(port(ln))
+	list := func(xs []string) string {
+		q := make([]string, len(xs))
+		for i, x := range xs {
+			q[i] = strconv.Quote(x)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	e := newEnv(t)
+	g := e.startTransparent(t, fmt.Sprintf(`
+server { allow_private_destinations = true }
+resolver { servers = %s }
+policy "verify" {
+  allow "verify" {
+    hosts = %s
+    ports = [%s]
+  }
+}`, list(dnsAddrs), list(hosts), p))
+	return g, e, p
+}
+
 // TestTransparentBurstToNewName: a workload that resolved a name with a
 // DNS server of its own opens several connections to it at once; egressd
 // has not seen the name yet. Every connection is verified by the first
@@ -620,20 +648,7 @@ func TestTransparentBurstToNewName(t *testing.T) {
 		{"rotating pool", rotating, "127.0.0.6", rotated, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ln := listenOn(t, tc.dst+":0")
-			serveEcho(ln)
-			p := strconv.Itoa(port(ln))
-			e := newEnv(t)
-			e.dnsAddr = tc.dnsAddr
-			g := e.startTransparent(t, strings.ReplaceAll(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS_ADDR"] }
-policy "burst" {
-  allow "burst" {
-    hosts = ["burst.egress.test"]
-    ports = [PORT]
-  }
-}`, "PORT", p))
+			g, e, p := verifyGateway(t, tc.dst, []string{"burst.egress.test"}, tc.dnsAddr)
 			const conns = 4
 			var wg sync.WaitGroup
 			for i := range conns {
@@ -679,20 +694,7 @@ func TestTransparentVerifySlowName(t *testing.T) {
 		}
 		w.WriteMsg(m)
 	})
-	ln := listenOn(t, "127.0.0.5:0")
-	serveEcho(ln)
-	p := strconv.Itoa(port(ln))
-	e := newEnv(t)
-	e.dnsAddr = dnsAddr
-	g := e.startTransparent(t, strings.ReplaceAll(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS_ADDR"] }
-policy "multi" {
-  allow "multi" {
-    hosts = ["slow.egress.test", "b.egress.test"]
-    ports = [PORT]
-  }
-}`, "PORT", p))
+	g, e, p := verifyGateway(t, "127.0.0.5", []string{"slow.egress.test", "b.egress.test"}, dnsAddr)
 	// Another connection is looking slow.egress.test up.
 	go e.srv.resolver.Lookup(t.Context(), "slow.egress.test")
 	waitFor(t, "the lookup of slow.egress.test", func() bool { return slow.Load() >= 2 })
@@ -718,19 +720,7 @@ func TestTransparentAAAADroppedTwoServers(t *testing.T) {
 	}
 	dns1 := serveTestDNS(t, "127.0.0.1:0", dropAAAA)
 	dns2 := serveTestDNS(t, "127.0.0.1:0", dropAAAA)
-	ln := listenOn(t, "127.0.0.5:0")
-	serveEcho(ln)
-	p := strconv.Itoa(port(ln))
-	e := newEnv(t)
-	g := e.startTransparent(t, strings.NewReplacer("PORT", p, "DNS1", dns1, "DNS2", dns2).Replace(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS1", "DNS2"] }
-policy "v4" {
-  allow "v4" {
-    hosts = ["v4only.egress.test"]
-    ports = [PORT]
-  }
-}`))
+	g, e, p := verifyGateway(t, "127.0.0.5", []string{"v4only.egress.test"}, dns1, dns2)
 	for i := range 2 { // the second is verified by the remembered answer
 		c := g.dial(t, "127.0.0.5:"+p)
 		first := append(clientHelloBytes("v4only.egress.test"), fmt.Sprintf("ping %d", i)...)
@@ -764,21 +754,8 @@ func TestTransparentVerifyOtherHostAfter(t *testing.T) {
 		}
 		w.WriteMsg(m)
 	})
-	lnA := listenOn(t, "127.0.0.5:0")
-	serveEcho(lnA)
-	p := strconv.Itoa(port(lnA))
+	g, e, p := verifyGateway(t, "127.0.0.5", []string{"a.egress.test", "b.egress.test"}, dnsAddr)
 	serveEcho(listenOn(t, "127.0.0.6:"+p))
-	e := newEnv(t)
-	e.dnsAddr = dnsAddr
-	g := e.startTransparent(t, strings.ReplaceAll(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS_ADDR"] }
-policy "pair" {
-  allow "pair" {
-    hosts = ["a.egress.test", "b.egress.test"]
-    ports = [PORT]
-  }
-}`, "PORT", p))
 	for i, c := range []struct{ sni, dst string }{{"a.egress.test", "127.0.0.5"}, {"b.egress.test", "127.0.0.6"}} {
 		first := append(clientHelloBytes(c.sni), fmt.Sprintf("ping %d", i)...)
 		if got := exchange(t, g.dial(t, c.dst+":"+p), first); !bytes.Equal(got, first) {
@@ -808,20 +785,7 @@ func TestTransparentVerifySiblingQueries(t *testing.T) {
 		}
 		w.WriteMsg(m)
 	})
-	ln := listenOn(t, "127.0.0.5:0")
-	serveEcho(ln)
-	p := strconv.Itoa(port(ln))
-	e := newEnv(t)
-	e.dnsAddr = dnsAddr
-	g := e.startTransparent(t, strings.ReplaceAll(`
-server { allow_private_destinations = true }
-resolver { servers = ["DNS_ADDR"] }
-policy "w" {
-  allow "w" {
-    hosts = ["*.egress.test", "slow.egress.test"]
-    ports = [PORT]
-  }
-}`, "PORT", p))
+	g, e, p := verifyGateway(t, "127.0.0.5", []string{"*.egress.test", "slow.egress.test"}, dnsAddr)
 	const conns = 20
 	for i := range conns {
 		first := append(clientHelloBytes(fmt.Sprintf("n%d.egress.test", i)), "ping"...)
