@@ -295,6 +295,7 @@ type flight struct {
 	done    chan struct{} // closed when res is in
 	res     lookupResult
 	asked   time.Time // when it marked its name asked
+	prev    time.Time // the mark it replaced (zero: none)
 }
 
 // lookupResult is an answer as the cache stored it; added reports whether
@@ -321,9 +322,10 @@ func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error
 	if f == nil {
 		// The queries run for every waiter, not for the first caller:
 		// they are cancelled when the last waiter goes (leave).
+		prev := r.asked[name]
 		r.noteAskedLocked(name, now)
 		fctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		f = &flight{cancel: cancel, done: make(chan struct{}), asked: now}
+		f = &flight{cancel: cancel, done: make(chan struct{}), asked: now, prev: prev}
 		r.flights[name] = f
 		r.flying.Go(func() { r.fly(fctx, name, f) })
 	}
@@ -339,7 +341,8 @@ func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error
 }
 
 // leave ends a caller's wait for f. The last caller to leave cancels the
-// queries, and the next caller starts anew.
+// queries, and the next caller starts anew; when the queries had not
+// answered, the name gets back the asked mark it had before f.
 func (r *Resolver) leave(name string, f *flight) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -349,12 +352,17 @@ func (r *Resolver) leave(name string, f *flight) {
 		if r.flights[name] == f {
 			delete(r.flights, name)
 		}
+		select {
+		case <-f.done: // it got its answer (closed under mu)
+		default:
+			r.unmarkLocked(name, f) // now, not once its queries unwound
+		}
 	}
 }
 
 // fly resolves name for f's waiters and hands them the answer. A flight
-// cancelled (every caller went away) un-marks its name, which it did not
-// get an answer for, unless someone asked for it since.
+// cancelled (every caller went away) did not get an answer: its name gets
+// back the asked mark it had before, unless someone asked for it since.
 func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	defer f.cancel()
 	res := r.resolve(ctx, name)
@@ -364,28 +372,48 @@ func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	if r.flights[name] == f {
 		delete(r.flights, name)
 	}
-	if errors.Is(res.err, context.Canceled) && r.asked[name].Equal(f.asked) {
-		// Cancelled, it stored nothing: a Verify may ask for name.
-		delete(r.asked, name)
+	if errors.Is(res.err, context.Canceled) {
+		r.unmarkLocked(name, f) // cancelled, it stored nothing
 	}
 	close(f.done)
+}
+
+// unmarkLocked gives name back the mark f replaced, unless someone asked
+// for name since f did.
+func (r *Resolver) unmarkLocked(name string, f *flight) {
+	if !r.asked[name].Equal(f.asked) {
+		return
+	}
+	if f.prev.IsZero() {
+		delete(r.asked, name)
+	} else {
+		r.asked[name] = f.prev
+	}
 }
 
 // resolve runs the A and AAAA queries of name under ctx and stores their
 // answer. What queries cut short by ctx brought is not a whole answer
 // (the A records alone would hide the name's IPv6 addresses from Lookup
-// for their TTL): when ctx is cancelled (every caller went away) it is
-// not stored; when its deadline passes (Verify's time is up), the family
-// that answered is used and remembered for verification only.
+// for their TTL): when ctx is cancelled (every caller went away) or its
+// deadline passes (Verify's time is up), the family that answered is
+// remembered for verification only, and Lookup's answer is left alone.
 func (r *Resolver) resolve(ctx context.Context, name string) lookupResult {
 	var (
-		wg   sync.WaitGroup
-		v6   []netip.Addr
-		ttl6 uint32
-		err6 error
+		wg     sync.WaitGroup
+		v6     []netip.Addr
+		ttl6   uint32
+		err6   error
+		added6 bool
 	)
-	wg.Go(func() { v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA) })
+	// Each family's addresses are remembered for verification as soon as
+	// they answer: a Verify waiting for this lookup, whose time runs out
+	// before the other family's answer, still finds them.
+	wg.Go(func() {
+		v6, ttl6, err6 = r.query(ctx, name, dns.TypeAAAA)
+		added6 = len(v6) > 0 && r.store(name, v6, time.Duration(ttl6)*time.Second, true)
+	})
 	v4, ttl4, err4 := r.query(ctx, name, dns.TypeA)
+	added4 := len(v4) > 0 && r.store(name, v4, time.Duration(ttl4)*time.Second, true)
 	wg.Wait()
 	if err := ctx.Err(); errors.Is(err, context.Canceled) {
 		return lookupResult{err: fmt.Errorf("resolve %s: %w", name, err)}
@@ -394,7 +422,9 @@ func (r *Resolver) resolve(ctx context.Context, name string) lookupResult {
 	// timer marks it done: the clock says whether a query was cut.
 	dl, ok := ctx.Deadline()
 	cut := ok && !time.Now().Before(dl)
-	return r.settle(name, v6, v4, ttl6, ttl4, err6, err4, cut)
+	res := r.settle(name, v6, v4, ttl6, ttl4, err6, err4, cut)
+	res.added = res.added || added4 || added6
+	return res
 }
 
 // settle stores the answers of both queries and returns them as Lookup
@@ -460,7 +490,10 @@ func (r *Resolver) cached(name string) ([]netip.Addr, bool) {
 // it was.
 func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, knownOnly bool) (added bool) {
 	if ttl <= 0 {
-		return false // TTL 0: the publisher asked us not to reuse the answer
+		// TTL 0: not reused by Lookup, but remembered briefly for the
+		// Verifies that waited for this answer.
+		ttl, knownOnly = minVerifyRefresh, true
+		defer func() { added = false }() // no second query for it
 	}
 	ttl = min(ttl, maxCacheTTL)
 	now := r.now()
