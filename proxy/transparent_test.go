@@ -638,6 +638,21 @@ func TestTransparentBurstToNewName(t *testing.T) {
 		}
 		w.WriteMsg(m)
 	})
+	// TTL 0: the answer is not reused for dials, but it is remembered for
+	// minVerifyRefresh for the connections that waited for it (from a
+	// helper's review: before, they found nothing and were refused).
+	var ttl0Queries atomic.Int32
+	ttl0 := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			ttl0Queries.Add(1)
+			time.Sleep(200 * time.Millisecond)
+			rr, _ := dns.NewRR(q.Question[0].Name + " 0 IN A 127.0.0.5")
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
 	rotating, rotated := rotatingDNS(t, 4, 200*time.Millisecond) // 127.0.0.5, then .6, .7 ...
 	for _, tc := range []struct {
 		name, dnsAddr, dst string
@@ -645,6 +660,7 @@ func TestTransparentBurstToNewName(t *testing.T) {
 		wantQueries        int32
 	}{
 		{"one answer", plain, "127.0.0.5", &queries, 1},
+		{"TTL 0", ttl0, "127.0.0.5", &ttl0Queries, 1},
 		{"rotating pool", rotating, "127.0.0.6", rotated, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
