@@ -708,20 +708,20 @@ func TestVerifyEndedContextAsksNothing(t *testing.T) {
 	}
 }
 
-// pairDNS answers A queries for names starting with "slow" with 127.0.0.6
-// after slowDelay, counting them, and for the others with 127.0.0.5 at
-// once; AAAA queries get an empty answer. (From a helper's review, as are
-// the tests using it.)
-func pairDNS(t *testing.T, slowDelay time.Duration) (*Resolver, *atomic.Int64) {
+// pairServer answers A queries for names starting with slowPrefix with
+// 127.0.0.6 after slowDelay, counting them, and for the others with
+// 127.0.0.5 at once (TTL 60); AAAA queries get an empty answer. (From a
+// helper's review, as are the tests using it.)
+func pairServer(t *testing.T, slowPrefix string, slowDelay time.Duration) (addr string, slowQ *atomic.Int64) {
 	t.Helper()
-	slowQ := new(atomic.Int64)
-	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+	slowQ = new(atomic.Int64)
+	addr = serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		name := q.Question[0].Name
 		if q.Question[0].Qtype == dns.TypeA {
 			ip := "127.0.0.5"
-			if strings.HasPrefix(name, "slow") {
+			if strings.HasPrefix(name, slowPrefix) {
 				slowQ.Add(1)
 				ip = "127.0.0.6"
 				time.Sleep(slowDelay)
@@ -731,6 +731,13 @@ func pairDNS(t *testing.T, slowDelay time.Duration) (*Resolver, *atomic.Int64) {
 		}
 		w.WriteMsg(m)
 	})
+	return addr, slowQ
+}
+
+// pairDNS is a Resolver asking pairServer(t, "slow", slowDelay).
+func pairDNS(t *testing.T, slowDelay time.Duration) (*Resolver, *atomic.Int64) {
+	t.Helper()
+	addr, slowQ := pairServer(t, "slow", slowDelay)
 	r, err := NewResolver([]string{addr})
 	if err != nil {
 		t.Fatal(err)

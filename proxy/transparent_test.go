@@ -618,49 +618,45 @@ policy "verify" {
 	return g, e, p
 }
 
-// TestTransparentBurstToNewName: a workload that resolved a name with a
-// DNS server of its own opens several connections to it at once; egressd
-// has not seen the name yet. Every connection is verified by the first
-// one's lookup, none is refused dst_mismatch because the servers were
-// asked for the name a moment before: with a plain answer (one query),
-// and with a DNS server rotating through a pool whose first answer does
-// not hold the address the workload dials (from a helper's review).
-func TestTransparentBurstToNewName(t *testing.T) {
+// slowA answers A queries for every name with 127.0.0.5 and ttl after
+// 200 ms, so that connections made at once overlap the lookup; it counts
+// them. AAAA queries get an empty answer.
+func slowA(t *testing.T, ttl int) (string, *atomic.Int32) {
 	var queries atomic.Int32
-	plain := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
 		if q.Question[0].Qtype == dns.TypeA {
 			queries.Add(1)
-			time.Sleep(200 * time.Millisecond) // the connections overlap the lookup
-			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A 127.0.0.5")
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-	})
-	// TTL 0: the answer is not reused for dials, but it is remembered for
-	// minVerifyRefresh for the connections that waited for it (from a
-	// helper's review: before, they found nothing and were refused).
-	var ttl0Queries atomic.Int32
-	ttl0 := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if q.Question[0].Qtype == dns.TypeA {
-			ttl0Queries.Add(1)
 			time.Sleep(200 * time.Millisecond)
-			rr, _ := dns.NewRR(q.Question[0].Name + " 0 IN A 127.0.0.5")
+			rr, _ := dns.NewRR(fmt.Sprintf("%s %d IN A 127.0.0.5", q.Question[0].Name, ttl))
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)
 	})
+	return addr, &queries
+}
+
+// TestTransparentBurstToNewName: a workload that resolved a name with a
+// DNS server of its own opens several connections to it at once; egressd
+// has not seen the name yet. Every connection is verified by the first
+// one's lookup, none is refused dst_mismatch because the servers were
+// asked for the name a moment before: with a plain answer (one query);
+// with TTL 0, an answer not reused for dials but remembered for
+// minVerifyRefresh for the connections that waited for it; and with a DNS
+// server rotating through a pool whose first answer does not hold the
+// address the workload dials. (The last two from helpers' reviews.)
+func TestTransparentBurstToNewName(t *testing.T) {
+	plain, queries := slowA(t, 60)
+	ttl0, ttl0Queries := slowA(t, 0)
 	rotating, rotated := rotatingDNS(t, 4, 200*time.Millisecond) // 127.0.0.5, then .6, .7 ...
 	for _, tc := range []struct {
 		name, dnsAddr, dst string
 		queries            *atomic.Int32
 		wantQueries        int32
 	}{
-		{"one answer", plain, "127.0.0.5", &queries, 1},
-		{"TTL 0", ttl0, "127.0.0.5", &ttl0Queries, 1},
+		{"one answer", plain, "127.0.0.5", queries, 1},
+		{"TTL 0", ttl0, "127.0.0.5", ttl0Queries, 1},
 		{"rotating pool", rotating, "127.0.0.6", rotated, 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -756,20 +752,7 @@ func TestTransparentAAAADroppedTwoServers(t *testing.T) {
 // minVerifyRefresh (as when a version looking the hosts up side by side
 // cut the other host's lookup short after marking it asked).
 func TestTransparentVerifyOtherHostAfter(t *testing.T) {
-	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if q.Question[0].Qtype == dns.TypeA {
-			addr := "127.0.0.5"
-			if strings.HasPrefix(q.Question[0].Name, "b.") {
-				addr = "127.0.0.6"
-				time.Sleep(300 * time.Millisecond)
-			}
-			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A " + addr)
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-	})
+	dnsAddr, _ := pairServer(t, "b.", 300*time.Millisecond)
 	g, e, p := verifyGateway(t, "127.0.0.5", []string{"a.egress.test", "b.egress.test"}, dnsAddr)
 	serveEcho(listenOn(t, "127.0.0.6:"+p))
 	for i, c := range []struct{ sni, dst string }{{"a.egress.test", "127.0.0.5"}, {"b.egress.test", "127.0.0.6"}} {
@@ -785,22 +768,7 @@ func TestTransparentVerifyOtherHostAfter(t *testing.T) {
 // that host. (From a helper's review of a version that sent one per
 // connection.)
 func TestTransparentVerifySiblingQueries(t *testing.T) {
-	var slowQ atomic.Int64
-	dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if q.Question[0].Qtype == dns.TypeA {
-			addr := "127.0.0.5"
-			if strings.HasPrefix(q.Question[0].Name, "slow.") {
-				slowQ.Add(1)
-				addr = "127.0.0.6"
-				time.Sleep(200 * time.Millisecond)
-			}
-			rr, _ := dns.NewRR(q.Question[0].Name + " 60 IN A " + addr)
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-	})
+	dnsAddr, slowQ := pairServer(t, "slow.", 200*time.Millisecond)
 	g, e, p := verifyGateway(t, "127.0.0.5", []string{"*.egress.test", "slow.egress.test"}, dnsAddr)
 	const conns = 20
 	for i := range conns {
