@@ -213,7 +213,7 @@ func (r *Resolver) verifyOrWait(ctx context.Context, name string, a netip.Addr) 
 		if res.err != nil {
 			return false, nil, res.err
 		}
-		if slices.Contains(res.addrs, a) {
+		if slices.Contains(res.addrs, a) || r.Knows(name, a) {
 			return true, nil, nil
 		}
 		if !res.added {
@@ -510,16 +510,20 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 			known = append(known, k)
 		}
 	}
+	nOld := len(known)
 	for _, a := range addrs {
-		if !added && !slices.ContainsFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }) {
+		ae := exp
+		if i := slices.IndexFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }); i < 0 {
 			added = true
+		} else if old.known[i].expires.After(ae) {
+			ae = old.known[i].expires // never shorten what an earlier answer gave
 		}
-		known = append(known, knownAddr{addr: a, expires: exp})
+		known = append(known, knownAddr{addr: a, expires: ae})
 	}
 	if len(known) > maxKnownPerName {
-		// Drop the addresses closest to expiry; the newest answer, last in
-		// the list and latest to expire, always stays.
-		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
+		// Drop the older addresses closest to expiry; this answer stays.
+		olds := known[:nOld]
+		slices.SortStableFunc(olds, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
 		known = slices.Clone(known[len(known)-maxKnownPerName:])
 	}
 	e := cacheEntry{addrs: addrs, expires: exp, known: known}

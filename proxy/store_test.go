@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// rotatingTTL0DNS answers the n-th A query (n from 1) with 127.0.0.<10+n>,
+// TTL 0; AAAA queries get an empty NOERROR.
+// rotatingTTL0DNS answers the n-th A query for any name with
+// 127.0.0.<10+n>, TTL 0.
+func rotatingTTL0DNS(t *testing.T) (string, *atomic.Int32) {
+	t.Helper()
+	var n atomic.Int32
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if q.Question[0].Qtype == dns.TypeA {
+			i := n.Add(1)
+			rr, _ := dns.NewRR(fmt.Sprintf("%s 0 IN A 127.0.0.%d", q.Question[0].Name, 10+int(i)))
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	return addr, &n
+}
+
+// TestReviewTTL0StoreShortensHandedOut: egressd's DNS server hands a
+// workload a TTL-0 address and Remember keeps it minHandedOutTTL (10 s).
+// A Lookup of the same name (a CONNECT client) 1 s later gets the same
+// address with TTL 0; store() now rewrites its expiry to now+5 s, so the
+// workload connecting 7 s after its answer (within the 10 s promise) is
+// refused once the pool has rotated. On 87ff29d a TTL-0 store was a no-op.
+// TestTTL0StoreKeepsLongerKnown: a TTL-0 answer (remembered for
+// minVerifyRefresh) does not shorten an address remembered for longer,
+// here one egressd's DNS server handed out (minHandedOutTTL). (This test
+// and the two below are from a helper's review; the first failed on
+// 161df6b, the other two on 87ff29d and 161df6b.)
+func TestTTL0StoreKeepsLongerKnown(t *testing.T) {
+	addr, _ := rotatingTTL0DNS(t)
+	r, err := NewResolver([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	r.now = func() time.Time { return now }
+	const name = "rot0.test"
+	x := netip.MustParseAddr("127.0.0.11") // the server's first answer
+	in := new(dns.Msg)
+	in.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	in.Response = true
+	rr, _ := dns.NewRR(name + ". 0 IN A 127.0.0.11")
+	in.Answer = append(in.Answer, rr)
+	if n := r.Remember(name, in); n != 1 { // handed to the workload at t0
+		t.Fatalf("Remember = %d", n)
+	}
+	now = now.Add(time.Second)
+	if got, err := r.Lookup(context.Background(), name); err != nil || len(got) != 1 || got[0] != x {
+		t.Fatalf("Lookup = %v, %v; want [%s]", got, err, x)
+	}
+	now = now.Add(6 * time.Second) // t0+7s < t0+minHandedOutTTL
+	if !r.Knows(name, x) {
+		t.Errorf("a TTL-0 address handed out %v ago forgotten (minHandedOutTTL %v): a TTL-0 Lookup shortened it", 7*time.Second, minHandedOutTTL)
+	}
+	if ok, err := r.Verify(context.Background(), name, x); !ok {
+		t.Errorf("Verify of the handed-out address = %v, %v; want true", ok, err)
+	}
+}
+
+// TestReviewTTL0AnswerDroppedByKnownBound: the TTL-0 answer remembered for
+// minVerifyRefresh is the first dropped when the name's known list is
+// full (its 5 s expiry is the earliest), so the Verifies that waited for
+// it do not find it.
+// TestKnownBoundKeepsNewAnswer: when a name's remembered addresses are at
+// maxKnownPerName, the older ones go, not the answer being stored, even
+// when it expires first (TTL 0, remembered for minVerifyRefresh).
+func TestKnownBoundKeepsNewAnswer(t *testing.T) {
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	for i := range maxKnownPerName {
+		r.store("full.test", []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", i))}, time.Minute, false)
+	}
+	y := netip.MustParseAddr("10.1.0.1")
+	r.store("full.test", []netip.Addr{y}, 0, false) // the TTL-0 answer a burst waits for
+	if !r.Knows("full.test", y) {
+		t.Errorf("TTL-0 answer %s not remembered for minVerifyRefresh: dropped by the maxKnownPerName bound", y)
+	}
+}
+
+// TestReviewVerifyTrimmedAddress: a dual-stack answer of 32 AAAA and 32 A
+// records. joinAddrs keeps 16 of each, but resolve's per-family stores
+// remember all 64. The asking Verify for the 20th A record is refused
+// (it checks res.addrs), although Knows accepts it right after.
+// TestVerifyTrimmedAddress: an address the answer held but joinAddrs
+// trimmed from Lookup's list (32 AAAA and 32 A records) is remembered,
+// and the Verify that asked accepts it as its waiters do.
+func TestVerifyTrimmedAddress(t *testing.T) {
+	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for i := range maxAddrsPerName {
+			var rr dns.RR
+			if q.Question[0].Qtype == dns.TypeA {
+				rr, _ = dns.NewRR(fmt.Sprintf("%s 60 IN A 127.0.1.%d", q.Question[0].Name, i+1))
+			} else {
+				rr, _ = dns.NewRR(fmt.Sprintf("%s 60 IN AAAA 2001:db8::%x", q.Question[0].Name, i+1))
+			}
+			m.Answer = append(m.Answer, rr)
+		}
+		w.WriteMsg(m)
+	})
+	r, err := NewResolver([]string{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.client = &dns.Client{Timeout: dnsQueryTimeout, UDPSize: dns.MaxMsgSize}
+	a := netip.MustParseAddr("127.0.1.20")
+	ok, err := r.Verify(context.Background(), "big.test", a)
+	knows := r.Knows("big.test", a)
+	t.Logf("Verify=%v err=%v Knows=%v", ok, err, knows)
+	if ok != knows {
+		t.Errorf("Verify(%s) = %v, %v but Knows right after = %v", a, ok, err, knows)
+	}
+}
