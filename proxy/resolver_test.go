@@ -579,6 +579,11 @@ func TestVerifyJoinsLookupInProgress(t *testing.T) {
 // 127.0.0.<base+n>, TTL 60, after delay; AAAA queries get an empty
 // NOERROR at once. (From a helper's review, as are the tests using it.)
 func rotatingDNS(t *testing.T, base int, delay time.Duration) (string, *atomic.Int32) {
+	return rotatingTTLDNS(t, base, delay, 60)
+}
+
+// rotatingTTLDNS is rotatingDNS with the answers' TTL.
+func rotatingTTLDNS(t *testing.T, base int, delay time.Duration, ttl int) (string, *atomic.Int32) {
 	t.Helper()
 	var n atomic.Int32
 	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
@@ -587,7 +592,7 @@ func rotatingDNS(t *testing.T, base int, delay time.Duration) (string, *atomic.I
 		if q.Question[0].Qtype == dns.TypeA {
 			i := n.Add(1)
 			time.Sleep(delay)
-			rr, _ := dns.NewRR(fmt.Sprintf("%s 60 IN A 127.0.0.%d", q.Question[0].Name, base+int(i)))
+			rr, _ := dns.NewRR(fmt.Sprintf("%s %d IN A 127.0.0.%d", q.Question[0].Name, ttl, base+int(i)))
 			m.Answer = append(m.Answer, rr)
 		}
 		w.WriteMsg(m)

@@ -4,46 +4,19 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-// rotatingTTL0DNS answers the n-th A query (n from 1) with 127.0.0.<10+n>,
-// TTL 0; AAAA queries get an empty NOERROR.
-// rotatingTTL0DNS answers the n-th A query for any name with
-// 127.0.0.<10+n>, TTL 0.
-func rotatingTTL0DNS(t *testing.T) (string, *atomic.Int32) {
-	t.Helper()
-	var n atomic.Int32
-	addr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(q)
-		if q.Question[0].Qtype == dns.TypeA {
-			i := n.Add(1)
-			rr, _ := dns.NewRR(fmt.Sprintf("%s 0 IN A 127.0.0.%d", q.Question[0].Name, 10+int(i)))
-			m.Answer = append(m.Answer, rr)
-		}
-		w.WriteMsg(m)
-	})
-	return addr, &n
-}
-
-// TestReviewTTL0StoreShortensHandedOut: egressd's DNS server hands a
-// workload a TTL-0 address and Remember keeps it minHandedOutTTL (10 s).
-// A Lookup of the same name (a CONNECT client) 1 s later gets the same
-// address with TTL 0; store() now rewrites its expiry to now+5 s, so the
-// workload connecting 7 s after its answer (within the 10 s promise) is
-// refused once the pool has rotated. On 87ff29d a TTL-0 store was a no-op.
 // TestTTL0StoreKeepsLongerKnown: a TTL-0 answer (remembered for
 // minVerifyRefresh) does not shorten an address remembered for longer,
 // here one egressd's DNS server handed out (minHandedOutTTL). (This test
-// and the two below are from a helper's review; the first failed on
-// 161df6b, the other two on 87ff29d and 161df6b.)
+// and the two below are from a helper's review; this one and the last
+// failed on 161df6b, the second on 87ff29d too.)
 func TestTTL0StoreKeepsLongerKnown(t *testing.T) {
-	addr, _ := rotatingTTL0DNS(t)
+	addr, _ := rotatingTTLDNS(t, 10, 0, 0) // 127.0.0.11, .12, ... with TTL 0
 	r, err := NewResolver([]string{addr})
 	if err != nil {
 		t.Fatal(err)
@@ -73,10 +46,6 @@ func TestTTL0StoreKeepsLongerKnown(t *testing.T) {
 	}
 }
 
-// TestReviewTTL0AnswerDroppedByKnownBound: the TTL-0 answer remembered for
-// minVerifyRefresh is the first dropped when the name's known list is
-// full (its 5 s expiry is the earliest), so the Verifies that waited for
-// it do not find it.
 // TestKnownBoundKeepsNewAnswer: when a name's remembered addresses are at
 // maxKnownPerName, the older ones go, not the answer being stored, even
 // when it expires first (TTL 0, remembered for minVerifyRefresh).
@@ -97,10 +66,6 @@ func TestKnownBoundKeepsNewAnswer(t *testing.T) {
 	}
 }
 
-// TestReviewVerifyTrimmedAddress: a dual-stack answer of 32 AAAA and 32 A
-// records. joinAddrs keeps 16 of each, but resolve's per-family stores
-// remember all 64. The asking Verify for the 20th A record is refused
-// (it checks res.addrs), although Knows accepts it right after.
 // TestVerifyTrimmedAddress: an address the answer held but joinAddrs
 // trimmed from Lookup's list (32 AAAA and 32 A records) is remembered,
 // and the Verify that asked accepts it as its waiters do.
