@@ -408,11 +408,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	quic := s.quic
 	s.mu.Unlock()
 	// UDP flows have no end to wait for: they are closed (and their close
-	// lines logged) at once.
+	// lines logged) at once. Closing the listeners closes no connection:
+	// without a QUIC gateway nothing was closed yet (a connection that
+	// ended by itself meanwhile, such as a health probe, is drained).
+	closed := 0
 	for _, g := range quic {
 		g.close()
 	}
-	closed := max(open-s.limits.open(), 0)
+	if len(quic) > 0 {
+		closed = max(open-s.limits.open(), 0)
+	}
 	// The DNS servers wait for their TCP connections' handlers while the
 	// proxy port stops and drains, not before it.
 	var dnsDone sync.WaitGroup
