@@ -153,8 +153,8 @@ func (r *Resolver) Lookup(ctx context.Context, name string) ([]netip.Addr, error
 		return addrs, nil
 	}
 	r.cacheMisses.Add(1)
-	res, err := r.lookup(ctx, name)
-	return res.addrs, err
+	res := r.lookup(ctx, name)
+	return res.addrs, res.err
 }
 
 // Verify reports whether a is an address the DNS gave for name within its
@@ -272,14 +272,7 @@ func (r *Resolver) endVerify(name string, v chan struct{}) {
 	close(v)
 }
 
-// noteAsked records that the servers are being asked for name.
-func (r *Resolver) noteAsked(name string) {
-	now := r.now()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.noteAskedLocked(name, now)
-}
-
+// noteAskedLocked records that the servers are being asked for name.
 func (r *Resolver) noteAskedLocked(name string, now time.Time) {
 	if _, ok := r.asked[name]; !ok && len(r.asked) >= maxCacheEntries {
 		clear(r.asked) // at worst one more query per name
@@ -312,9 +305,9 @@ type lookupResult struct {
 // caller waits. A caller joining a flight may get an answer received
 // shortly before it asked (at most the flight's own time, as with Go's own
 // resolver, which shares lookups the same way).
-func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error) {
+func (r *Resolver) lookup(ctx context.Context, name string) lookupResult {
 	if err := ctx.Err(); err != nil {
-		return lookupResult{}, fmt.Errorf("resolve %s: %w", name, err)
+		return lookupResult{err: fmt.Errorf("resolve %s: %w", name, err)}
 	}
 	now := r.now()
 	r.mu.Lock()
@@ -334,9 +327,9 @@ func (r *Resolver) lookup(ctx context.Context, name string) (lookupResult, error
 	defer r.leave(name, f)
 	select {
 	case <-f.done:
-		return f.res, f.res.err
+		return f.res
 	case <-ctx.Done():
-		return lookupResult{}, fmt.Errorf("resolve %s: %w", name, ctx.Err())
+		return lookupResult{err: fmt.Errorf("resolve %s: %w", name, ctx.Err())}
 	}
 }
 
@@ -360,9 +353,9 @@ func (r *Resolver) leave(name string, f *flight) {
 	}
 }
 
-// fly resolves name for f's waiters and hands them the answer. A flight
-// cancelled (every caller went away) did not get an answer: its name gets
-// back the asked mark it had before, unless someone asked for it since.
+// fly resolves name for f's waiters and hands them the answer. (A flight
+// is cancelled only by its last waiter's leave, which also gives its name
+// back the asked mark it had.)
 func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	defer f.cancel()
 	res := r.resolve(ctx, name)
@@ -371,9 +364,6 @@ func (r *Resolver) fly(ctx context.Context, name string, f *flight) {
 	f.res = res
 	if r.flights[name] == f {
 		delete(r.flights, name)
-	}
-	if errors.Is(res.err, context.Canceled) {
-		r.unmarkLocked(name, f) // cancelled, it stored nothing
 	}
 	close(f.done)
 }

@@ -189,7 +189,9 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 	// A Verify within minVerifyRefresh of the last query does not query
 	// (the server at 127.0.0.1:1 would fail the test with an error); later
 	// it does.
-	r.noteAsked("cdn.test")
+	r.mu.Lock()
+	r.noteAskedLocked("cdn.test", now)
+	r.mu.Unlock()
 	now = now.Add(minVerifyRefresh - time.Second)
 	if ok, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); ok || err != nil {
 		t.Errorf("Verify of an unknown address = %v, %v; want false without a query", ok, err)
@@ -758,8 +760,7 @@ func TestVerifyNamesRateLimit(t *testing.T) {
 	r, slowQ := pairDNS(t, 200*time.Millisecond)
 	a := netip.MustParseAddr("127.0.0.5")
 	for i := range 20 {
-		var err error
-		if !verifyNames(context.Background(), r, []string{fmt.Sprintf("fast%d.test", i), "slow.test"}, a, &err) {
+		if ok, err := verifyNames(context.Background(), r, []string{fmt.Sprintf("fast%d.test", i), "slow.test"}, a); !ok {
 			t.Fatalf("connection %d refused: %v", i, err)
 		}
 	}

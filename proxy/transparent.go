@@ -26,9 +26,9 @@ const verifyTimeout = 5 * time.Second
 // within verifyTimeout. The names are tried in order, but one that another
 // connection's Verify is asking the servers for is waited for only after
 // the others were tried: a name whose lookup is slow or stuck does not use
-// up verifyTimeout before the rest are looked at. An error of a lookup
-// that did not verify is put in *lastErr.
-func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr, lastErr *error) bool {
+// up verifyTimeout before the rest are looked at. When none holds a, err
+// is the last lookup error, if any.
+func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr) (ok bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, verifyTimeout)
 	defer cancel()
 	type pending struct {
@@ -37,12 +37,12 @@ func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr,
 	}
 	var later []pending
 	for _, n := range names {
-		ok, wait, err := r.verifyOrWait(ctx, n, a)
+		ok, wait, verr := r.verifyOrWait(ctx, n, a)
 		if ok {
-			return true
+			return true, nil
 		}
-		if err != nil {
-			*lastErr = err
+		if verr != nil {
+			err = verr
 		}
 		if wait != nil {
 			later = append(later, pending{n, wait})
@@ -54,10 +54,10 @@ func verifyNames(ctx context.Context, r *Resolver, names []string, a netip.Addr,
 		case <-ctx.Done():
 		}
 		if ok, _ := r.Verify(ctx, p.name, a); ok { // what the lookup waited for remembered
-			return true
+			return true, nil
 		}
 	}
-	return false
+	return false, err
 }
 
 // tproxyListener marks a listener opened with IP_TRANSPARENT: the local
@@ -245,7 +245,6 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 	if d.RuleHasCIDR(t.Addr) {
 		return t, true
 	}
-	var lastErr error
 	names := make([]string, 0, 4)
 	if sni != "" {
 		names = append(names, sni)
@@ -255,7 +254,8 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 			names = append(names, h)
 		}
 	}
-	if verifyNames(ctx, s.resolver, names, t.Addr, &lastErr) {
+	ok, lastErr := verifyNames(ctx, s.resolver, names, t.Addr)
+	if ok {
 		return t, true
 	}
 	if d.VerifyDestination() == policy.VerifyRedirect && sni != "" {
