@@ -503,6 +503,17 @@ func (q *QUICInitial) frames(payload []byte) error {
 // addCrypto adds CRYPTO stream bytes at offset off. Bytes already received
 // must be identical (a retransmission carries the same data).
 func (q *QUICInitial) addCrypto(off uint64, data []byte) error {
+	if q.verify {
+		// Checked first: for a verifier anything outside the decided
+		// hello is malformed, whatever its size (Check's contract).
+		if off > uint64(q.parsed) || uint64(len(data)) > uint64(q.parsed)-off {
+			return quicMalformed("CRYPTO data reaches past the decided ClientHello's %d bytes", q.parsed)
+		}
+		if string(q.crypto[off:int(off)+len(data)]) != string(data) {
+			return quicMalformed("CRYPTO data at offset %d differs from the decided ClientHello", off)
+		}
+		return nil
+	}
 	if off > MaxQUICCryptoBytes || uint64(len(data)) > MaxQUICCryptoBytes-off {
 		return tooLarge("QUIC CRYPTO data reaches past %d bytes", MaxQUICCryptoBytes)
 	}
@@ -510,15 +521,6 @@ func (q *QUICInitial) addCrypto(off uint64, data []byte) error {
 		return nil
 	}
 	start, end := int(off), int(off)+len(data)
-	if q.verify {
-		switch {
-		case end > q.parsed:
-			return quicMalformed("CRYPTO data reaches past the decided ClientHello's %d bytes", q.parsed)
-		case string(q.crypto[start:end]) != string(data):
-			return quicMalformed("CRYPTO data at offset %d differs from the decided ClientHello", start)
-		}
-		return nil
-	}
 	if q.crypto == nil {
 		q.crypto = make([]byte, MaxQUICCryptoBytes)
 	}
