@@ -427,6 +427,109 @@ policy "b-enforced" {
 	}
 }
 
+// TestAuditedDenyDoesNotOpen: a deny rule of an audit-mode policy only
+// logs; it never lets through a connection that the configuration without
+// it refuses. Here the presets-like "base" policy is enforced and covers
+// every client, so a name no rule allows is no_rule and refused; naming it
+// in an audit-mode deny rule (the rollout of a tightening) must not open
+// it, for the rollout's clients or anyone else.
+func TestAuditedDenyDoesNotOpen(t *testing.T) {
+	p := mustParse(t, `
+policy "base" {
+  allow "github" { hosts = ["github.com"] }
+}
+policy "rollout" {
+  mode = "audit"
+  clients { cidrs = ["10.30.0.0/16"] }
+  allow "registry" { hosts = ["cgr.dev"] }
+  deny "no-pastebin" { hosts = ["pastebin.com", "*.pastebin.com"] }
+}
+policy "tighten-everyone" {
+  mode = "audit"
+  deny "no-exfil" { hosts = ["*.exfil.test"] }
+}
+`).Policy
+	builder := netip.MustParseAddr("10.30.0.9")
+	other := netip.MustParseAddr("192.0.2.7")
+	tls := func(host string, client netip.Addr) Request {
+		return Request{Host: host, Port: 443, Hello: HelloTLS, SNI: host, Client: client}
+	}
+	tests := []struct {
+		name      string
+		r         Request
+		allow     bool // the verdict egressd acts on
+		wouldDeny bool
+	}{
+		// Baselines: a name nobody mentions is refused, audit or not.
+		{"builder, unmentioned name", tls("example.org", builder), false, false},
+		{"other, unmentioned name", tls("example.org", other), false, false},
+		// Allowed names stay allowed.
+		{"builder, allowed name", tls("github.com", builder), true, false},
+		// An audit-mode deny must not turn "refused" into "let through".
+		{"builder, audit-denied name", tls("pastebin.com", builder), false, false},
+		{"builder, audit-denied wildcard", tls("dl.pastebin.com", builder), false, false},
+		{"other, audit-denied name (policy without clients)", tls("a.exfil.test", other), false, false},
+		{"other, audit-denied name, IP literal", Request{Addr: netip.MustParseAddr("203.0.113.9"), Port: 443, Hello: HelloTLS, SNI: "a.exfil.test", Client: other}, false, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(&tt.r)
+			if d.Allow != tt.allow || d.WouldDeny != tt.wouldDeny {
+				t.Errorf("Decide = %+v (%s), want allow=%v would_deny=%v", d, DescribeDecision(d), tt.allow, tt.wouldDeny)
+			}
+		})
+	}
+}
+
+// TestAuditedDenyVerifiesAgainstAllowRule: when an audit-mode deny rule
+// decides (the connection goes through with would_deny), destination
+// verification must use the allow rule that lets it through, as
+// AddrAllowed does, never the deny rule: a deny rule's cidrs name what
+// to refuse. Otherwise auditing a deny of a bad network makes every
+// address of that network pass verification for any SNI (SNI spoofing
+// through the transparent gateway).
+func TestAuditedDenyVerifiesAgainstAllowRule(t *testing.T) {
+	p := mustParse(t, `
+server { verify_destination = "redirect" }
+policy "web" {
+  allow "github" {
+    hosts              = ["github.com"]
+    verify_destination = "refuse"
+  }
+}
+policy "watch" {
+  mode = "audit"
+  deny "bad-net" { cidrs = ["203.0.113.0/24"] }
+}
+`).Policy
+	attacker := netip.MustParseAddr("203.0.113.9")
+	tests := []struct {
+		name      string
+		r         Request
+		wouldDeny bool
+	}{
+		{"enforced allow only", Request{Addr: netip.MustParseAddr("198.51.100.9"), Port: 443, Hello: HelloTLS, SNI: "github.com", Transparent: true}, false},
+		{"audited deny over the allow", Request{Addr: attacker, Port: 443, Hello: HelloTLS, SNI: "github.com", Transparent: true}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := p.Decide(&tt.r)
+			if !d.Allow || d.WouldDeny != tt.wouldDeny {
+				t.Fatalf("Decide = %+v, want allow with would_deny=%v", d, tt.wouldDeny)
+			}
+			if d.RuleHasCIDR(tt.r.Addr) {
+				t.Errorf("RuleHasCIDR(%s) = true: the address passes destination verification though no allow rule lists it", tt.r.Addr)
+			}
+			if got := d.RuleHosts(); len(got) != 1 || got[0] != "github.com" {
+				t.Errorf("RuleHosts = %q, want the allowing rule's [github.com]", got)
+			}
+			if got := d.VerifyDestination(); got != VerifyRefuse {
+				t.Errorf("VerifyDestination = %q, want the allowing rule's %q", got, VerifyRefuse)
+			}
+		})
+	}
+}
+
 // TestUserHashesDifferWarns: users whose hashes differ in kind or cost get
 // one warning, at the first user whose hash differs from the first user's;
 // users hashed alike get none.

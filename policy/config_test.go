@@ -30,6 +30,10 @@ func TestDiagnostics(t *testing.T) {
 		sev   string // "error" or "warning"
 		word  string // must appear in the summary or detail
 	}{
+		// An IP in hosts: the cidrs entry the detail suggests is one cidrs accepts.
+		{"IPv4 in hosts", one(ruleSrc(`hosts = ["1.2.3.4"]`)), "t.hcl:3:14", "error", `cidrs = ["1.2.3.4"]`},
+		{"IPv4 with a trailing dot in hosts", one(ruleSrc(`hosts = ["1.2.3.4."]`)), "t.hcl:3:14", "error", `cidrs = ["1.2.3.4"]`},
+		{"bracketed IPv6 in hosts", one(ruleSrc(`hosts = ["[2001:db8::1]"]`)), "t.hcl:3:14", "error", `cidrs = ["2001:db8::1"]`},
 		// Schema: unknown attributes and blocks.
 		{"unknown rule attribute", one(ruleSrc(`hosts = ["a.test"]`, `portz = [443]`)), "t.hcl:4:5", "error", `Did you mean "ports"`},
 		{"unknown server attribute", one("server {\n  listen = \"x\"\n}\n"), "t.hcl:2:3", "error", "Unsupported argument"},

@@ -300,26 +300,32 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		as.visit(ids)
 	}
-	if ds.audited >= 0 {
-		// An audit-mode deny rule decides (the connection will go
-		// through, would_deny); the allow rule that would have allowed
-		// it, if any, still says which private addresses it opens.
-		ru := &p.deny[ds.audited]
-		d := Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
-		if as.pass >= 0 {
-			d.grant = &p.allow[as.pass]
-		}
-		return d
-	}
+	var d Decision
 	switch {
 	case as.pass >= 0:
 		ru := &p.allow[as.pass]
-		return Decision{Allow: true, Reason: ReasonAllowed, Policy: ru.policy, Rule: ru.name, rule: ru}
+		d = Decision{Allow: true, Reason: ReasonAllowed, Policy: ru.policy, Rule: ru.name, rule: ru}
 	case as.fail >= 0:
 		ru := &p.allow[as.fail]
-		return Decision{Reason: as.failReason, Policy: ru.policy, Rule: ru.name, rule: ru}
+		d = Decision{Reason: as.failReason, Policy: ru.policy, Rule: ru.name, rule: ru}
+	default:
+		d = Decision{Reason: ReasonNoRule}
 	}
-	return Decision{Reason: ReasonNoRule}
+	// An audit-mode deny rule decides (the connection will go through,
+	// would_deny) only when the other rules let the connection through,
+	// allowed or audited: it logs a would-be denial and never opens what
+	// the configuration without it refuses. The allow rule that would
+	// have allowed it, if any, still says which private addresses it
+	// opens.
+	if ds.audited >= 0 && (d.Allow || p.audited(d, client, r.User)) {
+		ru := &p.deny[ds.audited]
+		dd := Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
+		if as.pass >= 0 {
+			dd.grant = &p.allow[as.pass]
+		}
+		return dd
+	}
+	return d
 }
 
 // AddrAllowed reports whether the proxy may dial a under decision d: d
@@ -339,32 +345,42 @@ func (d *Decision) AddrAllowed(a netip.Addr) bool {
 	if d.allowPrivate || !IsPrivate(a) {
 		return true
 	}
-	ru := d.rule
-	if ru != nil && ru.deny {
-		ru = d.grant
-	}
-	return ru != nil && ru.grantsPrivate(a) // ru is an allow rule: grant is one
+	ru := d.allowRule()
+	return ru != nil && ru.grantsPrivate(a)
 }
 
-// RuleHasCIDR reports whether the rule that decided d lists a cidr that
-// contains a (unmapped first). It is the first test of destination
+// allowRule is the allow rule that lets d's connection through: the
+// deciding rule, or when an audit-mode deny rule decided d, the allow rule
+// that would have allowed the connection (nil if none). A deny rule's
+// cidrs and hosts name what to refuse, never what to open or verify.
+func (d *Decision) allowRule() *rule {
+	if d.rule != nil && d.rule.deny {
+		return d.grant
+	}
+	return d.rule
+}
+
+// RuleHasCIDR reports whether the allow rule that lets d's connection
+// through (allowRule) lists a cidr that contains a (unmapped first). It is the first test of destination
 // verification in transparent mode.
 func (d *Decision) RuleHasCIDR(a netip.Addr) bool {
-	if d.rule == nil || !a.IsValid() {
+	ru := d.allowRule()
+	if ru == nil || !a.IsValid() {
 		return false
 	}
-	return prefixesContain(d.rule.cidrs, a.Unmap().WithZone(""))
+	return prefixesContain(ru.cidrs, a.Unmap().WithZone(""))
 }
 
-// RuleHosts returns the exact (non-wildcard) host names of the rule that
-// decided d, normalized. Wildcards are left out: they name no address to
+// RuleHosts returns the exact (non-wildcard) host names of the allow rule
+// that lets d's connection through (allowRule), normalized. Wildcards are left out: they name no address to
 // resolve.
 func (d *Decision) RuleHosts() []string {
-	if d.rule == nil {
+	ru := d.allowRule()
+	if ru == nil {
 		return nil
 	}
 	var out []string
-	for _, h := range d.rule.hosts {
+	for _, h := range ru.hosts {
 		if h.kind == patExact {
 			out = append(out, h.name)
 		}
@@ -373,11 +389,11 @@ func (d *Decision) RuleHosts() []string {
 }
 
 // VerifyDestination returns the verify_destination setting that applies to
-// decision d: the deciding rule's own, else the server block's of the
-// policy that decided d (default VerifyRefuse).
+// decision d: the own setting of the allow rule that lets the connection
+// through (allowRule), else the server block's (default VerifyRefuse).
 func (d *Decision) VerifyDestination() string {
-	if d.rule != nil && d.rule.verify != "" {
-		return d.rule.verify
+	if ru := d.allowRule(); ru != nil && ru.verify != "" {
+		return ru.verify
 	}
 	if d.verify != "" {
 		return d.verify

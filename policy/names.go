@@ -314,7 +314,7 @@ func parsePattern(s, attr string) (pattern, *patternError) {
 		}
 		return pattern{}, &patternError{
 			summary: "IP address in hosts; use cidrs",
-			detail:  fmt.Sprintf("%s is an IP address. hosts holds names; match addresses with cidrs, for example cidrs = [%q].", q, strings.Trim(s, "[]")),
+			detail:  fmt.Sprintf("%s is an IP address. hosts holds names; match addresses with cidrs, for example cidrs = [%q].", q, strings.Trim(strings.TrimSuffix(s, "."), "[]")),
 		}
 	}
 	n, e := normalizeHost(body)

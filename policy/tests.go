@@ -369,7 +369,7 @@ func compileTest(rt *rawTest, rules map[string]map[string]bool, users map[string
 }
 
 func validTestName(s string) bool {
-	if s == "" || len(s) > maxTestNameLen || !utf8.ValidString(s) {
+	if s == "" || !utf8.ValidString(s) || utf8.RuneCountInString(s) > maxTestNameLen {
 		return false
 	}
 	for _, r := range s {

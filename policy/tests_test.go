@@ -281,6 +281,25 @@ func TestTestDiagnostics(t *testing.T) {
 	}
 }
 
+// TestTestNameLength: configs/README.md says test names are printable text
+// up to 128 characters; characters, not bytes.
+func TestTestNameLength(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{strings.Repeat("a", 128), true},
+		{strings.Repeat("a", 129), false},
+		{strings.Repeat("测", 128), true},
+		{strings.Repeat("测", 129), false},
+	} {
+		src := testPolicies + "test \"" + tc.name + "\" {\n  target = \"a.example:443\"\n  expect = \"allow\"\n}\n"
+		if _, diags := Parse(one(src)); diags.HasErrors() == tc.ok {
+			t.Errorf("test name of %d characters: ok %v, want %v\n%s", len([]rune(tc.name)), !diags.HasErrors(), tc.ok, FormatDiagnostics(diags))
+		}
+	}
+}
+
 func TestDuplicateTestNamesAcrossFiles(t *testing.T) {
 	files := []File{
 		{Name: "a.hcl", Src: []byte(testPolicies + "test \"same\" {\n  target = \"api.example.com:443\"\n  expect = \"allow\"\n}\n")},
