@@ -665,8 +665,9 @@ func (g *quicGateway) close() {
 // version drops its Initials).
 //
 // The decided connection's later Initials, and an allowed other
-// connection's, go on only when they carry the decided hello's bytes
-// (sni.QUICVerifier); others are dropped. A server drops Initials that the
+// connection's, to the first connection ID or the server's, go on only
+// when they carry the decided hello's bytes (sni.QUICVerifier); others
+// are dropped. A server drops Initials that the
 // reassembly took in (in a datagram under 1200 bytes, or with a packet
 // number already used), so without this a client could have one hello
 // decided and send the server another for the same connection ID.
@@ -723,12 +724,23 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 	var hello sni.Hello
 	err := q.Add(b, &hello)
 	if !q.Opened() {
-		// Not a first flight: the flow's own connection, or nothing a
-		// server could open either; unless another Initial follows the
-		// one that did not open, which no client sends: the reassembly
-		// stopped at the first, and a server may take the other.
+		// Not a first flight. An Initial that opens with the keys of the
+		// decided connection (or of an allowed other one) but names
+		// another DCID is that connection's, sent to the server's
+		// connection ID (RFC 9000 §7.2): it goes on only with the decided
+		// hello's bytes, as the Initials to the first DCID do. Anything
+		// else no server could open either, unless it hides an Initial
+		// the reassembly did not reach: dropped.
 		putInitial(q)
-		return !sni.Unscreened(b), nil
+		if f.verify.Check(b) == nil {
+			return true, nil
+		}
+		for _, o := range f.others {
+			if o.state == flowRelaying && o.v.Check(b) == nil {
+				return true, nil
+			}
+		}
+		return false, nil
 	}
 	if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {
 		putInitial(q)

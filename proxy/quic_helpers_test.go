@@ -170,6 +170,7 @@ type quicInitialSpec struct {
 	pn      uint32 // sent in 4 bytes
 	frames  []byte // the plaintext payload
 	padTo   int    // pad the payload with PADDING up to this packet size
+	keyDCID []byte // derive the keys from this, not dcid: an Initial to the server's connection ID (RFC 9000 §7.2)
 }
 
 // sealQUICInitial builds and protects a client Initial (RFC 9001 §5, RFC
@@ -200,7 +201,11 @@ func sealQUICInitial(t *testing.T, p quicInitialSpec) []byte {
 		}
 		return out
 	}
-	initial, err := hkdf.Extract(sha256.New, p.dcid, salt)
+	keyDCID := p.dcid
+	if p.keyDCID != nil {
+		keyDCID = p.keyDCID
+	}
+	initial, err := hkdf.Extract(sha256.New, keyDCID, salt)
 	if err != nil {
 		t.Fatal(err)
 	}

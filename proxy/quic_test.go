@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -644,6 +645,93 @@ func TestQUICDecidedHelloOnly(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestQUICServerConnIDScreened: once the server has answered, a client
+// sends its Initials to the server's connection ID (RFC 9000 §7.2), with
+// the keys of its first DCID (RFC 9001 §5.2). Those are the decided
+// connection's too and go on only with the decided hello's bytes.
+// Otherwise a client has hello A decided (its tail in a packet whose
+// number it reuses, which the server drops) and completes hello B at the
+// server through the server's connection ID.
+func TestQUICServerConnIDScreened(t *testing.T) {
+	const name = "quic.cftunnel.com"
+	for _, tail := range []string{"evil-example.test", name} { // as long as name
+		t.Run(tail, func(t *testing.T) {
+			e := newEnv(t)
+			up, seen := helloRecorder(t, e, nil)
+			q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+			c := q.socket(t, up)
+			send := func(p quicInitialSpec) {
+				t.Helper()
+				if _, err := c.WriteTo(sealQUICInitial(t, p), q.addr); err != nil {
+					t.Fatal(err)
+				}
+			}
+			hello := quicClientHello(t, name)
+			other := bytes.Replace(hello, []byte(name), []byte(tail), 1)
+			dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+			send(quicInitialSpec{dcid: dcid, pn: 0, frames: quicCrypto(0, hello[:6]), padTo: 1200})
+			send(quicInitialSpec{dcid: dcid, pn: 0, frames: quicCrypto(6, hello[6:]), padTo: 1200}) // the server drops a reused number
+			e.waitLog(t, "decision", map[string]any{"mode": "quic", "sni": name, "decision": "allow"})
+
+			// The server acknowledges the first packet with an Initial
+			// whose Source Connection ID is its own.
+			buf := make([]byte, 65536)
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				t.Fatalf("no answer from the server: %v", err)
+			}
+			b := buf[:n]
+			if n < 7 || b[0]&0x80 == 0 || 7+int(b[5]) >= n || 7+int(b[5])+int(b[6+b[5]]) > n {
+				t.Fatalf("the server's datagram %x is not a long-header packet", b)
+			}
+			dl := int(b[5])
+			scid := bytes.Clone(b[7+dl : 7+dl+int(b[6+dl])])
+
+			// The tail to the server's connection ID, then the decided
+			// one's: the server acts on the first complete hello it gets.
+			send(quicInitialSpec{dcid: scid, keyDCID: dcid, pn: 1, frames: quicCrypto(6, other[6:]), padTo: 1200})
+			send(quicInitialSpec{dcid: scid, keyDCID: dcid, pn: 2, frames: quicCrypto(6, hello[6:]), padTo: 1200})
+			if !eventually(func() bool { return len(seen()) > 0 }) {
+				t.Fatal("the server got no hello")
+			}
+			if got := seen(); !slices.Equal(got, []string{name}) {
+				t.Errorf("the server acted on hellos %q, want only %s, which egressd decided", got, name)
+			}
+		})
+	}
+}
+
+// TestQUICHelloRetryRequest: a server that takes none of the client's key
+// shares answers with a HelloRetryRequest, and the client sends its second
+// ClientHello (RFC 8446 §4.1.4) to the server's connection ID, after the
+// first hello in the CRYPTO stream: the screen lets it through.
+func TestQUICHelloRetryRequest(t *testing.T) {
+	e := newEnv(t)
+	pc := listenUDP(t, "127.0.0.1:0")
+	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
+		CurvePreferences: []tls.CurveID{tls.CurveP256}}, &quic.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			if _, err := ln.Accept(context.Background()); err != nil {
+				return
+			}
+		}
+	}()
+	up := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	q := e.startQUIC(t, quicTestPolicy, up.Port())
+	// One key share, X25519, which the server does not take.
+	tlsConf := &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: e.ca.pool, NextProtos: []string{quicALPN},
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256}}
+	if _, err := q.dial(t, up, tlsConf); err != nil {
+		t.Fatalf("a handshake with a HelloRetryRequest through the gateway: %v", err)
 	}
 }
 

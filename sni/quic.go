@@ -98,6 +98,9 @@ type QUICInitial struct {
 	// verify: a QUICVerifier's copy, whose crypto holds exactly the
 	// decided hello's CRYPTO bytes, [0, parsed).
 	verify bool
+	// toServer: the verifier's current Initial names a DCID other than
+	// the attempt's: the server's connection ID (RFC 9000 §7.2).
+	toServer bool
 }
 
 // cryptoRange is the half-open byte range [start, end) of the CRYPTO stream.
@@ -147,9 +150,15 @@ func (v *QUICVerifier) ConnID() QUICConnID { return v.id }
 
 // Check reports whether datagram, which starts with an Initial packet, may
 // go on to the server: nil when every Initial packet in it has the
-// attempt's version and Destination Connection ID, opens with its keys,
-// and holds only frames allowed in Initials (RFC 9000 §12.4) whose CRYPTO
-// bytes are the decided hello's, at the same offsets (a retransmission).
+// attempt's version, opens with its keys, and holds only frames allowed
+// in Initials (RFC 9000 §12.4) whose CRYPTO bytes are the decided hello's,
+// at the same offsets (a retransmission). The Initials may name any
+// Destination Connection ID: once the server has answered, the client
+// sends them to the server's connection ID (RFC 9000 §7.2), with the keys
+// of the first one (RFC 9001 §5.2). In those, and only those, CRYPTO bytes
+// past the decided hello are let through: a second ClientHello after a
+// HelloRetryRequest (RFC 8446 §4.1.4), which a server takes only after the
+// decided one. That second hello is not checked.
 // 0-RTT and Handshake packets are skipped as in Add. Otherwise it returns
 // an ErrMalformed error saying why, and the datagram should be dropped.
 // Not safe for concurrent use.
@@ -320,7 +329,7 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 		if err := q.deriveKeys(version, dcid); err != nil {
 			return 0, err
 		}
-	} else if string(dcid) != string(q.dcid[:q.dcidLen]) {
+	} else if !q.verify && string(dcid) != string(q.dcid[:q.dcidLen]) {
 		return 0, quicMalformed("Destination Connection ID changed")
 	}
 
@@ -358,6 +367,7 @@ func (q *QUICInitial) packet(b []byte, notQUIC bool) (int, error) {
 		return 0, quicMalformed("reserved header bits set")
 	}
 	q.largest = max(q.largest, pn)
+	q.toServer = q.verify && string(dcid) != string(q.dcid[:q.dcidLen])
 	if err := q.frames(payload); err != nil {
 		return 0, err
 	}
@@ -505,9 +515,17 @@ func (q *QUICInitial) frames(payload []byte) error {
 func (q *QUICInitial) addCrypto(off uint64, data []byte) error {
 	if q.verify {
 		// Checked first: for a verifier anything outside the decided
-		// hello is malformed, whatever its size (Check's contract).
+		// hello is malformed, whatever its size (Check's contract),
+		// except past it in an Initial to the server's connection ID,
+		// where a second ClientHello follows a HelloRetryRequest.
 		if off > uint64(q.parsed) || uint64(len(data)) > uint64(q.parsed)-off {
-			return quicMalformed("CRYPTO data reaches past the decided ClientHello's %d bytes", q.parsed)
+			if !q.toServer {
+				return quicMalformed("CRYPTO data reaches past the decided ClientHello's %d bytes", q.parsed)
+			}
+			if off >= uint64(q.parsed) {
+				return nil
+			}
+			data = data[:uint64(q.parsed)-off]
 		}
 		if string(q.crypto[off:int(off)+len(data)]) != string(data) {
 			return quicMalformed("CRYPTO data at offset %d differs from the decided ClientHello", off)

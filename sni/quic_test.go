@@ -785,6 +785,9 @@ func TestQUICVerifier(t *testing.T) {
 	seal := func(pn int64, frames ...[]byte) []byte {
 		return sealInitial(t, testInitial{pn: pn, frames: slices.Concat(frames...), padTo: 1200})
 	}
+	toServer := func(pn int64, frames ...[]byte) []byte {
+		return sealInitial(t, testInitial{dcid: []byte("server-cid"), keyDCID: rfcDCID, pn: pn, frames: slices.Concat(frames...), padTo: 1200})
+	}
 	first := seal(0, cryptoFrame(0, hello))
 	flipped := slices.Clone(first)
 	flipped[len(flipped)-1] ^= 1
@@ -809,6 +812,14 @@ func TestQUICVerifier(t *testing.T) {
 		{"the same DCID, version 2", sealInitial(t, testInitial{version: quicV2, frames: cryptoFrame(0, hello), padTo: 1200}), false},
 		{"another DCID", sealInitial(t, testInitial{dcid: []byte{1, 2, 3, 4, 5, 6, 7, 8}, frames: cryptoFrame(0, hello), padTo: 1200}), false},
 		{"a frame not allowed in Initials", seal(1, []byte{0x08, 0x00}), false},
+		// RFC 9000 §7.2: once the server has answered, the client sends to
+		// its connection ID, with the keys of rfcDCID.
+		{"the hello's tail to the server's connection ID", toServer(1, cryptoFrame(100, hello[100:])), true},
+		{"another hello's tail to the server's connection ID", toServer(1, cryptoFrame(100, other[100:])), false},
+		{"the hello's tail and a second hello (after a HelloRetryRequest) to the server's connection ID", toServer(1, cryptoFrame(100, append(slices.Clone(hello[100:]), other...))), true},
+		{"a second hello alone to the server's connection ID", toServer(1, cryptoFrame(uint64(len(hello)), other)), true},
+		{"another hello's tail, then more, to the server's connection ID", toServer(1, cryptoFrame(100, append(slices.Clone(other[100:]), hello...))), false},
+		{"the server's connection ID with keys of its own", sealInitial(t, testInitial{dcid: []byte("server-cid"), pn: 1, frames: cryptoFrame(100, hello[100:]), padTo: 1200}), false},
 		{"an Initial, then another hello's", slices.Concat(sealInitial(t, testInitial{pn: 1, frames: cryptoFrame(0, hello)}), sealInitial(t, testInitial{pn: 2, frames: cryptoFrame(0, other)})), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
