@@ -117,6 +117,12 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response
 	out := req.Clone(req.Context())
 	out.RequestURI = ""
 	out.Host = ""
+	if _, ok := out.Header["User-Agent"]; !ok {
+		// The client sent none; net/http's transport would send its own
+		// ("Go-http-client/1.1"). An empty value sends none, as
+		// httputil.ReverseProxy does.
+		out.Header.Set("User-Agent", "")
+	}
 	var client *http.ResponseController
 	pc, _ := req.Context().Value(plainClientKey{}).(*plainClient)
 	if pc != nil {
@@ -196,7 +202,11 @@ func (s *Server) forward(req *http.Request, c *conn, up net.Conn) *http.Response
 	// Connection: Upgrade with Upgrade: websocket on a response that is
 	// not a 101 would make goproxy hijack the client and drop the body.
 	removeHopHeaders(resp.Header)
-	resp.Body = &responseBody{watchedBody{ReadCloser: resp.Body, last: &w.last, onClose: func(err error) {
+	// So are those among its trailers: goproxy announces the ones the head
+	// declares, and copies what the body's end brings (responseBody
+	// removes the hop-by-hop ones there again).
+	removeHopHeaders(resp.Trailer)
+	resp.Body = &responseBody{resp: resp, watchedBody: watchedBody{ReadCloser: resp.Body, last: &w.last, onClose: func(err error) {
 		w.stop()
 		tr.CloseIdleConnections()
 		switch {
@@ -247,13 +257,23 @@ func (c *wireConn) Write(p []byte) (int, error) {
 // without the end of a chunked body. goproxy would only note the error and
 // finish the response, and the client would take what came for the whole
 // body.
-type responseBody struct{ watchedBody }
+//
+// At the body's end the transport has added the trailers that came with
+// it to resp.Trailer: their hop-by-hop fields are removed before goproxy
+// copies them to the client.
+type responseBody struct {
+	watchedBody
+	resp *http.Response
+}
 
 func (b *responseBody) Read(p []byte) (int, error) {
 	n, err := b.watchedBody.Read(p)
 	if err != nil && err != io.EOF {
 		b.fail(err)
 		panic(http.ErrAbortHandler)
+	}
+	if err == io.EOF {
+		removeHopHeaders(b.resp.Trailer)
 	}
 	return n, err
 }
@@ -290,12 +310,25 @@ func challengeResponse(req *http.Request, c *conn) *http.Response {
 // answerDeadline bounds the writing of a response egressd makes itself to
 // a plain request's client (statusWriteTimeout): a client that sends
 // requests and never reads the answers must not hold the goroutine
-// serving it in a write. net/http clears it once the request is done
-// (server.go, after finishRequest), so a later request on the connection,
-// a relayed response or a CONNECT tunnel, does not inherit it.
+// serving it in a write. It bounds the reading of what is left of the
+// request's body too (refusalTimeout): net/http reads it (up to 256 KiB)
+// before it writes the answer, and again as the request ends, with no
+// deadline of its own, so a client that declared a body and stopped
+// sending it would hold the connection, unanswered, for as long as it
+// liked. Past that deadline net/http answers all the same, with
+// Connection: close; the write's deadline is the later one, so that the
+// answer still goes out. A read deadline the exchange's idle watch put in
+// the past stays there. net/http clears both once the request is done
+// (server.go, after finishRequest, and as it reads the next request), so
+// a later request on the connection, a relayed response or a CONNECT
+// tunnel, does not inherit them.
 func answerDeadline(req *http.Request) {
 	if pc, _ := req.Context().Value(plainClientKey{}).(*plainClient); pc != nil {
-		_ = pc.rc.SetWriteDeadline(time.Now().Add(statusWriteTimeout))
+		now := time.Now()
+		_ = pc.rc.SetWriteDeadline(now.Add(statusWriteTimeout))
+		if pc.watch == nil || !pc.watch.fired() {
+			_ = pc.rc.SetReadDeadline(now.Add(refusalTimeout))
+		}
 	}
 }
 

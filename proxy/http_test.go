@@ -619,3 +619,78 @@ func TestHTTPBodyEndsNotTheUpstreams(t *testing.T) {
 		})
 	}
 }
+
+// TestHTTPRefusalWithUnsentBody: a request egressd answers itself (a
+// denial, a path, a failed dial) whose client declared a body and stopped
+// sending it is answered within statusWriteTimeout and its connection
+// closed, its slot freed. net/http reads what is left of an unread body
+// (up to 256 KiB) before it writes the answer, with no deadline of its
+// own: without one of egressd's, the answer never went out and the
+// connection was held for as long as the client liked.
+func TestHTTPRefusalWithUnsentBody(t *testing.T) {
+	for _, tc := range []struct {
+		name, head string
+		code       int
+	}{
+		{"denied, Content-Length", "POST http://nope.egress.test/ HTTP/1.1\r\nHost: nope.egress.test\r\nContent-Length: 100\r\n\r\n0123456789", http.StatusForbidden},
+		{"denied, chunked", "POST http://nope.egress.test/ HTTP/1.1\r\nHost: nope.egress.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n", http.StatusForbidden},
+		{"origin-form", "POST /upload HTTP/1.1\r\nHost: egressd.internal\r\nContent-Length: 100\r\n\r\n0123456789", http.StatusBadRequest},
+		{"refused at the dial", "POST http://UP/ HTTP/1.1\r\nHost: UP\r\nContent-Length: 100\r\n\r\n0123456789", http.StatusBadGateway},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			e.start(t, plainConfig(1)) // plain.egress.test:1 is allowed; nothing listens there
+			c, br := e.plainRequest(t, 1, tc.head)
+			_ = c.SetReadDeadline(time.Now().Add(statusWriteTimeout + 3*time.Second))
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("no answer to a request whose body stopped: %v (%d slots taken)", err, e.srv.limits.open())
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			if resp.StatusCode != tc.code {
+				t.Errorf("%s, want %d", resp.Status, tc.code)
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Errorf("after the answer: %v, want the connection closed (EOF)", err)
+			}
+			waitFor(t, "the slot to be freed", func() bool { return e.srv.limits.open() == 0 })
+			if n := e.countLines(t, "decision", nil); n != 1 {
+				t.Errorf("%d decision lines, want 1", n)
+			}
+		})
+	}
+}
+
+// TestHTTPForwardAddsNothing: egressd forwards the client's request as
+// the client sent it, less the hop-by-hop fields, and the upstream's
+// response likewise: it adds no User-Agent of its own (net/http's
+// transport sends "Go-http-client/1.1" when the request has none), and
+// no hop-by-hop field reaches the client in the trailers either.
+func TestHTTPForwardAddsNothing(t *testing.T) {
+	heads := make(chan string, 1)
+	up := rawUpstream(t, func(c net.Conn, br *bufio.Reader) {
+		heads <- readHead(br)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum, Connection, Keep-Alive\r\n\r\n"+
+			"2\r\nok\r\n0\r\nX-Sum: 1\r\nConnection: close, X-Up-Hop\r\nKeep-Alive: timeout=5\r\nX-Up-Hop: secret\r\nProxy-Authenticate: Basic\r\n\r\n")
+	})
+	e := newEnv(t)
+	e.start(t, plainConfig(up))
+	_, br := e.plainRequest(t, up, "GET http://UP/ HTTP/1.1\r\nHost: UP\r\n\r\n")
+	head := recv(t, heads, "the upstream's request")
+	if strings.Contains(strings.ToLower(head), "user-agent") {
+		t.Errorf("the upstream got a User-Agent the client did not send:\n%s", head)
+	}
+	resp, body := response(t, br)
+	if resp.StatusCode != 200 || body != "ok" {
+		t.Fatalf("%s %q", resp.Status, body)
+	}
+	if resp.Trailer.Get("X-Sum") != "1" {
+		t.Errorf("trailer X-Sum lost: %v", resp.Trailer)
+	}
+	for _, f := range []string{"Connection", "Keep-Alive", "X-Up-Hop", "Proxy-Authenticate"} {
+		if v, ok := resp.Trailer[f]; ok {
+			t.Errorf("the client got the upstream's hop-by-hop %s: %q in the trailers", f, v)
+		}
+	}
+}
