@@ -222,7 +222,7 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	sni, sniOK := "", false
 	if r.SNI != "" {
 		var e hostErr
-		sni, e = normalizeHost(r.SNI)
+		sni, e = normalizeSNI(r.SNI)
 		sniOK = e == hostOK
 	}
 	addr := r.Addr.Unmap().WithZone("")

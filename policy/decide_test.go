@@ -168,7 +168,9 @@ func TestDecide(t *testing.T) {
 		{"rule with case and trailing dot", tls("trailing.test", 443, "trailing.test"), true, ReasonAllowed, "web", "trailing"},
 		{"SNI upper case and trailing dot", tls("example.com", 443, "EXAMPLE.Com."), true, ReasonAllowed, "web", "example"},
 		{"IDN host in punycode", tls(host(t, "BÜCHER.example"), 443, "xn--bcher-kva.example"), true, ReasonAllowed, "web", "idn"},
-		{"IDN SNI in Unicode", tls("xn--bcher-kva.example", 443, "bücher.example"), true, ReasonAllowed, "web", "idn"},
+		{"IDN SNI in its xn-- form", tls("xn--bcher-kva.example", 443, "XN--BCHER-KVA.example"), true, ReasonAllowed, "web", "idn"},
+		// RFC 6066 §3: the SNI is ASCII; the server gets the bytes as sent.
+		{"IDN SNI in Unicode never matches", tls("xn--bcher-kva.example", 443, "bücher.example"), false, ReasonSNIMismatch, "web", "idn"},
 
 		// Ports.
 		{"default port is 443 only", tls("example.com", 80, "example.com"), false, ReasonNoRule, "", ""},
@@ -226,6 +228,8 @@ func TestDecide(t *testing.T) {
 		{"empty SNI", tls("example.com", 443, ""), false, ReasonSNIMissing, "web", "example"},
 		{"invalid SNI never matches", tls("example.com", 443, "exa mple.com"), false, ReasonSNIMismatch, "web", "example"},
 		{"IP SNI never matches", tls("example.com", 443, "1.2.3.4"), false, ReasonSNIMismatch, "web", "example"},
+		{"SNI that IDNA maps to the host never matches", tls("example.com", 443, "ｅｘａｍｐｌｅ.com"), false, ReasonSNIMismatch, "web", "example"},
+		{"uppercase SNI with a trailing dot matches", tls("example.com", 443, "EXAMPLE.com."), true, ReasonAllowed, "web", "example"},
 		{"transparent: hosts checked against SNI", Request{Addr: ip("192.0.2.9"), Port: 443, Hello: HelloTLS, SNI: "mixed.test"}, true, ReasonAllowed, "cloudflare-tunnel", "mixed"},
 		{"transparent: hosts vs wrong SNI", Request{Addr: ip("192.0.2.9"), Port: 443, Hello: HelloTLS, SNI: "other.test"}, false, ReasonSNIMismatch, "cloudflare-tunnel", "mixed"},
 		{"transparent: hosts, no SNI", Request{Addr: ip("192.0.2.9"), Port: 443, Hello: HelloTLS}, false, ReasonSNIMissing, "cloudflare-tunnel", "mixed"},

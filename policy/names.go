@@ -27,6 +27,7 @@ const (
 	hostIPLiteral // only produced by hostError; normalizeHost says hostBadChar or hostNonCanonicalIP
 	hostNonCanonicalIP
 	hostIDNA
+	hostNotASCII // only from normalizeSNI
 )
 
 // NormalizeHost returns the canonical form of a host name, the form rules
@@ -49,6 +50,29 @@ func NormalizeHost(s string) (string, error) {
 		return n, nil
 	}
 	return "", hostError(s, e)
+}
+
+// NormalizeSNI is NormalizeHost for a ClientHello's server_name, which is
+// ASCII (RFC 6066 §3: an internationalized name goes in its xn-- form).
+// The server gets the name's bytes as the client sent them, so a name
+// that only IDNA mapping would turn into an allowed one (fullwidth
+// "ｃｇｒ.dev" into "cgr.dev") is refused, not matched.
+func NormalizeSNI(s string) (string, error) {
+	n, e := normalizeSNI(s)
+	if e == hostOK {
+		return n, nil
+	}
+	return "", hostError(s, e)
+}
+
+// normalizeSNI is NormalizeSNI without error values.
+func normalizeSNI(s string) (string, hostErr) {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return "", hostNotASCII
+		}
+	}
+	return normalizeHost(s)
 }
 
 // normalizeHost is NormalizeHost without error values.
@@ -199,6 +223,8 @@ func hostError(s string, e hostErr) error {
 		return fmt.Errorf("%s is an IP address, not a host name; match IP addresses with cidrs", q)
 	case hostNonCanonicalIP:
 		return fmt.Errorf("%s is an IP address in a non-canonical form; refused (a name whose last label is all digits or starts with 0x is read as an IPv4 address by some resolvers); write the address as a dotted quad in cidrs", q)
+	case hostNotASCII:
+		return fmt.Errorf("server name %s is not ASCII; a TLS client sends an internationalized name in its xn-- form (RFC 6066)", q)
 	case hostIDNA:
 		_, err := idnaProfile().ToASCII(s)
 		return fmt.Errorf("host name %s is not a valid internationalized name (%v); write it in its ASCII (xn--) form", q, err)

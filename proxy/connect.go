@@ -245,7 +245,7 @@ func (s *Server) decide(c *conn, r *policy.Request, hello *sni.Hello, quic bool)
 
 // helloName is r's SNI as a policy host name ("" when it is none).
 func helloName(r *policy.Request) string {
-	name, _ := policy.NormalizeHost(r.SNI)
+	name, _ := policy.NormalizeSNI(r.SNI)
 	return name
 }
 

@@ -353,7 +353,11 @@ func TestEvasionClientHello(t *testing.T) {
 		{name: "invalid utf-8", payload: sniHello(nil, sniExt(0, "allowed\xff.egress.test")), connect: "sni_mismatch", transparent: "no_rule"},
 		{name: "over-long name", payload: sniHello(nil, sniExt(0, longName)), connect: "sni_mismatch", transparent: "no_rule"},
 		{name: "over-long label", payload: sniHello(nil, sniExt(0, strings.Repeat("x", 64)+".egress.test")), connect: "sni_mismatch", transparent: "no_rule"},
-		{name: "idn u-label", payload: sniHello(nil, sniExt(0, "bücher.egress.test")), target: "xn--bcher-kva.egress.test", connect: "allowed", transparent: "allowed"},
+		{name: "idn a-label", payload: sniHello(nil, sniExt(0, "xn--bcher-kva.egress.test")), target: "xn--bcher-kva.egress.test", connect: "allowed", transparent: "allowed"},
+		// RFC 6066 §3: the SNI is ASCII, and the server gets its bytes as
+		// sent, not the name IDNA would map them to.
+		{name: "idn u-label", payload: sniHello(nil, sniExt(0, "bücher.egress.test")), target: "xn--bcher-kva.egress.test", connect: "sni_mismatch", transparent: "no_rule"},
+		{name: "fullwidth letters", payload: sniHello(nil, sniExt(0, "ａｌｌｏｗｅｄ.egress.test")), connect: "sni_mismatch", transparent: "no_rule"},
 		{name: "ech with allowed outer sni", payload: sniHello([]evExt{{0xfe0d, append([]byte{0, 0, 1, 0, 1, 7, 0, 32}, make([]byte, 32+2+100)...)}}, sniExt(0, "allowed.egress.test")),
 			connect: "allowed", transparent: "allowed", extra: map[string]any{"ech": true}},
 		{name: "ech with another outer sni", payload: sniHello([]evExt{{0xfe0d, make([]byte, 40)}}, sniExt(0, "public.example")),

@@ -331,7 +331,7 @@ func (s *suggestion) destination(l *logLine) (destKey, string, bool) {
 		case l.SNI == "":
 			k.anySNI = true // a rule without sni accepts any SNI (or none)
 		default:
-			n, err := policy.NormalizeHost(l.SNI)
+			n, err := policy.NormalizeSNI(l.SNI)
 			if err != nil {
 				return unfix(unfixSNI)
 			}
