@@ -371,5 +371,15 @@ func FuzzQUICFrames(f *testing.F) {
 		} else {
 			checkQUICAdds(t, d1, d2)
 		}
+		// p2 in an Initial to the server's connection ID (RFC 9000 §7.2),
+		// once p1 completed a hello: passed or malformed.
+		var q QUICInitial
+		var h Hello
+		if q.Add(d1, &h) == nil {
+			toServer := sealInitial(t, testInitial{dcid: []byte("server-cid"), keyDCID: rfcDCID, pn: 1, frames: p2})
+			if err := q.Verifier().Check(toServer); err != nil && !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Check to the server's connection ID: %v", err)
+			}
+		}
 	})
 }
