@@ -530,6 +530,54 @@ policy "watch" {
 	}
 }
 
+// TestAuditedDenyOverAuditedAllowKeepsItsRule: an audit-mode deny rule
+// only logs. When the connection goes through because an audit-mode
+// policy's allow rule failed its conditions (ja3_mismatch: audited), the
+// deny rule may decide (would_deny, denied_by_rule), but what the allow
+// rule opens and how the destination is verified stay the allow rule's,
+// as without the deny rule.
+func TestAuditedDenyOverAuditedAllowKeepsItsRule(t *testing.T) {
+	const base = `
+policy "lan" {
+  mode = "audit"
+  allow "nas" {
+    cidrs              = ["10.9.0.0/16"]
+    ja3                = ["0123456789abcdef0123456789abcdef"]
+    verify_destination = "redirect"
+  }
+}
+`
+	const watch = `
+policy "watch" {
+  mode = "audit"
+  deny "watch-nas" { cidrs = ["10.9.0.0/16"] }
+}
+`
+	a := netip.MustParseAddr("10.9.0.5")
+	r := Request{Addr: a, Port: 443, Hello: HelloTLS, SNI: "nas.example", JA3: "ffffffffffffffffffffffffffffffff", Transparent: true}
+	for _, tc := range []struct{ name, src string }{
+		{"allow rule alone", base},
+		{"with an audit-mode deny rule", base + watch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := mustParse(t, tc.src).Policy
+			d := p.Decide(&r)
+			if !d.Allow || !d.WouldDeny {
+				t.Fatalf("Decide = %s, want an audited allow", DescribeDecision(d))
+			}
+			if !d.AddrAllowed(a) {
+				t.Errorf("AddrAllowed(%s) = false (%s): the allow rule's private cidr no longer opens it", a, DescribeDecision(d))
+			}
+			if !d.RuleHasCIDR(a) {
+				t.Errorf("RuleHasCIDR(%s) = false (%s): destination verification lost the allow rule's cidrs", a, DescribeDecision(d))
+			}
+			if got := d.VerifyDestination(); got != VerifyRedirect {
+				t.Errorf("VerifyDestination = %q, want the allow rule's %q", got, VerifyRedirect)
+			}
+		})
+	}
+}
+
 // TestUserHashesDifferWarns: users whose hashes differ in kind or cost get
 // one warning, at the first user whose hash differs from the first user's;
 // users hashed alike get none.

@@ -220,15 +220,24 @@ func (p *Policy) Decide(r *Request) Decision {
 // decide is Decide without clients and audit mode.
 func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	sni, sniOK := "", false
+	// dsni is the SNI as deny rules see it: a name that is not ASCII
+	// matches no allow rule, but a deny rule still refuses it when IDNA
+	// maps it to a name the rule lists (denials fail closed).
+	dsni, dsniOK := "", false
 	if r.SNI != "" {
 		var e hostErr
 		sni, e = normalizeSNI(r.SNI)
 		sniOK = e == hostOK
+		dsni, dsniOK = sni, sniOK
+		if e == hostNotASCII {
+			dsni, e = normalizeHost(r.SNI)
+			dsniOK = e == hostOK
+		}
 	}
 	addr := r.Addr.Unmap().WithZone("")
 
 	// Deny rules first: any match wins over every allow.
-	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, best: -1, audited: -1, client: client}
+	ds := denyScan{p: p, r: r, sni: dsni, sniOK: dsniOK, best: -1, audited: -1, client: client}
 	for it := p.denyIdx.names(r.Host); ; {
 		ids := it.next()
 		if ids == nil {
@@ -236,8 +245,8 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 		}
 		ds.visit(ids)
 	}
-	if sniOK && sni != r.Host {
-		for it := p.denyIdx.names(sni); ; {
+	if dsniOK && dsni != r.Host {
+		for it := p.denyIdx.names(dsni); ; {
 			ids := it.next()
 			if ids == nil {
 				break
@@ -318,12 +327,10 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	// have allowed it, if any, still says which private addresses it
 	// opens.
 	if ds.audited >= 0 && (d.Allow || p.audited(d, client, r.User)) {
+		// grant is d's rule: the allow rule that passed, or the one whose
+		// failure audit mode lets through (nil for no_rule).
 		ru := &p.deny[ds.audited]
-		dd := Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
-		if as.pass >= 0 {
-			dd.grant = &p.allow[as.pass]
-		}
-		return dd
+		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru, grant: d.rule}
 	}
 	return d
 }

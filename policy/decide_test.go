@@ -570,3 +570,30 @@ policy "more" {
 		})
 	}
 }
+
+// TestDenyRuleCatchesNonASCIISNI: an SNI that is not ASCII matches no
+// allow rule, but a deny rule still refuses a name IDNA maps to one it
+// lists: under an allow that accepts any SNI (cidrs only), the fullwidth
+// form of a denied name must not get through where the ASCII form is
+// refused.
+func TestDenyRuleCatchesNonASCIISNI(t *testing.T) {
+	p := mustParse(t, `
+policy "office" {
+  allow "net" { cidrs = ["192.0.2.0/24"] }
+  deny "no-evil-host" { hosts = ["evil.test"] }
+  deny "no-evil-sni" {
+    cidrs = ["192.0.2.0/24"]
+    sni   = ["*.bad.test"]
+  }
+}
+`).Policy
+	a := netip.MustParseAddr("192.0.2.5")
+	for _, sni := range []string{"evil.test", "ｅｖｉｌ.test", "x.bad.test", "x.ｂａｄ.test"} {
+		for _, transparent := range []bool{false, true} {
+			r := Request{Addr: a, Port: 443, Hello: HelloTLS, SNI: sni, Transparent: transparent}
+			if d := p.Decide(&r); d.Allow || d.Reason != ReasonDeniedByRule {
+				t.Errorf("SNI %q (transparent %v): %s, want denied_by_rule", sni, transparent, DescribeDecision(d))
+			}
+		}
+	}
+}

@@ -25,7 +25,7 @@ var (
 	dfJA4     = []string{ja4Good, ja4Bad}
 	dfClients = []string{"10.9.0.0/16", "10.1.0.0/16", "2001:db8::/32"}
 	dfReqCl   = []string{"10.9.1.1", "10.1.9.9", "192.0.2.1", "2001:db8::5", "::ffff:10.9.1.1", ""}
-	dfSNIs    = []string{"", "a.test", "b.a.test", "x.test", "A.Test.", "c.b.a.test", "evil.other", "1.2.3.4", "bad name", "q.test.example"}
+	dfSNIs    = []string{"", "a.test", "b.a.test", "x.test", "A.Test.", "c.b.a.test", "evil.other", "1.2.3.4", "bad name", "q.test.example", "ａ.test", "b.ａ.test"}
 )
 
 func pick[T any](r *rand.Rand, s []T) T { return s[r.IntN(len(s))] }
@@ -161,16 +161,18 @@ func refDecide(p *Policy, r *Request) Decision {
 }
 
 func refDecideRules(p *Policy, r *Request, client netip.Addr) Decision {
-	sni, e := normalizeHost(r.SNI)
+	sni, e := normalizeSNI(r.SNI)
 	sniOK := r.SNI != "" && e == hostOK
+	dsni, de := normalizeHost(r.SNI) // deny rules: IDNA-mapped
+	dsniOK := r.SNI != "" && de == hostOK
 	addr := r.Addr.Unmap().WithZone("")
 	v4, has4 := EmbeddedIPv4(addr)
-	ds := denyScan{p: p, r: r, sni: sni, sniOK: sniOK, client: client}
+	ds := denyScan{p: p, r: r, sni: dsni, sniOK: dsniOK, client: client}
 	best, audited := -1, -1
 	for i := range p.deny {
 		ru := &p.deny[i]
 		dst := (r.Host != "" && matchAny(ru.hosts, r.Host)) ||
-			(sniOK && matchAny(ru.hosts, sni)) ||
+			(dsniOK && matchAny(ru.hosts, dsni)) ||
 			(addr.IsValid() && prefixesContain(ru.cidrs, addr)) ||
 			(has4 && prefixesContain(ru.cidrs, v4))
 		if !dst || !ru.applies(r.Port, r.Protocol) || !p.policyApplies(ru, client, r.User) || !ds.conditions(ru) {
@@ -223,11 +225,7 @@ func refDecideRules(p *Policy, r *Request, client netip.Addr) Decision {
 	// connection through (allowed, or audited).
 	if audited >= 0 && (d.Allow || p.audited(d, client, r.User)) {
 		ru := &p.deny[audited]
-		dd := Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru}
-		if pass >= 0 {
-			dd.grant = &p.allow[pass]
-		}
-		return dd
+		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru, grant: d.rule}
 	}
 	return d
 }
