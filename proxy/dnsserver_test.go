@@ -259,6 +259,30 @@ func TestDNSRefusesNamesNoPolicyAllows(t *testing.T) {
 	}
 }
 
+// TestDNSHTTPSHintsRemembered: the ipv4hint and ipv6hint addresses of an
+// HTTPS record handed out are remembered for destination verification: a
+// client may connect to them before, or instead of, asking for A and AAAA
+// (RFC 9460 §7.3).
+func TestDNSHTTPSHintsRemembered(t *testing.T) {
+	const name = "hints.egress.test"
+	d := serveDNSEnv(t, staticUpstream(t, map[string][]string{
+		name + ". HTTPS": {name + ". 300 IN HTTPS 1 . alpn=h2 ipv4hint=127.0.9.9 ipv6hint=2001:db8::99"},
+	}), `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "hints" { hosts = ["hints.egress.test"] }
+}
+`)
+	if in := d.query(t, "udp", name, dns.TypeHTTPS); len(in.Answer) != 1 {
+		t.Fatalf("answer %v", in)
+	}
+	for _, a := range []string{"127.0.9.9", "2001:db8::99"} {
+		if !d.remembered(name, netip.MustParseAddr(a)) {
+			t.Errorf("HTTPS hint %s handed out but not remembered for destination verification", a)
+		}
+	}
+}
+
 func TestDNSSRVAndTXTForSNIName(t *testing.T) {
 	d := startDNSEnv(t, "")
 	in := d.query(t, "udp", srvName, dns.TypeSRV)

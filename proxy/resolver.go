@@ -494,13 +494,7 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 	}
 	exp := now.Add(ttl)
 	old := r.cache[name]
-	known := make([]knownAddr, 0, len(old.known)+len(addrs))
-	for _, k := range old.known {
-		if now.Before(k.expires) && !containsAddr(addrs, k.addr) {
-			known = append(known, k)
-		}
-	}
-	nOld := len(known)
+	add := make([]knownAddr, 0, len(addrs))
 	for _, a := range addrs {
 		ae := exp
 		if i := slices.IndexFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }); i < 0 {
@@ -508,15 +502,9 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 		} else if old.known[i].expires.After(ae) {
 			ae = old.known[i].expires // never shorten what an earlier answer gave
 		}
-		known = append(known, knownAddr{addr: a, expires: ae})
+		add = append(add, knownAddr{addr: a, expires: ae})
 	}
-	if len(known) > maxKnownPerName {
-		// Drop the older addresses closest to expiry; this answer stays.
-		olds := known[:nOld]
-		slices.SortStableFunc(olds, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
-		known = slices.Clone(known[len(known)-maxKnownPerName:])
-	}
-	e := cacheEntry{addrs: addrs, expires: exp, known: known}
+	e := cacheEntry{addrs: addrs, expires: exp, known: mergeKnown(old.known, add, now)}
 	if knownOnly {
 		e.addrs, e.expires = old.addrs, old.expires // Lookup's answer unchanged
 	}
@@ -524,8 +512,23 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 	return added
 }
 
-func containsAddr(list []netip.Addr, a netip.Addr) bool {
-	return slices.Contains(list, a)
+// mergeKnown returns the live addresses of old that add does not renew
+// (the same address, expiring no sooner), then add. Past maxKnownPerName
+// the old addresses closest to expiry go: the answer being stored, which
+// a client may be about to dial, always stays (its first maxKnownPerName).
+func mergeKnown(old, add []knownAddr, now time.Time) []knownAddr {
+	add = add[:min(len(add), maxKnownPerName)]
+	known := make([]knownAddr, 0, len(old)+len(add))
+	for _, k := range old {
+		if now.Before(k.expires) && !slices.ContainsFunc(add, func(x knownAddr) bool { return x.addr == k.addr && !x.expires.Before(k.expires) }) {
+			known = append(known, k)
+		}
+	}
+	if drop := len(known) + len(add) - maxKnownPerName; drop > 0 {
+		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
+		known = known[drop:]
+	}
+	return append(known, add...)
 }
 
 // evictLocked drops expired entries, then arbitrary ones until at most
@@ -734,18 +737,25 @@ func (r *Resolver) Remember(name string, in *dns.Msg) int {
 			if !strings.EqualFold(h.Name, owner) {
 				continue
 			}
-			var a netip.Addr
+			var ips []net.IP
 			switch v := rr.(type) {
 			case *dns.A:
-				a, _ = netip.AddrFromSlice(v.A.To4())
+				ips = []net.IP{v.A}
 			case *dns.AAAA:
-				a, _ = netip.AddrFromSlice(v.AAAA.To16())
+				ips = []net.IP{v.AAAA}
 			case *dns.CNAME:
 				next, nextTTL = v.Target, h.Ttl
+			case *dns.HTTPS:
+				ips = svcbHints(&v.SVCB)
+			case *dns.SVCB:
+				ips = svcbHints(v)
 			}
-			if a.IsValid() && n < maxAddrsPerName {
-				n++
-				recs = append(recs, rec{names: chain, addr: a.Unmap(), ttl: min(chainTTL, h.Ttl)})
+			for _, ip := range ips {
+				a, ok := netip.AddrFromSlice(ip)
+				if ok && n < maxAddrsPerName {
+					n++
+					recs = append(recs, rec{names: chain, addr: a.Unmap(), ttl: min(chainTTL, h.Ttl)})
+				}
 			}
 		}
 		if next == "" {
@@ -777,21 +787,26 @@ func (r *Resolver) Remember(name string, in *dns.Msg) int {
 			r.evictLocked(now)
 		}
 		e := r.cache[n]
-		known := make([]knownAddr, 0, len(e.known)+len(add))
-		for _, k := range e.known {
-			if now.Before(k.expires) && !slices.ContainsFunc(add, func(x knownAddr) bool { return x.addr == k.addr && !x.expires.Before(k.expires) }) {
-				known = append(known, k)
-			}
-		}
-		known = append(known, add...)
-		if len(known) > maxKnownPerName {
-			slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
-			known = slices.Clone(known[len(known)-maxKnownPerName:])
-		}
-		e.known = known
+		e.known = mergeKnown(e.known, add, now)
 		r.cache[n] = e
 	}
 	return len(recs)
+}
+
+// svcbHints returns the ipv4hint and ipv6hint addresses of an SVCB or
+// HTTPS record (RFC 9460 §7.3), which a client may connect to before, or
+// instead of, asking for A and AAAA records.
+func svcbHints(v *dns.SVCB) []net.IP {
+	var ips []net.IP
+	for _, kv := range v.Value {
+		switch h := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			ips = append(ips, h.Hint...)
+		case *dns.SVCBIPv6Hint:
+			ips = append(ips, h.Hint...)
+		}
+	}
+	return ips
 }
 
 // exchangeOne asks one server over UDP, and again over TCP when the UDP

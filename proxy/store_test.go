@@ -66,6 +66,50 @@ func TestKnownBoundKeepsNewAnswer(t *testing.T) {
 	}
 }
 
+// TestRememberBoundKeepsHandedOut: Remember, like store, keeps the answer
+// being handed out when a name's remembered addresses are at
+// maxKnownPerName, even when it expires before the older ones (a
+// recursor counting its cache TTL down): the workload is about to dial
+// it. (From a review; it failed on 9e50551.)
+func TestRememberBoundKeepsHandedOut(t *testing.T) {
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	const name = "pool.test"
+	answer := func(ttl int, addrs ...string) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+		m.Response = true
+		for _, a := range addrs {
+			rr, err := dns.NewRR(fmt.Sprintf("%s. %d IN A %s", name, ttl, a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m.Answer = append(m.Answer, rr)
+		}
+		return m
+	}
+	for blk := range maxKnownPerName / maxAddrsPerName { // TTL 300
+		var as []string
+		for i := range maxAddrsPerName {
+			as = append(as, fmt.Sprintf("10.%d.0.%d", blk, i+1))
+		}
+		r.Remember(name, answer(300, as...))
+	}
+	now = now.Add(time.Second)
+	x := netip.MustParseAddr("10.9.0.1") // this workload's answer, TTL 60
+	if n := r.Remember(name, answer(60, x.String())); n != 1 {
+		t.Fatalf("Remember = %d", n)
+	}
+	now = now.Add(time.Second)
+	if !r.Knows(name, x) {
+		t.Errorf("%s was just handed out (TTL 60) but is not remembered: dropped by the maxKnownPerName bound", x)
+	}
+}
+
 // TestVerifyTrimmedAddress: an address the answer held but joinAddrs
 // trimmed from Lookup's list (32 AAAA and 32 A records) is remembered,
 // and the Verify that asked accepts it as its waiters do.
