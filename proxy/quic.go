@@ -720,26 +720,28 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 			return false, g.otherDatagram(f, o, b, err)
 		}
 	}
+	// An Initial that opens with the keys of the decided connection (or
+	// of an allowed other one) but names another DCID is that
+	// connection's, sent to the server's connection ID (RFC 9000 §7.2):
+	// it goes on only with the decided hello's bytes, as the Initials to
+	// the first DCID do. Checked before any key derivation for id, which
+	// allocates; no server opens it with id's keys either.
+	if f.verify.Check(b) == nil {
+		return true, nil
+	}
+	for _, o := range f.others {
+		if o.state == flowRelaying && o.v.Check(b) == nil {
+			return true, nil
+		}
+	}
 	q := initialPool.Get().(*sni.QUICInitial)
 	var hello sni.Hello
 	err := q.Add(b, &hello)
 	if !q.Opened() {
-		// Not a first flight. An Initial that opens with the keys of the
-		// decided connection (or of an allowed other one) but names
-		// another DCID is that connection's, sent to the server's
-		// connection ID (RFC 9000 §7.2): it goes on only with the decided
-		// hello's bytes, as the Initials to the first DCID do. Anything
-		// else no server could open either, unless it hides an Initial
-		// the reassembly did not reach: dropped.
+		// Not a first flight, nor a connection's Initial to the server's
+		// connection ID: no server could open it either, unless it hides
+		// an Initial the reassembly did not reach. Dropped.
 		putInitial(q)
-		if f.verify.Check(b) == nil {
-			return true, nil
-		}
-		for _, o := range f.others {
-			if o.state == flowRelaying && o.v.Check(b) == nil {
-				return true, nil
-			}
-		}
 		return false, nil
 	}
 	if slices.ContainsFunc(f.others, func(o *otherConn) bool { return o.state == flowPending }) {

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/egressd/egressd/sni"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 )
@@ -702,6 +703,27 @@ func TestQUICServerConnIDScreened(t *testing.T) {
 				t.Errorf("the server acted on hellos %q, want only %s, which egressd decided", got, name)
 			}
 		})
+	}
+}
+
+// TestQUICScreenServerConnIDAllocs: screen allocates nothing for a flow's
+// own datagrams, its Initials to the server's connection ID included.
+func TestQUICScreenServerConnIDAllocs(t *testing.T) {
+	dcid := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	q := new(sni.QUICInitial)
+	var h sni.Hello
+	if err := q.Add(sealQUICInitial(t, quicInitialSpec{dcid: dcid, frames: quicCrypto(0, quicClientHello(t, "quic.cftunnel.com")), padTo: 1200}), &h); err != nil {
+		t.Fatal(err)
+	}
+	f := &flow{verify: q.Verifier()}
+	g := &quicGateway{}
+	ack := []byte{0x02, 0x00, 0x00, 0x00, 0x00} // ACK of packet 0
+	b := sealQUICInitial(t, quicInitialSpec{dcid: []byte("server-cid"), keyDCID: dcid, pn: 1, frames: ack, padTo: 1200})
+	if pass, _ := g.screen(f, b); !pass {
+		t.Fatal("the decided connection's ACK to the server's connection ID is dropped")
+	}
+	if n := testing.AllocsPerRun(100, func() { g.screen(f, b) }); n != 0 {
+		t.Errorf("screen allocates %v times per Initial to the server's connection ID", n)
 	}
 }
 
