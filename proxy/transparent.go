@@ -239,7 +239,8 @@ func (s *Server) dstKnown(d policy.Decision, a netip.Addr, sni string) bool {
 // cidrs, or answered by the resolver for the SNI name or one of the rule's
 // exact hosts. It returns the target to dial: t itself, or under
 // verify_destination = "redirect" the SNI name. ok is false after c was
-// refused with dst_mismatch (or dns_error).
+// refused with dst_mismatch, or client_closed when ctx (cancelled when
+// Shutdown gives up waiting) cut the check short.
 func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (Target, bool) {
 	d := c.decision
 	if d.RuleHasCIDR(t.Addr) {
@@ -257,6 +258,11 @@ func (s *Server) verifyDst(ctx context.Context, c *conn, t Target, sni string) (
 	ok, lastErr := verifyNames(ctx, s.resolver, names, t.Addr)
 	if ok {
 		return t, true
+	}
+	if ctx.Err() != nil {
+		// Cut, not failed: dst_mismatch would report a spoofed SNI.
+		c.refuse(policy.ReasonClientClosed, "closed by shutdown")
+		return t, false
 	}
 	if d.VerifyDestination() == policy.VerifyRedirect && sni != "" {
 		c.detail = fmt.Sprintf("original destination %s is not an address of %s; redirected", t.Addr, sni)

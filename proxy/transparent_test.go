@@ -781,3 +781,43 @@ func TestTransparentVerifySiblingQueries(t *testing.T) {
 		t.Errorf("%d connections with fresh SNI names sent %d A queries for slow.egress.test, want at most 1 per %v", conns, q, minVerifyRefresh)
 	}
 }
+
+// TestTransparentShutdownDuringVerify: Shutdown's grace runs out while a
+// transparent connection's destination is being verified (its name's
+// servers never answer). The connection is cut by the shutdown: its
+// decision line says client_closed, as a CONNECT cut the same way does,
+// not dst_mismatch, the reason that reports SNI spoofing. Both paths.
+func TestTransparentShutdownDuringVerify(t *testing.T) {
+	for _, path := range []string{"front", "goroutines"} {
+		t.Run(path, func(t *testing.T) {
+			var asked atomic.Int32
+			dnsAddr := serveTestDNS(t, "127.0.0.1:0", func(w dns.ResponseWriter, q *dns.Msg) {
+				asked.Add(1) // never answered
+			})
+			ln := listenOn(t, "127.0.0.5:0")
+			serveEcho(ln)
+			e := newEnv(t)
+			e.noFront = path == "goroutines"
+			g := e.startTransparent(t, `
+server { allow_private_destinations = true }
+resolver { servers = ["`+dnsAddr+`"] }
+policy "verify" {
+  allow "verify" {
+    hosts = ["stuck.egress.test"]
+    ports = [`+strings.Split(ln.Addr().String(), ":")[1]+`]
+  }
+}`)
+			c := g.dial(t, ln.Addr().String())
+			c.Write(clientHelloBytes("stuck.egress.test"))
+			waitFor(t, "the verification's DNS query", func() bool { return asked.Load() > 0 })
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			e.srv.Shutdown(ctx)
+			io.ReadAll(c)
+			d := e.waitLog(t, "decision", map[string]any{"mode": "transparent", "sni": "stuck.egress.test"})
+			if d["reason"] != "client_closed" {
+				t.Errorf("decision %v: want client_closed (closed by shutdown), not a dst_mismatch that never was", d)
+			}
+		})
+	}
+}
