@@ -129,10 +129,24 @@ func startRelay(client, upstream net.Conn, idle time.Duration, done func(up, dow
 }
 
 func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
-	*n = pipe(dst, src, idle, &ts.watch.last)
+	var eof bool
+	*n, eof = pipe(dst, src, idle, &ts.watch.last)
 	if ts.left.Add(-1) == 0 {
 		ts.watch.stop()
 		ts.done(ts.up, ts.down)
+		return
+	}
+	// src sent its FIN while the other way goes on: nothing reads src any
+	// more, so a reset from it would wait for the other peer's next byte
+	// or the idle timeout. Wait for one until the tunnel ends (its close
+	// ends the wait), and pass it on as pipe does.
+	if eof && waitReset(src) != nil {
+		for _, c := range [...]net.Conn{dst, src} {
+			if l, ok := c.(interface{ SetLinger(int) error }); ok {
+				_ = l.SetLinger(0)
+			}
+			_ = c.Close()
+		}
 	}
 }
 
@@ -146,10 +160,9 @@ func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
 // deadline of a fraction of idle, so that bytes moved are noted in last at
 // least that often (the tunnel's watchdog ends it once last is idle old);
 // a read that times out just waits again.
-func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
+func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (total int64, eof bool) {
 	inlineUrgent(src)
 	buf := make([]byte, pipeBuffer)
-	var total int64
 	tick := max(idle/idleChecks, time.Millisecond)
 	for {
 		_ = src.SetReadDeadline(time.Now().Add(tick))
@@ -167,6 +180,7 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 			continue
 		case err == io.EOF:
 			closeWrite(dst)
+			eof = true
 		default:
 			// A reset or a broken connection: tear down both sides so
 			// the other direction does not wait for its own timeout, with
@@ -181,7 +195,7 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) int64 {
 				_ = c.Close()
 			}
 		}
-		return total
+		return total, eof
 	}
 }
 

@@ -565,6 +565,36 @@ func inlineUrgent(c net.Conn) {
 	}
 }
 
+// waitReset waits, after c's peer sent its FIN, until c has a pending
+// error (a reset after the FIN), which it returns, or until c is closed
+// (nil). The wait holds no read deadline: the tunnel's watchdog, an abort
+// or the end of the other direction closes c.
+func waitReset(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = c.SetReadDeadline(time.Time{})
+	var soerr int
+	_ = rc.Read(func(fd uintptr) bool {
+		v, e := getIntOpt(int(fd), syscall.SOL_SOCKET, syscall.SO_ERROR)
+		if e != 0 {
+			soerr = int(e)
+		} else {
+			soerr = v
+		}
+		return soerr != 0
+	})
+	if soerr != 0 {
+		return syscall.Errno(soerr)
+	}
+	return nil
+}
+
 // spliceOutErr is the error of a splice into dst that moved nothing: a
 // socket that takes no bytes without saying why is treated as a broken
 // pipe, so that the relay does not spin on it.

@@ -209,31 +209,36 @@ func TestEpollRelayAbortAndReset(t *testing.T) {
 	r.wait(t)
 }
 
-// TestEpollRelayResetAfterFIN: a peer that half-closes and then resets
-// ends the tunnel at once, not at its idle timeout: its direction is
-// over, so no splice reads the reset, and the other way has nothing to
-// write to it.
-func TestEpollRelayResetAfterFIN(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		end  func(r *relayed) (resets, peer *net.TCPConn)
-	}{
-		{"the workload", func(r *relayed) (*net.TCPConn, *net.TCPConn) { return r.work, r.dest }},
-		{"the destination", func(r *relayed) (*net.TCPConn, *net.TCPConn) { return r.dest, r.work }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := startRelayed(t, time.Minute)
-			c, peer := tc.end(r)
-			c.Write([]byte("x"))
-			c.CloseWrite()
-			peer.SetReadDeadline(time.Now().Add(5 * time.Second))
-			if b, err := io.ReadAll(peer); err != nil || string(b) != "x" {
-				t.Fatalf("the other end read %q, %v; want x and the FIN", b, err)
-			}
-			c.SetLinger(0)
-			c.Close() // RST
-			r.wait(t)
-		})
+// TestRelayResetAfterFIN: a peer that half-closes and then resets ends
+// the tunnel at once, not at its idle timeout: its direction is over, so
+// no read meets the reset, and the other way has nothing to write to it.
+// Both relays: the epoll relay, and the goroutine relay it falls back to.
+func TestRelayResetAfterFIN(t *testing.T) {
+	for _, relay := range []string{"epoll", "goroutines"} {
+		for _, tc := range []struct {
+			name string
+			end  func(r *relayed) (resets, peer *net.TCPConn)
+		}{
+			{"the workload", func(r *relayed) (*net.TCPConn, *net.TCPConn) { return r.work, r.dest }},
+			{"the destination", func(r *relayed) (*net.TCPConn, *net.TCPConn) { return r.dest, r.work }},
+		} {
+			t.Run(relay+"/"+tc.name, func(t *testing.T) {
+				if relay == "goroutines" {
+					noEpollWatches(t)
+				}
+				r := startRelayed(t, time.Minute, relay == "epoll")
+				c, peer := tc.end(r)
+				c.Write([]byte("x"))
+				c.CloseWrite()
+				peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+				if b, err := io.ReadAll(peer); err != nil || string(b) != "x" {
+					t.Fatalf("the other end read %q, %v; want x and the FIN", b, err)
+				}
+				c.SetLinger(0)
+				c.Close() // RST
+				r.wait(t)
+			})
+		}
 	}
 }
 
