@@ -124,6 +124,11 @@ func (q *QUICInitial) Reset() {
 type QUICVerifier struct {
 	q  QUICInitial
 	id QUICConnID
+	// alt checks Initials of the other version (v1 or v2) to the server's
+	// connection ID: after compatible version negotiation (RFC 9368) the
+	// client goes on in the version the server chose, with that version's
+	// keys for its first DCID. Made on first use.
+	alt *QUICInitial
 }
 
 // Verifier returns a QUICVerifier for the attempt once Add has returned
@@ -158,12 +163,29 @@ func (v *QUICVerifier) ConnID() QUICConnID { return v.id }
 // of the first one (RFC 9001 §5.2). In those, and only those, CRYPTO bytes
 // past the decided hello are let through: a second ClientHello after a
 // HelloRetryRequest (RFC 8446 §4.1.4), which a server takes only after the
-// decided one. That second hello is not checked.
+// decided one. That second hello is not checked. Initials to the server's
+// connection ID may also be of the other version (v1 or v2), with its keys
+// for the first DCID: compatible version negotiation (RFC 9368).
 // 0-RTT and Handshake packets are skipped as in Add. Otherwise it returns
 // an ErrMalformed error saying why, and the datagram should be dropped.
 // Not safe for concurrent use.
 func (v *QUICVerifier) Check(datagram []byte) error {
-	return v.q.walk(datagram, false)
+	// An Initial of the other version (v1 or v2) is checked with that
+	// version's keys, but only to the server's connection ID: the first
+	// DCID in another version is another connection attempt.
+	id, ok := InitialDCID(datagram)
+	if !ok || id.v == v.q.version || (id.n == v.id.n && id.b == v.id.b) {
+		return v.q.walk(datagram, false)
+	}
+	if v.alt == nil {
+		alt := v.q
+		if err := alt.deriveKeys(id.v, v.q.dcid[:v.q.dcidLen]); err != nil {
+			return err
+		}
+		alt.largest = v.q.largest
+		v.alt = &alt
+	}
+	return v.alt.walk(datagram, false)
 }
 
 // Opened reports whether an Initial packet added so far passed

@@ -819,6 +819,11 @@ func TestQUICVerifier(t *testing.T) {
 		{"the hello's tail and a second hello (after a HelloRetryRequest) to the server's connection ID", toServer(1, cryptoFrame(100, append(slices.Clone(hello[100:]), other...))), true},
 		{"a second hello alone to the server's connection ID", toServer(1, cryptoFrame(uint64(len(hello)), other)), true},
 		{"another hello's tail, then more, to the server's connection ID", toServer(1, cryptoFrame(100, append(slices.Clone(other[100:]), hello...))), false},
+		// RFC 9368: after compatible version negotiation the client goes
+		// on in version 2, to the server's connection ID, with v2 keys
+		// for rfcDCID.
+		{"version 2, the hello's tail to the server's connection ID", sealInitial(t, testInitial{version: quicV2, dcid: []byte("server-cid"), keyDCID: rfcDCID, pn: 1, frames: cryptoFrame(100, hello[100:]), padTo: 1200}), true},
+		{"version 2, another hello's tail to the server's connection ID", sealInitial(t, testInitial{version: quicV2, dcid: []byte("server-cid"), keyDCID: rfcDCID, pn: 1, frames: cryptoFrame(100, other[100:]), padTo: 1200}), false},
 		{"the server's connection ID with keys of its own", sealInitial(t, testInitial{dcid: []byte("server-cid"), pn: 1, frames: cryptoFrame(100, hello[100:]), padTo: 1200}), false},
 		{"an Initial, then another hello's", slices.Concat(sealInitial(t, testInitial{pn: 1, frames: cryptoFrame(0, hello)}), sealInitial(t, testInitial{pn: 2, frames: cryptoFrame(0, other)})), false},
 	} {
