@@ -30,6 +30,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -483,6 +484,7 @@ func TestEvasionHelloSplitEverySNIOffset(t *testing.T) {
 type connectCase struct {
 	name    string
 	request string // raw bytes; P is the upstream port, PROXY the proxy's address
+	with    []byte // sent in the same write as request, as they are (a hello's random bytes may hold ":P")
 	after   []byte // sent after the response (the hello), if the tunnel opens
 	status  int
 	reason  string // "" when net/http refuses before egressd decides (no decision line)
@@ -494,7 +496,7 @@ type connectCase struct {
 func TestEvasionConnectLine(t *testing.T) {
 	t.Parallel()
 	hello := clientHelloBytes("allowed.egress.test")
-	pipelined := string(hello) + "and more"
+	pipelined := append(slices.Clone(hello), "and more"...)
 	cases := []connectCase{
 		{name: "ipv6 literal", request: "CONNECT [::1]:P HTTP/1.1\r\nHost: [::1]:P\r\n\r\n", status: 403, reason: "no_rule", extra: map[string]any{"host": "::1"}},
 		{name: "missing port", request: "CONNECT allowed.egress.test HTTP/1.1\r\n\r\n", status: 400, reason: "bad_request"},
@@ -512,8 +514,8 @@ func TestEvasionConnectLine(t *testing.T) {
 		{name: "host header disagrees", request: "CONNECT allowed.egress.test:P HTTP/1.1\r\nHost: private.egress.test:P\r\n\r\n",
 			after: hello, status: 200, reason: "allowed", echo: hello, extra: map[string]any{"host": "allowed.egress.test"}},
 		{name: "http/1.0 connect", request: "CONNECT allowed.egress.test:P HTTP/1.0\r\n\r\n", after: hello, status: 200, reason: "allowed", echo: hello},
-		{name: "hello in the same write as the connect", request: "CONNECT allowed.egress.test:P HTTP/1.1\r\n\r\n" + pipelined,
-			status: 200, reason: "allowed", echo: []byte(pipelined)},
+		{name: "hello in the same write as the connect", request: "CONNECT allowed.egress.test:P HTTP/1.1\r\n\r\n", with: pipelined,
+			status: 200, reason: "allowed", echo: pipelined},
 		{name: "two pipelined connects", request: "CONNECT allowed.egress.test:P HTTP/1.1\r\n\r\nCONNECT private.egress.test:P HTTP/1.1\r\n\r\n",
 			status: 200, reason: "not_tls"},
 		{name: "header block over the limit", request: "CONNECT allowed.egress.test:P HTTP/1.1\r\nX-Big: " + strings.Repeat("a", 64<<10) + "\r\n\r\n", status: 431},
@@ -539,7 +541,7 @@ func (ev *evEnv) runConnect(t *testing.T, tc connectCase) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	req := strings.NewReplacer("PROXY", ev.proxyAddr, ":P", ":"+strconv.Itoa(ev.upPort)).Replace(tc.request)
-	go c.Write([]byte(req))
+	go c.Write(append([]byte(req), tc.with...))
 	br := bufio.NewReader(c)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
