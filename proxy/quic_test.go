@@ -517,16 +517,28 @@ func TestQUICOtherConnectionsOnAFlow(t *testing.T) {
 // when nil) that records the SNI of every hello it acts on.
 func helloRecorder(t *testing.T, e *env, versions []quic.Version) (netip.AddrPort, func() []string) {
 	t.Helper()
-	pc := listenUDP(t, "127.0.0.1:0")
 	var mu sync.Mutex
 	var seen []string
-	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
-		GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
-			mu.Lock()
-			seen = append(seen, chi.ServerName)
-			mu.Unlock()
-			return nil, nil
-		}}, &quic.Config{Versions: versions})
+	up := serveQUIC(t, e, &tls.Config{GetConfigForClient: func(chi *tls.ClientHelloInfo) (*tls.Config, error) {
+		mu.Lock()
+		seen = append(seen, chi.ServerName)
+		mu.Unlock()
+		return nil, nil
+	}}, versions)
+	return up, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(seen)
+	}
+}
+
+// serveQUIC runs a quic-go server on loopback that accepts every
+// connection, with conf given the test CA's leaf and quicALPN.
+func serveQUIC(t *testing.T, e *env, conf *tls.Config, versions []quic.Version) netip.AddrPort {
+	t.Helper()
+	pc := listenUDP(t, "127.0.0.1:0")
+	conf.Certificates, conf.NextProtos = []tls.Certificate{e.ca.leaf}, []string{quicALPN}
+	ln, err := quic.Listen(pc, conf, &quic.Config{Versions: versions})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -538,11 +550,7 @@ func helloRecorder(t *testing.T, e *env, versions []quic.Version) (netip.AddrPor
 			}
 		}
 	}()
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort(), func() []string {
-		mu.Lock()
-		defer mu.Unlock()
-		return slices.Clone(seen)
-	}
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // TestQUICDecidedHelloOnly: the upstream server only ever gets the hello
@@ -733,21 +741,7 @@ func TestQUICScreenServerConnIDAllocs(t *testing.T) {
 // first hello in the CRYPTO stream: the screen lets it through.
 func TestQUICHelloRetryRequest(t *testing.T) {
 	e := newEnv(t)
-	pc := listenUDP(t, "127.0.0.1:0")
-	ln, err := quic.Listen(pc, &tls.Config{Certificates: []tls.Certificate{e.ca.leaf}, NextProtos: []string{quicALPN},
-		CurvePreferences: []tls.CurveID{tls.CurveP256}}, &quic.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			if _, err := ln.Accept(context.Background()); err != nil {
-				return
-			}
-		}
-	}()
-	up := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	up := serveQUIC(t, e, &tls.Config{CurvePreferences: []tls.CurveID{tls.CurveP256}}, nil)
 	q := e.startQUIC(t, quicTestPolicy, up.Port())
 	// One key share, X25519, which the server does not take.
 	tlsConf := &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: e.ca.pool, NextProtos: []string{quicALPN},
