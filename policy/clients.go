@@ -363,11 +363,13 @@ func compileUsers(defs []userDef, diags *hcl.Diagnostics) map[string]pwHash {
 			*diags = append(*diags, errDiag(u.rng, "Invalid password_hash", fmt.Sprintf("user %s: %v.", quote(u.name), err)))
 			continue
 		}
+		if len(out) == maxUsers {
+			// Reported at the first user past the limit, once.
+			*diags = append(*diags, errDiag(u.rng, "Too many users",
+				fmt.Sprintf("user %s is past the limit of %d users; remove users, or give workloads that share a policy one user.", quote(u.name), maxUsers)))
+			break
+		}
 		out[u.name] = h
-	}
-	if len(out) > maxUsers {
-		*diags = append(*diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Too many users",
-			Detail: fmt.Sprintf("%d users are declared; the limit is %d.", len(out), maxUsers)})
 	}
 	return out
 }
@@ -424,17 +426,20 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 		}
 		defs = append(defs, userDef{name: u.name, hash: u.hash.v, rng: u.nameRng})
 	}
-	given := false
+	given := ""
 	for _, f := range files {
 		if !f.Users {
 			continue
 		}
-		given = true
+		if given == "" {
+			given = f.Name
+		}
 		defs = append(defs, parseUsersFile(f, &diags)...)
 	}
-	if given && usersFile == "" {
-		diags = append(diags, &hcl.Diagnostic{Severity: hcl.DiagError, Summary: "Users file without users_file",
-			Detail: "A users file was given but no server block sets users_file."})
+	if given != "" && usersFile == "" {
+		start := hcl.Pos{Line: 1, Column: 1}
+		diags = append(diags, errDiag(hcl.Range{Filename: given, Start: start, End: start}, "Users file without users_file",
+			fmt.Sprintf("%s was given as a users file, but no server block sets users_file; set users_file, or drop the file.", quote(given))))
 	}
 	p.users = compileUsers(defs, &diags)
 	// The decoys: for each kind of hash declared (bcrypt, argon2id), one
@@ -474,7 +479,7 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 	for _, k := range order {
 		p.decoys = append(p.decoys, makeDecoy(dearest[k]))
 	}
-	return diags, given
+	return diags, given != ""
 }
 
 // policyApplies reports whether ru's policy covers the client.

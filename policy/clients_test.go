@@ -229,6 +229,18 @@ policy "p" {
 		t.Errorf("users file diagnostics not in line order:\n%s", out)
 	}
 
+	// One user past maxUsers: reported at its line.
+	var many strings.Builder
+	many.WriteString("alice:" + testHash + "\n")
+	for i := range maxUsers {
+		fmt.Fprintf(&many, "u%d:%s\n", i, testHash)
+	}
+	write("users", many.String())
+	_, diags = Load(dir)
+	if out := FormatDiagnostics(diags); !strings.Contains(out, fmt.Sprintf("users:%d:1: error: Too many users", maxUsers+1)) {
+		t.Errorf("%d users: want Too many users at the first past the limit:\n%.300s", maxUsers+1, out)
+	}
+
 	write("users", "bob:"+testHash+"\n")
 	_, diags = Load(dir)
 	if out := FormatDiagnostics(diags); !strings.Contains(out, "Unknown user") {
@@ -263,6 +275,18 @@ policy "p" {
 
 func writeFileForTest(dir, name, src string) error {
 	return os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600)
+}
+
+// TestUsersFileWithoutSetting: a users file given to Parse when no server
+// block sets users_file is an error located at the users file.
+func TestUsersFileWithoutSetting(t *testing.T) {
+	_, diags := Parse([]File{
+		{Name: "t.hcl", Src: []byte("policy \"p\" {\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n")},
+		{Name: "users", Src: []byte("alice:" + testHash + "\n"), Users: true},
+	})
+	if out := FormatDiagnostics(diags); !strings.Contains(out, "users:1:1: error: Users file without users_file") {
+		t.Errorf("want the error at users:1:1, got:\n%s", out)
+	}
 }
 
 // TestDecoyHashMatchesUsers: an unknown user is checked against a decoy
