@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"unicode"
 
 	"github.com/rs/zerolog"
 
@@ -76,6 +77,11 @@ func consoleWriter(out io.Writer, color bool) zerolog.ConsoleWriter {
 			}
 			return m
 		},
+		// Field values: zerolog quotes strings with strconv.Quote, but
+		// prints lists (alpn: the client's raw protocol names) as
+		// encoding/json writes them, which leaves C1 controls and
+		// bidirectional overrides as they are.
+		FormatFieldValue: func(i any) string { return escapeNonPrint(fmt.Sprintf("%s", i)) },
 		FormatPartValueByName: func(i any, name string) string {
 			if i == nil {
 				return ""
@@ -101,6 +107,25 @@ func consoleSafe(s string) string {
 		}
 	}
 	return s
+}
+
+// escapeNonPrint returns s with every rune that is not printable (C0 and
+// C1 controls, format characters such as U+202E) escaped as \uXXXX;
+// printable text, é included, stays as it is. The console writer's values
+// come from the JSON line, so they are valid UTF-8.
+func escapeNonPrint(s string) string {
+	if !strings.ContainsFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		if unicode.IsPrint(r) {
+			b.WriteRune(r)
+		} else {
+			fmt.Fprintf(&b, `\u%04x`, r)
+		}
+	}
+	return b.String()
 }
 
 // prepareConsole turns a decision-log event into what consoleWriter

@@ -135,3 +135,29 @@ func TestConsoleLogEscapesTarget(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleLogEscapesALPN: ALPN protocol names are the client's raw
+// bytes (RFC 7301 allows any octets); on a console line, as for the
+// target, no C1 control (U+009B CSI) or bidirectional override may reach
+// the terminal unescaped. (From a review; it failed on 912f037.)
+func TestConsoleLogEscapesALPN(t *testing.T) {
+	for _, alpn := range []string{"h2\u202eevil", "\u009b31mred", "a\u2066b"} {
+		var buf bytes.Buffer
+		s, err := New(&policy.Config{Policy: &policy.Policy{}}, zerolog.New(consoleWriter(&buf, false)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := s.newConn(ModeConnect, "10.0.0.7:51234")
+		c.host, c.port = "example.com", 443
+		c.fingerprint(&sni.Hello{ServerName: "example.com", LegacyVersion: 0x0303, CipherSuites: []uint16{0x1301}, ALPN: []string{alpn}}, false)
+		c.decision = policy.Decision{Reason: policy.ReasonNoRule}
+		s.logDecision(c)
+		line := strings.TrimSuffix(buf.String(), "\n")
+		for _, r := range line {
+			if r < 0x20 || r > 0x7e {
+				t.Errorf("console line for ALPN %q holds %U: %q", alpn, r, line)
+				break
+			}
+		}
+	}
+}

@@ -51,7 +51,8 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	if path != "" {
 		watch()
 	}
-	reload := func() {
+	var reload func()
+	reload = func() {
 		// The watch is built again first: what the path names may have
 		// changed (a symbolic link re-pointed, a directory removed and
 		// created again, a file linked elsewhere), and no edit may fall
@@ -67,8 +68,12 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 		// Reload logs its outcome. The new users file's users are in the
 		// new policy; its changes must reload too.
 		if s.Reload(cfg, diags) == nil && path != "" && cfg.Server.UsersFile != users {
+			// The new users file was not watched while it was read and
+			// while Reload ran (the decoy calibration takes seconds with
+			// argon2id): an edit then would be lost. Load again, under a
+			// watch that covers it (reload builds it first).
 			users = cfg.Server.UsersFile
-			watch()
+			reload()
 		}
 	}
 	done := make(chan struct{})

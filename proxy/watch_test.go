@@ -190,7 +190,9 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	reloads, waitReloads := w.reloads, w.waitReloads
 
 	write(path, config(dirB))
-	waitReloads(1, "the configuration moved users_file")
+	// Two reload lines: the move, then a re-read under the watch that
+	// covers the new users file.
+	waitReloads(2, "the configuration moved users_file")
 	if l := logBuf.String(); strings.Contains(l, fieldRestart) {
 		t.Errorf("a users_file change is said to need a restart: %s", l)
 	}
@@ -199,11 +201,11 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	}
 	write(filepath.Join(dirA, "users"), "alice:"+h+"\n# old file\n")
 	time.Sleep(3 * ReloadDebounce)
-	if n := reloads(); n != 1 {
-		t.Errorf("the old users file's edit reloaded (%d reloads, want 1): it is still watched", n)
+	if n := reloads(); n != 2 {
+		t.Errorf("the old users file's edit reloaded (%d reloads, want 2): it is still watched", n)
 	}
 	write(filepath.Join(dirB, "users"), "alice:"+hB+"\n# new file\n")
-	waitReloads(2, "an edit of the new users file")
+	waitReloads(3, "an edit of the new users file")
 }
 
 // TestWatchConfigFollowsLinks: the watch follows what the configuration
@@ -367,5 +369,67 @@ func (w *watchedConfig) waitReloads(n int, after string) {
 	w.t.Helper()
 	if !eventually(func() bool { return w.reloads() >= n }) {
 		w.t.Fatalf("%s: %d reloads, want %d; log:\n%s", after, w.reloads(), n, w.log.String())
+	}
+}
+
+// TestWatchConfigNewUsersFileEditedDuringReload: a reload that moves
+// users_file reads the new file before it is watched, and Reload's decoy
+// calibration takes a while (seconds with argon2id). An edit of the new
+// users file in that window (a Secret updated just after the ConfigMap
+// that names it) must still reload: egressd must not keep running users
+// that differ from the file on disk without a word. (From a review; it
+// failed on 912f037.)
+func TestWatchConfigNewUsersFileEditedDuringReload(t *testing.T) {
+	hOld, err := policy.HashPassword("0ld-passw0rd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hNew, err := policy.HashPassword("n3w-passw0rd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
+	path := filepath.Join(cfgDir, "egressd.hcl")
+	write := func(name, src string) {
+		t.Helper()
+		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := func(usersDir string) string {
+		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
+			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
+	}
+	usersB := filepath.Join(dirB, "users")
+	write(filepath.Join(dirA, "users"), "alice:"+hOld+"\n")
+	write(usersB, "alice:"+hOld+"\n")
+	write(path, config(dirA))
+
+	// The first reload's load is followed at once by an edit of the new
+	// users file, as if it came while Reload ran.
+	var loads atomic.Int32
+	load := func() (*policy.Config, hcl.Diagnostics) {
+		cfg, diags := policy.Load(path)
+		if loads.Add(1) == 2 { // 1: the start
+			write(usersB, "alice:"+hNew+"\n")
+		}
+		return cfg, diags
+	}
+	cfg, diags := load()
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	logBuf := new(syncBuffer)
+	s, err := New(cfg, zerolog.New(logBuf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := s.WatchConfig(ctx, path, load, nil)
+	t.Cleanup(func() { cancel(); <-stopped })
+
+	write(path, config(dirB))
+	if !eventually(func() bool { return s.policy().Authenticate("alice", "n3w-passw0rd") }) {
+		t.Fatalf("users file %s holds alice's new password, but egressd still runs the one it read during the reload; log:\n%s", usersB, logBuf.String())
 	}
 }
