@@ -283,6 +283,39 @@ policy "gw" {
 	}
 }
 
+// TestDNSHTTPSHintsPastLimit: every hint egressd's DNS server hands out is
+// remembered, however many an HTTPS record holds: past maxAddrsPerName
+// they are cut from the answer, as A and AAAA records are.
+func TestDNSHTTPSHintsPastLimit(t *testing.T) {
+	const name = "manyhints.egress.test"
+	var hs []string
+	for i := range maxAddrsPerName + 8 {
+		hs = append(hs, fmt.Sprintf("127.0.10.%d", i+1))
+	}
+	d := serveDNSEnv(t, staticUpstream(t, map[string][]string{
+		name + ". HTTPS": {name + ". 300 IN HTTPS 1 . alpn=h2 ipv4hint=" + strings.Join(hs, ",")},
+	}), `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "hints" { hosts = ["manyhints.egress.test"] }
+}
+`)
+	in := d.query(t, "tcp", name, dns.TypeHTTPS)
+	if len(in.Answer) != 1 {
+		t.Fatalf("answer %v", in)
+	}
+	got := svcbHints(&in.Answer[0].(*dns.HTTPS).SVCB)
+	if len(got) != maxAddrsPerName {
+		t.Errorf("%d hints handed out, want the first %d", len(got), maxAddrsPerName)
+	}
+	for _, ip := range got {
+		a, _ := netip.AddrFromSlice(ip)
+		if !d.remembered(name, a.Unmap()) {
+			t.Errorf("HTTPS hint %s handed out but not remembered", a)
+		}
+	}
+}
+
 func TestDNSSRVAndTXTForSNIName(t *testing.T) {
 	d := startDNSEnv(t, "")
 	in := d.query(t, "udp", srvName, dns.TypeSRV)

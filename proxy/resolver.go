@@ -496,13 +496,10 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 	old := r.cache[name]
 	add := make([]knownAddr, 0, len(addrs))
 	for _, a := range addrs {
-		ae := exp
-		if i := slices.IndexFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }); i < 0 {
+		if !slices.ContainsFunc(old.known, func(k knownAddr) bool { return k.addr == a && now.Before(k.expires) }) {
 			added = true
-		} else if old.known[i].expires.After(ae) {
-			ae = old.known[i].expires // never shorten what an earlier answer gave
 		}
-		add = append(add, knownAddr{addr: a, expires: ae})
+		add = append(add, knownAddr{addr: a, expires: exp}) // mergeKnown keeps a later expiry
 	}
 	e := cacheEntry{addrs: addrs, expires: exp, known: mergeKnown(old.known, add, now)}
 	if knownOnly {
@@ -512,23 +509,46 @@ func (r *Resolver) store(name string, addrs []netip.Addr, ttl time.Duration, kno
 	return added
 }
 
-// mergeKnown returns the live addresses of old that add does not renew
-// (the same address, expiring no sooner), then add. Past maxKnownPerName
-// the old addresses closest to expiry go: the answer being stored, which
-// a client may be about to dial, always stays (its first maxKnownPerName).
+// mergeKnown returns the live addresses of old that add does not name,
+// then add, one entry per address, each with the latest expiry any live
+// entry gives it (an answer never shortens what an earlier one gave).
+// Past maxKnownPerName the old addresses closest to expiry go: the answer
+// being stored, which a client may be about to dial, always stays (its
+// first maxKnownPerName distinct addresses).
 func mergeKnown(old, add []knownAddr, now time.Time) []knownAddr {
-	add = add[:min(len(add), maxKnownPerName)]
-	known := make([]knownAddr, 0, len(old)+len(add))
+	adds := make([]knownAddr, 0, min(len(add), maxKnownPerName))
+	for _, x := range add {
+		if i := slices.IndexFunc(adds, func(y knownAddr) bool { return y.addr == x.addr }); i >= 0 {
+			adds[i].expires = later(adds[i].expires, x.expires)
+		} else if len(adds) < maxKnownPerName {
+			adds = append(adds, x)
+		}
+	}
+	known := make([]knownAddr, 0, len(old)+len(adds))
 	for _, k := range old {
-		if now.Before(k.expires) && !slices.ContainsFunc(add, func(x knownAddr) bool { return x.addr == k.addr && !x.expires.Before(k.expires) }) {
+		if !now.Before(k.expires) {
+			continue
+		}
+		if i := slices.IndexFunc(adds, func(y knownAddr) bool { return y.addr == k.addr }); i >= 0 {
+			adds[i].expires = later(adds[i].expires, k.expires)
+		} else if i := slices.IndexFunc(known, func(y knownAddr) bool { return y.addr == k.addr }); i >= 0 {
+			known[i].expires = later(known[i].expires, k.expires)
+		} else {
 			known = append(known, k)
 		}
 	}
-	if drop := len(known) + len(add) - maxKnownPerName; drop > 0 {
+	if drop := len(known) + len(adds) - maxKnownPerName; drop > 0 {
 		slices.SortStableFunc(known, func(x, y knownAddr) int { return x.expires.Compare(y.expires) })
 		known = known[drop:]
 	}
-	return append(known, add...)
+	return append(known, adds...)
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // evictLocked drops expired entries, then arbitrary ones until at most
@@ -663,7 +683,7 @@ func (r *Resolver) Exchange(ctx context.Context, m *dns.Msg) (*dns.Msg, error) {
 func trimAnswer(in *dns.Msg) {
 	var signed map[string]bool
 	for _, rr := range in.Answer {
-		if sig, ok := rr.(*dns.RRSIG); ok && (sig.TypeCovered == dns.TypeA || sig.TypeCovered == dns.TypeAAAA) {
+		if sig, ok := rr.(*dns.RRSIG); ok && (sig.TypeCovered == dns.TypeA || sig.TypeCovered == dns.TypeAAAA || sig.TypeCovered == dns.TypeHTTPS || sig.TypeCovered == dns.TypeSVCB) {
 			if signed == nil {
 				signed = map[string]bool{}
 			}
@@ -673,18 +693,55 @@ func trimAnswer(in *dns.Msg) {
 	n := map[string]int{}
 	kept := in.Answer[:0]
 	for _, rr := range in.Answer {
-		switch rr.(type) {
+		switch v := rr.(type) {
 		case *dns.A, *dns.AAAA:
 			owner := strings.ToLower(rr.Header().Name)
 			if n[owner] >= maxAddrsPerName && !signed[owner] {
 				continue
 			}
 			n[owner]++
+		case *dns.HTTPS:
+			trimHints(&v.SVCB, n, signed)
+		case *dns.SVCB:
+			trimHints(v, n, signed)
 		}
 		kept = append(kept, rr)
 	}
 	clear(in.Answer[len(kept):])
 	in.Answer = kept
+}
+
+// trimHints cuts the ipv4hint and ipv6hint addresses of v past its
+// owner's first maxAddrsPerName addresses (n counts them, as Remember
+// does), unless the owner's records are signed. A hint key left empty is
+// dropped: an empty hint list is malformed (RFC 9460 §7.3).
+func trimHints(v *dns.SVCB, n map[string]int, signed map[string]bool) {
+	owner := strings.ToLower(v.Hdr.Name)
+	keep := func(l int) int {
+		if signed[owner] {
+			return l
+		}
+		return min(l, max(maxAddrsPerName-n[owner], 0))
+	}
+	vals := v.Value[:0]
+	for _, kv := range v.Value {
+		switch h := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			h.Hint = h.Hint[:keep(len(h.Hint))]
+			n[owner] += len(h.Hint)
+			if len(h.Hint) == 0 {
+				continue
+			}
+		case *dns.SVCBIPv6Hint:
+			h.Hint = h.Hint[:keep(len(h.Hint))]
+			n[owner] += len(h.Hint)
+			if len(h.Hint) == 0 {
+				continue
+			}
+		}
+		vals = append(vals, kv)
+	}
+	v.Value = vals
 }
 
 // capTTLs lowers the TTLs in in to at most maxCacheTTL, the longest

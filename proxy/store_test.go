@@ -79,19 +79,7 @@ func TestRememberBoundKeepsHandedOut(t *testing.T) {
 	now := time.Unix(1000, 0)
 	r.now = func() time.Time { return now }
 	const name = "pool.test"
-	answer := func(ttl int, addrs ...string) *dns.Msg {
-		m := new(dns.Msg)
-		m.SetQuestion(dns.Fqdn(name), dns.TypeA)
-		m.Response = true
-		for _, a := range addrs {
-			rr, err := dns.NewRR(fmt.Sprintf("%s. %d IN A %s", name, ttl, a))
-			if err != nil {
-				t.Fatal(err)
-			}
-			m.Answer = append(m.Answer, rr)
-		}
-		return m
-	}
+	answer := func(ttl int, addrs ...string) *dns.Msg { return aAnswer(t, name, ttl, addrs...) }
 	for blk := range maxKnownPerName / maxAddrsPerName { // TTL 300
 		var as []string
 		for i := range maxAddrsPerName {
@@ -107,6 +95,84 @@ func TestRememberBoundKeepsHandedOut(t *testing.T) {
 	now = now.Add(time.Second)
 	if !r.Knows(name, x) {
 		t.Errorf("%s was just handed out (TTL 60) but is not remembered: dropped by the maxKnownPerName bound", x)
+	}
+}
+
+// aAnswer is an answer to an A query for name, with an A record of ttl for
+// each of addrs.
+func aAnswer(t *testing.T, name string, ttl int, addrs ...string) *dns.Msg {
+	t.Helper()
+	m := new(dns.Msg)
+	m.SetQuestion(dns.Fqdn(name), dns.TypeA)
+	m.Response = true
+	for _, a := range addrs {
+		rr, err := dns.NewRR(fmt.Sprintf("%s. %d IN A %s", name, ttl, a))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Answer = append(m.Answer, rr)
+	}
+	return m
+}
+
+// TestRememberBoundNeverShortens: at maxKnownPerName, a second answer
+// giving an address a shorter TTL (another upstream's cache) does not
+// make egressd forget it before the TTL it was first handed out with.
+// (From a review; it failed on 6fa648e, as did the next two.)
+func TestRememberBoundNeverShortens(t *testing.T) {
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	const name = "short.test"
+	x := "10.9.0.1"
+	r.Remember(name, aAnswer(t, name, 300, x)) // handed out for 300 s
+	for blk := range 2 {
+		var as []string
+		for i := range maxAddrsPerName {
+			if blk == 1 && i == maxAddrsPerName-1 {
+				break // 63 others: the list is full with x
+			}
+			as = append(as, fmt.Sprintf("10.%d.0.%d", blk, i+1))
+		}
+		r.Remember(name, aAnswer(t, name, 3600, as...))
+	}
+	r.Remember(name, aAnswer(t, name, 60, x)) // the same address, TTL 60
+	now = now.Add(100 * time.Second)
+	if !r.Knows(name, netip.MustParseAddr(x)) {
+		t.Errorf("%s handed out with TTL 300 forgotten after 100 s: a TTL-60 answer shortened it at the bound", x)
+	}
+}
+
+// TestRememberDuplicatesDoNotEvict: answers repeating one address with
+// falling TTLs do not fill the list with copies of it and push out other
+// live addresses.
+func TestRememberDuplicatesDoNotEvict(t *testing.T) {
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	const name = "dup.test"
+	var as []string
+	for i := range 10 {
+		as = append(as, fmt.Sprintf("10.0.0.%d", i+1))
+	}
+	r.Remember(name, aAnswer(t, name, 600, as...))
+	for i := range maxKnownPerName {
+		r.Remember(name, aAnswer(t, name, 3600-10*i, "10.9.9.9"))
+	}
+	r.Remember(name, aAnswer(t, name, 3600, "10.8.8.8"))
+	if n := len(r.cache[name].known); n != 12 {
+		t.Errorf("%d entries remembered for 12 distinct addresses", n)
+	}
+	for _, a := range as {
+		if !r.Knows(name, netip.MustParseAddr(a)) {
+			t.Errorf("%s (TTL 600) forgotten: evicted by copies of one address", a)
+		}
 	}
 }
 
