@@ -316,6 +316,53 @@ policy "gw" {
 	}
 }
 
+// TestDNSHTTPSMandatoryHintKept: trimming hints past maxAddrsPerName
+// never leaves an HTTPS record whose mandatory key names a key it no
+// longer has: RFC 9460 §8 makes such a record malformed, and §2.4.3 has
+// the client reject the whole RRset, the untrimmed records with it.
+// (From a review of 52b2605.)
+func TestDNSHTTPSMandatoryHintKept(t *testing.T) {
+	const name = "mandatoryhint.egress.test"
+	var hs []string
+	for i := range maxAddrsPerName {
+		hs = append(hs, fmt.Sprintf("127.0.10.%d", i+1))
+	}
+	d := serveDNSEnv(t, staticUpstream(t, map[string][]string{
+		name + ". HTTPS": {
+			name + ". 300 IN HTTPS 1 . alpn=h2 ipv4hint=" + strings.Join(hs, ","),
+			name + ". 300 IN HTTPS 2 . mandatory=ipv4hint alpn=h2 ipv4hint=127.0.11.1",
+		},
+	}), `
+resolver { servers = ["DNS_ADDR"] }
+policy "gw" {
+  allow "hints" { hosts = ["mandatoryhint.egress.test"] }
+}
+`)
+	in := d.query(t, "tcp", name, dns.TypeHTTPS)
+	if len(in.Answer) == 0 {
+		t.Fatalf("answer %v", in)
+	}
+	for _, rr := range in.Answer {
+		v, ok := rr.(*dns.HTTPS)
+		if !ok {
+			continue
+		}
+		present := map[dns.SVCBKey]bool{}
+		for _, kv := range v.Value {
+			present[kv.Key()] = true
+		}
+		for _, kv := range v.Value {
+			if m, ok := kv.(*dns.SVCBMandatory); ok {
+				for _, k := range m.Code {
+					if !present[k] {
+						t.Errorf("handed out %v: mandatory names %s, which the record no longer has", rr, k)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestDNSSRVAndTXTForSNIName(t *testing.T) {
 	d := startDNSEnv(t, "")
 	in := d.query(t, "udp", srvName, dns.TypeSRV)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf16"
 
 	"github.com/rs/zerolog"
 
@@ -119,9 +120,15 @@ func escapeNonPrint(s string) string {
 	}
 	var b strings.Builder
 	for _, r := range s {
-		if unicode.IsPrint(r) {
+		switch {
+		case unicode.IsPrint(r):
 			b.WriteRune(r)
-		} else {
+		case r > 0xffff:
+			// As JSON writes it: a UTF-16 surrogate pair, not \u and five
+			// or six hex digits (which read as a BMP rune and a digit).
+			r1, r2 := utf16.EncodeRune(r)
+			fmt.Fprintf(&b, `\u%04x\u%04x`, r1, r2)
+		default:
 			fmt.Fprintf(&b, `\u%04x`, r)
 		}
 	}

@@ -161,3 +161,33 @@ func TestConsoleLogEscapesALPN(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleLogALPNEscapesUnambiguous: an escaped ALPN list on a console
+// line still reads as the list the client sent. A rune past U+FFFF (the
+// tag characters U+E0000..U+E007F are invisible format characters) must
+// not print as \u and five hex digits: that reads as a BMP rune and a
+// digit, the same as another client's ALPN. (From a review of 6fa648e.)
+func TestConsoleLogALPNEscapesUnambiguous(t *testing.T) {
+	for _, alpn := range []string{"h2\U000E0041", "h2\ue004" + "1", "\u009b31m"} {
+		var buf bytes.Buffer
+		s, err := New(&policy.Config{Policy: &policy.Policy{}}, zerolog.New(consoleWriter(&buf, false)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := s.newConn(ModeConnect, "10.0.0.7:51234")
+		c.host, c.port = "example.com", 443
+		c.fingerprint(&sni.Hello{ServerName: "example.com", LegacyVersion: 0x0303, CipherSuites: []uint16{0x1301}, ALPN: []string{alpn}}, false)
+		c.decision = policy.Decision{Reason: policy.ReasonNoRule}
+		s.logDecision(c)
+		line := strings.TrimSuffix(buf.String(), "\n")
+		_, v, ok := strings.Cut(line, "alpn=")
+		if !ok {
+			t.Fatalf("no alpn field: %q", line)
+		}
+		v, _, _ = strings.Cut(v, " ")
+		var got []string
+		if err := json.Unmarshal([]byte(v), &got); err != nil || len(got) != 1 || got[0] != alpn {
+			t.Errorf("ALPN %+q prints as %s, which reads as %+q (%v)", alpn, v, got, err)
+		}
+	}
+}

@@ -701,9 +701,13 @@ func trimAnswer(in *dns.Msg) {
 			}
 			n[owner]++
 		case *dns.HTTPS:
-			trimHints(&v.SVCB, n, signed)
+			if !trimHints(&v.SVCB, n, signed) {
+				continue
+			}
 		case *dns.SVCB:
-			trimHints(v, n, signed)
+			if !trimHints(v, n, signed) {
+				continue
+			}
 		}
 		kept = append(kept, rr)
 	}
@@ -714,9 +718,14 @@ func trimAnswer(in *dns.Msg) {
 // trimHints cuts the ipv4hint and ipv6hint addresses of v past its
 // owner's first maxAddrsPerName addresses (n counts them, as Remember
 // does), unless the owner's records are signed. A hint key left empty is
-// dropped: an empty hint list is malformed (RFC 9460 §7.3).
-func trimHints(v *dns.SVCB, n map[string]int, signed map[string]bool) {
+// dropped: an empty hint list is malformed (RFC 9460 §7.3). It reports
+// false when the record must go whole: its mandatory list names a key
+// that was dropped, which makes it malformed (§8), and a client rejects
+// the whole RRset for it (§2.4.3).
+func trimHints(v *dns.SVCB, n map[string]int, signed map[string]bool) bool {
 	owner := strings.ToLower(v.Hdr.Name)
+	before := n[owner]
+	var dropped []dns.SVCBKey
 	keep := func(l int) int {
 		if signed[owner] {
 			return l
@@ -730,18 +739,27 @@ func trimHints(v *dns.SVCB, n map[string]int, signed map[string]bool) {
 			h.Hint = h.Hint[:keep(len(h.Hint))]
 			n[owner] += len(h.Hint)
 			if len(h.Hint) == 0 {
+				dropped = append(dropped, kv.Key())
 				continue
 			}
 		case *dns.SVCBIPv6Hint:
 			h.Hint = h.Hint[:keep(len(h.Hint))]
 			n[owner] += len(h.Hint)
 			if len(h.Hint) == 0 {
+				dropped = append(dropped, kv.Key())
 				continue
 			}
 		}
 		vals = append(vals, kv)
 	}
 	v.Value = vals
+	for _, kv := range vals {
+		if m, ok := kv.(*dns.SVCBMandatory); ok && slices.ContainsFunc(m.Code, func(k dns.SVCBKey) bool { return slices.Contains(dropped, k) }) {
+			n[owner] = before // its hints are not handed out
+			return false
+		}
+	}
+	return true
 }
 
 // capTTLs lowers the TTLs in in to at most maxCacheTTL, the longest

@@ -51,29 +51,32 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	if path != "" {
 		watch()
 	}
-	var reload func()
-	reload = func() {
-		// The watch is built again first: what the path names may have
-		// changed (a symbolic link re-pointed, a directory removed and
-		// created again, a file linked elsewhere), and no edit may fall
-		// between the new watch and the load.
-		if path != "" {
-			watch()
-		}
-		cfg, diags := load()
-		if diags.HasErrors() {
-			s.ReloadFailed(policy.FormatDiagnostics(diags))
-			return
-		}
-		// Reload logs its outcome. The new users file's users are in the
-		// new policy; its changes must reload too.
-		if s.Reload(cfg, diags) == nil && path != "" && cfg.Server.UsersFile != users {
+	reload := func() {
+		// A reload that moved users_file loads again (below); each pass
+		// is one reload, and a done ctx ends them.
+		for ctx.Err() == nil {
+			// The watch is built again first: what the path names may
+			// have changed (a symbolic link re-pointed, a directory
+			// removed and created again, a file linked elsewhere), and no
+			// edit may fall between the new watch and the load.
+			if path != "" {
+				watch()
+			}
+			cfg, diags := load()
+			if diags.HasErrors() {
+				s.ReloadFailed(policy.FormatDiagnostics(diags))
+				return
+			}
+			// Reload logs its outcome. The new users file's users are in
+			// the new policy; its changes must reload too.
+			if s.Reload(cfg, diags) != nil || path == "" || cfg.Server.UsersFile == users {
+				return
+			}
 			// The new users file was not watched while it was read and
 			// while Reload ran (the decoy calibration takes seconds with
 			// argon2id): an edit then would be lost. Load again, under a
-			// watch that covers it (reload builds it first).
+			// watch that covers it (the next pass builds it first).
 			users = cfg.Server.UsersFile
-			reload()
 		}
 	}
 	done := make(chan struct{})

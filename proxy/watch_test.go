@@ -433,3 +433,64 @@ func TestWatchConfigNewUsersFileEditedDuringReload(t *testing.T) {
 		t.Fatalf("users file %s holds alice's new password, but egressd still runs the one it read during the reload; log:\n%s", usersB, logBuf.String())
 	}
 }
+
+// TestWatchConfigUsersFileFlipStops: a configuration that names another
+// users_file at every load (two writers fighting over a ConfigMap) does
+// not keep the reload goroutine from its end: once ctx is done, the watch
+// ends without chasing every further flip. (From a review of 6fa648e.)
+func TestWatchConfigUsersFileFlipStops(t *testing.T) {
+	h, err := policy.HashPassword("s3cret")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
+	path := filepath.Join(cfgDir, "egressd.hcl")
+	write := func(name, src string) {
+		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
+			t.Error(err)
+		}
+	}
+	config := func(usersDir string) string {
+		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
+			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
+	}
+	write(filepath.Join(dirA, "users"), "alice:"+h+"\n")
+	write(filepath.Join(dirB, "users"), "alice:"+h+"\n")
+	write(path, config(dirA))
+
+	const flips = 16
+	var loads atomic.Int32
+	load := func() (*policy.Config, hcl.Diagnostics) {
+		cfg, diags := policy.Load(path)
+		// Every load but the start's is followed by the other writer.
+		if n := loads.Add(1); n > 1 && n <= flips && cfg != nil {
+			dir := dirA
+			if cfg.Server.UsersFile == filepath.Join(dirA, "users") {
+				dir = dirB
+			}
+			write(path, config(dir))
+		}
+		return cfg, diags
+	}
+	cfg, diags := load()
+	if diags.HasErrors() {
+		t.Fatal(policy.FormatDiagnostics(diags))
+	}
+	s, err := New(cfg, zerolog.New(new(syncBuffer)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stopped := s.WatchConfig(ctx, path, load, nil)
+
+	write(path, config(dirB))
+	if !eventually(func() bool { return loads.Load() >= 3 }) {
+		t.Fatal("no reload")
+	}
+	cancel()
+	<-stopped
+	if n := loads.Load(); n > flips/2 {
+		t.Errorf("the watch ended only after %d loads (ctx done after 3): the reload chased every users_file flip", n)
+	}
+}
