@@ -323,12 +323,11 @@ func (p *Policy) decide(r *Request, client netip.Addr) Decision {
 	// An audit-mode deny rule decides (the connection will go through,
 	// would_deny) only when the other rules let the connection through,
 	// allowed or audited: it logs a would-be denial and never opens what
-	// the configuration without it refuses. The allow rule that would
-	// have allowed it, if any, still says which private addresses it
-	// opens.
+	// the configuration without it refuses. Its grant, d's rule (the
+	// allow rule that passed, or the one whose failure audit mode lets
+	// through; nil for no_rule), still says which private addresses the
+	// connection may reach and how its destination is verified.
 	if ds.audited >= 0 && (d.Allow || p.audited(d, client, r.User)) {
-		// grant is d's rule: the allow rule that passed, or the one whose
-		// failure audit mode lets through (nil for no_rule).
 		ru := &p.deny[ds.audited]
 		return Decision{Reason: ReasonDeniedByRule, Policy: ru.policy, Rule: ru.name, rule: ru, grant: d.rule}
 	}
@@ -368,8 +367,8 @@ func (d *Decision) allowRule() *rule {
 }
 
 // RuleHasCIDR reports whether the allow rule that lets d's connection
-// through (allowRule) lists a cidr that contains a (unmapped first). It is the first test of destination
-// verification in transparent mode.
+// through (allowRule) lists a cidr that contains a (unmapped first). It is
+// the first test of destination verification in transparent mode.
 func (d *Decision) RuleHasCIDR(a netip.Addr) bool {
 	ru := d.allowRule()
 	if ru == nil || !a.IsValid() {
@@ -379,8 +378,8 @@ func (d *Decision) RuleHasCIDR(a netip.Addr) bool {
 }
 
 // RuleHosts returns the exact (non-wildcard) host names of the allow rule
-// that lets d's connection through (allowRule), normalized. Wildcards are left out: they name no address to
-// resolve.
+// that lets d's connection through (allowRule), normalized. Wildcards are
+// left out: they name no address to resolve.
 func (d *Decision) RuleHosts() []string {
 	ru := d.allowRule()
 	if ru == nil {
