@@ -158,6 +158,24 @@ func TestReloadLoop(t *testing.T) {
 	}
 }
 
+// usersFileSetup starts the users_file watch tests: the configuration's
+// path, two directories for users files, write (any file) and config (the
+// configuration naming dir's users file).
+func usersFileSetup(t *testing.T) (path, dirA, dirB string, write func(name, src string), config func(dir string) string) {
+	path = filepath.Join(t.TempDir(), "egressd.hcl")
+	dirA, dirB = t.TempDir(), t.TempDir()
+	write = func(name, src string) {
+		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
+			t.Error(err) // not Fatal: load functions call it from the watch's goroutine
+		}
+	}
+	config = func(dir string) string {
+		return "server { users_file = \"" + filepath.Join(dir, "users") + "\" }\n" +
+			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
+	}
+	return path, dirA, dirB, write, config
+}
+
 // TestWatchConfigFollowsUsersFile: a reload that names another users_file
 // applies its users and watches the new file, whose edits then reload,
 // and no longer the old one.
@@ -166,18 +184,7 @@ func TestWatchConfigFollowsUsersFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
-	path := filepath.Join(cfgDir, "egressd.hcl")
-	write := func(name, src string) {
-		t.Helper()
-		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	config := func(usersDir string) string {
-		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
-			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
-	}
+	path, dirA, dirB, write, config := usersFileSetup(t)
 	hB, err := policy.HashPassword("n3w")
 	if err != nil {
 		t.Fatal(err)
@@ -388,18 +395,7 @@ func TestWatchConfigNewUsersFileEditedDuringReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
-	path := filepath.Join(cfgDir, "egressd.hcl")
-	write := func(name, src string) {
-		t.Helper()
-		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	config := func(usersDir string) string {
-		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
-			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
-	}
+	path, dirA, dirB, write, config := usersFileSetup(t)
 	usersB := filepath.Join(dirB, "users")
 	write(filepath.Join(dirA, "users"), "alice:"+hOld+"\n")
 	write(usersB, "alice:"+hOld+"\n")
@@ -443,17 +439,7 @@ func TestWatchConfigUsersFileFlipStops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfgDir, dirA, dirB := t.TempDir(), t.TempDir(), t.TempDir()
-	path := filepath.Join(cfgDir, "egressd.hcl")
-	write := func(name, src string) {
-		if err := os.WriteFile(name, []byte(src), 0o600); err != nil {
-			t.Error(err)
-		}
-	}
-	config := func(usersDir string) string {
-		return "server { users_file = \"" + filepath.Join(usersDir, "users") + "\" }\n" +
-			"policy \"p\" {\n  clients { users = [\"alice\"] }\n  allow \"r\" { hosts = [\"a.test\"] }\n}\n"
-	}
+	path, dirA, dirB, write, config := usersFileSetup(t)
 	write(filepath.Join(dirA, "users"), "alice:"+h+"\n")
 	write(filepath.Join(dirB, "users"), "alice:"+h+"\n")
 	write(path, config(dirA))
