@@ -200,10 +200,7 @@ func (r *Resolver) verifyOrWait(ctx context.Context, name string, a netip.Addr) 
 	}
 	v, asking := r.startVerify(name)
 	if !asking {
-		if v == nil {
-			return false, nil, nil
-		}
-		return false, v, nil
+		return false, v, nil // v nil: nobody is asking, and name was asked lately
 	}
 	defer r.endVerify(name, v)
 	// Ask again while the answers keep bringing addresses not seen before:
@@ -734,18 +731,10 @@ func trimHints(v *dns.SVCB, n map[string]int, signed map[string]bool) bool {
 	}
 	vals := v.Value[:0]
 	for _, kv := range v.Value {
-		switch h := kv.(type) {
-		case *dns.SVCBIPv4Hint:
-			h.Hint = h.Hint[:keep(len(h.Hint))]
-			n[owner] += len(h.Hint)
-			if len(h.Hint) == 0 {
-				dropped = append(dropped, kv.Key())
-				continue
-			}
-		case *dns.SVCBIPv6Hint:
-			h.Hint = h.Hint[:keep(len(h.Hint))]
-			n[owner] += len(h.Hint)
-			if len(h.Hint) == 0 {
+		if hint := hintList(kv); hint != nil {
+			*hint = (*hint)[:keep(len(*hint))]
+			n[owner] += len(*hint)
+			if len(*hint) == 0 {
 				dropped = append(dropped, kv.Key())
 				continue
 			}
@@ -874,14 +863,23 @@ func (r *Resolver) Remember(name string, in *dns.Msg) int {
 func svcbHints(v *dns.SVCB) []net.IP {
 	var ips []net.IP
 	for _, kv := range v.Value {
-		switch h := kv.(type) {
-		case *dns.SVCBIPv4Hint:
-			ips = append(ips, h.Hint...)
-		case *dns.SVCBIPv6Hint:
-			ips = append(ips, h.Hint...)
+		if hint := hintList(kv); hint != nil {
+			ips = append(ips, *hint...)
 		}
 	}
 	return ips
+}
+
+// hintList is the address list of an ipv4hint or ipv6hint key, nil for
+// any other key.
+func hintList(kv dns.SVCBKeyValue) *[]net.IP {
+	switch h := kv.(type) {
+	case *dns.SVCBIPv4Hint:
+		return &h.Hint
+	case *dns.SVCBIPv6Hint:
+		return &h.Hint
+	}
+	return nil
 }
 
 // exchangeOne asks one server over UDP, and again over TCP when the UDP

@@ -154,17 +154,12 @@ func TestResolverPartialAnswer(t *testing.T) {
 // TTL, not only the latest; expired ones are forgotten; the list is
 // bounded.
 func TestResolverKeepsRecentAnswers(t *testing.T) {
-	r, err := NewResolver([]string{"127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	r, now := clockedResolver(t)
 	a1, a2 := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 	if !r.store("cdn.test", []netip.Addr{a1}, 60*time.Second, false) {
 		t.Error("first answer: added = false")
 	}
-	now = now.Add(30 * time.Second)
+	*now = now.Add(30 * time.Second)
 	if !r.store("cdn.test", []netip.Addr{a2}, 60*time.Second, false) {
 		t.Error("new address: added = false")
 	}
@@ -179,7 +174,7 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 	if got, ok := r.cached("cdn.test"); !ok || len(got) != 1 || got[0] != a2 {
 		t.Errorf("Lookup cache = %v %v, want only the latest answer", got, ok)
 	}
-	now = now.Add(31 * time.Second) // a1's TTL is over, a2's is not
+	*now = now.Add(31 * time.Second) // a1's TTL is over, a2's is not
 	if r.Knows("cdn.test", a1) {
 		t.Error("expired address still known")
 	}
@@ -190,18 +185,18 @@ func TestResolverKeepsRecentAnswers(t *testing.T) {
 	// (the server at 127.0.0.1:1 would fail the test with an error); later
 	// it does.
 	r.mu.Lock()
-	r.noteAskedLocked("cdn.test", now)
+	r.noteAskedLocked("cdn.test", *now)
 	r.mu.Unlock()
-	now = now.Add(minVerifyRefresh - time.Second)
+	*now = now.Add(minVerifyRefresh - time.Second)
 	if ok, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); ok || err != nil {
 		t.Errorf("Verify of an unknown address = %v, %v; want false without a query", ok, err)
 	}
-	now = now.Add(2 * time.Second)
+	*now = now.Add(2 * time.Second)
 	if _, err := r.Verify(context.Background(), "cdn.test", netip.MustParseAddr("127.0.0.4")); err == nil {
 		t.Error("Verify after minVerifyRefresh did not query")
 	}
 	for i := range maxKnownPerName + 10 {
-		now = now.Add(time.Millisecond)
+		*now = now.Add(time.Millisecond)
 		r.store("many.test", []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.0.%d.%d", i/256, i%256))}, time.Minute, false)
 	}
 	r.mu.Lock()
@@ -297,12 +292,7 @@ func TestResolverCacheEviction(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.path, func(t *testing.T) {
-			r, err := NewResolver([]string{"127.0.0.1:1"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			now := time.Unix(1000, 0)
-			r.now = func() time.Time { return now }
+			r, _ := clockedResolver(t)
 			size := func() int {
 				r.mu.Lock()
 				defer r.mu.Unlock()

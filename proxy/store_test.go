@@ -50,12 +50,7 @@ func TestTTL0StoreKeepsLongerKnown(t *testing.T) {
 // maxKnownPerName, the older ones go, not the answer being stored, even
 // when it expires first (TTL 0, remembered for minVerifyRefresh).
 func TestKnownBoundKeepsNewAnswer(t *testing.T) {
-	r, err := NewResolver([]string{"127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	r, _ := clockedResolver(t)
 	for i := range maxKnownPerName {
 		r.store("full.test", []netip.Addr{netip.MustParseAddr(fmt.Sprintf("10.0.0.%d", i))}, time.Minute, false)
 	}
@@ -72,12 +67,7 @@ func TestKnownBoundKeepsNewAnswer(t *testing.T) {
 // recursor counting its cache TTL down): the workload is about to dial
 // it. (From a review; it failed on 9e50551.)
 func TestRememberBoundKeepsHandedOut(t *testing.T) {
-	r, err := NewResolver([]string{"127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	r, now := clockedResolver(t)
 	const name = "pool.test"
 	answer := func(ttl int, addrs ...string) *dns.Msg { return aAnswer(t, name, ttl, addrs...) }
 	for blk := range maxKnownPerName / maxAddrsPerName { // TTL 300
@@ -87,15 +77,28 @@ func TestRememberBoundKeepsHandedOut(t *testing.T) {
 		}
 		r.Remember(name, answer(300, as...))
 	}
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	x := netip.MustParseAddr("10.9.0.1") // this workload's answer, TTL 60
 	if n := r.Remember(name, answer(60, x.String())); n != 1 {
 		t.Fatalf("Remember = %d", n)
 	}
-	now = now.Add(time.Second)
+	*now = now.Add(time.Second)
 	if !r.Knows(name, x) {
 		t.Errorf("%s was just handed out (TTL 60) but is not remembered: dropped by the maxKnownPerName bound", x)
 	}
+}
+
+// clockedResolver is a Resolver with no reachable server whose clock
+// reads *now (it starts at a fixed time); tests move it on.
+func clockedResolver(t *testing.T) (*Resolver, *time.Time) {
+	t.Helper()
+	r, err := NewResolver([]string{"127.0.0.1:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	return r, &now
 }
 
 // aAnswer is an answer to an A query for name, with an A record of ttl for
@@ -120,12 +123,7 @@ func aAnswer(t *testing.T, name string, ttl int, addrs ...string) *dns.Msg {
 // make egressd forget it before the TTL it was first handed out with.
 // (From a review; it failed on 6fa648e, as did the next two.)
 func TestRememberBoundNeverShortens(t *testing.T) {
-	r, err := NewResolver([]string{"127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	r, now := clockedResolver(t)
 	const name = "short.test"
 	x := "10.9.0.1"
 	r.Remember(name, aAnswer(t, name, 300, x)) // handed out for 300 s
@@ -140,7 +138,7 @@ func TestRememberBoundNeverShortens(t *testing.T) {
 		r.Remember(name, aAnswer(t, name, 3600, as...))
 	}
 	r.Remember(name, aAnswer(t, name, 60, x)) // the same address, TTL 60
-	now = now.Add(100 * time.Second)
+	*now = now.Add(100 * time.Second)
 	if !r.Knows(name, netip.MustParseAddr(x)) {
 		t.Errorf("%s handed out with TTL 300 forgotten after 100 s: a TTL-60 answer shortened it at the bound", x)
 	}
@@ -150,12 +148,7 @@ func TestRememberBoundNeverShortens(t *testing.T) {
 // falling TTLs do not fill the list with copies of it and push out other
 // live addresses.
 func TestRememberDuplicatesDoNotEvict(t *testing.T) {
-	r, err := NewResolver([]string{"127.0.0.1:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Unix(1000, 0)
-	r.now = func() time.Time { return now }
+	r, _ := clockedResolver(t)
 	const name = "dup.test"
 	var as []string
 	for i := range 10 {
