@@ -165,6 +165,10 @@ policy "web" {
 }
 `
 
+// quicLongIdlePolicy is quicTestPolicy with flows that stay for a minute:
+// for tests that send a flow's datagrams over several steps.
+var quicLongIdlePolicy = strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1)
+
 // TestQUICTunnel: a quic-go client with SNI quic.cftunnel.com reaches a
 // quic-go server through the gateway and exchanges data both ways; the
 // decision line carries the fingerprints of the same client's hello as
@@ -446,7 +450,7 @@ func TestQUICFlowTableBounded(t *testing.T) {
 func TestQUICShutdown(t *testing.T) {
 	e := newEnv(t)
 	up, _ := quicUpstream(t, e)
-	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	q := e.startQUIC(t, quicLongIdlePolicy, up.Port())
 	c, err := q.dial(t, up, &tls.Config{ServerName: "quic.cftunnel.com", RootCAs: e.ca.pool, NextProtos: []string{quicALPN}})
 	if err != nil {
 		t.Fatal(err)
@@ -472,7 +476,7 @@ func TestQUICShutdown(t *testing.T) {
 func TestQUICOtherConnectionsOnAFlow(t *testing.T) {
 	e := newEnv(t)
 	up, accepted := quicUpstream(t, e)
-	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	q := e.startQUIC(t, quicLongIdlePolicy, up.Port())
 	tr := &quic.Transport{Conn: q.socket(t, up)}
 	defer tr.Close()
 	dial := func(name string, timeout time.Duration) (*quic.Conn, error) {
@@ -670,7 +674,7 @@ func TestQUICServerConnIDScreened(t *testing.T) {
 		t.Run(tail, func(t *testing.T) {
 			e := newEnv(t)
 			up, seen := helloRecorder(t, e, nil)
-			q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+			q := e.startQUIC(t, quicLongIdlePolicy, up.Port())
 			c := q.socket(t, up)
 			send := func(p quicInitialSpec) {
 				t.Helper()
@@ -857,7 +861,7 @@ policy "p" {
 func TestQUICOtherConnectionPending(t *testing.T) {
 	e := newEnv(t)
 	up, _ := udpSink(t)
-	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	q := e.startQUIC(t, quicLongIdlePolicy, up.Port())
 	c := q.socket(t, up)
 	send := func(p quicInitialSpec) {
 		t.Helper()
@@ -941,7 +945,7 @@ func TestQUICPendingAtShutdown(t *testing.T) {
 func TestQUICInitialBehind0RTT(t *testing.T) {
 	e := newEnv(t)
 	up, got := udpSink(t)
-	q := e.startQUIC(t, strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1), up.Port())
+	q := e.startQUIC(t, quicLongIdlePolicy, up.Port())
 	c := q.socket(t, up)
 	send := func(b []byte) {
 		t.Helper()
@@ -970,7 +974,7 @@ func TestQUICInitialBehind0RTT(t *testing.T) {
 // (or a client hiding a hello) gets nowhere with, on a pending or a
 // relaying flow.
 func TestQUICScreenSpoofing(t *testing.T) {
-	relaying := strings.Replace(quicTestPolicy, `idle_timeout  = "1s"`, `idle_timeout  = "1m"`, 1)
+	relaying := quicLongIdlePolicy
 	// allowed is a CRYPTO frame with a new allowed hello each time.
 	allowed := func(t *testing.T) []byte { return quicCrypto(0, quicClientHello(t, "quic.cftunnel.com")) }
 	// relayingFlow starts a gateway and has c's flow, of connection ID
