@@ -130,6 +130,7 @@ func parse(files []File, read usersReader) (*Config, hcl.Diagnostics) {
 				Severity: hcl.DiagError,
 				Summary:  "Duplicate file name",
 				Detail:   fmt.Sprintf("Two configuration files are both named %s; give each file a distinct name.", quote(f.Name)),
+				Subject:  &hcl.Range{Filename: f.Name, Start: hcl.InitialPos, End: hcl.InitialPos},
 			})
 			continue
 		}

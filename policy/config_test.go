@@ -438,7 +438,7 @@ func TestParseNoFiles(t *testing.T) {
 		t.Error("Parse(nil) returned a nil Config")
 	}
 	_, diags = Parse([]File{{Name: "a.hcl"}, {Name: "a.hcl"}})
-	if !strings.Contains(FormatDiagnostics(diags), "Duplicate file name") {
+	if !strings.Contains(FormatDiagnostics(diags), "a.hcl:1:1: error: Duplicate file name") {
 		t.Errorf("duplicate names: %q", FormatDiagnostics(diags))
 	}
 }
