@@ -198,9 +198,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer b.cleanup()
 	done := make(chan struct{})
 	defer close(done)
+	var interrupted atomic.Bool
 	go func() {
 		select {
 		case s := <-sigs:
+			interrupted.Store(true)
 			fmt.Fprintf(stderr, "egressd-bench: %v: cleaning up\n", s)
 			b.cleanup()
 			os.Exit(130)
@@ -208,6 +210,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}()
 	table, err := b.run()
+	if interrupted.Load() {
+		// The handler's cleanup runs: the deferred one waits for it, and
+		// a table of a run cut short is not printed.
+		return 130
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "egressd-bench: %v\n", err)
 		return 1
@@ -229,6 +236,10 @@ type bench struct {
 	mu       sync.Mutex
 	cleanups []func()
 	stopped  bool // cleanup ran: a later onCleanup runs its function at once
+	// cleaning is held while cleanup runs, so that a second caller (run's
+	// deferred cleanup while the signal handler's runs) waits for the
+	// first instead of returning, and the process exiting, halfway.
+	cleaning sync.Mutex
 
 	dir       string
 	bin       string
@@ -263,8 +274,11 @@ func (b *bench) onCleanup(f func()) {
 	b.mu.Unlock()
 }
 
-// cleanup runs the cleanups in reverse order, once.
+// cleanup runs the cleanups in reverse order, once; a call while another
+// runs returns when that one has finished.
 func (b *bench) cleanup() {
+	b.cleaning.Lock()
+	defer b.cleaning.Unlock()
 	b.mu.Lock()
 	cs := b.cleanups
 	b.cleanups, b.stopped = nil, true
@@ -365,7 +379,7 @@ func (s *bulkServer) serve(ln net.Listener) {
 	}
 }
 
-type idleServer struct{ ready atomic.Int64 }
+type idleServer struct{ ready, gone atomic.Int64 }
 
 // serve reads the ClientHello record, counts the connection and keeps it
 // open, idle, until the peer closes.
@@ -382,6 +396,7 @@ func (s *idleServer) serve(ln net.Listener) {
 				return
 			}
 			s.ready.Add(1)
+			defer s.gone.Add(1)
 			c.SetReadDeadline(time.Now().Add(5 * time.Minute))
 			io.Copy(io.Discard, c)
 		}()
@@ -674,9 +689,12 @@ func httpStatus(addr, path string) (int, error) {
 // cpuSeconds is utime+stime of pid and its descendants (nginx's workers).
 func (b *bench) cpuSeconds(pid int) float64 {
 	var ticks float64
-	for _, p := range processTree(pid) {
+	for i, p := range processTree(pid) {
 		f := procStat(p)
 		if len(f) < 13 {
+			if i == 0 {
+				return math.NaN() // the relay is gone: no figure, not 0 s
+			}
 			continue
 		}
 		ut, _ := strconv.ParseFloat(f[11], 64)
@@ -807,12 +825,15 @@ func (c *switchCounter) finish() (n float64, lowerBound bool) {
 	return n, lowerBound
 }
 
-// rssKiB is VmRSS of pid and its descendants.
+// rssKiB is VmRSS of pid and its descendants; NaN when pid is gone.
 func rssKiB(pid int) float64 {
 	var kib float64
-	for _, p := range processTree(pid) {
+	for i, p := range processTree(pid) {
 		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
 		if err != nil {
+			if i == 0 {
+				return math.NaN()
+			}
 			continue
 		}
 		for _, l := range strings.Split(string(data), "\n") {
@@ -848,41 +869,89 @@ func clockTicks() (float64, string) {
 	return 100, "clock ticks: AT_CLKTCK unreadable, assumed 100 Hz"
 }
 
-// logCounts counts "decision" and "close" lines in a decision log.
-func logCounts(path string) (decisions, closes int64) {
+// logLines is what a decision log holds: its "decision" and "close"
+// lines, and how many connections (the lines' conn field) do not have
+// exactly one of each (a line without a conn counts as one such).
+type logLines struct{ decisions, closes, odd int64 }
+
+// logCounts counts "decision" and "close" lines in a decision log, and
+// checks them per connection: totals alone let a duplicated line of one
+// connection make up for a missing line of another.
+func logCounts(path string) logLines {
+	var lc logLines
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, 0
+		return lc
 	}
 	defer f.Close()
+	per := map[uint64]*[2]int{}
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		var l struct {
-			Message string `json:"message"`
+			Message string  `json:"message"`
+			Conn    *uint64 `json:"conn"`
 		}
 		if json.Unmarshal(sc.Bytes(), &l) != nil {
 			continue
 		}
+		k := -1
 		switch l.Message {
 		case "decision":
-			decisions++
+			lc.decisions++
+			k = 0
 		case "close":
-			closes++
+			lc.closes++
+			k = 1
+		}
+		switch {
+		case k < 0:
+		case l.Conn == nil:
+			lc.odd++
+		default:
+			if per[*l.Conn] == nil {
+				per[*l.Conn] = new([2]int)
+			}
+			per[*l.Conn][k]++
 		}
 	}
-	return decisions, closes
+	for _, n := range per {
+		if *n != [2]int{1, 1} {
+			lc.odd++
+		}
+	}
+	return lc
 }
 
 // settle waits (up to 15 s) until the log has a close line per tunnel.
-func settle(path string, tunnels int64) (int64, int64) {
+func settle(path string, tunnels int64) logLines {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		d, c := logCounts(path)
-		if c >= tunnels || time.Now().After(deadline) {
-			return d, c
+		lc := logCounts(path)
+		if lc.closes >= tunnels || time.Now().After(deadline) {
+			return lc
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// logTally sums the log-line check over a mode's runs; runsOff counts the
+// runs that were not 1 + 1 on their own, so that runs cannot make up for
+// each other either.
+type logTally struct {
+	dialed, tunnels int64
+	lines           logLines
+	runsOff         int
+}
+
+func (t *logTally) add(dialed, tunnels int64, lc logLines) {
+	t.dialed += dialed
+	t.tunnels += tunnels
+	t.lines.decisions += lc.decisions
+	t.lines.closes += lc.closes
+	t.lines.odd += lc.odd
+	if dialed != tunnels || lc.decisions != tunnels || lc.closes != tunnels || lc.odd != 0 {
+		t.runsOff++
 	}
 }
 
@@ -1005,6 +1074,12 @@ func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB 
 				m, err := c.Read(buf)
 				got += int64(m)
 				if err != nil {
+					// Only the deadline ends a measurement: a tunnel the
+					// relay closed or reset early is a failure, not a short
+					// (or, from buffered bytes, a huge) rate.
+					if !errors.Is(err, os.ErrDeadlineExceeded) {
+						errs <- fmt.Errorf("a tunnel ended after %d bytes, before the measurement: %v", got, err)
+					}
 					break
 				}
 			}
@@ -1029,6 +1104,11 @@ func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB 
 	}
 	wg.Wait()
 	el := time.Since(t0).Seconds()
+	select {
+	case err := <-errs:
+		return 0, 0, err
+	default:
+	}
 	if pid > 0 {
 		cpuPerGB = (b.cpuSeconds(pid) - cpu0) / (float64(total.Load()) / 1e9)
 	}
@@ -1108,10 +1188,12 @@ func (acc *connTurns) stats() (connStats, error) {
 		return st, fmt.Errorf("no connection completed: %v", acc.firstErr)
 	}
 	slices.Sort(all)
-	q := func(f float64) float64 {
-		return float64(all[min(len(all)-1, int(f*float64(len(all))))]) / 1e6
+	// Nearest rank: the smallest latency that pct % of them do not exceed,
+	// all[ceil(pct*n/100) - 1] (in integers: 0.99*n is not exact).
+	q := func(pct int) float64 {
+		return float64(all[max(0, (pct*len(all)+99)/100-1)]) / 1e6
 	}
-	st.cps, st.p50, st.p99 = float64(len(all))/acc.elapsed.Seconds(), q(0.50), q(0.99)
+	st.cps, st.p50, st.p99 = float64(len(all))/acc.elapsed.Seconds(), q(50), q(99)
 	return st, nil
 }
 
@@ -1202,7 +1284,7 @@ func (b *bench) pingOnce(p path, conf *tls.Config) error {
 // idleRSS opens n idle tunnels (CONNECT + hello, upstream accepted) and
 // returns egressd's RSS growth per tunnel in KiB.
 func (b *bench) idleRSS(p path, n int, pid int) (float64, error) {
-	base := b.idle.ready.Load()
+	base, goneBase := b.idle.ready.Load(), b.idle.gone.Load()
 	before := rssKiB(pid)
 	conns := make([]net.Conn, n)
 	var next atomic.Int64
@@ -1251,7 +1333,19 @@ func (b *bench) idleRSS(p path, n int, pid int) (float64, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(time.Second)
-	return (rssKiB(pid) - before) / float64(n), nil
+	rss := (rssKiB(pid) - before) / float64(n)
+	// Close the tunnels and wait (up to 15 s) until the upstream saw them
+	// go: the relay tears n tunnels down (and logs n close lines) after
+	// the bench closes them, which would otherwise load the CPUs while
+	// the next figure's direct run is measured.
+	for i, c := range conns {
+		c.Close()
+		conns[i] = nil
+	}
+	for deadline := time.Now().Add(15 * time.Second); b.idle.gone.Load()-goneBase < int64(n) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	return rss, nil
 }
 
 // ---- the measurements ----
@@ -1281,14 +1375,18 @@ type row struct {
 	// lowerBound: some value is only a lower bound (thread switches of a
 	// relay whose threads exited during the run); shown with "≥".
 	lowerBound bool
+	// failed: connections of the measurement that failed (direct and via,
+	// over the runs); they are in neither the rate nor the latencies, so
+	// a target over them is not met.
+	failed int64
 }
 
 // connectSeries is the CONNECT rows over the runs, with the log-line
 // counts; err ends the series.
 type connectSeries struct {
-	rows                               []*row
-	err                                error
-	dialed, tunnels, decisions, closes int64
+	rows []*row
+	err  error
+	logTally
 }
 
 // result is the series' rows, with the log-line row filled in, or one
@@ -1297,7 +1395,7 @@ func (s *connectSeries) result() []*row {
 	if s.err != nil {
 		return failRows(s.rows, s.err)
 	}
-	logRow(s.rows[rowLog], s.dialed, s.tunnels, s.decisions, s.closes)
+	logRow(s.rows[rowLog], s.logTally)
 	return s.rows
 }
 
@@ -1331,10 +1429,9 @@ func (b *bench) connectRun(s *connectSeries, r int) error {
 	if err := b.measureReference(rows, direct); err != nil {
 		return err
 	}
-	d, c := settle(e.logPath, b.tunnels.Load())
+	lc := settle(e.logPath, b.tunnels.Load())
 	e.stop()
-	s.dialed, s.tunnels = s.dialed+b.dialed.Load(), s.tunnels+b.tunnels.Load()
-	s.decisions, s.closes = s.decisions+d, s.closes+c
+	s.add(b.dialed.Load(), b.tunnels.Load(), lc)
 	return nil
 }
 
@@ -1405,6 +1502,7 @@ func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) er
 			// Rate and latencies count completed connections only.
 			for _, r := range rows[base : base+3] {
 				r.note += fmt.Sprintf(" %d+%d failed", dst.failed, vst.failed)
+				r.failed += dst.failed + vst.failed
 			}
 		}
 	}
@@ -1477,22 +1575,45 @@ func failRows(rows []*row, err error) []*row {
 	return []*row{{mode: rows[0].mode, name: "FAILED: " + strings.ReplaceAll(err.Error(), "\n", " "), check: noTarget}}
 }
 
-func logRow(r *row, dialed, tunnels, decisions, closes int64) {
+func logRow(r *row, t logTally) {
+	tunnels, lc := t.tunnels, t.lines
 	if tunnels == 0 {
 		r.text = "no tunnels"
 		f := false
 		r.met = &f
 		return
 	}
-	r.text = fmt.Sprintf("%.3f + %.3f (%d decision, %d close lines / %d tunnels)", float64(decisions)/float64(tunnels), float64(closes)/float64(tunnels), decisions, closes, tunnels)
-	ok := decisions == tunnels && closes == tunnels && dialed == tunnels
-	if dialed != tunnels {
-		r.note = fmt.Sprintf("%d connections to egressd got no 200", dialed-tunnels)
+	r.text = fmt.Sprintf("%.3f + %.3f (%d decision, %d close lines / %d tunnels)", float64(lc.decisions)/float64(tunnels), float64(lc.closes)/float64(tunnels), lc.decisions, lc.closes, tunnels)
+	ok := t.runsOff == 0 && lc.odd == 0 && lc.decisions == tunnels && lc.closes == tunnels && t.dialed == tunnels
+	var notes []string
+	if t.dialed != tunnels {
+		notes = append(notes, fmt.Sprintf("%d connections to egressd got no 200", t.dialed-tunnels))
 	}
+	if lc.odd != 0 {
+		notes = append(notes, fmt.Sprintf("%d connections without exactly one decision and one close line", lc.odd))
+	}
+	if t.runsOff != 0 {
+		notes = append(notes, fmt.Sprintf("%d run(s) not 1 + 1", t.runsOff))
+	}
+	r.note = strings.Join(notes, "; ")
 	r.met = &ok
 }
 
 // ---- output ----
+
+// measured reports whether every run gave a figure a target can be held
+// to: a finite number above zero. NaN (nothing relayed, a relay gone),
+// ±Inf (direct measured 0) and zero or less (CPU or RSS read from a
+// process that was gone) are no measurement, and the median would hide
+// one of them among good runs.
+func measured(v []float64) bool {
+	for _, x := range v {
+		if math.IsNaN(x) || math.IsInf(x, 0) || x <= 0 {
+			return false
+		}
+	}
+	return len(v) > 0
+}
 
 func stats(v []float64) (med, lo, hi float64) {
 	s := append([]float64(nil), v...)
@@ -1552,16 +1673,17 @@ func (b *bench) render(rows []*row) string {
 			switch r.check {
 			case ratioAtLeast:
 				m, _, _ := stats(r.ratio)
-				ok = m >= r.limit && !math.IsInf(m, 1) // +Inf: direct measured 0
+				ok = measured(r.ratio) && m >= r.limit
 			case multipleAtMost:
 				m, _, _ := stats(r.ratio)
-				ok = m <= r.limit
+				ok = measured(r.ratio) && m <= r.limit
 			case viaAtMost:
 				m, _, _ := stats(r.via)
-				ok = m <= r.limit
+				ok = measured(r.via) && m <= r.limit
 			case exact:
 				ok = r.met != nil && *r.met
 			}
+			ok = ok && r.failed == 0
 			switch {
 			case r.check == noTarget:
 			case ok:

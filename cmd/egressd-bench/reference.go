@@ -147,6 +147,9 @@ func (b *bench) measureReference(rows []*row, direct path) error {
 			return fmt.Errorf("conn/s (reference): %v", err)
 		}
 		add(rows[rowRefCPS], m.direct.cps, m.via.cps, m.via.cps/m.direct.cps)
+		if m.direct.failed+m.via.failed > 0 {
+			rows[rowRefCPS].note += fmt.Sprintf(" %d+%d failed", m.direct.failed, m.via.failed)
+		}
 		add(rows[rowRefCPU], 0, perConn(m.cpu, m.via)*1e6, 0)
 	}
 	return nil

@@ -106,7 +106,7 @@ func (b *bench) transparentRuns() []*row {
 	}
 	direct := path{ns: cli, bulk: net.JoinHostPort(tUpstream, fmt.Sprint(tPorts.bulkDirect)), tls: net.JoinHostPort(tUpstream, fmt.Sprint(tPorts.tlsDirect))}
 	via := path{ns: cli, counted: true, bulk: net.JoinHostPort(tUpstream, fmt.Sprint(tPorts.bulk)), tls: net.JoinHostPort(tUpstream, fmt.Sprint(tPorts.tls))}
-	var tunnels, decisions, closes int64
+	var tally logTally
 	for r := range b.opt.runs {
 		b.logf("transparent run %d/%d", r+1, b.opt.runs)
 		rule := fmt.Sprintf("  allow \"bench-transparent\" {\n    cidrs = [\"10.78.2.0/24\"]\n    ports = [%d, %d]\n  }\n", tPorts.bulk, tPorts.tls)
@@ -122,12 +122,11 @@ func (b *bench) transparentRuns() []*row {
 		if err := b.relayFigures(rows, direct, via, e.child, "the gateway", false, 16, 64); err != nil {
 			return failRows(rows, err)
 		}
-		d, c := settle(e.logPath, b.tunnels.Load())
+		lc := settle(e.logPath, b.tunnels.Load())
 		e.stop()
-		tunnels += b.tunnels.Load()
-		decisions, closes = decisions+d, closes+c
+		tally.add(b.tunnels.Load(), b.tunnels.Load(), lc)
 	}
-	logRow(rows[rowLog], tunnels, tunnels, decisions, closes)
+	logRow(rows[rowLog], tally)
 	return rows
 }
 
