@@ -3,7 +3,11 @@
 # Source: Chainguard "Network Requirements" (date 2023-09-08), seed
 # 000_6776b888b26ce23a.txt. Every port in that document is 443/HTTPS, which
 # is the default for allow rules; it is written out anyway so the rules read
-# like the tables they come from.
+# like the tables they come from. Every rule is TCP only (protocols =
+# ["tcp"]): the document lists no UDP port, and the clients it is about
+# (registry clients, apk, the Enforce agent) speak HTTPS over TCP. Without
+# it the rules would also admit QUIC (HTTP/3 on UDP 443) through the QUIC
+# gateway, which the document does not ask for.
 #
 # Where the document is imprecise:
 #
@@ -17,14 +21,17 @@
 #     content is not in the document. Neither list can be transcribed:
 #       - the Enforce hosts are covered by "*.enforce.dev", the domain family
 #         the document's "Enforce JA3 Fingerprints" section talks about;
-#       - no CIDRs are listed. The document asks for access "to and from"
-#         them but describes them as networks that connect *in* to your
-#         clusters (workload discovery, "allow incoming connections from
+#       - no CIDRs are listed, because the ranges are not in the
+#         document. It asks for access "to and from" them in two places:
+#         under "Images Hosts", to authenticate with enforce.dev (egress,
+#         which the rules allow by name: enforce.dev, *.enforce.dev), and
+#         under "Enforce CIDR Ranges", for workload discovery, where they
+#         connect *in* to your clusters ("allow incoming connections from
 #         those networks"), which is ingress and not egressd's business.
-#         Egress to Chainguard is allowed by name, which is what a CONNECT
-#         carries; an IP-literal connection into those ranges is not
-#         covered. Chainguard's hosts are public, so no CIDR is needed for
-#         the private-destination check either.
+#         A CONNECT carries the name, so the name rules suffice; an
+#         IP-literal connection into those ranges is not covered.
+#         Chainguard's hosts are public, so no CIDR is needed for the
+#         private-destination check either.
 #   * "Enforce Agent Access", "Enforce SaaS Access" and "Enforce Image
 #     Registry Access" name no hosts: the agent needs whatever registries
 #     your clusters use. Add those in a policy of your own.
@@ -40,6 +47,7 @@ policy "chainguard-images" {
     description = "Main image registry, registry authentication, Wolfi package repository"
     hosts       = ["cgr.dev", "enforce.dev", "packages.wolfi.dev"]
     ports       = [443]
+    protocols   = ["tcp"]
   }
 
   # Chainguard seed, "Chainguard Images" / "Images Third-party Hosts" table.
@@ -57,7 +65,8 @@ policy "chainguard-images" {
       "9236a389bd48b98df91adc1bc924620.r2.cloudflarestorage.com",
       "chainguardhelp.zendesk.com",
     ]
-    ports = [443]
+    ports     = [443]
+    protocols = ["tcp"]
   }
 }
 
@@ -79,6 +88,7 @@ policy "chainguard-enforce" {
     description = "Enforce agent and client traffic, pinned to the documented JA3"
     hosts       = ["*.enforce.dev"]
     ports       = [443]
+    protocols   = ["tcp"]
     ja3         = ["3fed133de60c35724739b913924b6c24"]
   }
 
@@ -92,6 +102,7 @@ policy "chainguard-enforce" {
       "raw.githubusercontent.com",
       "storage.googleapis.com",
     ]
-    ports = [443]
+    ports     = [443]
+    protocols = ["tcp"]
   }
 }

@@ -36,6 +36,11 @@ test "chainguard: R2 bucket host as documented" {
   expect      = "allow"
   expect_rule = "chainguard-images/third-party"
 }
+test "chainguard: R2 wildcard below the account (depth 2)" {
+  target      = "bucket.abc123.r2.cloudflarestorage.com:443"
+  expect      = "allow"
+  expect_rule = "chainguard-images/third-party"
+}
 test "chainguard: support (zendesk)" {
   target      = "chainguardhelp.zendesk.com:443"
   expect      = "allow"
@@ -62,6 +67,12 @@ test "chainguard: Enforce API with the documented JA3" {
 test "chainguard: Enforce API with another JA3" {
   target        = "api.enforce.dev:443"
   ja3           = "e7d705a3286e19ea42f587b344ee6865"
+  expect        = "deny"
+  expect_rule   = "chainguard-enforce/enforce-api"
+  expect_reason = "ja3_mismatch"
+}
+test "chainguard: Enforce API without a JA3" {
+  target        = "api.enforce.dev:443"
   expect        = "deny"
   expect_rule   = "chainguard-enforce/enforce-api"
   expect_reason = "ja3_mismatch"
@@ -131,4 +142,93 @@ test "chainguard: transparent to a private address" {
   sni           = "cgr.dev"
   expect        = "deny"
   expect_reason = "private_destination"
+}
+
+# Near misses: look-alike names (no label boundary, a listed name used as a
+# label of another domain), parents of listed hosts, other tenants of the
+# shared services, listed hosts on other ports.
+test "chainguard: enforce.dev look-alike without a label boundary" {
+  target        = "evilenforce.dev:443"
+  ja3           = "3fed133de60c35724739b913924b6c24"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: enforce.dev as a label of another domain" {
+  target        = "api.enforce.dev.evil.example:443"
+  ja3           = "3fed133de60c35724739b913924b6c24"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: cgr.dev as a label of another domain" {
+  target        = "cgr.dev.evil.example:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: R2 suffix under another domain" {
+  target        = "abc123.r2.cloudflarestorage.com.evil.example:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: parent of packages.wolfi.dev" {
+  target        = "wolfi.dev:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: another zendesk tenant" {
+  target        = "evil.zendesk.com:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: another auth0 tenant" {
+  target        = "evil.edge.tenants.us.auth0.com:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: parent of storage.googleapis.com" {
+  target        = "googleapis.com:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: enforce.dev on port 80" {
+  target        = "enforce.dev:80"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: Enforce API on port 8443" {
+  target        = "api.enforce.dev:8443"
+  ja3           = "3fed133de60c35724739b913924b6c24"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+
+# Every table says 443 "HTTPS" and none lists UDP: each rule is TCP only, so
+# QUIC (HTTP/3 on UDP 443, through the QUIC gateway) is refused.
+test "chainguard: cgr.dev over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "cgr.dev"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: R2 blob storage over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "abc123.r2.cloudflarestorage.com"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: Enforce API over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "api.enforce.dev"
+  ja3           = "3fed133de60c35724739b913924b6c24"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "chainguard: Enforce third-party host over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "storage.googleapis.com"
+  expect        = "deny"
+  expect_reason = "no_rule"
 }

@@ -38,31 +38,41 @@ policy "cloudflare-tunnel" {
   # plus the SNI-only rows (footnote 1) _v2-origintunneld._tcp.argotunnel.com,
   # cftunnel.com and h2.cftunnel.com.
   #
-  # cidrs: the table lists ten addresses per family and region
+  # cidrs: exactly the addresses the table lists, ten per family and region
   # (198.41.192.{7,27,37,47,57,67,77,107,167,227},
   # 198.41.200.{13,23,33,43,53,63,73,113,193,233},
-  # 2606:4700:a0::1-10, 2606:4700:a8::1-10). The rule allows the /24 and /48
-  # containing each group instead of the individual addresses: the list is
-  # a DNS answer (the dig output in "Test connectivity") that Cloudflare can
-  # rotate within those networks; a CONNECT by name is matched by hosts and
-  # does not depend on the addresses at all.
+  # 2606:4700:a0::1-10, 2606:4700:a8::1-10), not the /24 or /48 around
+  # them: the seed names no range, and a /48 is 2^80 addresses where it
+  # lists ten. Nothing depends on a wider prefix: a CONNECT by name is
+  # matched by hosts, and a transparent or QUIC connection carrying one of
+  # the sni names is a candidate through its SNI; egressd then verifies an
+  # address outside this list against its own DNS answers for
+  # region1/region2.v2.argotunnel.com (destination verification), so
+  # addresses Cloudflare adds to those names keep working. Only an
+  # IP-literal CONNECT is limited to the list.
   #
   # sni: h2.cftunnel.com is what the http2 transport sends; cftunnel.com is
   # the legacy h2mux name, listed in the seed for http2 and QUIC;
   # _v2-origintunneld._tcp.argotunnel.com is the SRV record name, which the
   # seed lists for SNI-enforcing firewalls even though cloudflared does not
   # send it as SNI. All three are kept as the seed lists them: the
-  # destination is still restricted to the tunnel hosts and ranges on 7844,
+  # destination is still restricted to the tunnel hosts and addresses on 7844,
   # so an extra permitted SNI name cannot reach anything else.
   # An SNI equal to the destination name is accepted without being listed.
   allow "tunnel-http2" {
     description = "cloudflared http2 transport to the Cloudflare edge"
     hosts       = ["region1.v2.argotunnel.com", "region2.v2.argotunnel.com"]
     cidrs = [
-      "198.41.192.0/24",
-      "198.41.200.0/24",
-      "2606:4700:a0::/48",
-      "2606:4700:a8::/48",
+      # region1.v2.argotunnel.com
+      "198.41.192.167", "198.41.192.67", "198.41.192.57", "198.41.192.107", "198.41.192.27",
+      "198.41.192.7", "198.41.192.227", "198.41.192.47", "198.41.192.37", "198.41.192.77",
+      "2606:4700:a0::1", "2606:4700:a0::2", "2606:4700:a0::3", "2606:4700:a0::4", "2606:4700:a0::5",
+      "2606:4700:a0::6", "2606:4700:a0::7", "2606:4700:a0::8", "2606:4700:a0::9", "2606:4700:a0::10",
+      # region2.v2.argotunnel.com
+      "198.41.200.13", "198.41.200.193", "198.41.200.33", "198.41.200.233", "198.41.200.53",
+      "198.41.200.63", "198.41.200.113", "198.41.200.73", "198.41.200.43", "198.41.200.23",
+      "2606:4700:a8::1", "2606:4700:a8::2", "2606:4700:a8::3", "2606:4700:a8::4", "2606:4700:a8::5",
+      "2606:4700:a8::6", "2606:4700:a8::7", "2606:4700:a8::8", "2606:4700:a8::9", "2606:4700:a8::10",
     ]
     sni = [
       "h2.cftunnel.com",
@@ -82,10 +92,16 @@ policy "cloudflare-tunnel" {
     description = "cloudflared quic transport (the default) to the Cloudflare edge"
     hosts       = ["region1.v2.argotunnel.com", "region2.v2.argotunnel.com"]
     cidrs = [
-      "198.41.192.0/24",
-      "198.41.200.0/24",
-      "2606:4700:a0::/48",
-      "2606:4700:a8::/48",
+      # region1.v2.argotunnel.com
+      "198.41.192.167", "198.41.192.67", "198.41.192.57", "198.41.192.107", "198.41.192.27",
+      "198.41.192.7", "198.41.192.227", "198.41.192.47", "198.41.192.37", "198.41.192.77",
+      "2606:4700:a0::1", "2606:4700:a0::2", "2606:4700:a0::3", "2606:4700:a0::4", "2606:4700:a0::5",
+      "2606:4700:a0::6", "2606:4700:a0::7", "2606:4700:a0::8", "2606:4700:a0::9", "2606:4700:a0::10",
+      # region2.v2.argotunnel.com
+      "198.41.200.13", "198.41.200.193", "198.41.200.33", "198.41.200.233", "198.41.200.53",
+      "198.41.200.63", "198.41.200.113", "198.41.200.73", "198.41.200.43", "198.41.200.23",
+      "2606:4700:a8::1", "2606:4700:a8::2", "2606:4700:a8::3", "2606:4700:a8::4", "2606:4700:a8::5",
+      "2606:4700:a8::6", "2606:4700:a8::7", "2606:4700:a8::8", "2606:4700:a8::9", "2606:4700:a8::10",
     ]
     sni       = ["quic.cftunnel.com", "cftunnel.com"]
     ports     = [7844]

@@ -37,9 +37,9 @@ var presets = map[string][]string{
 // presetTests maps each preset's test file (test blocks, run by egressd
 // test) to the least number of tests it must hold.
 var presetTests = map[string]int{
-	"chainguard.tests.hcl":        20,
-	"cloudflare-tunnel.tests.hcl": 25,
-	"replicated.tests.hcl":        15,
+	"chainguard.tests.hcl":        38,
+	"cloudflare-tunnel.tests.hcl": 67,
+	"replicated.tests.hcl":        29,
 }
 
 // requireClean fails the test on any diagnostic, warning or error.
@@ -316,6 +316,12 @@ func TestChainguard(t *testing.T) {
 
 		// Names are compared in normalized form (case, trailing dot).
 		allowed("CGR.DEV.", https(mustNormalize(t, "CGR.DEV."), 443), images, "registry"),
+
+		// Every table says 443 "HTTPS", no UDP: TCP only, never QUIC.
+		denied("cgr.dev over QUIC", quicTo("104.16.1.1", 443, "cgr.dev"), policy.ReasonNoRule),
+		denied("r2 over QUIC", quicTo("104.16.1.1", 443, "abc123.r2.cloudflarestorage.com"), policy.ReasonNoRule),
+		denied("enforce api over QUIC", withJA3(quicTo("104.16.1.1", 443, "x.enforce.dev"), enforceJA3), policy.ReasonNoRule),
+		denied("storage.googleapis.com over QUIC", quicTo("104.16.1.1", 443, "storage.googleapis.com"), policy.ReasonNoRule),
 	})
 }
 
@@ -349,6 +355,10 @@ func TestReplicated(t *testing.T) {
 		denied("docker.io apex", https("docker.io", 443), policy.ReasonNoRule),
 		denied("api.replicated.com:80", https("api.replicated.com", 80), policy.ReasonNoRule),
 	)
+	// The only port is 443 and no UDP is listed: TCP only, never QUIC.
+	for _, h := range []string{"get.replicated.com", "api.replicated.com", "registry.replicated.com", "quay.io", "registry-1.docker.io"} {
+		cases = append(cases, denied(h+" over QUIC", quicTo("104.16.1.1", 443, h), policy.ReasonNoRule))
+	}
 	checkVerdicts(t, p, cases)
 }
 
@@ -418,6 +428,17 @@ func TestCloudflareTunnel(t *testing.T) {
 	for _, a := range addrs {
 		cases = append(cases, allowed("seed address "+a, toAddr(a, 7844, "h2.cftunnel.com"), tunnel, "tunnel-http2"))
 		cases = append(cases, allowed("seed address "+a+" quic", quicTo(a, 7844, "quic.cftunnel.com"), tunnel, "tunnel-quic"))
+		// A QUIC flow is a candidate through its SNI wherever it goes;
+		// without SNI only tunnel-quic's cidrs make it one, so this is what
+		// tests that the address is in them.
+		cases = append(cases, verdict{name: "seed address " + a + " quic, no SNI", req: quicTo(a, 7844, ""),
+			reason: policy.ReasonSNIMissing, policy: tunnel, rule: "tunnel-quic"})
+	}
+	// The cidrs are the seed's addresses, not the /24 and /48 around them.
+	for _, a := range []string{"198.41.192.0", "198.41.192.8", "198.41.192.255", "198.41.200.1", "198.41.200.254",
+		"2606:4700:a0::", "2606:4700:a0::11", "2606:4700:a0:1::1", "2606:4700:a8::b", "2606:4700:a8:ffff::1"} {
+		cases = append(cases, denied("unlisted address "+a, toAddr(a, 7844, "h2.cftunnel.com"), policy.ReasonNoRule))
+		cases = append(cases, denied("unlisted address "+a+" quic, no SNI", quicTo(a, 7844, ""), policy.ReasonNoRule))
 	}
 	// The quic transport ("UDP ( quic )" rows) through the QUIC gateway.
 	cases = append(cases,

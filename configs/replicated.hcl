@@ -6,7 +6,11 @@
 # column of every table: initial installation, application installation and
 # upgrade, and ongoing access. Airgap installations need no outbound access
 # at all and need no policy. The document gives a port only in the "Ongoing
-# Access" table (443); every host here is HTTPS, so every rule uses 443.
+# Access" table (443); every host here is HTTPS, so every rule uses 443,
+# over TCP only (protocols = ["tcp"]): the document lists no UDP port, and
+# the installer, registry clients and Replicated's API calls speak HTTPS over
+# TCP. Without it the rules would also admit QUIC (HTTP/3 on UDP 443)
+# through the QUIC gateway, which the document does not ask for.
 #
 # Out of scope, on purpose:
 #
@@ -39,6 +43,7 @@ policy "replicated" {
     description = "Replicated easy-install script"
     hosts       = ["get.replicated.com"]
     ports       = [443]
+    protocols   = ["tcp"]
   }
 
   # Replicated seed, "Application Installation and Upgrade" table (license
@@ -49,6 +54,7 @@ policy "replicated" {
     description = "License sync and update checks"
     hosts       = ["api.replicated.com"]
     ports       = [443]
+    protocols   = ["tcp"]
   }
 
   # Replicated seed, "Initial Installation of Replicated" table (Retraced
@@ -58,6 +64,7 @@ policy "replicated" {
     description = "Replicated registry: Retraced and private application images"
     hosts       = ["registry.replicated.com"]
     ports       = [443]
+    protocols   = ["tcp"]
   }
 
   # Replicated seed, "Initial Installation of Replicated" and "Application
@@ -82,7 +89,8 @@ policy "replicated" {
       "cdn03.quay.io",
       "quayio-production-s3.s3.amazonaws.com",
     ]
-    ports = [443]
+    ports     = [443]
+    protocols = ["tcp"]
   }
 
   # Replicated seed, "Initial Installation of Replicated" and "Application
@@ -103,6 +111,7 @@ policy "replicated" {
       "production.cloudflare.docker.com",
       "index.docker.io",
     ]
-    ports = [443]
+    ports     = [443]
+    protocols = ["tcp"]
   }
 }

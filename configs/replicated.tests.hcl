@@ -31,6 +31,21 @@ test "replicated: quay blob CDN" {
   expect      = "allow"
   expect_rule = "replicated/quay"
 }
+test "replicated: quay blob CDN cdn.quay.io" {
+  target      = "cdn.quay.io:443"
+  expect      = "allow"
+  expect_rule = "replicated/quay"
+}
+test "replicated: quay blob CDN cdn01.quay.io" {
+  target      = "cdn01.quay.io:443"
+  expect      = "allow"
+  expect_rule = "replicated/quay"
+}
+test "replicated: quay blob CDN cdn03.quay.io" {
+  target      = "cdn03.quay.io:443"
+  expect      = "allow"
+  expect_rule = "replicated/quay"
+}
 test "replicated: quay S3 bucket" {
   target      = "quayio-production-s3.s3.amazonaws.com:443"
   expect      = "allow"
@@ -98,4 +113,64 @@ test "replicated: api fronting another name" {
   sni           = "evil.example"
   expect        = "deny"
   expect_reason = "sni_mismatch"
+}
+
+# Near misses: look-alikes and names the rules do not list.
+test "replicated: api.replicated.com as a label of another domain" {
+  target        = "api.replicated.com.evil.example:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: another replicated.com host" {
+  target        = "evil.replicated.com:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: another quay.io host (no wildcard)" {
+  target        = "evil.quay.io:443"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: internal port range, upper bound" {
+  target        = "registry.replicated.com:9880"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+
+# The document's only port is 443 and it lists no UDP: each rule is TCP
+# only, so QUIC (HTTP/3 on UDP 443, through the QUIC gateway) is refused.
+test "replicated: install script over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "get.replicated.com"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: api over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "api.replicated.com"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: registry over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "registry.replicated.com"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: quay.io over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "quay.io"
+  expect        = "deny"
+  expect_reason = "no_rule"
+}
+test "replicated: docker hub over QUIC" {
+  target        = "104.16.1.1:443"
+  mode          = "quic"
+  sni           = "registry-1.docker.io"
+  expect        = "deny"
+  expect_reason = "no_rule"
 }
