@@ -138,7 +138,10 @@ func (s *Server) tunnel(c *conn, client net.Conn, t Target, r *policy.Request, t
 		if f.tls {
 			c.fingerprint(&f.hello, false)
 		}
-		c.decision = policy.Decision{Reason: reason}
+		// No rule decided the first bytes, but a CONNECT's client was
+		// identified by its request (its user, or cidr:POLICY): the line
+		// keeps that identity. A transparent connection has none yet.
+		c.decision = policy.Decision{Reason: reason, Identity: c.decision.Identity}
 		c.detail = err.Error()
 		s.logDecision(c)
 		return false
