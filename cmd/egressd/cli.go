@@ -271,6 +271,11 @@ func runCheck(args []string, stdout, stderr io.Writer) int {
 	case *httpReq && (*plain || *quic):
 		fmt.Fprintln(stderr, "egressd check: --http (a plain http:// request) excludes --plain and --quic (kinds of tunnel and flow); give one of them")
 		return exitUsage
+	case (*plain || *httpReq) && (*sniName != "" || *ja3 != "" || *ja4 != ""):
+		// Without a ClientHello they would be ignored, and the verdict
+		// printed would not be the one asked about.
+		fmt.Fprintln(stderr, "egressd check: --sni, --ja3 and --ja4 describe a TLS ClientHello, which --plain and --http connections do not send; leave them out, or drop --plain/--http")
+		return exitUsage
 	}
 	t, err := proxy.ParseTarget(fs.Arg(0), 0)
 	if err != nil {

@@ -178,6 +178,9 @@ user "ci" { password_hash = "$2a$10$CGnmuZ1eox82qTJQvO5/w.Hy0JwSLJooh6et.KZ.oWGi
 	}{
 		{"plain with http", []string{"check", "--plain", "--http", "cgr.dev:443"}, `--http .* excludes --plain and --quic`},
 		{"quic with http", []string{"check", "--quic", "--http", "198.41.192.7:7844"}, `--http .* excludes --plain and --quic`},
+		{"sni with plain", []string{"check", "--plain", "--sni", "cgr.dev", "cgr.dev:443"}, `--sni, --ja3 and --ja4 describe a TLS ClientHello`},
+		{"ja3 with http", []string{"check", "--http", "--ja3", "3fed133de60c35724739b913924b6c24", "cgr.dev:80"}, `--sni, --ja3 and --ja4 describe a TLS ClientHello`},
+		{"ja4 with plain quic", []string{"check", "--quic", "--plain", "--ja4", "q13d0310h3_55b375c5d22e_cd85d2d88918", "198.41.192.7:7844"}, `--sni, --ja3 and --ja4 describe a TLS ClientHello`},
 		{"undeclared user", []string{"check", "--config", scoped, "--user", "nobody", "registry.npmjs.org:443"}, `--user "nobody" is not declared`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
