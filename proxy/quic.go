@@ -137,13 +137,18 @@ func (f *flow) buffer(b []byte) bool {
 	return true
 }
 
-// release drops what only the hello phase needs. f.mu must be held.
+// release drops what only the hello phase needs, the parsed hello and its
+// fingerprints included: it is called once the flow's decision line is
+// written, and a held or relaying flow keeps only what its close line
+// needs (as a TCP tunnel does, conn.dropHello). f.mu must be held.
 func (f *flow) release() {
 	if f.q != nil {
 		putInitial(f.q)
 		f.q = nil
 	}
 	f.pend, f.pendLen = nil, nil
+	f.c.dropHello()
+	f.hello = sni.Hello{}
 }
 
 // initialPool recycles the QUIC Initial reassembly buffers (up to
@@ -303,7 +308,15 @@ func (g *quicGateway) handle(from, dst netip.AddrPort, dstOK bool, b []byte) {
 		return
 	}
 	if !f.buffer(b) {
-		g.deny(f, policy.ReasonHelloTooLarge, fmt.Sprintf("no complete ClientHello within %d datagrams (%d bytes)", len(f.pendLen)+1, len(f.pend)+len(b)))
+		detail := fmt.Sprintf("no complete ClientHello within %d datagrams (%d bytes)", len(f.pendLen)+1, len(f.pend)+len(b))
+		if err == nil {
+			// Complete, but past the buffer: refused all the same, and
+			// logged with the hello's name and fingerprints.
+			f.c.fingerprint(&f.hello, true)
+			detail = fmt.Sprintf("the ClientHello completed in datagram %d (%d bytes), past the %d datagrams (%d bytes) buffered before a decision",
+				len(f.pendLen)+1, len(f.pend)+len(b), maxPendingDatagrams, maxPendingBytes)
+		}
+		g.deny(f, policy.ReasonHelloTooLarge, detail)
 		return
 	}
 	switch {
@@ -408,6 +421,9 @@ func (f *flow) hold() {
 func (g *quicGateway) startDecide(f *flow, isQUIC bool) {
 	tr := g.s.track(nil)
 	if tr == nil {
+		if isQUIC {
+			f.c.fingerprint(&f.hello, true)
+		}
 		g.deny(f, policy.ReasonShuttingDown, "egressd is shutting down")
 		return
 	}
@@ -764,8 +780,13 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 // reassembly said err, and decides o once that is final; it returns o's
 // held datagrams when o is allowed.
 func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) [][]byte {
+	complete := err == nil
 	if len(o.pend) >= maxPendingDatagrams || o.size+len(b) > maxPendingBytes {
-		err = fmt.Errorf("no complete ClientHello within %d datagrams (%d bytes): %w", len(o.pend)+1, o.size+len(b), sni.ErrTooLarge)
+		what := "no complete ClientHello within"
+		if complete {
+			what = "the ClientHello completed past the buffer, in"
+		}
+		err = fmt.Errorf("%s %d datagrams (%d bytes): %w", what, len(o.pend)+1, o.size+len(b), sni.ErrTooLarge)
 	} else {
 		o.pend = append(o.pend, bytes.Clone(b))
 		o.size += len(b)
@@ -775,8 +796,9 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 	}
 	v := o.q.Verifier() // nil unless err is nil
 	send := o.pend
-	o.release()
-	if g.decideOther(f, o, err) {
+	allowed := g.decideOther(f, o, err, complete)
+	o.release() // after the decision line, which needs o.hello
+	if allowed {
 		o.state, o.v = flowRelaying, v
 		return send
 	}
@@ -788,10 +810,15 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 // hello (err: why there is none) and logs the decision. It is decided on
 // the address its datagrams go to, the flow's upstream: under
 // verify_destination = "redirect" that is not the original destination.
-func (g *quicGateway) decideOther(f *flow, o *otherConn, err error) bool {
+// complete says whether o.hello is a complete ClientHello, which a
+// refusal's line carries too.
+func (g *quicGateway) decideOther(f *flow, o *otherConn, err error, complete bool) bool {
 	s := g.s
 	c := g.otherConn(f)
 	c.helloWait = max(time.Since(o.start), time.Nanosecond)
+	if complete && err != nil {
+		c.fingerprint(&o.hello, true)
+	}
 	switch {
 	case errors.Is(err, sni.ErrTooLarge):
 		c.refuse(policy.ReasonHelloTooLarge, err.Error())
@@ -816,10 +843,12 @@ func (g *quicGateway) otherConn(f *flow) *conn {
 	return c
 }
 
-// release drops what only o's hello phase needs.
+// release drops what only o's hello phase needs, its parsed hello
+// included: a verdict kept in f.others needs only its state and verifier.
 func (o *otherConn) release() {
 	putInitial(o.q)
 	o.q, o.pend, o.size = nil, nil, 0
+	o.hello = sni.Hello{}
 }
 
 // abandonOthers refuses, with reason and a line each, the other
