@@ -141,11 +141,11 @@ func (s *Server) logDecision(c *conn) {
 		e = e.Bytes(fieldDst, c.dst.AppendTo(addrBuf[:0]))
 	}
 	if h := c.hello; h != nil {
-		e = e.Str(fieldSNI, h.ServerName).
-			Strs(fieldALPN, h.ALPN).
+		e = e.Str(fieldSNI, cut(h.ServerName, maxLoggedHelloValue)).
+			Strs(fieldALPN, loggedALPN(h.ALPN)).
 			Str(fieldTLSVersion, tlsVersionName(h)).
 			Str(fieldJA3, c.ja3).
-			Str(fieldJA3Full, c.ja3Full).
+			Str(fieldJA3Full, cut(c.ja3Full, maxLoggedHelloValue)).
 			Str(fieldJA4, c.ja4)
 		if h.ECH {
 			e = e.Bool(fieldECH, true)
@@ -180,6 +180,28 @@ func (s *Server) logClose(c *conn, up, down int64) { s.logCloseFailed(c, up, dow
 // line, a request's Host header): either can be up to the 32 KiB header
 // limit, and one line of the log must stay readable.
 const maxLoggedValue = 200
+
+// maxLoggedHelloValue bounds what a decision line quotes of a ClientHello
+// (sni, ja3_full, the alpn list's names together). A hostile hello of the
+// 16 KiB egressd reads can make each of them 16-48 KB, and a line past 16
+// KiB is split by Docker's and the CRI's log drivers into pieces a log
+// shipper cannot parse as JSON. Real hellos stay far below: a DNS name is
+// at most 253 bytes, browsers' and TLS libraries' JA3 strings 100-600,
+// their ALPN lists a few names of under 10 bytes. ja3 is the hash of the
+// whole string all the same.
+const maxLoggedHelloValue = 1024
+
+// loggedALPN is alpn, or its first names up to maxLoggedHelloValue bytes
+// followed by "…" when the names together are longer.
+func loggedALPN(alpn []string) []string {
+	n := 0
+	for i, a := range alpn {
+		if n += len(a); n > maxLoggedHelloValue {
+			return append(alpn[:i:i], "…")
+		}
+	}
+	return alpn
+}
 
 // logCloseFailed is logClose for a connection that failed after it was
 // allowed: the close line's detail says why (err, cut to maxLoggedValue

@@ -17,10 +17,11 @@ import (
 // the decision lines of complete hellos that are refused.
 
 // bigClientHello is a TLS 1.3 ClientHello handshake message for name with
-// suites cipher suites (none of them GREASE). With 8000 it is as large as
-// egressd takes (sni.MaxHandshakeBytes), and so are its parsed form and
-// its JA3 string.
-func bigClientHello(t *testing.T, name string, suites int) []byte {
+// suites cipher suites (none of them GREASE) and an ALPN extension with
+// alpn when there are any. With 8000 suites it is as large as egressd
+// takes (sni.MaxHandshakeBytes), and so are its parsed form and its JA3
+// string.
+func bigClientHello(t *testing.T, name string, suites int, alpn ...string) []byte {
 	t.Helper()
 	var b cryptobyte.Builder
 	b.AddUint8(1) // client_hello
@@ -48,6 +49,16 @@ func bigClientHello(t *testing.T, name string, suites int) []byte {
 					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(name)) })
 				})
 			})
+			if len(alpn) > 0 {
+				b.AddUint16(0x0010) // application_layer_protocol_negotiation
+				b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+					b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
+						for _, a := range alpn {
+							b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(a)) })
+						}
+					})
+				})
+			}
 			b.AddUint16(0x002b) // supported_versions: TLS 1.3
 			b.AddUint16LengthPrefixed(func(b *cryptobyte.Builder) {
 				b.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddUint16(0x0304) })
