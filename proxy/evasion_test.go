@@ -487,7 +487,7 @@ type connectCase struct {
 	with    []byte // sent in the same write as request, as they are (a hello's random bytes may hold ":P")
 	after   []byte // sent after the response (the hello), if the tunnel opens
 	status  int
-	reason  string // "" when net/http refuses before egressd decides (no decision line)
+	reason  string // "" when net/http refuses before egressd decides (a mode proxy bad_request line)
 	echo    []byte // what comes back through the tunnel; nil for none
 	extra   map[string]any
 	secret  string // must be in no log line
@@ -563,11 +563,10 @@ func (ev *evEnv) runConnect(t *testing.T, tc connectCase) {
 	}
 	if tc.reason == "" {
 		// Refused by net/http's parser, which answered before any handler
-		// ran: no line then, none later.
-		for _, l := range ev.log.lines(t) {
-			if l["message"] == "decision" {
-				t.Errorf("unexpected decision line %v", l)
-			}
+		// ran: one line of mode proxy, written before the answer.
+		lines := ev.decisionsOf(t, c)
+		if len(lines) != 1 || lines[0]["mode"] != ModeProxy || lines[0]["reason"] != "bad_request" || lines[0]["decision"] != "deny" {
+			t.Errorf("refused by net/http: decision lines %v, want one deny of mode proxy, reason bad_request", lines)
 		}
 	} else {
 		d := ev.decisionOf(t, c)
@@ -953,7 +952,7 @@ policy "v6" {
 		{"[0:0:0:0:0:0:0:1]:" + p, 200, "allowed"}, // the same address, spelled out
 		{"[::ffff:127.0.0.1]:" + p, 403, "no_rule"},
 		{"[::1%25lo]:" + p, 400, "bad_request"},
-		{"::1:" + p, 400, ""}, // refused by net/http's parser: no decision line
+		{"::1:" + p, 400, ""}, // refused by net/http's parser: a mode proxy line
 	} {
 		before := ev.up.Load()
 		c, br, resp := ev.connect(t, tc.target)
@@ -970,8 +969,8 @@ policy "v6" {
 			got = readAllQuiet(br)
 		}
 		if tc.reason == "" {
-			if lines := ev.decisionsOf(t, c); len(lines) != 0 {
-				t.Errorf("CONNECT %s: refused by net/http, yet decision lines %v", tc.target, lines)
+			if lines := ev.decisionsOf(t, c); len(lines) != 1 || lines[0]["mode"] != ModeProxy || lines[0]["reason"] != "bad_request" {
+				t.Errorf("CONNECT %s: refused by net/http: decision lines %v, want one of mode proxy, reason bad_request", tc.target, lines)
 			}
 			continue
 		}

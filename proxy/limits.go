@@ -2,12 +2,14 @@ package proxy
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/egressd/egressd/policy"
@@ -150,7 +152,7 @@ func (l proxyListener) Accept() (net.Conn, error) {
 			}
 			continue
 		}
-		return &slotConn{Conn: c, sl: sl}, nil
+		return &slotConn{Conn: c, sl: sl, s: l.s}, nil
 	}
 }
 
@@ -207,6 +209,67 @@ func refuseOverLimit(c net.Conn, body string) {
 type slotConn struct {
 	net.Conn
 	sl *slot
+
+	// On the proxy port (proxyConnState): inRequest from the first byte
+	// of a request's head until it is handled by egressd (handled, set by
+	// wrapClient) or logged as refused by net/http; s to log it with.
+	inRequest, handled atomic.Bool
+	s                  *Server
+}
+
+// Write logs, before net/http's own answer goes out, a request that
+// reached no handler: net/http refuses it itself (a malformed request
+// line, URL or Host, a head over the limit, an unknown protocol
+// version), and egressd's refusals all have a decision line.
+func (c *slotConn) Write(p []byte) (int, error) {
+	if c.inRequest.Load() && !c.handled.Load() && c.inRequest.Swap(false) {
+		line, _, _ := bytes.Cut(p, []byte("\r\n"))
+		c.s.logUnhandled(c, "refused by the HTTP parser: "+cut(string(line), maxLoggedValue))
+	}
+	return c.Conn.Write(p)
+}
+
+// slotConnKey is the proxy-port connection in a request's context.
+type slotConnKey struct{}
+
+// withSlotConn is the proxy server's ConnContext: it puts the connection
+// in its requests' contexts, for wrapClient to mark them handled.
+func withSlotConn(ctx context.Context, c net.Conn) context.Context {
+	if sc, ok := c.(*slotConn); ok {
+		return context.WithValue(ctx, slotConnKey{}, sc)
+	}
+	return ctx
+}
+
+// proxyConnState is the proxy server's ConnState. net/http answers some
+// requests itself, before any handler (400 for a malformed request line,
+// URL or Host, 431, 505, 501: slotConn.Write logs those), or gives up on
+// a head cut short or not complete within readHeaderTimeout: such a
+// request would leave no decision line. When net/http is done with a
+// request whose bytes it read (StateActive) and that neither reached a
+// handler nor was logged, it is logged here.
+func (s *Server) proxyConnState(nc net.Conn, st http.ConnState) {
+	c, ok := nc.(*slotConn)
+	if !ok {
+		return
+	}
+	switch st {
+	case http.StateActive:
+		c.handled.Store(false)
+		c.inRequest.Store(true)
+	case http.StateIdle, http.StateClosed:
+		if c.inRequest.Swap(false) && !c.handled.Load() {
+			s.logUnhandled(c, "no complete request head (cut short, or not within the header timeout)")
+		}
+	}
+}
+
+// logUnhandled logs a proxy-port request egressd's handler never saw: a
+// deny of mode proxy, reason bad_request.
+func (s *Server) logUnhandled(c net.Conn, detail string) {
+	rec := s.newConn(ModeProxy, c.RemoteAddr().String())
+	rec.refuse(policy.ReasonBadRequest, detail)
+	s.logDecision(rec)
 }
 
 func (c *slotConn) Close() error {

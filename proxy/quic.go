@@ -617,6 +617,9 @@ func (g *quicGateway) expire(now time.Time) {
 func (g *quicGateway) end(f *flow) {
 	f.mu.Lock()
 	g.abandonOthers(f, time.Now(), policy.ReasonClientClosed, "the flow ended before another QUIC connection's ClientHello was complete")
+	for _, o := range f.others {
+		g.closeOther(o)
+	}
 	f.mu.Unlock()
 	_ = f.up.Close()
 	_ = f.reply.Close()
@@ -702,6 +705,10 @@ type otherConn struct {
 	pend  [][]byte // its datagrams while pending
 	size  int      // their bytes; pend is bounded like a flow's
 	start time.Time
+	// c is the record its allow line was written from: an allowed
+	// connection gets a close line with that conn when its verdict goes
+	// (closeOther), as every allowed connection does.
+	c *conn
 }
 
 // screen says what of client datagram b may go upstream on relaying flow
@@ -769,6 +776,7 @@ func (g *quicGateway) screen(f *flow, b []byte) (pass bool, held [][]byte) {
 		// connection's next first flight is decided again. Otherwise a
 		// sender spoofing the client's address could use up the table
 		// and lock the client's own new connections out.
+		g.closeOther(f.others[0])
 		f.others = slices.Delete(f.others, 0, 1)
 	}
 	o := &otherConn{dcid: id, q: q, hello: hello, start: time.Now()}
@@ -796,10 +804,11 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 	}
 	v := o.q.Verifier() // nil unless err is nil
 	send := o.pend
-	allowed := g.decideOther(f, o, err, complete)
+	c := g.decideOther(f, o, err, complete)
 	o.release() // after the decision line, which needs o.hello
-	if allowed {
-		o.state, o.v = flowRelaying, v
+	if c.decision.Allow {
+		c.dropHello() // kept for its close line only (closeOther)
+		o.state, o.v, o.c = flowRelaying, v, c
 		return send
 	}
 	o.state = flowDenied
@@ -807,12 +816,12 @@ func (g *quicGateway) otherDatagram(f *flow, o *otherConn, b []byte, err error) 
 }
 
 // decideOther decides another connection o of relaying flow f on its
-// hello (err: why there is none) and logs the decision. It is decided on
-// the address its datagrams go to, the flow's upstream: under
-// verify_destination = "redirect" that is not the original destination.
-// complete says whether o.hello is a complete ClientHello, which a
-// refusal's line carries too.
-func (g *quicGateway) decideOther(f *flow, o *otherConn, err error, complete bool) bool {
+// hello (err: why there is none), logs the decision and returns its
+// record. It is decided on the address its datagrams go to, the flow's
+// upstream: under verify_destination = "redirect" that is not the
+// original destination. complete says whether o.hello is a complete
+// ClientHello, which a refusal's line carries too.
+func (g *quicGateway) decideOther(f *flow, o *otherConn, err error, complete bool) *conn {
 	s := g.s
 	c := g.otherConn(f)
 	c.helloWait = max(time.Since(o.start), time.Nanosecond)
@@ -833,7 +842,18 @@ func (g *quicGateway) decideOther(f *flow, o *otherConn, err error, complete boo
 		}
 	}
 	s.logDecision(c)
-	return c.decision.Allow
+	return c
+}
+
+// closeOther writes the close line of another connection o whose verdict
+// goes (its flow ended, or the verdict was evicted), when it was allowed.
+// Its datagrams crossed the flow's socket: their bytes are in the flow's
+// close line, so its own says 0. f.mu must be held.
+func (g *quicGateway) closeOther(o *otherConn) {
+	if o.state == flowRelaying && o.c != nil {
+		g.s.logClose(o.c, 0, 0)
+		o.c = nil
+	}
 }
 
 // otherConn is the conn another connection on flow f is logged as.
@@ -844,7 +864,8 @@ func (g *quicGateway) otherConn(f *flow) *conn {
 }
 
 // release drops what only o's hello phase needs, its parsed hello
-// included: a verdict kept in f.others needs only its state and verifier.
+// included: a verdict kept in f.others needs only its state, verifier
+// and, allowed, the record its close line is written from.
 func (o *otherConn) release() {
 	putInitial(o.q)
 	o.q, o.pend, o.size = nil, nil, 0

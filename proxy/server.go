@@ -164,6 +164,10 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		MaxHeaderBytes:    maxHeaderBytes,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		ErrorLog:          log.New(io.Discard, "", 0),
+		// A request net/http reads but refuses itself (limits.go,
+		// proxyConnState) gets its decision line too.
+		ConnContext: withSlotConn,
+		ConnState:   s.proxyConnState,
 	}
 	return s, nil
 }
@@ -239,6 +243,9 @@ func removeHopHeaders(h http.Header) {
 // or reading; a connection whose watch fired is closed after the request.
 func (s *Server) wrapClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if sc, ok := r.Context().Value(slotConnKey{}).(*slotConn); ok {
+			sc.handled.Store(true) // this request gets its own decision line
+		}
 		hj, ok := w.(http.Hijacker)
 		switch {
 		case !ok:

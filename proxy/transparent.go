@@ -130,6 +130,14 @@ func (s *Server) ServeTransparent(ln net.Listener) error {
 		delay = 0
 		tr := s.track(client)
 		if tr == nil {
+			// Accepted as Shutdown closed the listener: refused, with
+			// its line, as a CONNECT that comes then is.
+			c := s.newConn(ModeTransparent, client.RemoteAddr().String())
+			if dst, err := orig(client); err == nil {
+				c.host, c.port = dst.Addr().Unmap().WithZone("").String(), dst.Port()
+			}
+			c.refuse(policy.ReasonShuttingDown, "egressd is shutting down")
+			s.logDecision(c)
 			_ = client.Close()
 			return nil
 		}

@@ -36,9 +36,9 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	// one goes, so no edit falls between them.
 	watch := func() {
 		cw := newConfigWatch(path, users)
-		w, err := watchDirs(cw.dirs, cw.optional)
+		w, err := watchDirsFunc(cw.dirs, cw.optional)
 		if err != nil {
-			s.ReloadFailed("watching the configuration: " + err.Error() + "; reload with SIGHUP")
+			s.watchFailed(err.Error() + "; reload with SIGHUP")
 		}
 		if watcher != nil {
 			watcher.Close()
@@ -92,6 +92,22 @@ func (s *Server) WatchConfig(ctx context.Context, path string, load func() (*pol
 	return done
 }
 
+// watchDirsFunc is watchDirs; a test replaces it to make watching fail.
+var watchDirsFunc = watchDirs
+
+// msgWatch is the message of a line saying that the configuration's
+// files are not (all) watched.
+const msgWatch = "config watch"
+
+// watchFailed logs that the configuration's files could not be watched
+// (inotify limits, a directory gone): edits may then need a SIGHUP. It is
+// not a reload: no "reload" line, and egressd_reloads_total does not
+// count it, or every successful reload would also log and count a failed
+// one while the watch keeps failing.
+func (s *Server) watchFailed(detail string) {
+	s.log.Warn().Str(fieldDetail, "watching the configuration: "+detail).Msg(msgWatch)
+}
+
 // watchSet is what reloadLoop listens to: a watcher's names and errors
 // (nil channels when nothing is watched) and which names matter. reload
 // may replace it.
@@ -121,7 +137,7 @@ func (s *Server) reloadLoop(ctx context.Context, hup <-chan os.Signal, ws *watch
 				debounce = time.After(ReloadDebounce)
 			}
 		case err := <-ws.errs:
-			s.ReloadFailed("watching the configuration: " + err.Error())
+			s.watchFailed(err.Error())
 		case <-debounce:
 			debounce = nil
 			reload()
