@@ -210,21 +210,46 @@ type slotConn struct {
 	net.Conn
 	sl *slot
 
-	// On the proxy port (proxyConnState): inRequest from the first byte
-	// of a request's head until it is handled by egressd (handled, set by
-	// wrapClient) or logged as refused by net/http; s to log it with.
-	inRequest, handled atomic.Bool
-	s                  *Server
+	// On the proxy port (s set): where the request being read stands
+	// (reqNone, reqReading, reqDone), so that one that reaches no handler
+	// is logged once (Write, proxyConnState); s to log it with.
+	req atomic.Uint32
+	s   *Server
+}
+
+// A proxy-port connection's request, as slotConn.req. It goes back to
+// reqNone when net/http is done with a request (StateIdle), not when the
+// next one is seen: net/http reports StateActive after readRequest only
+// when that read bytes off the wire or parsed a head, and a keep-alive
+// connection's next request usually came whole in the read that woke the
+// idle connection (bufio's Peek), or was pipelined behind the last; one
+// the parser refuses then (a malformed request line, an unknown version
+// or transfer coding) never becomes active, and must be logged all the
+// same.
+const (
+	reqNone    uint32 = iota // no byte of a request read since the last one ended
+	reqReading               // bytes read; neither handled nor logged yet
+	reqDone                  // handled by egressd (wrapClient), or logged here
+)
+
+// Read marks a request begun when bytes come between requests.
+func (c *slotConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.s != nil && c.req.Load() == reqNone {
+		c.req.CompareAndSwap(reqNone, reqReading)
+	}
+	return n, err
 }
 
 // Write logs, before net/http's own answer goes out, a request that
 // reached no handler: net/http refuses it itself (a malformed request
 // line, URL or Host, a head over the limit, an unknown protocol
-// version), and egressd's refusals all have a decision line.
+// version, an Expect it does not know), and egressd's refusals all have
+// a decision line. No other write comes before a request is handled.
 func (c *slotConn) Write(p []byte) (int, error) {
-	if c.inRequest.Load() && !c.handled.Load() && c.inRequest.Swap(false) {
+	if c.s != nil && c.req.Load() != reqDone && c.req.Swap(reqDone) != reqDone {
 		line, _, _ := bytes.Cut(p, []byte("\r\n"))
-		c.s.logUnhandled(c, "refused by the HTTP parser: "+cut(string(line), maxLoggedValue))
+		c.s.logUnhandled(c, policy.ReasonBadRequest, "refused by the HTTP parser: "+cut(string(line), maxLoggedValue))
 	}
 	return c.Conn.Write(p)
 }
@@ -243,32 +268,40 @@ func withSlotConn(ctx context.Context, c net.Conn) context.Context {
 
 // proxyConnState is the proxy server's ConnState. net/http answers some
 // requests itself, before any handler (400 for a malformed request line,
-// URL or Host, 431, 505, 501: slotConn.Write logs those), or gives up on
-// a head cut short or not complete within readHeaderTimeout: such a
-// request would leave no decision line. When net/http is done with a
-// request whose bytes it read (StateActive) and that neither reached a
-// handler nor was logged, it is logged here.
+// URL or Host, 431, 505, 501, 417: slotConn.Write logs those), or gives
+// up on a head cut short or not complete within readHeaderTimeout, or on
+// a request read as Shutdown began: such a request would leave no
+// decision line. When net/http closes a connection with a request whose
+// bytes it read and that neither reached a handler nor was logged, it is
+// logged here.
 func (s *Server) proxyConnState(nc net.Conn, st http.ConnState) {
 	c, ok := nc.(*slotConn)
-	if !ok {
+	if !ok || c.s == nil {
 		return
 	}
 	switch st {
 	case http.StateActive:
-		c.handled.Store(false)
-		c.inRequest.Store(true)
-	case http.StateIdle, http.StateClosed:
-		if c.inRequest.Swap(false) && !c.handled.Load() {
-			s.logUnhandled(c, "no complete request head (cut short, or not within the header timeout)")
+		c.req.CompareAndSwap(reqNone, reqReading)
+	case http.StateIdle:
+		c.req.Store(reqNone) // the next request, if any, is new
+	case http.StateClosed:
+		if c.req.Swap(reqDone) == reqReading {
+			if s.isClosing() {
+				// net/http drops a request it reads once Shutdown
+				// began, unanswered.
+				s.logUnhandled(c, policy.ReasonShuttingDown, "egressd is shutting down")
+			} else {
+				s.logUnhandled(c, policy.ReasonBadRequest, "no complete request head (cut short, or not within the header timeout)")
+			}
 		}
 	}
 }
 
 // logUnhandled logs a proxy-port request egressd's handler never saw: a
-// deny of mode proxy, reason bad_request.
-func (s *Server) logUnhandled(c net.Conn, detail string) {
+// deny of mode proxy.
+func (s *Server) logUnhandled(c net.Conn, r policy.Reason, detail string) {
 	rec := s.newConn(ModeProxy, c.RemoteAddr().String())
-	rec.refuse(policy.ReasonBadRequest, detail)
+	rec.refuse(r, detail)
 	s.logDecision(rec)
 }
 

@@ -244,7 +244,7 @@ func removeHopHeaders(h http.Header) {
 func (s *Server) wrapClient(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if sc, ok := r.Context().Value(slotConnKey{}).(*slotConn); ok {
-			sc.handled.Store(true) // this request gets its own decision line
+			sc.req.Store(reqDone) // this request gets its own decision line
 		}
 		hj, ok := w.(http.Hijacker)
 		switch {
