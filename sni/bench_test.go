@@ -190,3 +190,86 @@ func BenchmarkQUICInitial(b *testing.B) {
 		})
 	}
 }
+
+// maxBenchDatagram is the largest datagram egressd's QUIC reader takes
+// (proxy's maxQUICDatagram).
+const maxBenchDatagram = 9216
+
+// tinyCryptoInitial seals one Initial of maxBenchDatagram bytes: the
+// CRYPTO frames of setup (one byte each, at the given offsets), then as
+// many one-byte CRYPTO frames at next(0), next(1), ... as fit. Every byte
+// at offset x is byte(x), so overlaps agree.
+func tinyCryptoInitial(tb testing.TB, setup []uint64, next func(i int) uint64) []byte {
+	tb.Helper()
+	one := func(b []byte, off uint64) []byte { return append(b, cryptoFrame(off, []byte{byte(off)})...) }
+	var frames []byte
+	for _, off := range setup {
+		frames = one(frames, off)
+	}
+	// Header: 1+4 + 1+8 + 1 + 1 (token length) + 2 (Length) + 4 (packet
+	// number); 16 bytes of AEAD tag.
+	room := maxBenchDatagram - 22 - 16
+	for i := 0; ; i++ {
+		f := one(nil, next(i))
+		if len(frames)+len(f) > room {
+			break
+		}
+		frames = append(frames, f...)
+	}
+	d := sealInitial(tb, testInitial{frames: frames, padTo: maxBenchDatagram})
+	if len(d) != maxBenchDatagram {
+		tb.Fatalf("datagram of %d bytes", len(d))
+	}
+	return d
+}
+
+// BenchmarkQUICCryptoRanges measures CRYPTO reassembly of a hostile
+// datagram-sized Initial made of tiny frames against a normal Initial:
+// "normal" is the RFC 9001 hello in one frame (1200 bytes); the others are
+// 9216-byte Initials of one-byte CRYPTO frames (about 1,800) that
+//   - one-range: extend a single range (frame parsing alone);
+//   - last-of-63: extend the last of 63 ranges;
+//   - first-of-63: extend the first of 63 ranges;
+//   - front-churn: alternately open a 64th range in front of the first and
+//     join the two, so that every frame shifts the whole range table.
+//
+// Each iteration resets the QUICInitial, so the Initial keys are derived
+// every time, as for a new connection attempt.
+func BenchmarkQUICCryptoRanges(b *testing.B) {
+	odd := func(n int, base uint64) []uint64 { // n one-byte ranges at base, base+2, ...
+		var offs []uint64
+		for k := range n {
+			offs = append(offs, base+2*uint64(k))
+		}
+		return offs
+	}
+	const far = 8000 // past where the extended first range grows
+	for _, bc := range []struct {
+		name    string
+		d       []byte
+		want    error
+		nranges int
+	}{
+		{"normal", sealInitial(b, testInitial{frames: cryptoFrame(0, rfcHello(b)), padTo: 1200}), nil, 1},
+		{"one-range", tinyCryptoInitial(b, nil, func(i int) uint64 { return uint64(1 + i) }), ErrNeedMore, 1},
+		{"last-of-63", tinyCryptoInitial(b, odd(63, 1), func(i int) uint64 { return uint64(2*62 + 2 + i) }), ErrNeedMore, 63},
+		{"first-of-63", tinyCryptoInitial(b, append([]uint64{1}, odd(62, far)...), func(i int) uint64 { return uint64(2 + i) }), ErrNeedMore, 63},
+		{"front-churn", tinyCryptoInitial(b, odd(63, far), func(i int) uint64 { return uint64(far - 2 - 2*(i/2) + i%2) }), ErrNeedMore, 63},
+	} {
+		var q QUICInitial
+		var h Hello
+		if err := q.Add(bc.d, &h); err != bc.want || q.nranges != bc.nranges {
+			b.Fatalf("%s: %v with %d ranges, want %v with %d", bc.name, err, q.nranges, bc.want, bc.nranges)
+		}
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(bc.d)))
+			for b.Loop() {
+				q.Reset()
+				if err := q.Add(bc.d, &h); err != bc.want {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

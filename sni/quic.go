@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"sort"
 )
 
 // QUIC versions whose Initial packets this package decrypts.
@@ -564,30 +565,30 @@ func (q *QUICInitial) addCrypto(off uint64, data []byte) error {
 	if q.crypto == nil {
 		q.crypto = make([]byte, MaxQUICCryptoBytes)
 	}
-	// Received bytes inside [start, end) must match.
-	for _, g := range q.ranges[:q.nranges] {
-		if lo, hi := max(start, g.start), min(end, g.end); lo < hi &&
+	// ranges[:nranges] are sorted, disjoint and not adjacent (at least one
+	// byte apart), so their starts and their ends both increase. The ones
+	// [start, end) overlaps or touches are then ranges[i:j]: from the first
+	// ending at or after start (a binary search) up to the first starting
+	// past end. Only they can hold bytes of [start, end), which must match,
+	// and they merge with it into one range. A frame costs O(log n), plus
+	// the ranges it merges away, plus shifting the table when n changes.
+	rs := q.ranges[:q.nranges]
+	i := sort.Search(len(rs), func(k int) bool { return rs[k].end >= start })
+	j := i
+	for ; j < len(rs) && rs[j].start <= end; j++ {
+		if lo, hi := max(start, rs[j].start), min(end, rs[j].end); lo < hi &&
 			string(q.crypto[lo:hi]) != string(data[lo-start:hi-start]) {
 			return quicMalformed("retransmitted CRYPTO data at offset %d differs", lo)
 		}
 	}
 	copy(q.crypto[start:end], data)
-
-	// Merge [start, end) into the sorted ranges: the ones it overlaps or
-	// touches, ranges[i:j], become one.
-	i := 0
-	for i < q.nranges && q.ranges[i].end < start {
-		i++
-	}
-	j := i
-	for j < q.nranges && q.ranges[j].start <= end {
-		start, end = min(start, q.ranges[j].start), max(end, q.ranges[j].end)
-		j++
-	}
 	if i == j && q.nranges == maxCryptoRanges {
 		return tooLarge("QUIC CRYPTO data in more than %d pieces", maxCryptoRanges)
 	}
-	n := copy(q.ranges[i+1:], q.ranges[j:q.nranges])
+	if i < j {
+		start, end = min(start, rs[i].start), max(end, rs[j-1].end)
+	}
+	n := copy(q.ranges[i+1:], rs[j:])
 	q.ranges[i] = cryptoRange{start, end}
 	q.nranges = i + 1 + n
 	return nil
