@@ -191,3 +191,29 @@ func TestCleanupWaitsForRunningCleanup(t *testing.T) {
 		t.Error("cleanup returned before the cleanups finished")
 	}
 }
+
+// TestBulkTurns: bulk is measured in turns, direct and via each for half
+// of d twice; both rates come from the streaming upstream, and the relay's
+// CPU per GB is a number (here the test's own process stands in for it).
+func TestBulkTurns(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	up := &bulkServer{}
+	go up.serve(ln)
+	b := &bench{hello: clientHello(benchHost)}
+	b.clkTck, _ = clockTicks()
+	p := path{bulk: ln.Addr().String()}
+	dm, vm, cpu, err := b.bulkTurns(p, p, 2, 400*time.Millisecond, os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dm <= 0 || vm <= 0 || math.IsNaN(cpu) || cpu < 0 {
+		t.Errorf("direct %.1f MB/s, via %.1f MB/s, CPU %.3f s/GB: want two rates and a CPU figure", dm, vm, cpu)
+	}
+	if n := up.accepted.Load(); n != 8 {
+		t.Errorf("%d tunnels to the upstream, want 8 (2 in each of 4 turns)", n)
+	}
+}

@@ -1030,6 +1030,37 @@ func connectThrough(c net.Conn, addr string) error {
 	return nil
 }
 
+// bulkTurns measures bulk through n tunnels direct and via the relay
+// whose process is pid, in four turns of d/2 (direct, via, via, direct),
+// as measureConns takes turns: the machine's speed drifts within seconds,
+// and this way the drift weighs on both. It returns each side's MB/s over
+// its turns and the relay's CPU seconds per GB over its turns.
+func (b *bench) bulkTurns(direct, via path, n int, d time.Duration, pid int) (dm, vm, cpuPerGB float64, err error) {
+	var gb, cpu float64
+	for i, p := range []path{direct, via, via, direct} {
+		isVia, cpuOf := i == 1 || i == 2, 0
+		if isVia {
+			cpuOf = pid
+		}
+		m, c, err := b.bulkRun(p, n, d/2, cpuOf)
+		if err != nil {
+			side := "direct"
+			if isVia {
+				side = "via the relay"
+			}
+			return 0, 0, 0, fmt.Errorf("%s: %v", side, err)
+		}
+		if !isVia {
+			dm += m / 2
+			continue
+		}
+		vm += m / 2
+		g := m * (d / 2).Seconds() / 1e3 // MB/s × s → GB
+		gb, cpu = gb+g, cpu+c*g
+	}
+	return dm, vm, cpu / gb, nil
+}
+
 // bulkRun opens n tunnels to the bulk upstream, then reads for d from all
 // of them; it returns MB/s (10^6 bytes) and egressd's CPU seconds per GB.
 func (b *bench) bulkRun(p path, n int, d time.Duration, pid int) (mbs, cpuPerGB float64, err error) {
@@ -1455,20 +1486,16 @@ func (b *bench) relayFigures(rows []*row, direct, via path, relay *child, name s
 	return nil
 }
 
-// measure runs the bulk figures (direct, then via the relay whose process
-// is pid) and the conn/s figures at the given concurrencies (16 and/or 64;
-// direct and via in alternating turns, measureConns) once.
+// measure runs the bulk figures (bulkTurns) and the conn/s figures at the
+// given concurrencies (16 and/or 64; measureConns) once, each direct and
+// via the relay whose process is pid in alternating turns.
 func (b *bench) measure(rows []*row, direct, via path, pid int, concs ...int) error {
 	d := b.opt.duration
 	if b.opt.measures("bulk") {
 		for i, n := range []int{1, 8} {
-			dm, _, err := b.bulkRun(direct, n, d, 0)
+			dm, vm, cpu, err := b.bulkTurns(direct, via, n, d, pid)
 			if err != nil {
-				return fmt.Errorf("bulk direct x%d: %v", n, err)
-			}
-			vm, cpu, err := b.bulkRun(via, n, d, pid)
-			if err != nil {
-				return fmt.Errorf("bulk via the relay x%d: %v", n, err)
+				return fmt.Errorf("bulk x%d %v", n, err)
 			}
 			add(rows[rowBulk1+i], dm, vm, vm/dm)
 			add(rows[rowCPU1+i], 0, cpu, 0)

@@ -130,13 +130,9 @@ func (b *bench) measureReference(rows []*row, direct path) error {
 	d := b.opt.duration
 	via := b.loopPath(benchHost, addr, false)
 	if b.opt.measures("bulk") {
-		dm, _, err := b.bulkRun(direct, 8, d, 0)
+		dm, vm, cpu, err := b.bulkTurns(direct, via, 8, d, pid)
 		if err != nil {
-			return fmt.Errorf("bulk direct x8 (reference): %v", err)
-		}
-		vm, cpu, err := b.bulkRun(via, 8, d, pid)
-		if err != nil {
-			return fmt.Errorf("bulk via the reference relay x8: %v", err)
+			return fmt.Errorf("bulk x8 (reference relay) %v", err)
 		}
 		add(rows[rowRefBulk8], dm, vm, vm/dm)
 		add(rows[rowRefCPU8], 0, cpu, 0)
