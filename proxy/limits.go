@@ -232,14 +232,22 @@ const (
 	reqDone                  // handled by egressd (wrapClient), or logged here
 )
 
-// Read marks a request begun when bytes come between requests.
+// Read marks a request begun when bytes come between requests, but not
+// for empty lines (CR, LF) alone: RFC 9112 §2.2 lets a client send them
+// before a request line (some send one after a POST body), and net/http
+// skips them after a POST, or closes without a word when the connection
+// ends in them; that is no request.
 func (c *slotConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 && c.s != nil && c.req.Load() == reqNone {
-		c.req.CompareAndSwap(reqNone, reqReading)
+		if bytes.ContainsFunc(p[:n], notCRLF) {
+			c.req.CompareAndSwap(reqNone, reqReading)
+		}
 	}
 	return n, err
 }
+
+func notCRLF(r rune) bool { return r != '\r' && r != '\n' }
 
 // Write logs, before net/http's own answer goes out, a request that
 // reached no handler: net/http refuses it itself (a malformed request

@@ -168,6 +168,10 @@ func New(cfg *policy.Config, logger zerolog.Logger) (*Server, error) {
 		// proxyConnState) gets its decision line too.
 		ConnContext: withSlotConn,
 		ConnState:   s.proxyConnState,
+		// "OPTIONS *" is egressd's to answer (400, a request not in
+		// absolute form), not net/http's: its general OPTIONS handler
+		// answered 200 and left no decision but slotConn.Write's.
+		DisableGeneralOptionsHandler: true,
 	}
 	return s, nil
 }
