@@ -361,6 +361,19 @@ func (e *env) connectFrom(t *testing.T, from, authority string) (net.Conn, *bufi
 	return c, br, resp
 }
 
+// dialProxy opens a raw TCP connection to the proxy port, with a 10 s
+// deadline, closed when the test ends.
+func (e *env) dialProxy(t *testing.T) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", e.proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
 // dialConnect dials the proxy at addr from local address from ("" for
 // any), sends CONNECT authority and reads the answer's head. The
 // connection has a 10 s deadline; it is closed on error.

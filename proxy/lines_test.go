@@ -182,12 +182,7 @@ policy "p" {
 		{"refused by egressd", []byte("CONNECT other.example:443 HTTP/1.1\r\nHost: x\r\n\r\n"), 403, 1, "no_rule"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", e.proxyAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := e.dialProxy(t)
 			c.Write(tc.send)
 			c.(*net.TCPConn).CloseWrite()
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)

@@ -654,12 +654,7 @@ func TestConnectUrgentByteFirst(t *testing.T) {
 	e.start(t, baseConfig)
 	target := "127.0.0.1:" + strconv.Itoa(e.echoPort)
 	for _, before := range []string{"", "before "} {
-		c, err := net.Dial("tcp", e.proxyAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c := e.dialProxy(t)
 		// The CONNECT and the first bytes in one go, the urgent byte
 		// among them: all of it is there before egressd reads the head.
 		fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n%s", target, target, before)

@@ -60,12 +60,7 @@ func TestEmptyLineBetweenRequestsNotLogged(t *testing.T) {
 		{"CRLF after a POST body, then reset", post, "\r\n", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", e.proxyAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := e.dialProxy(t)
 			c.Write([]byte(tc.req))
 			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 			if err != nil {
@@ -96,12 +91,7 @@ func TestEmptyLineBeforeRequestStillCounts(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, requestLinesPolicy)
 	const post = "POST http://other.example/ HTTP/1.1\r\nHost: other.example\r\nContent-Length: 3\r\n\r\nabc"
-	c, err := net.Dial("tcp", e.proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := e.dialProxy(t)
 	c.Write([]byte(post))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
@@ -136,12 +126,7 @@ func TestOptionsAsteriskDecidedByEgressd(t *testing.T) {
 		{"100-continue", "OPTIONS * HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", e.proxyAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := e.dialProxy(t)
 			c.Write([]byte(tc.req))
 			br := bufio.NewReader(c)
 			resp, err := http.ReadResponse(br, nil)

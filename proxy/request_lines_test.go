@@ -48,12 +48,7 @@ func TestKeepAliveRefusedRequestLogged(t *testing.T) {
 		{"expect 100-continue", []string{"POST http://other.example/ HTTP/1.1\r\nHost: other.example\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n", "abc"}, []int{403}, []string{"no_rule"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := net.Dial("tcp", e.proxyAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c := e.dialProxy(t)
 			for i, s := range tc.send {
 				if i > 0 {
 					time.Sleep(100 * time.Millisecond)
@@ -107,12 +102,7 @@ func TestKeepAliveRefusedRequestLogged(t *testing.T) {
 func TestRequestReadAtShutdownLogged(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, requestLinesPolicy)
-	c, err := net.Dial("tcp", e.proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := e.dialProxy(t)
 	c.Write([]byte("CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"))
 	time.Sleep(100 * time.Millisecond) // read by net/http: the connection is active
 	done := make(chan struct{})
@@ -144,12 +134,7 @@ func TestRequestReadAtShutdownLogged(t *testing.T) {
 func TestKeepAliveCutShortLogged(t *testing.T) {
 	e := newEnv(t)
 	e.start(t, requestLinesPolicy)
-	c, err := net.Dial("tcp", e.proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c := e.dialProxy(t)
 	c.Write([]byte("GET http://other.example/ HTTP/1.1\r\nHost: other.example\r\n\r\n"))
 	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 	if err != nil {
