@@ -46,23 +46,7 @@ func closeLinesPerAllow(t *testing.T, e *env, mode string) {
 			t.Errorf("mode %s: conn %s has %d close lines and no allow line", mode, id, n)
 		}
 	}
-	mfs, err := e.srv.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got float64
-	for _, mf := range mfs {
-		if mf.GetName() != metricCloses {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == labelMode && lp.GetValue() == mode {
-					got = m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
+	got := value(t, gather(t, e.srv), metricCloses, "mode="+mode)
 	if want := len(allowed); got != float64(want) {
 		t.Errorf("%s{mode=%q} = %v, want %d (one per allowed connection)", metricCloses, mode, got, want)
 	}
@@ -211,25 +195,8 @@ policy "p" {
 			}
 		})
 	}
-	mfs, err := e.srv.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != metricDecisions {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			if l[labelMode] == ModeProxy && l[labelReason] == "bad_request" {
-				if got := m.GetCounter().GetValue(); got != 7 {
-					t.Errorf("%s{mode=proxy,reason=bad_request} = %v, want 7", metricDecisions, got)
-				}
-			}
-		}
+	if got := value(t, gather(t, e.srv), metricDecisions, "mode=proxy", "policy=", "rule=", "decision=deny", "reason=bad_request", "would_deny=false"); got != 7 {
+		t.Errorf("%s{mode=proxy,reason=bad_request} = %v, want 7", metricDecisions, got)
 	}
 }
 
@@ -273,22 +240,10 @@ policy "p" {
 	if !strings.Contains(w.log.String(), "inotify_init1") {
 		t.Errorf("the failed watch is not logged:\n%s", w.log.String())
 	}
-	mfs, err := w.s.metrics.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != metricReloads {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			want := 1.0
-			if m.GetLabel()[0].GetValue() == reloadError {
-				want = 0
-			}
-			if got := m.GetCounter().GetValue(); got != want {
-				t.Errorf("%s{%s} = %v, want %v", metricReloads, m.GetLabel()[0].GetValue(), got, want)
-			}
+	mfs := gather(t, w.s)
+	for outcome, want := range map[string]float64{reloadOK: 1, reloadError: 0} {
+		if got := value(t, mfs, metricReloads, "outcome="+outcome); got != want {
+			t.Errorf("%s{outcome=%s} = %v, want %v", metricReloads, outcome, got, want)
 		}
 	}
 }

@@ -65,6 +65,20 @@ func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 	return mfs
 }
 
+// gather is s's metrics as scrape returns them, from its registry.
+func gather(t *testing.T, s *Server) map[string]*dto.MetricFamily {
+	t.Helper()
+	list, err := s.metrics.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfs := make(map[string]*dto.MetricFamily, len(list))
+	for _, mf := range list {
+		mfs[mf.GetName()] = mf
+	}
+	return mfs
+}
+
 // sample finds the series of family name whose labels are exactly labels
 // ("k=v" pairs); ok is false when there is none.
 func sample(mfs map[string]*dto.MetricFamily, name string, labels ...string) (*dto.Metric, bool) {
