@@ -1667,7 +1667,7 @@ func (b *bench) fmtVals(format string, v []float64, scale float64) string {
 
 func (b *bench) render(rows []*row) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "egressd-bench: %d run(s) of %v per measurement (conn/s: direct and via in %d alternating turns each), %d idle tunnels; median (min–max)\n\n", b.opt.runs, b.opt.duration, connTurnsEach, b.opt.tunnels)
+	fmt.Fprintf(&s, "egressd-bench: %d run(s) of %v per measurement (bulk: direct and via in 2 alternating turns each; conn/s: in %d each), %d idle tunnels; median (min–max)\n\n", b.opt.runs, b.opt.duration, connTurnsEach, b.opt.tunnels)
 	s.WriteString("| mode | measurement | direct | via egressd | egressd vs direct | target | met |\n")
 	s.WriteString("|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
