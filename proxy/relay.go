@@ -141,12 +141,19 @@ func (ts *tunnelState) run(dst, src net.Conn, idle time.Duration, n *int64) {
 	// or the idle timeout. Wait for one until the tunnel ends (its close
 	// ends the wait), and pass it on as pipe does.
 	if eof && waitReset(src) != nil {
-		for _, c := range [...]net.Conn{dst, src} {
-			if l, ok := c.(interface{ SetLinger(int) error }); ok {
-				_ = l.SetLinger(0)
-			}
-			_ = c.Close()
+		closeBothWith(true, dst, src)
+	}
+}
+
+// closeBothWith closes dst and src; with reset, with SO_LINGER 0 first,
+// so that each peer gets a reset, as a direct connection that broke
+// would give it.
+func closeBothWith(reset bool, dst, src net.Conn) {
+	for _, c := range [...]net.Conn{dst, src} {
+		if l, ok := c.(interface{ SetLinger(int) error }); ok && reset {
+			_ = l.SetLinger(0)
 		}
+		_ = c.Close()
 	}
 }
 
@@ -187,13 +194,7 @@ func pipe(dst, src net.Conn, idle time.Duration, last *atomic.Int64) (total int6
 			// a reset, as a direct connection would end. A conn closed
 			// here (the watchdog, an abort, the other direction) is a
 			// clean end.
-			reset := !errors.Is(err, net.ErrClosed)
-			for _, c := range [...]net.Conn{dst, src} {
-				if l, ok := c.(interface{ SetLinger(int) error }); ok && reset {
-					_ = l.SetLinger(0)
-				}
-				_ = c.Close()
-			}
+			closeBothWith(!errors.Is(err, net.ErrClosed), dst, src)
 		}
 		return total, eof
 	}
