@@ -437,8 +437,7 @@ func compileAllUsers(raw *rawConfig, files []File, usersFile string, p *Policy) 
 		defs = append(defs, parseUsersFile(f, &diags)...)
 	}
 	if given != "" && usersFile == "" {
-		start := hcl.Pos{Line: 1, Column: 1}
-		diags = append(diags, errDiag(hcl.Range{Filename: given, Start: start, End: start}, "Users file without users_file",
+		diags = append(diags, errDiag(hcl.Range{Filename: given, Start: hcl.InitialPos, End: hcl.InitialPos}, "Users file without users_file",
 			fmt.Sprintf("%s was given as a users file, but no server block sets users_file; set users_file, or drop the file.", quote(given))))
 	}
 	p.users = compileUsers(defs, &diags)
