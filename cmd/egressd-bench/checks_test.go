@@ -5,7 +5,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -192,28 +194,54 @@ func TestCleanupWaitsForRunningCleanup(t *testing.T) {
 	}
 }
 
-// TestBulkTurns: bulk is measured in turns, direct and via each for half
-// of d twice; both rates come from the streaming upstream, and the relay's
-// CPU per GB is a number (here the test's own process stands in for it).
+// TestBulkTurns: bulk is measured in turns, direct, via, via, direct,
+// each for half of d; both rates come from their own upstream, and the
+// relay's CPU per GB is a number (here the test's own process stands in
+// for it).
 func TestBulkTurns(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	var mu sync.Mutex
+	var order []string // which upstream each tunnel reached, in order
+	upstream := func(name string) path {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go (&bulkServer{}).serve(turnListener{ln, func() {
+			mu.Lock()
+			order = append(order, name)
+			mu.Unlock()
+		}})
+		return path{bulk: ln.Addr().String()}
 	}
-	defer ln.Close()
-	up := &bulkServer{}
-	go up.serve(ln)
+	direct, via := upstream("direct"), upstream("via")
 	b := &bench{hello: clientHello(benchHost)}
 	b.clkTck, _ = clockTicks()
-	p := path{bulk: ln.Addr().String()}
-	dm, vm, cpu, err := b.bulkTurns(p, p, 2, 400*time.Millisecond, os.Getpid())
+	dm, vm, cpu, err := b.bulkTurns(direct, via, 2, 400*time.Millisecond, os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if dm <= 0 || vm <= 0 || math.IsNaN(cpu) || cpu < 0 {
 		t.Errorf("direct %.1f MB/s, via %.1f MB/s, CPU %.3f s/GB: want two rates and a CPU figure", dm, vm, cpu)
 	}
-	if n := up.accepted.Load(); n != 8 {
-		t.Errorf("%d tunnels to the upstream, want 8 (2 in each of 4 turns)", n)
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"direct", "direct", "via", "via", "via", "via", "direct", "direct"}
+	if !slices.Equal(order, want) {
+		t.Errorf("tunnels reached %v, want %v (2 in each of the turns direct, via, via, direct)", order, want)
 	}
+}
+
+// turnListener calls accepted for each connection it accepts.
+type turnListener struct {
+	net.Listener
+	accepted func()
+}
+
+func (l turnListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.accepted()
+	}
+	return c, err
 }
